@@ -1,0 +1,125 @@
+/*
+ * backend - the driver contract, and the registry of drivers by name.
+ *
+ * A driver is a const table of functions. It is opened once per configured backend block (with
+ * a settings struct filled from its own key table), delivers a message to the targets it owns,
+ * and is closed when the configuration that opened it is released. A driver never talks to the
+ * LMTP client and never logs per-recipient results (the dispatcher does): it fills one status
+ * and one log reference per target.
+ *
+ * Threads: deliver() runs in one of the backend's worker threads (up to `concurrency` at once
+ * for the same state), except for drivers with inline set, whose deliver() runs on the event
+ * loop and must not block. open(), close() and verify() run on the event loop thread (verify
+ * must be fast and must not block on the network).
+ *
+ * Every result obeys the guarantees: 2xx only after the store acknowledged durable storage; any
+ * doubt is 4xx; 5xx only on a definitive permanent answer.
+ */
+#ifndef LMTPGW_BACKEND_H
+#define LMTPGW_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "address.h"
+#include "config.h"
+#include "envelope.h"
+#include "router.h"
+#include "spool.h"
+#include "status.h"
+#include "template.h"
+
+/* One accepted recipient of a transaction, with its address split for templates. */
+struct recipient {
+	struct address addr;
+	struct rcpt_params params;
+	char rcpt[ADDRESS_PATH_MAX + 1];     /* "local@domain" as routed (lowercased if configured) */
+	char user[ADDRESS_LOCAL_MAX + 3];    /* local part as given, detail included */
+	char local[ADDRESS_LOCAL_MAX + 3];   /* without +detail */
+	char detail[ADDRESS_LOCAL_MAX + 3];  /* after the separator, "" when none */
+	char domain[ADDRESS_DOMAIN_MAX + 1]; /* lowercased */
+	const struct route_rule *rule;       /* the route that matched */
+};
+
+/* The message as every target of one transaction sees it. Read-only for drivers. */
+struct delivery {
+	struct spool *spool;           /* the content as received (spool_map may be used) */
+	const char *trace;             /* Return-Path: and Received: lines, CRLF-terminated */
+	size_t trace_len;
+	bool delivered_to;             /* prepend "Delivered-To: <rcpt>" per target */
+	const char *sender;            /* reverse path without <>, "" for the null sender */
+	const struct mail_params *mail;
+	const char *session_id;
+	const char *txid;
+	const char *msgid;             /* Message-ID without <>, "" when none */
+	const char *sha256;            /* hex digest of the content as received */
+	time_t received;
+	const struct config *cfg;
+};
+
+/* One (recipient, backend) pair. in: rcpt, vars; out: status, ref. */
+struct target {
+	const struct recipient *rcpt;
+	struct template_vars vars;     /* filled from the delivery and the recipient */
+	struct status status;          /* the driver's verdict */
+	char ref[160];                 /* for the log: file name, APPENDUID, S3 key+ETag, request id */
+};
+
+struct backend_driver {
+	const char *name;
+	/* Driver-specific keys of the backend block, and the size of the struct they fill. The
+	 * common keys (driver, concurrency, soft_bounce) are handled by config.c. */
+	const struct conf_key *keys;
+	size_t settings_size;
+	/* Check the settings and build the driver's state (no network I/O here). */
+	int (*open)(const void *settings, const char *instance_name, void **state_r,
+		    char *error_r, size_t error_size);
+	/* Deliver to targets[0..count): fill every target's status (and ref). */
+	void (*deliver)(void *state, const struct delivery *delivery, struct target *targets,
+			size_t count);
+	void (*close)(void *state);
+	/* Optional, at RCPT time: 0 = fine, -1 = *st_r says why not (e.g. 550 5.1.1). */
+	int (*verify)(void *state, const struct recipient *rcpt, struct status *st_r);
+	/* deliver() is quick and non-blocking: run it on the event loop (discard). */
+	bool inline_deliver;
+	/* deliver() takes all of a transaction's targets of this backend in one call; otherwise
+	 * the dispatcher calls it once per target, concurrently. */
+	bool batch;
+};
+
+/* Common keys of every backend block; the struct they fill. */
+struct backend_common {
+	char *driver;
+	long long concurrency;
+	bool soft_bounce;
+};
+extern const struct conf_key backend_common_keys[];
+
+struct pool;
+
+/* A configured backend: a named block of the configuration file. */
+struct backend_instance {
+	char *name;
+	const struct backend_driver *driver;
+	struct backend_common common;
+	void *settings;                /* driver->settings_size bytes, filled from driver->keys */
+	void *state;                   /* from driver->open */
+	struct pool *pool;             /* worker threads, created on first delivery */
+};
+
+/* Registry: the drivers, NULL-terminated, and lookup by name (NULL when unknown). */
+extern const struct backend_driver *const backend_drivers[];
+const struct backend_driver *backend_driver_find(const char *name);
+
+/* Trace prefix for one target: the delivery's trace, then "Delivered-To: rcpt" when enabled.
+ * Returns the length (snprintf contract). */
+size_t delivery_prefix(const struct delivery *delivery, const struct target *target, char *buf,
+		       size_t size);
+
+/* Fill vars from a delivery and a recipient. */
+void delivery_vars(const struct delivery *delivery, const struct recipient *rcpt,
+		   struct template_vars *vars_r);
+
+#endif

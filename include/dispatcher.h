@@ -1,0 +1,44 @@
+/*
+ * dispatcher - runs a transaction's targets on their backends and folds the results.
+ *
+ * For every recipient, one target per backend of its route. Targets of inline drivers run at
+ * once; the others go to their backend's pool, batched per backend when the driver takes
+ * batches. When the last target of a recipient is known the results are folded (all ok -> ok;
+ * any temporary -> that 4xx; else the permanent 5xx; soft bounce turns 5xx into 4xx), one log
+ * line is written for the recipient, and the caller's callback gets the reply. The dispatch
+ * owns the delivery data handed to it and frees it when every target is finished, even when
+ * the session went away (dispatch_detach).
+ */
+#ifndef LMTPGW_DISPATCHER_H
+#define LMTPGW_DISPATCHER_H
+
+#include <stddef.h>
+
+#include "backend.h"
+#include "status.h"
+
+struct dispatch;
+
+/* Called on the loop thread once per recipient, in any order. */
+typedef void dispatch_result_fn(void *ctx, size_t rcpt_index, const struct status *reply);
+
+struct dispatch_request {
+	struct config *cfg;            /* a reference is taken */
+	struct delivery delivery;      /* trace, sender, ids: copied; spool ownership passes */
+	struct recipient *rcpts;       /* ownership passes (malloc'd array) */
+	size_t rcpt_count;
+	const char *queue_id;          /* for the log, may be NULL */
+	const char *client;            /* for the log: peer description */
+};
+
+/* Start delivering. Results arrive through cb (possibly before this returns, for inline
+ * drivers). Returns the dispatch handle, valid until the last result was reported. */
+struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn *cb, void *ctx);
+
+/* The session is gone: no more callbacks; the dispatch frees itself when its targets finish. */
+void dispatch_detach(struct dispatch *dispatch);
+
+/* Transactions being delivered (for graceful shutdown). */
+unsigned dispatch_in_flight(void);
+
+#endif

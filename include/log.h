@@ -1,0 +1,39 @@
+/*
+ * log - one line per event, key=value, to stderr (foreground) or syslog (daemon).
+ *
+ * Levels have fixed meanings: error = something failed that an admin must look at; warn = we
+ * carry on; info = one line per recipient result and per connection; debug = per subsystem detail.
+ * Every function is safe to call from any thread: a line is formatted on the stack and written
+ * with a single write(2) or syslog(3) call. Anything that came from outside goes through
+ * log_escape() first. Secrets are never passed here.
+ */
+#ifndef LMTPGW_LOG_H
+#define LMTPGW_LOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
+
+/* to_stderr: write lines to stderr with a timestamp; otherwise openlog(ident, LOG_PID, facility). */
+void log_init(const char *ident, bool to_stderr, enum log_level level);
+void log_set_level(enum log_level level);
+enum log_level log_get_level(void);
+/* "error", "warn", "info", "debug" -> level; returns -1 for anything else. */
+int log_level_parse(const char *name);
+
+void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Make untrusted bytes safe for a log line: printable ASCII except '"' and '\\' is copied, other
+ * bytes become \xNN (\" and \\ for those two), and output stops at max_in input bytes with
+ * "..." appended. dst always NUL-terminated; returns dst. dst_size >= 8. */
+char *log_escape(char *dst, size_t dst_size, const void *src, size_t src_len, size_t max_in);
+
+/* Short form for NUL-terminated input with max_in = 100, into a caller buffer of >= 420 bytes. */
+#define LOG_ESC_SIZE 420
+char *log_esc(char dst[LOG_ESC_SIZE], const char *src);
+
+#endif

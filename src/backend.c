@@ -1,0 +1,67 @@
+/*
+ * backend - the registry of drivers, and helpers every driver shares.
+ */
+#include "backend.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+extern const struct backend_driver backend_maildir;
+extern const struct backend_driver backend_discard;
+
+/* Adding a driver: define it in src/backends/NAME.c and list it here. */
+const struct backend_driver *const backend_drivers[] = {
+	&backend_maildir,
+	&backend_discard,
+	NULL,
+};
+
+const struct conf_key backend_common_keys[] = {
+	{ "driver", CONF_STRING, offsetof(struct backend_common, driver), NULL, 1, 0,
+	  "driver of this backend: maildir, discard" },
+	{ "concurrency", CONF_INT, offsetof(struct backend_common, concurrency), "8", 1, 256,
+	  "deliveries of this backend running at once (worker threads)" },
+	{ "soft_bounce", CONF_BOOL, offsetof(struct backend_common, soft_bounce), "false", 1, 0,
+	  "turn every 5xx of this backend into the matching 4xx" },
+	{ NULL, 0, 0, NULL, 0, 0, NULL },
+};
+
+const struct backend_driver *backend_driver_find(const char *name)
+{
+	for (size_t i = 0; backend_drivers[i] != NULL; i++) {
+		if (strcasecmp(backend_drivers[i]->name, name) == 0)
+			return backend_drivers[i];
+	}
+	return NULL;
+}
+
+size_t delivery_prefix(const struct delivery *delivery, const struct target *target, char *buf,
+		       size_t size)
+{
+	int n;
+
+	if (delivery->delivered_to)
+		n = snprintf(buf, size, "Delivered-To: %s\r\n%.*s", target->rcpt->rcpt,
+			     (int)delivery->trace_len, delivery->trace);
+	else
+		n = snprintf(buf, size, "%.*s", (int)delivery->trace_len, delivery->trace);
+	return n < 0 ? 0 : (size_t)n;
+}
+
+void delivery_vars(const struct delivery *delivery, const struct recipient *rcpt,
+		   struct template_vars *vars_r)
+{
+	memset(vars_r, 0, sizeof(*vars_r));
+	vars_r->local = rcpt->local;
+	vars_r->detail = rcpt->detail;
+	vars_r->user = rcpt->user;
+	vars_r->domain = rcpt->domain;
+	vars_r->rcpt = rcpt->rcpt;
+	vars_r->sender = delivery->sender;
+	vars_r->sha256 = delivery->sha256;
+	vars_r->msgid = delivery->msgid;
+	vars_r->session = delivery->session_id;
+	vars_r->txid = delivery->txid;
+	vars_r->received = delivery->received;
+}
