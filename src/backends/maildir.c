@@ -1,0 +1,297 @@
+/*
+ * maildir - delivery into local Maildirs (the embedded default backend).
+ *
+ * One file per recipient, written the Maildir way: create a unique name in tmp/, write the
+ * trace headers and the content, fsync the file, rename it into new/, fsync new/. Only then is
+ * the target ok (design.md: 2xx only after durable storage). With folder_from_detail,
+ * "bob+lists@x" goes to the Maildir++ folder ".lists" of bob's Maildir. Directories are created
+ * on demand (create = true); with create = false a missing Maildir is refused at RCPT time.
+ *
+ * Unique names follow the Maildir spec and Dovecot: "SECONDS.MUSECPpidQcounter.host,S=size".
+ */
+#include "backend.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#define MAILDIR_PATH_MAX 4096
+
+struct maildir_settings {
+	char *path;
+	bool folder_from_detail;
+	bool fsync;
+	bool create;
+	long long dir_mode;
+	long long file_mode;
+};
+
+struct maildir_state {
+	char name[64];
+	struct template *path;
+	struct maildir_settings settings;
+	char host[256];
+	atomic_ulong counter;
+};
+
+static const struct conf_key maildir_keys[] = {
+	{ "path", CONF_STRING, offsetof(struct maildir_settings, path), NULL, 1, 0,
+	  "Maildir of a recipient, a template (e.g. \"var/mail/%{domain}/%{local}\")" },
+	{ "folder_from_detail", CONF_BOOL, offsetof(struct maildir_settings, folder_from_detail),
+	  "false", 1, 0, "deliver user+detail into the Maildir++ folder .detail" },
+	{ "fsync", CONF_BOOL, offsetof(struct maildir_settings, fsync), "true", 1, 0,
+	  "fsync file and directory before answering 2xx (turn off only for tests)" },
+	{ "create", CONF_BOOL, offsetof(struct maildir_settings, create), "true", 1, 0,
+	  "create missing Maildirs; when false, unknown mailboxes get 550 5.1.1 at RCPT" },
+	{ "dir_mode", CONF_INT, offsetof(struct maildir_settings, dir_mode), "0700", 0, 07777,
+	  "permissions of directories created (octal)" },
+	{ "file_mode", CONF_INT, offsetof(struct maildir_settings, file_mode), "0600", 0, 07777,
+	  "permissions of message files (octal)" },
+	{ NULL, 0, 0, NULL, 0, 0, NULL },
+};
+
+static int maildir_open(const void *settings, const char *instance_name, void **state_r,
+			char *error_r, size_t error_size)
+{
+	const struct maildir_settings *set = settings;
+	const char *error;
+
+	if (set->path == NULL || set->path[0] == '\0') {
+		snprintf(error_r, error_size, "maildir needs 'path'");
+		return -1;
+	}
+	struct maildir_state *st = calloc(1, sizeof(*st));
+	if (st == NULL) {
+		snprintf(error_r, error_size, "out of memory");
+		return -1;
+	}
+	if (template_compile(set->path, &st->path, &error) < 0) {
+		snprintf(error_r, error_size, "path: %s", error);
+		free(st);
+		return -1;
+	}
+	st->settings = *set;
+	snprintf(st->name, sizeof(st->name), "%s", instance_name);
+	if (gethostname(st->host, sizeof(st->host)) < 0)
+		snprintf(st->host, sizeof(st->host), "localhost");
+	st->host[sizeof(st->host) - 1] = '\0';
+	/* '/' and ':' have meanings in Maildir names (Maildir spec). */
+	for (char *p = st->host; *p; p++) {
+		if (*p == '/' || *p == ':')
+			*p = '_';
+	}
+	*state_r = st;
+	return 0;
+}
+
+static void maildir_close(void *state)
+{
+	struct maildir_state *st = state;
+
+	if (st == NULL)
+		return;
+	template_free(&st->path);
+	free(st);
+}
+
+/* mkdir -p, keeping existing directories as they are. */
+static int make_dirs(char *path, mode_t mode)
+{
+	for (char *p = path + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		int r = mkdir(path, mode);
+		*p = '/';
+		if (r < 0 && errno != EEXIST)
+			return -1;
+	}
+	if (mkdir(path, mode) < 0 && errno != EEXIST)
+		return -1;
+	return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int r = fsync(fd);
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return r;
+}
+
+/* Resolve a target's Maildir (folder included) into dir. */
+static int target_dir(const struct maildir_state *st, const struct target *t, char *dir,
+		      size_t size, const char **error_r)
+{
+	if (template_expand(st->path, &t->vars, TEMPLATE_PATH, dir, size, error_r) < 0)
+		return -1;
+	size_t len = strlen(dir);
+	while (len > 1 && dir[len - 1] == '/')
+		dir[--len] = '\0';
+	if (st->settings.folder_from_detail && t->rcpt->detail[0] != '\0') {
+		/* Maildir++ folder: ".detail", with '/' in the detail kept out of the path. */
+		char folder[ADDRESS_LOCAL_MAX * 3 + 4];
+		size_t f = 0;
+		for (const char *p = t->rcpt->detail; *p && f + 4 < sizeof(folder); p++) {
+			if (*p == '/' || (unsigned char)*p < 0x20)
+				f += (size_t)snprintf(folder + f, sizeof(folder) - f, "%%%02X",
+						      (unsigned char)*p);
+			else
+				folder[f++] = *p;
+		}
+		folder[f] = '\0';
+		if (snprintf(dir + len, size - len, "/.%s", folder) >= (int)(size - len)) {
+			*error_r = "path too long";
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int ensure_maildir(const struct maildir_state *st, char *dir, bool is_folder)
+{
+	char sub[MAILDIR_PATH_MAX + 8];
+	static const char *const subdirs[] = { "tmp", "new", "cur" };
+	mode_t mode = (mode_t)st->settings.dir_mode;
+
+	snprintf(sub, sizeof(sub), "%s/new", dir);
+	struct stat sb;
+	if (stat(sub, &sb) == 0)
+		return 0;
+	if (!st->settings.create) {
+		errno = ENOENT;
+		return -1;
+	}
+	if (make_dirs(dir, mode) < 0)
+		return -1;
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(sub, sizeof(sub), "%s/%s", dir, subdirs[i]);
+		if (mkdir(sub, mode) < 0 && errno != EEXIST)
+			return -1;
+	}
+	if (is_folder) {
+		/* Maildir++ marks folders with an empty maildirfolder file. */
+		snprintf(sub, sizeof(sub), "%s/maildirfolder", dir);
+		int fd = open(sub, O_WRONLY | O_CREAT | O_CLOEXEC, (mode_t)st->settings.file_mode);
+		if (fd >= 0)
+			close(fd);
+	}
+	return 0;
+}
+
+static void deliver_one(struct maildir_state *st, const struct delivery *d, struct target *t)
+{
+	char dir[MAILDIR_PATH_MAX], tmp_path[MAILDIR_PATH_MAX + 128], new_path[MAILDIR_PATH_MAX + 160];
+	char base[128], prefix[1024];
+	const char *error;
+	struct timeval tv;
+	int fd;
+
+	if (target_dir(st, t, dir, sizeof(dir), &error) < 0) {
+		status_must(&t->status, 451, "4.3.0", "<%s> cannot resolve mailbox path", t->rcpt->rcpt);
+		snprintf(t->ref, sizeof(t->ref), "error=%s", error);
+		return;
+	}
+	if (ensure_maildir(st, dir, st->settings.folder_from_detail && t->rcpt->detail[0]) < 0) {
+		status_from_errno(&t->status, errno, "cannot create mailbox");
+		snprintf(t->ref, sizeof(t->ref), "dir=%s", dir);
+		return;
+	}
+	size_t prefix_len = delivery_prefix(d, t, prefix, sizeof(prefix));
+	if (prefix_len >= sizeof(prefix))
+		prefix_len = sizeof(prefix) - 1;
+	uint64_t size = prefix_len + spool_size(d->spool);
+
+	gettimeofday(&tv, NULL);
+	unsigned long n = atomic_fetch_add(&st->counter, 1);
+	snprintf(base, sizeof(base), "%lld.M%06ldP%ldQ%lu.%s", (long long)tv.tv_sec,
+		 (long)tv.tv_usec, (long)getpid(), n, st->host);
+	snprintf(tmp_path, sizeof(tmp_path), "%s/tmp/%s", dir, base);
+	snprintf(new_path, sizeof(new_path), "%s/new/%s,S=%llu", dir, base, (unsigned long long)size);
+
+	fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)st->settings.file_mode);
+	if (fd < 0) {
+		status_from_errno(&t->status, errno, "cannot create message file");
+		snprintf(t->ref, sizeof(t->ref), "dir=%s", dir);
+		return;
+	}
+	if (spool_write_to_fd(d->spool, prefix, prefix_len, fd) < 0 ||
+	    (st->settings.fsync && fsync(fd) < 0)) {
+		int saved = errno;
+		close(fd);
+		unlink(tmp_path);
+		status_from_errno(&t->status, saved, "cannot write message file");
+		snprintf(t->ref, sizeof(t->ref), "dir=%s", dir);
+		return;
+	}
+	if (close(fd) < 0 || rename(tmp_path, new_path) < 0) {
+		int saved = errno;
+		unlink(tmp_path);
+		status_from_errno(&t->status, saved, "cannot store message file");
+		snprintf(t->ref, sizeof(t->ref), "dir=%s", dir);
+		return;
+	}
+	char new_dir[MAILDIR_PATH_MAX + 8];
+	snprintf(new_dir, sizeof(new_dir), "%s/new", dir);
+	if (st->settings.fsync && fsync_dir(new_dir) < 0) {
+		/* The file is in new/ but not known durable: say temporary, the client retries. */
+		status_from_errno(&t->status, errno, "cannot sync mailbox directory");
+		snprintf(t->ref, sizeof(t->ref), "file=%s", new_path);
+		return;
+	}
+	status_must(&t->status, 250, "2.0.0", "<%s> stored (%s %s)", t->rcpt->rcpt, st->name, base);
+	snprintf(t->ref, sizeof(t->ref), "%s", new_path);
+}
+
+static void maildir_deliver(void *state, const struct delivery *delivery, struct target *targets,
+			    size_t count)
+{
+	for (size_t i = 0; i < count; i++)
+		deliver_one(state, delivery, &targets[i]);
+}
+
+/* With create = false a recipient without a Maildir is unknown: say so at RCPT. */
+static int maildir_verify(void *state, const struct recipient *rcpt, struct status *st_r)
+{
+	struct maildir_state *st = state;
+	struct target t = { .rcpt = rcpt };
+	struct delivery d = { .sender = "" };
+	char dir[MAILDIR_PATH_MAX + 8];
+	const char *error;
+	struct stat sb;
+
+	if (st->settings.create || template_uses(st->path, "sha256") ||
+	    template_uses(st->path, "msgid") || template_uses(st->path, "date") ||
+	    template_uses(st->path, "sender"))
+		return 0;
+	delivery_vars(&d, rcpt, &t.vars);
+	/* Verify the base Maildir: folders are created on demand inside an existing one. */
+	if (template_expand(st->path, &t.vars, TEMPLATE_PATH, dir, sizeof(dir) - 5, &error) < 0)
+		return 0;
+	strcat(dir, "/new");
+	if (stat(dir, &sb) < 0 && errno == ENOENT) {
+		status_must(st_r, 550, "5.1.1", "<%s> no such mailbox", rcpt->rcpt);
+		return -1;
+	}
+	return 0;
+}
+
+const struct backend_driver backend_maildir = {
+	.name = "maildir",
+	.keys = maildir_keys,
+	.settings_size = sizeof(struct maildir_settings),
+	.open = maildir_open,
+	.deliver = maildir_deliver,
+	.close = maildir_close,
+	.verify = maildir_verify,
+};

@@ -1,0 +1,398 @@
+/*
+ * dispatcher - runs a transaction's targets on their backends and folds the results.
+ *
+ * A dispatch owns everything a delivery reads (spool, trace, recipients) from dispatch_start()
+ * until its last target has finished, so a client that hangs up mid-delivery cannot pull memory
+ * from under a worker. Targets are laid out grouped by backend, so a batch driver gets its
+ * targets as one contiguous array. All bookkeeping happens on the loop thread: workers only
+ * run driver->deliver() on their own targets.
+ */
+#include "dispatcher.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "pool.h"
+
+struct dispatch;
+
+struct dispatch_job {
+	struct pool_job job;          /* first: the pool hands us back this pointer */
+	struct dispatch *dispatch;
+	struct backend_instance *backend;
+	size_t first, count;          /* targets[first .. first+count) */
+};
+
+struct dispatch {
+	struct config *cfg;
+	struct delivery delivery;
+	struct mail_params mail;
+	char *trace;
+	char *sender;
+	char *session_id;
+	char *txid;
+	char *msgid;
+	char *queue_id;
+	char *client;
+
+	struct recipient *rcpts;
+	size_t rcpt_count;
+	struct target *targets;
+	unsigned *target_backend;     /* backend index of each target */
+	size_t target_count;
+	unsigned *rcpt_pending;       /* unfinished targets per recipient */
+	size_t *rcpt_targets;         /* per recipient: its target indexes, rcpt_target_start[i].. */
+	size_t *rcpt_target_start;
+
+	struct dispatch_job *jobs;
+	size_t job_count;
+	size_t jobs_pending;
+	size_t rcpts_pending;
+
+	dispatch_result_fn *cb;
+	void *ctx;
+	struct timespec started;
+};
+
+static unsigned in_flight;
+
+unsigned dispatch_in_flight(void)
+{
+	return in_flight;
+}
+
+static char *xstrdup0(const char *s)
+{
+	char *copy = strdup(s != NULL ? s : "");
+	if (copy == NULL)
+		abort(); /* out of memory while holding a message: nothing sensible is left to do */
+	return copy;
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size ? size : 1);
+	if (p == NULL)
+		abort();
+	return p;
+}
+
+static void dispatch_free(struct dispatch *d)
+{
+	spool_free(&d->delivery.spool);
+	free(d->trace);
+	free(d->sender);
+	free(d->session_id);
+	free(d->txid);
+	free(d->msgid);
+	free(d->queue_id);
+	free(d->client);
+	free(d->rcpts);
+	free(d->targets);
+	free(d->target_backend);
+	free(d->rcpt_pending);
+	free(d->rcpt_targets);
+	free(d->rcpt_target_start);
+	free(d->jobs);
+	config_unref(&d->cfg);
+	free(d);
+	in_flight--;
+}
+
+static const char *class_name(const struct status *st)
+{
+	switch (status_class_of(st)) {
+	case STATUS_OK:
+		return "ok";
+	case STATUS_TEMPFAIL:
+		return "tempfail";
+	case STATUS_PERMFAIL:
+		return "permfail";
+	default:
+		return "other";
+	}
+}
+
+/* Fold one recipient's targets into one reply: all ok -> ok; any temporary -> the first
+ * temporary; otherwise the first permanent. Soft bounce was applied per target already. */
+static void fold_recipient(struct dispatch *d, size_t ri, struct status *reply)
+{
+	size_t first = d->rcpt_target_start[ri], end = d->rcpt_target_start[ri + 1];
+	const struct status *temp = NULL, *perm = NULL;
+
+	for (size_t k = first; k < end; k++) {
+		const struct status *st = &d->targets[d->rcpt_targets[k]].status;
+		if (status_class_of(st) == STATUS_TEMPFAIL && temp == NULL)
+			temp = st;
+		else if (status_class_of(st) != STATUS_OK && status_class_of(st) != STATUS_TEMPFAIL &&
+			 perm == NULL)
+			perm = st;
+	}
+	if (temp != NULL) {
+		*reply = *temp;
+	} else if (perm != NULL) {
+		*reply = *perm;
+	} else if (end - first == 1) {
+		*reply = d->targets[d->rcpt_targets[first]].status;
+	} else {
+		char names[STATUS_TEXT_MAX] = "";
+		size_t len = 0;
+		for (size_t k = first; k < end && len < sizeof(names); k++) {
+			unsigned b = d->target_backend[d->rcpt_targets[k]];
+			int n = snprintf(names + len, sizeof(names) - len, "%s%s",
+					 k > first ? ", " : "", d->cfg->backends[b].name);
+			if (n > 0)
+				len += (size_t)n;
+		}
+		status_must(reply, 250, "2.0.0", "<%s> stored (%s)", d->rcpts[ri].rcpt, names);
+	}
+}
+
+static void log_recipient(struct dispatch *d, size_t ri, const struct status *reply)
+{
+	char targets[1024] = "", esc_rcpt[LOG_ESC_SIZE], esc_from[LOG_ESC_SIZE];
+	char esc_targets[1400], esc_text[LOG_ESC_SIZE], esc_qid[LOG_ESC_SIZE];
+	size_t len = 0;
+	struct timespec now;
+
+	for (size_t k = d->rcpt_target_start[ri]; k < d->rcpt_target_start[ri + 1]; k++) {
+		const struct target *t = &d->targets[d->rcpt_targets[k]];
+		unsigned b = d->target_backend[d->rcpt_targets[k]];
+		int n = snprintf(targets + len, sizeof(targets) - len, "%s%s:%d:%s:%s",
+				 len > 0 ? "," : "", d->cfg->backends[b].name, t->status.code,
+				 t->status.enhanced, t->ref[0] ? t->ref : "-");
+		if (n < 0 || (size_t)n >= sizeof(targets) - len)
+			break;
+		len += (size_t)n;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	double delay = (double)(now.tv_sec - d->started.tv_sec) +
+		       (double)(now.tv_nsec - d->started.tv_nsec) / 1e9;
+	log_escape(esc_targets, sizeof(esc_targets), targets, strlen(targets), sizeof(targets));
+	log_escape(esc_text, sizeof(esc_text), reply->text, strlen(reply->text), 200);
+	log_info("event=delivery session=%s tx=%s%s%s client=%s from=<%s> rcpt=<%s> result=%s "
+		 "reply=\"%d %s %s\" targets=\"%s\" size=%llu delay=%.3f",
+		 d->session_id, d->txid, d->queue_id[0] ? " qid=" : "",
+		 d->queue_id[0] ? log_esc(esc_qid, d->queue_id) : "", d->client,
+		 log_esc(esc_from, d->sender), log_esc(esc_rcpt, d->rcpts[ri].rcpt),
+		 class_name(reply), reply->code, reply->enhanced, esc_text, esc_targets,
+		 (unsigned long long)spool_size(d->delivery.spool), delay);
+}
+
+static void maybe_free(struct dispatch *d)
+{
+	if (d->jobs_pending == 0 && d->rcpts_pending == 0)
+		dispatch_free(d);
+}
+
+/* A target's verdict is in: apply soft bounce, and report its recipient when complete. */
+static void target_finished(struct dispatch *d, size_t ti)
+{
+	struct target *t = &d->targets[ti];
+	const struct backend_instance *b = &d->cfg->backends[d->target_backend[ti]];
+	size_t ri = (size_t)(t->rcpt - d->rcpts);
+
+	if (t->status.code == 0)
+		status_must(&t->status, 451, "4.3.0", "<%s> internal error: backend %s gave no result",
+			    t->rcpt->rcpt, b->name);
+	if (status_class_of(&t->status) == STATUS_PERMFAIL && (d->cfg->soft_bounce || b->common.soft_bounce))
+		status_soft_bounce(&t->status);
+	if (--d->rcpt_pending[ri] > 0)
+		return;
+
+	struct status reply;
+	fold_recipient(d, ri, &reply);
+	log_recipient(d, ri, &reply);
+	d->rcpts_pending--;
+	if (d->cb != NULL)
+		d->cb(d->ctx, ri, &reply);
+}
+
+static void job_run(struct pool_job *pj)
+{
+	struct dispatch_job *job = (struct dispatch_job *)pj;
+	struct dispatch *d = job->dispatch;
+
+	job->backend->driver->deliver(job->backend->state, &d->delivery, d->targets + job->first,
+				      job->count);
+}
+
+static void job_done(struct pool_job *pj)
+{
+	struct dispatch_job *job = (struct dispatch_job *)pj;
+	struct dispatch *d = job->dispatch;
+
+	d->jobs_pending--;
+	for (size_t k = 0; k < job->count; k++)
+		target_finished(d, job->first + k);
+	maybe_free(d);
+}
+
+static void build_targets(struct dispatch *d)
+{
+	size_t total = 0;
+
+	for (size_t i = 0; i < d->rcpt_count; i++)
+		total += d->rcpts[i].rule->target_count;
+	d->targets = xcalloc(total, sizeof(*d->targets));
+	d->target_backend = xcalloc(total, sizeof(*d->target_backend));
+	d->rcpt_pending = xcalloc(d->rcpt_count, sizeof(*d->rcpt_pending));
+	d->rcpt_targets = xcalloc(total, sizeof(*d->rcpt_targets));
+	d->rcpt_target_start = xcalloc(d->rcpt_count + 1, sizeof(*d->rcpt_target_start));
+
+	/* Grouped by backend, so a batch call gets a contiguous slice. */
+	size_t n = 0;
+	for (unsigned b = 0; b < d->cfg->backend_count; b++) {
+		for (size_t i = 0; i < d->rcpt_count; i++) {
+			const struct route_rule *rule = d->rcpts[i].rule;
+			for (size_t k = 0; k < rule->target_count; k++) {
+				if (rule->targets[k] != b)
+					continue;
+				/* A backend named twice in one route delivers once. */
+				bool seen = false;
+				for (size_t j = 0; j < k; j++)
+					seen = seen || rule->targets[j] == b;
+				if (seen)
+					continue;
+				d->targets[n].rcpt = &d->rcpts[i];
+				delivery_vars(&d->delivery, &d->rcpts[i], &d->targets[n].vars);
+				d->target_backend[n] = b;
+				d->rcpt_pending[i]++;
+				n++;
+			}
+		}
+	}
+	d->target_count = n;
+	/* Per recipient index, in the route's backend order. */
+	size_t pos = 0;
+	for (size_t i = 0; i < d->rcpt_count; i++) {
+		d->rcpt_target_start[i] = pos;
+		const struct route_rule *rule = d->rcpts[i].rule;
+		for (size_t k = 0; k < rule->target_count; k++) {
+			for (size_t t = 0; t < n; t++) {
+				if (d->targets[t].rcpt == &d->rcpts[i] &&
+				    d->target_backend[t] == rule->targets[k]) {
+					bool dup = false;
+					for (size_t j = d->rcpt_target_start[i]; j < pos; j++)
+						dup = dup || d->rcpt_targets[j] == t;
+					if (!dup)
+						d->rcpt_targets[pos++] = t;
+					break;
+				}
+			}
+		}
+	}
+	d->rcpt_target_start[d->rcpt_count] = pos;
+}
+
+struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn *cb, void *ctx)
+{
+	struct dispatch *d = xcalloc(1, sizeof(*d));
+
+	in_flight++;
+	clock_gettime(CLOCK_MONOTONIC, &d->started);
+	d->cfg = config_ref(req->cfg);
+	d->cb = cb;
+	d->ctx = ctx;
+	d->delivery = req->delivery;
+	req->delivery.spool = NULL;
+	d->trace = malloc(req->delivery.trace_len + 1);
+	if (d->trace == NULL)
+		abort();
+	memcpy(d->trace, req->delivery.trace, req->delivery.trace_len);
+	d->trace[req->delivery.trace_len] = '\0';
+	d->sender = xstrdup0(req->delivery.sender);
+	d->session_id = xstrdup0(req->delivery.session_id);
+	d->txid = xstrdup0(req->delivery.txid);
+	d->msgid = xstrdup0(req->delivery.msgid);
+	d->queue_id = xstrdup0(req->queue_id);
+	d->client = xstrdup0(req->client);
+	if (req->delivery.mail != NULL)
+		d->mail = *req->delivery.mail;
+	d->delivery.trace = d->trace;
+	d->delivery.sender = d->sender;
+	d->delivery.session_id = d->session_id;
+	d->delivery.txid = d->txid;
+	d->delivery.msgid = d->msgid;
+	d->delivery.mail = &d->mail;
+	d->delivery.sha256 = spool_sha256_hex(d->delivery.spool);
+	d->delivery.cfg = d->cfg;
+	d->rcpts = req->rcpts;
+	d->rcpt_count = req->rcpt_count;
+	req->rcpts = NULL;
+
+	build_targets(d);
+	d->rcpts_pending = d->rcpt_count;
+
+	/* One job per backend for batch drivers, one per target otherwise. */
+	d->jobs = xcalloc(d->target_count, sizeof(*d->jobs));
+	for (size_t t = 0; t < d->target_count;) {
+		struct backend_instance *b = &d->cfg->backends[d->target_backend[t]];
+		size_t count = 1;
+		if (b->driver->batch) {
+			while (t + count < d->target_count &&
+			       d->target_backend[t + count] == d->target_backend[t])
+				count++;
+		}
+		struct dispatch_job *job = &d->jobs[d->job_count++];
+		job->job.run = job_run;
+		job->job.done = job_done;
+		job->dispatch = d;
+		job->backend = b;
+		job->first = t;
+		job->count = count;
+		t += count;
+	}
+	/* Count every job, plus one for this function, before running any: an inline job must
+	 * not free d while we still walk the list. */
+	d->jobs_pending = d->job_count + 1;
+	size_t job_count = d->job_count;
+	struct dispatch_job *jobs = d->jobs;
+	for (size_t j = 0; j < job_count; j++) {
+		struct dispatch_job *job = &jobs[j];
+		struct backend_instance *b = job->backend;
+		if (b->driver->inline_deliver) {
+			job_run(&job->job);
+			job_done(&job->job); /* may free d on the last job */
+			continue;
+		}
+		if (b->pool == NULL) {
+			char name[80];
+			snprintf(name, sizeof(name), "backend-%s", b->name);
+			b->pool = pool_new(name, (unsigned)b->common.concurrency);
+			if (b->pool == NULL)
+				abort();
+		}
+		pool_submit(b->pool, &job->job);
+	}
+	d->jobs_pending--;
+	if (job_count > 0 && d->jobs_pending == 0 && d->rcpts_pending == 0) {
+		/* Everything ran inline and every result has been reported. */
+		dispatch_free(d);
+		return NULL;
+	}
+	if (job_count == 0) {
+		/* No target at all cannot happen (every route has a backend); be safe. */
+		for (size_t i = 0; i < d->rcpt_count; i++) {
+			struct status st;
+			status_must(&st, 451, "4.3.0", "<%s> internal error: no target", d->rcpts[i].rcpt);
+			d->rcpts_pending--;
+			if (d->cb != NULL)
+				d->cb(d->ctx, i, &st);
+		}
+		dispatch_free(d);
+		return NULL;
+	}
+	return d;
+}
+
+void dispatch_detach(struct dispatch *d)
+{
+	if (d == NULL)
+		return;
+	d->cb = NULL;
+	d->ctx = NULL;
+}

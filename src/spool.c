@@ -1,0 +1,403 @@
+/*
+ * spool - one message's bytes: memory up to a threshold, then an unlinked temporary file.
+ *
+ * Owns the memory buffer, the file descriptor, the write buffer and the mapping. Writes to the
+ * file go through a 256 KiB buffer so the DATA path makes few system calls whatever the client's
+ * packet sizes. Readers use pread() so any number of worker threads can read at once.
+ */
+#include "spool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#define SPOOL_FILE_BUFFER (256 * 1024)
+
+struct spool {
+	size_t memory_max;
+	uint64_t size_max;
+	char *dir;
+
+	char *mem;            /* content while in memory; the file's write buffer afterwards */
+	size_t mem_len;
+	size_t mem_cap;
+
+	int fd;               /* -1 while in memory */
+	uint64_t file_len;    /* bytes written to the file */
+
+	uint64_t received;
+	uint64_t kept;
+	bool too_big;
+	bool finished;
+	int error;            /* sticky errno */
+
+	EVP_MD_CTX *sha;
+	char sha_hex[65];
+
+	pthread_mutex_t map_lock;
+	void *map;
+	size_t map_len;
+};
+
+struct spool *spool_new(size_t memory_max, const char *dir, uint64_t size_max)
+{
+	struct spool *spool = calloc(1, sizeof(*spool));
+
+	if (spool == NULL)
+		return NULL;
+	spool->memory_max = memory_max;
+	spool->size_max = size_max;
+	spool->fd = -1;
+	spool->dir = strdup(dir != NULL ? dir : "/tmp");
+	spool->sha = EVP_MD_CTX_new();
+	if (spool->dir == NULL || spool->sha == NULL ||
+	    EVP_DigestInit_ex(spool->sha, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(spool->sha);
+		free(spool->dir);
+		free(spool);
+		return NULL;
+	}
+	pthread_mutex_init(&spool->map_lock, NULL);
+	return spool;
+}
+
+void spool_free(struct spool **spoolp)
+{
+	struct spool *spool = *spoolp;
+
+	if (spool == NULL)
+		return;
+	*spoolp = NULL;
+	if (spool->map != NULL && spool->fd >= 0)
+		munmap(spool->map, spool->map_len);
+	if (spool->fd >= 0)
+		close(spool->fd);
+	pthread_mutex_destroy(&spool->map_lock);
+	EVP_MD_CTX_free(spool->sha);
+	free(spool->mem);
+	free(spool->dir);
+	free(spool);
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+	const char *p = data;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int open_tmpfile(const char *dir)
+{
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+
+	if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+		return fd;
+	/* Filesystems without O_TMPFILE: create, then unlink at once. */
+	char path[4096];
+	if (snprintf(path, sizeof(path), "%s/lmtpgw-spool.XXXXXX", dir) >= (int)sizeof(path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	fd = mkostemp(path, O_CLOEXEC);
+	if (fd >= 0)
+		unlink(path);
+	return fd;
+}
+
+static int flush_buffer(struct spool *spool)
+{
+	if (spool->mem_len == 0)
+		return 0;
+	if (write_all(spool->fd, spool->mem, spool->mem_len) < 0)
+		return -1;
+	spool->file_len += spool->mem_len;
+	spool->mem_len = 0;
+	return 0;
+}
+
+static int move_to_file(struct spool *spool)
+{
+	spool->fd = open_tmpfile(spool->dir);
+	if (spool->fd < 0)
+		return -1;
+	if (spool->mem_cap < SPOOL_FILE_BUFFER) {
+		char *buf = realloc(spool->mem, SPOOL_FILE_BUFFER);
+		if (buf == NULL)
+			return -1;
+		spool->mem = buf;
+		spool->mem_cap = SPOOL_FILE_BUFFER;
+	}
+	return 0;
+}
+
+int spool_write(struct spool *spool, const void *data, size_t len, const char **error_r)
+{
+	if (spool->error != 0) {
+		errno = spool->error;
+		*error_r = "spool write failed earlier";
+		return -1;
+	}
+	spool->received += len;
+	if (spool->too_big)
+		return 0;
+	if (spool->size_max > 0 && spool->kept + len > spool->size_max) {
+		/* Keep counting, stop keeping: the session reads on to the end, then replies. */
+		spool->too_big = true;
+		return 0;
+	}
+	EVP_DigestUpdate(spool->sha, data, len);
+	spool->kept += len;
+
+	if (spool->fd < 0 && spool->mem_len + len > spool->memory_max) {
+		if (move_to_file(spool) < 0) {
+			spool->error = errno;
+			*error_r = "cannot create spool file";
+			return -1;
+		}
+	}
+	if (spool->fd < 0) {
+		if (spool->mem_len + len > spool->mem_cap) {
+			size_t cap = spool->mem_cap ? spool->mem_cap : 16384;
+			while (cap < spool->mem_len + len)
+				cap *= 2;
+			if (cap > spool->memory_max && spool->memory_max >= spool->mem_len + len)
+				cap = spool->memory_max;
+			char *buf = realloc(spool->mem, cap);
+			if (buf == NULL) {
+				spool->error = ENOMEM;
+				*error_r = "out of memory";
+				return -1;
+			}
+			spool->mem = buf;
+			spool->mem_cap = cap;
+		}
+		memcpy(spool->mem + spool->mem_len, data, len);
+		spool->mem_len += len;
+		return 0;
+	}
+	/* In file mode mem is the write buffer; big writes bypass it. */
+	if (spool->mem_len + len > spool->mem_cap) {
+		if (flush_buffer(spool) < 0)
+			goto io_error;
+	}
+	if (len >= spool->mem_cap) {
+		if (write_all(spool->fd, data, len) < 0)
+			goto io_error;
+		spool->file_len += len;
+		return 0;
+	}
+	memcpy(spool->mem + spool->mem_len, data, len);
+	spool->mem_len += len;
+	return 0;
+io_error:
+	spool->error = errno;
+	*error_r = "cannot write spool file";
+	return -1;
+}
+
+int spool_finish(struct spool *spool, const char **error_r)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int md_len = 0;
+
+	if (spool->finished)
+		return 0;
+	if (spool->error != 0) {
+		errno = spool->error;
+		*error_r = "spool write failed";
+		return -1;
+	}
+	if (spool->fd >= 0) {
+		if (flush_buffer(spool) < 0) {
+			spool->error = errno;
+			*error_r = "cannot write spool file";
+			return -1;
+		}
+		/* The write buffer is not needed any more. */
+		free(spool->mem);
+		spool->mem = NULL;
+		spool->mem_cap = 0;
+	}
+	EVP_DigestFinal_ex(spool->sha, md, &md_len);
+	for (unsigned i = 0; i < md_len && i < 32; i++)
+		snprintf(spool->sha_hex + 2 * i, 3, "%02x", md[i]);
+	spool->finished = true;
+	return 0;
+}
+
+bool spool_too_big(const struct spool *spool)
+{
+	return spool->too_big;
+}
+
+uint64_t spool_received(const struct spool *spool)
+{
+	return spool->received;
+}
+
+uint64_t spool_size(const struct spool *spool)
+{
+	return spool->kept;
+}
+
+bool spool_in_memory(const struct spool *spool)
+{
+	return spool->fd < 0;
+}
+
+const char *spool_sha256_hex(const struct spool *spool)
+{
+	return spool->sha_hex;
+}
+
+ssize_t spool_pread(const struct spool *spool, void *buf, size_t size, uint64_t offset)
+{
+	if (offset >= spool->kept)
+		return 0;
+	if (size > spool->kept - offset)
+		size = (size_t)(spool->kept - offset);
+	if (spool->fd < 0) {
+		memcpy(buf, spool->mem + offset, size);
+		return (ssize_t)size;
+	}
+	size_t done = 0;
+	while (done < size) {
+		ssize_t n = pread(spool->fd, (char *)buf + done, size - done, (off_t)(offset + done));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
+int spool_map(struct spool *spool, const void **data_r, size_t *len_r)
+{
+	if (spool->fd < 0) {
+		*data_r = spool->mem != NULL ? spool->mem : "";
+		*len_r = spool->kept;
+		return 0;
+	}
+	pthread_mutex_lock(&spool->map_lock);
+	if (spool->map == NULL && spool->kept > 0) {
+		void *map = mmap(NULL, (size_t)spool->kept, PROT_READ, MAP_SHARED, spool->fd, 0);
+		if (map == MAP_FAILED) {
+			pthread_mutex_unlock(&spool->map_lock);
+			return -1;
+		}
+		spool->map = map;
+		spool->map_len = (size_t)spool->kept;
+	}
+	pthread_mutex_unlock(&spool->map_lock);
+	*data_r = spool->map != NULL ? spool->map : "";
+	*len_r = spool->kept;
+	return 0;
+}
+
+int spool_write_to_fd(const struct spool *spool, const void *prefix, size_t prefix_len, int fd)
+{
+	if (prefix_len > 0 && write_all(fd, prefix, prefix_len) < 0)
+		return -1;
+	if (spool->fd < 0)
+		return write_all(fd, spool->mem, spool->kept);
+
+	/* copy_file_range keeps the bytes in the kernel; fall back to pread/write. */
+	off_t in_off = 0;
+	uint64_t left = spool->kept;
+	while (left > 0) {
+		ssize_t n = copy_file_range(spool->fd, &in_off, fd, NULL, left, 0);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
+			    errno == EBADF)
+				break;
+			return -1;
+		}
+		if (n == 0)
+			break;
+		left -= (uint64_t)n;
+	}
+	if (left == 0)
+		return 0;
+	char *buf = malloc(256 * 1024);
+	if (buf == NULL)
+		return -1;
+	uint64_t off = spool->kept - left;
+	while (left > 0) {
+		ssize_t n = spool_pread(spool, buf, 256 * 1024, off);
+		if (n <= 0 || write_all(fd, buf, (size_t)n) < 0) {
+			int saved = n == 0 ? EIO : errno;
+			free(buf);
+			errno = saved;
+			return -1;
+		}
+		off += (uint64_t)n;
+		left -= (uint64_t)n;
+	}
+	free(buf);
+	return 0;
+}
+
+void spool_reader_init(struct spool_reader *reader, const struct spool *spool, const char *prefix,
+		       size_t prefix_len)
+{
+	reader->spool = spool;
+	reader->prefix = prefix;
+	reader->prefix_len = prefix_len;
+	reader->pos = 0;
+}
+
+ssize_t spool_reader_read(struct spool_reader *reader, void *buf, size_t size)
+{
+	size_t done = 0;
+
+	if (reader->pos < reader->prefix_len) {
+		size_t n = reader->prefix_len - (size_t)reader->pos;
+		if (n > size)
+			n = size;
+		memcpy(buf, reader->prefix + reader->pos, n);
+		reader->pos += n;
+		done = n;
+	}
+	if (done < size) {
+		ssize_t n = spool_pread(reader->spool, (char *)buf + done, size - done,
+					reader->pos - reader->prefix_len);
+		if (n < 0)
+			return -1;
+		reader->pos += (uint64_t)n;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
+uint64_t spool_reader_total(const struct spool_reader *reader)
+{
+	return reader->prefix_len + spool_size(reader->spool);
+}
+
+void spool_reader_rewind(struct spool_reader *reader)
+{
+	reader->pos = 0;
+}
