@@ -53,7 +53,9 @@ int conf_defaults(const struct conf_key *keys, void *base, char *error_r, size_t
 /* Free the strings and lists the table filled in base. */
 void conf_release(const struct conf_key *keys, void *base);
 /* Parse a value given as text (as a default is) into its field; used by conf_defaults and by
- * the `--set key=value` style overrides. */
+ * the `--set key=value` style overrides. Replaces (and frees) the field's previous value, so
+ * base must start zeroed. INT text is read by strtoll base 0 ("0660" is octal); a
+ * STRING_LIST text is split on commas. */
 int conf_parse_value(const struct conf_key *key, const char *text, void *base, char *error_r,
 		     size_t error_size);
 /* Print "name = value;" lines for every key of the table, values as config-file syntax. */
@@ -61,6 +63,13 @@ void conf_print(FILE *out, const struct conf_key *keys, const void *base, int in
 /* Parse "25M" etc.; return -1 on syntax error or overflow. */
 int conf_parse_size(const char *text, long long *bytes_r);
 int conf_parse_duration(const char *text, long long *ms_r);
+
+/* One entry of `routes`, as configured (the router holds the compiled form; config_print
+ * writes these back). */
+struct config_route {
+	char *match;
+	struct conf_strlist deliver;   /* backend names */
+};
 
 struct config {
 	int refcount;
@@ -96,13 +105,17 @@ struct config {
 	struct backend_instance *backends; /* backend_count entries */
 	size_t backend_count;
 	struct router *router;
+	struct config_route *routes;   /* route_count entries, in file order */
+	size_t route_count;
 };
 
 /* The table of global keys (for docs checks and -n). */
 extern const struct conf_key config_global_keys[];
+/* The keys of one `routes` entry (fills struct config_route). */
+extern const struct conf_key config_route_keys[];
 
-/* Load and check path; listen_override (may be NULL) replaces the `listen` key. Opens every
- * backend. Returns a config with refcount 1. */
+/* Load and check path. Opens every backend. Returns a config with refcount 1. (To override a
+ * key such as `listen` from the command line, use conf_parse_value on the result before use.) */
 struct config *config_load(const char *path, char *error_r, size_t error_size);
 
 struct config *config_ref(struct config *cfg);
