@@ -31,7 +31,7 @@ CFLAGS   ?= -O2 -g
 WARN     := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes \
             -Wno-unused-parameter
 # gcc warns about every intended snprintf truncation; clang has no such option.
-ifneq ($(shell $(CC) --version 2>/dev/null | grep -c clang),1)
+ifeq ($(shell $(CC) --version 2>/dev/null | grep -q clang && echo clang),)
 WARN     += -Wno-format-truncation
 endif
 ALL_CFLAGS := -std=c17 -D_GNU_SOURCE $(WARN) $(CFLAGS) -Iinclude $(call pkg_cflags,$(PKGS)) \
