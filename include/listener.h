@@ -1,0 +1,24 @@
+/*
+ * listener - the sockets lmtpgw accepts on: unix, TCP (IPv4/IPv6), and sockets from systemd.
+ *
+ * Address forms: "unix:/run/lmtpgw/lmtp.sock", "127.0.0.1:2424", "[::1]:2424", "*:2424"
+ * (every IPv4 and IPv6 address), "localhost:2424" (resolved at start). Sockets passed by
+ * systemd (LISTEN_PID/LISTEN_FDS) are used in addition to the configured ones; when any are
+ * passed and the configuration lists none beyond the default, only they are used.
+ * Over max_connections a new client gets "421 4.3.2" and is closed.
+ *
+ * Error contract: listeners_open() returns 0 or -1 with a message in error_r.
+ */
+#ifndef LMTPGW_LISTENER_H
+#define LMTPGW_LISTENER_H
+
+#include <stddef.h>
+
+struct server;
+struct config;
+
+int listeners_open(struct server *srv, const struct config *cfg, char *error_r, size_t error_size);
+/* Stop accepting (SIGTERM) and free. */
+void listeners_close(struct server *srv);
+
+#endif

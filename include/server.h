@@ -1,0 +1,36 @@
+/*
+ * server - the process-wide runtime: event base, current configuration, counters, shutdown.
+ *
+ * One instance, created by main and passed to the listener and every session (no globals).
+ * `cfg` is the configuration new transactions take a reference to; SIGHUP replaces it.
+ */
+#ifndef LMTPGW_SERVER_H
+#define LMTPGW_SERVER_H
+
+#include <stdbool.h>
+
+#include "config.h"
+
+struct event_base;
+struct listener;
+struct session;
+
+struct server {
+	struct event_base *base;
+	struct config *cfg;
+	const char *config_path;
+	const struct conf_strlist *listen_override; /* --listen, NULL when not given */
+	struct listener *listeners;
+	struct session *sessions;   /* every open session (doubly linked) */
+	unsigned connections;
+	unsigned long long session_seq;
+	bool stopping;              /* SIGTERM: no new connections, no new transactions */
+};
+
+/* Replace the configuration (SIGHUP). Returns 0, or -1 after logging why the old one stays. */
+int server_reload(struct server *srv);
+
+/* Called when a session or a delivery ends: exits the loop once stopping and idle. */
+void server_check_idle(struct server *srv);
+
+#endif

@@ -1,0 +1,29 @@
+/*
+ * session - one LMTP connection: the RFC 2033 state machine, its transaction, its replies.
+ *
+ * The session reads with a bufferevent, handles every complete pipelined command in one pass,
+ * and queues replies in the output buffer, which libevent writes when the pass ends (one write
+ * for a pipelined group, RFC 2920). DATA and BDAT content goes through the decoder into the
+ * spool. After the end of data the session waits for the dispatcher and writes one reply per
+ * accepted recipient in RCPT order, each as soon as it and all before it are known.
+ */
+#ifndef LMTPGW_SESSION_H
+#define LMTPGW_SESSION_H
+
+#include <stdbool.h>
+
+struct server;
+struct session;
+
+/* Take over fd (connected, any family). peer is a printable description for logs and the
+ * Received header ("127.0.0.1:40000", "unix"). */
+struct session *session_new(struct server *srv, int fd, const char *peer, const char *peer_ip);
+
+/* SIGTERM: idle sessions get 421 and are closed; busy ones finish their transaction first and
+ * get 421 at their next command. */
+void session_stop_all(struct server *srv);
+
+/* Close and free every session (at exit). */
+void session_free_all(struct server *srv);
+
+#endif

@@ -1,0 +1,343 @@
+/*
+ * main - command line, start-up, signals and the event loop.
+ *
+ *   lmtpgw [-c FILE] [-f] [-d] [--listen ADDR]...   serve
+ *   lmtpgw [-c FILE] -n                             print the effective configuration
+ *   lmtpgw [-c FILE] check                          validate the configuration
+ *   lmtpgw [-c FILE] route ADDRESS...               show where addresses are delivered
+ *
+ * Start-up order: load and check the configuration (which opens the backends), bind the
+ * listeners, drop privileges, then serve. SIGTERM/SIGINT stop accepting and let transactions
+ * in flight finish; SIGHUP reloads the configuration, keeping the old one if the new one fails.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "address.h"
+#include "backend.h"
+#include "config.h"
+#include "dispatcher.h"
+#include "listener.h"
+#include "log.h"
+#include "pool.h"
+#include "router.h"
+#include "server.h"
+#include "session.h"
+
+#ifndef LMTPGW_VERSION
+#define LMTPGW_VERSION "0.1.0"
+#endif
+#ifndef LMTPGW_DEFAULT_CONFIG
+#define LMTPGW_DEFAULT_CONFIG "/etc/lmtpgw/lmtpgw.conf"
+#endif
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: lmtpgw [-c FILE] [-f] [-d] [--listen ADDR]...   serve LMTP\n"
+		"       lmtpgw [-c FILE] -n                             print the effective configuration\n"
+		"       lmtpgw [-c FILE] check                          validate the configuration\n"
+		"       lmtpgw [-c FILE] route ADDRESS...               show the route of addresses\n"
+		"options:\n"
+		"  -c, --config FILE   configuration file (default %s)\n"
+		"  -f, --foreground    stay in the foreground and log to stderr\n"
+		"  -d, --debug         log at debug level\n"
+		"  -l, --listen ADDR   listen here instead of the configured addresses (repeatable):\n"
+		"                      127.0.0.1:2424, [::1]:2424, *:2424, unix:/path/lmtp.sock\n"
+		"  -n                  print the effective configuration and exit\n"
+		"  -V, --version       print the version and exit\n",
+		LMTPGW_DEFAULT_CONFIG);
+}
+
+int server_reload(struct server *srv)
+{
+	char error[1024];
+	struct config *cfg = config_load(srv->config_path, error, sizeof(error));
+
+	if (cfg == NULL) {
+		log_error("event=reload_failed error=\"%s\" action=keeping_old_configuration", error);
+		return -1;
+	}
+	int level = log_level_parse(cfg->log_level);
+	if (level >= 0 && log_get_level() != LOG_LEVEL_DEBUG)
+		log_set_level((enum log_level)level);
+	bool listen_changed = cfg->listen.count != srv->cfg->listen.count;
+	for (size_t i = 0; !listen_changed && i < cfg->listen.count; i++)
+		listen_changed = strcmp(cfg->listen.items[i], srv->cfg->listen.items[i]) != 0;
+	if (listen_changed && srv->listen_override == NULL)
+		log_warn("event=reload_listen_changed action=restart_needed_to_rebind");
+	/* Transactions in flight keep their reference to the old configuration. */
+	config_unref(&srv->cfg);
+	srv->cfg = cfg;
+	log_info("event=reloaded config=%s backends=%zu routes=%zu", srv->config_path,
+		 cfg->backend_count, router_rule_count(cfg->router));
+	return 0;
+}
+
+void server_check_idle(struct server *srv)
+{
+	if (srv->stopping && srv->connections == 0 && dispatch_in_flight() == 0)
+		event_base_loopbreak(srv->base);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	if (sig == SIGHUP) {
+		log_info("event=signal signal=HUP action=reload");
+		server_reload(srv);
+		return;
+	}
+	if (srv->stopping) {
+		log_warn("event=signal signal=%d action=exit_now in_flight=%u", (int)sig,
+			 dispatch_in_flight());
+		event_base_loopbreak(srv->base);
+		return;
+	}
+	log_info("event=signal signal=%s action=stop connections=%u in_flight=%u",
+		 sig == SIGTERM ? "TERM" : "INT", srv->connections, dispatch_in_flight());
+	srv->stopping = true;
+	listeners_close(srv);
+	session_stop_all(srv);
+	server_check_idle(srv);
+}
+
+static int drop_privileges(const struct config *cfg)
+{
+	if (cfg->user == NULL) {
+		if (geteuid() == 0)
+			log_warn("event=running_as_root hint=\"set 'user' in the configuration\"");
+		return 0;
+	}
+	struct passwd *pw = getpwnam(cfg->user);
+	if (pw == NULL) {
+		log_error("event=startup_failed error=\"unknown user '%s'\"", cfg->user);
+		return -1;
+	}
+	gid_t gid = pw->pw_gid;
+	if (cfg->group != NULL) {
+		struct group *gr = getgrnam(cfg->group);
+		if (gr == NULL) {
+			log_error("event=startup_failed error=\"unknown group '%s'\"", cfg->group);
+			return -1;
+		}
+		gid = gr->gr_gid;
+	}
+	if (geteuid() != 0) {
+		if (getuid() == pw->pw_uid)
+			return 0;
+		log_error("event=startup_failed error=\"must start as root to become '%s'\"", cfg->user);
+		return -1;
+	}
+	if (initgroups(pw->pw_name, gid) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0) {
+		log_error("event=startup_failed error=\"cannot become %s: %s\"", cfg->user,
+			  strerror(errno));
+		return -1;
+	}
+	log_info("event=privileges_dropped user=%s uid=%d gid=%d", cfg->user, (int)pw->pw_uid,
+		 (int)gid);
+	return 0;
+}
+
+static int cmd_route(struct config *cfg, int argc, char **argv)
+{
+	int rc = 0;
+
+	for (int i = 0; i < argc; i++) {
+		char path[ADDRESS_PATH_MAX + 3], base[ADDRESS_PATH_MAX + 1], rcpt[ADDRESS_PATH_MAX + 1];
+		char local[ADDRESS_LOCAL_MAX + 3], detail[ADDRESS_LOCAL_MAX + 3];
+		struct address addr;
+		const char *error;
+		size_t pos = 0;
+
+		snprintf(path, sizeof(path), argv[i][0] == '<' ? "%s" : "<%s>", argv[i]);
+		if (address_parse_path(path, &pos, &addr, false, true, true, &error) < 0 ||
+		    path[pos] != '\0') {
+			printf("%s: invalid address: %s\n", argv[i], error ? error : "trailing text");
+			rc = 1;
+			continue;
+		}
+		for (char *p = addr.domain; *p; p++)
+			*p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+		if (cfg->lowercase_local_part) {
+			for (char *p = addr.local; *p; p++)
+				*p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+		}
+		address_format(&addr, rcpt, sizeof(rcpt));
+		address_split_detail(&addr, cfg->subaddress_separator, local, sizeof(local), detail,
+				     sizeof(detail));
+		if (addr.domain[0])
+			snprintf(base, sizeof(base), "%s@%s", local, addr.domain);
+		else
+			snprintf(base, sizeof(base), "%s", local);
+		const struct route_rule *rule = router_match(cfg->router, rcpt, detail[0] ? base : NULL);
+		if (rule == NULL) {
+			printf("%s: no route (550 5.1.1 at RCPT)\n", rcpt);
+			rc = 1;
+			continue;
+		}
+		printf("%s: route #%zu \"%s\"%s%s%s\n", rcpt, rule->index + 1, rule->pattern,
+		       detail[0] ? " detail=\"" : "", detail, detail[0] ? "\"" : "");
+		for (size_t k = 0; k < rule->target_count; k++) {
+			const struct backend_instance *b = &cfg->backends[rule->targets[k]];
+			printf("  -> %s (driver %s)\n", b->name, b->driver->name);
+		}
+	}
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "debug", no_argument, NULL, 'd' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *config_path = LMTPGW_DEFAULT_CONFIG;
+	bool foreground = false, debug = false, print_config = false;
+	struct conf_strlist listen = { NULL, 0 };
+	int opt;
+
+	while ((opt = getopt_long(argc, argv, "+c:fdl:nVh", options, NULL)) != -1) {
+		switch (opt) {
+		case 'c':
+			config_path = optarg;
+			break;
+		case 'f':
+			foreground = true;
+			break;
+		case 'd':
+			debug = true;
+			break;
+		case 'l': {
+			char **items = realloc(listen.items, (listen.count + 1) * sizeof(char *));
+			if (items == NULL)
+				return 1;
+			listen.items = items;
+			listen.items[listen.count++] = optarg;
+			break;
+		}
+		case 'n':
+			print_config = true;
+			break;
+		case 'V':
+			printf("lmtpgw %s\n", LMTPGW_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 64; /* EX_USAGE */
+		}
+	}
+	const char *verb = optind < argc ? argv[optind] : NULL;
+	if (verb != NULL && strcmp(verb, "check") != 0 && strcmp(verb, "route") != 0) {
+		fprintf(stderr, "lmtpgw: unknown command '%s'\n", verb);
+		usage(stderr);
+		return 64;
+	}
+	bool serving = verb == NULL && !print_config;
+
+	log_init("lmtpgw", foreground || !serving, debug ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO);
+	signal(SIGPIPE, SIG_IGN); /* a peer gone mid-write is an error return, not a death */
+
+	char error[1024];
+	struct config *cfg = config_load(config_path, error, sizeof(error));
+	if (cfg == NULL) {
+		fprintf(stderr, "lmtpgw: %s\n", error);
+		free(listen.items);
+		return 78; /* EX_CONFIG */
+	}
+	if (print_config) {
+		config_print(stdout, cfg);
+		config_unref(&cfg);
+		free(listen.items);
+		return 0;
+	}
+	if (verb != NULL && strcmp(verb, "check") == 0) {
+		printf("%s: OK (%zu backends, %zu routes)\n", config_path, cfg->backend_count,
+		       router_rule_count(cfg->router));
+		config_unref(&cfg);
+		free(listen.items);
+		return 0;
+	}
+	if (verb != NULL) {
+		if (optind + 1 >= argc) {
+			fprintf(stderr, "usage: lmtpgw route ADDRESS...\n");
+			config_unref(&cfg);
+			free(listen.items);
+			return 64;
+		}
+		int rc = cmd_route(cfg, argc - optind - 1, argv + optind + 1);
+		config_unref(&cfg);
+		free(listen.items);
+		return rc;
+	}
+
+	if (!debug) {
+		int level = log_level_parse(cfg->log_level);
+		if (level >= 0)
+			log_set_level((enum log_level)level);
+	}
+	struct server srv = {
+		.cfg = cfg,
+		.config_path = config_path,
+		.listen_override = listen.count > 0 ? &listen : NULL,
+	};
+	if (!foreground && daemon(1, 0) < 0) {
+		fprintf(stderr, "lmtpgw: cannot detach: %s\n", strerror(errno));
+		return 71;
+	}
+	srv.base = event_base_new();
+	if (srv.base == NULL || pool_completion_init(srv.base) < 0) {
+		log_error("event=startup_failed error=\"cannot create event loop\"");
+		return 71;
+	}
+	if (listeners_open(&srv, cfg, error, sizeof(error)) < 0) {
+		log_error("event=startup_failed error=\"%s\"", error);
+		listeners_close(&srv);
+		return 71;
+	}
+	if (drop_privileges(cfg) < 0) {
+		listeners_close(&srv);
+		return 77;
+	}
+	struct event *sigs[3];
+	int signums[3] = { SIGTERM, SIGINT, SIGHUP };
+	for (int i = 0; i < 3; i++) {
+		sigs[i] = evsignal_new(srv.base, signums[i], on_signal, &srv);
+		event_add(sigs[i], NULL);
+	}
+	log_info("event=started version=%s config=%s backends=%zu routes=%zu pid=%ld",
+		 LMTPGW_VERSION, config_path, cfg->backend_count, router_rule_count(cfg->router),
+		 (long)getpid());
+
+	event_base_dispatch(srv.base);
+
+	log_info("event=stopped connections=%u in_flight=%u", srv.connections, dispatch_in_flight());
+	listeners_close(&srv);
+	session_free_all(&srv);
+	for (int i = 0; i < 3; i++)
+		event_free(sigs[i]);
+	/* Workers still running (forced stop) are joined when the configuration is released. */
+	config_unref(&srv.cfg);
+	pool_completion_shutdown();
+	event_base_free(srv.base);
+	free(listen.items);
+	return 0;
+}

@@ -1,0 +1,1036 @@
+/*
+ * session - one LMTP connection: the RFC 2033 state machine, its transaction, its replies.
+ *
+ * Owns: the bufferevent, the current transaction (sender, recipients, spool) and the table of
+ * post-DATA replies. The transaction's spool and recipients pass to the dispatcher at the end of
+ * data; from then on the session only keeps the reply slots, so a client that hangs up while
+ * its message is being stored cannot free anything a worker still reads.
+ *
+ * Every handler checks sequence (503), then syntax (501/555), then limits (452/552), and only
+ * then changes state (style.md, "check, then proceed"). Every reply is built by the status
+ * module, so each carries an enhanced status code (RFC 2034); the exceptions RFC 2034 allows
+ * are the greeting and the LHLO reply.
+ */
+#include "session.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "address.h"
+#include "backend.h"
+#include "data.h"
+#include "dispatcher.h"
+#include "envelope.h"
+#include "log.h"
+#include "router.h"
+#include "server.h"
+#include "spool.h"
+#include "status.h"
+
+/* While the session waits for its backends, the input buffer may fill up to this much before
+ * libevent stops reading from the socket (pipelined commands after the final dot). */
+#define SESSION_INPUT_HIGH (256 * 1024)
+
+enum session_state {
+	STATE_FRESH,      /* before LHLO */
+	STATE_READY,      /* after LHLO, no transaction */
+	STATE_MAIL,       /* MAIL accepted; RCPTs may follow */
+	STATE_DATA,       /* reading DATA content */
+	STATE_BDAT,       /* reading a BDAT chunk */
+	STATE_DELIVERING, /* waiting for the backends' answers */
+	STATE_CLOSING,    /* last reply queued; close when written */
+};
+
+struct transaction {
+	char id[40];
+	struct config *cfg;             /* the configuration this transaction started with */
+	struct address from;
+	char from_str[ADDRESS_PATH_MAX + 1];
+	struct mail_params mail;
+	struct recipient *rcpts;
+	size_t rcpt_count, rcpt_cap;
+	struct spool *spool;
+	struct data_decoder decoder;
+	struct header_scan headers;
+	const char *spool_error;        /* first spool write error, reported at the end */
+	int spool_errno;
+	uint64_t bdat_left;             /* bytes of the current chunk still to read */
+	bool bdat_last;                 /* current chunk is the last */
+	bool bdat_used;                 /* BDAT seen in this transaction (DATA not allowed then) */
+	bool bdat_failed;               /* a chunk got an error reply: the rest is discarded */
+	bool bdat_discard;              /* chunk read only to stay in sync (no MAIL or no RCPT) */
+	time_t received;
+};
+
+struct session {
+	struct server *srv;
+	struct session *prev, *next;
+	struct bufferevent *bev;
+	char id[24];
+	char peer[96];
+	char peer_ip[64];
+	char lhlo[256];
+	enum session_state state;
+	unsigned errors;
+	unsigned tx_seq;
+	unsigned long long messages;
+	bool processing;                /* inside session_process(): no re-entry */
+	bool freed_in_process;          /* free requested while processing */
+	char *line;                     /* command line buffer, max_command_line + 1 */
+	size_t line_max;
+	bool skipping;                  /* discarding an over-long command line up to its LF */
+	struct transaction *tx;
+
+	/* post-DATA replies, filled in any order, written in RCPT order */
+	struct dispatch *dispatch;
+	struct status *replies;
+	bool *reply_ready;
+	size_t reply_count, reply_next;
+};
+
+static void session_process(struct session *s);
+static void session_free(struct session *s);
+
+/* --- replies --- */
+
+static void reply_status(struct session *s, const struct status *st)
+{
+	char buf[STATUS_TEXT_MAX + 64];
+	size_t n = status_format(st, false, buf, sizeof(buf));
+
+	evbuffer_add(bufferevent_get_output(s->bev), buf, n);
+	if (st->code >= 500)
+		s->errors++;
+	if (log_get_level() >= LOG_LEVEL_DEBUG) {
+		char esc[LOG_ESC_SIZE];
+		log_debug("session=%s event=reply reply=\"%s\"", s->id,
+			  log_escape(esc, sizeof(esc), buf, n - 2, 300));
+	}
+}
+
+static void reply(struct session *s, int code, const char *enhanced, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void reply(struct session *s, int code, const char *enhanced, const char *fmt, ...)
+{
+	struct status st;
+	char text[STATUS_TEXT_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	if (status_make(&st, code, enhanced, "%s", text) < 0)
+		log_error("session=%s event=bug invalid_reply=%d/%s", s->id, code,
+			  enhanced ? enhanced : "");
+	reply_status(s, &st);
+}
+
+/* Queue a last reply and close once it is written. */
+static void reply_and_close(struct session *s, int code, const char *enhanced, const char *text)
+{
+	reply(s, code, enhanced, "%s %s", s->srv->cfg->hostname, text);
+	s->state = STATE_CLOSING;
+	bufferevent_disable(s->bev, EV_READ);
+	/* The write callback frees the session once the output is flushed. */
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+		session_free(s);
+}
+
+/* --- timeouts --- */
+
+static void set_read_timeout(struct session *s, long long ms)
+{
+	struct timeval rtv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+	long long wms = s->srv->cfg->timeout_command_ms;
+	struct timeval wtv = { .tv_sec = wms / 1000, .tv_usec = (wms % 1000) * 1000 };
+
+	bufferevent_set_timeouts(s->bev, ms > 0 ? &rtv : NULL, &wtv);
+}
+
+static void timeouts_for_state(struct session *s)
+{
+	const struct config *cfg = s->srv->cfg;
+
+	switch (s->state) {
+	case STATE_FRESH:
+		set_read_timeout(s, cfg->timeout_greeting_ms);
+		break;
+	case STATE_DATA:
+	case STATE_BDAT:
+		set_read_timeout(s, cfg->timeout_data_ms);
+		break;
+	case STATE_DELIVERING:
+		/* The client waits for us: its silence is no fault (style.md item 12). */
+		set_read_timeout(s, 0);
+		break;
+	default:
+		set_read_timeout(s, cfg->timeout_command_ms);
+		break;
+	}
+}
+
+/* --- transaction --- */
+
+static void tx_free(struct transaction **txp)
+{
+	struct transaction *tx = *txp;
+
+	if (tx == NULL)
+		return;
+	*txp = NULL;
+	spool_free(&tx->spool);
+	free(tx->rcpts);
+	config_unref(&tx->cfg);
+	free(tx);
+}
+
+static void session_reset_tx(struct session *s)
+{
+	tx_free(&s->tx);
+	if (s->state != STATE_FRESH && s->state != STATE_CLOSING)
+		s->state = STATE_READY;
+}
+
+static int tx_start_spool(struct session *s)
+{
+	struct transaction *tx = s->tx;
+	const struct config *cfg = tx->cfg;
+
+	tx->spool = spool_new((size_t)cfg->spool_memory_max, cfg->spool_dir,
+			      (uint64_t)cfg->max_message_size);
+	if (tx->spool == NULL)
+		return -1;
+	data_decoder_init(&tx->decoder);
+	header_scan_init(&tx->headers);
+	tx->received = time(NULL);
+	return 0;
+}
+
+static int spool_sink(void *ctx, const char *data, size_t len)
+{
+	struct transaction *tx = ctx;
+	const char *error;
+
+	if (tx->spool_error != NULL)
+		return 0; /* keep reading to the end; the error is reported once */
+	if (tx->headers.in_header)
+		header_scan_feed(&tx->headers, data, len);
+	if (spool_write(tx->spool, data, len, &error) < 0) {
+		tx->spool_error = error;
+		tx->spool_errno = errno;
+	}
+	return 0;
+}
+
+/* --- post-DATA replies --- */
+
+static void flush_replies(struct session *s)
+{
+	while (s->reply_next < s->reply_count && s->reply_ready[s->reply_next]) {
+		reply_status(s, &s->replies[s->reply_next]);
+		s->reply_next++;
+	}
+	if (s->reply_next < s->reply_count)
+		return;
+	/* Every recipient answered: the transaction is over. */
+	free(s->replies);
+	free(s->reply_ready);
+	s->replies = NULL;
+	s->reply_ready = NULL;
+	s->reply_count = s->reply_next = 0;
+	s->dispatch = NULL;
+	s->state = STATE_READY;
+	timeouts_for_state(s);
+	server_check_idle(s->srv);
+}
+
+static void delivery_result(void *ctx, size_t index, const struct status *st)
+{
+	struct session *s = ctx;
+
+	s->replies[index] = *st;
+	s->reply_ready[index] = true;
+	flush_replies(s);
+	if (s->state == STATE_READY && !s->processing) {
+		/* Commands may have been pipelined behind the final dot. */
+		bufferevent_enable(s->bev, EV_READ);
+		session_process(s);
+	}
+}
+
+/* Same reply for every recipient (too big, loop, spool error): no delivery. */
+static void reply_all_recipients(struct session *s, int code, const char *enhanced,
+				 const char *text)
+{
+	struct transaction *tx = s->tx;
+
+	for (size_t i = 0; i < tx->rcpt_count; i++)
+		reply(s, code, enhanced, "<%s> %s", tx->rcpts[i].rcpt, text);
+	log_info("session=%s tx=%s event=rejected recipients=%zu reply=\"%d %s %s\"", s->id,
+		 tx->id, tx->rcpt_count, code, enhanced, text);
+	session_reset_tx(s);
+}
+
+static size_t build_trace(struct session *s, char *buf, size_t size)
+{
+	struct transaction *tx = s->tx;
+	struct tm tm;
+	char date[64];
+
+	char from_ip[80];
+	if (strcmp(s->peer_ip, "unix") == 0)
+		snprintf(from_ip, sizeof(from_ip), "unix socket");
+	else
+		snprintf(from_ip, sizeof(from_ip), strchr(s->peer_ip, ':') ? "[IPv6:%s]" : "[%s]",
+			 s->peer_ip);
+	localtime_r(&tx->received, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+	/* RFC 5321 4.4: Return-Path, then our Received line on top. */
+	int n = snprintf(buf, size,
+			 "Return-Path: <%s>\r\n"
+			 "Received: from %s (%s)\r\n"
+			 "\tby %s (lmtpgw) with %s id %s;\r\n"
+			 "\t%s\r\n",
+			 tx->from_str, s->lhlo[0] ? s->lhlo : "unknown", from_ip,
+			 tx->cfg->hostname, tx->mail.smtputf8 ? "UTF8LMTP" : "LMTP", tx->id, date);
+	return n < 0 ? 0 : (size_t)n < size ? (size_t)n : size - 1;
+}
+
+/* The whole message is in: check it, then hand it to the dispatcher. */
+static void end_of_message(struct session *s)
+{
+	struct transaction *tx = s->tx;
+	const char *error;
+
+	if (tx->rcpt_count == 0) {
+		/* RFC 2033 4.3: BDAT LAST with no successful RCPT returns zero replies. */
+		session_reset_tx(s);
+		return;
+	}
+	if (tx->spool_error == NULL && spool_finish(tx->spool, &error) < 0) {
+		tx->spool_error = error;
+		tx->spool_errno = errno;
+	}
+	if (tx->spool_error != NULL) {
+		log_error("session=%s tx=%s event=spool_error error=\"%s: %s\"", s->id, tx->id,
+			  tx->spool_error, strerror(tx->spool_errno));
+		reply_all_recipients(s, 451, "4.3.0", "Local error in processing (spool)");
+		return;
+	}
+	if (spool_too_big(tx->spool)) {
+		reply_all_recipients(s, 552, "5.3.4", "Message too big for system");
+		return;
+	}
+	if (tx->headers.received_count > (unsigned)tx->cfg->max_received_headers) {
+		reply_all_recipients(s, 554, "5.4.6", "Too many Received headers: mail loop");
+		return;
+	}
+
+	char trace[2048];
+	struct dispatch_request req = {
+		.cfg = tx->cfg,
+		.delivery = {
+			.spool = tx->spool,
+			.trace = trace,
+			.trace_len = build_trace(s, trace, sizeof(trace)),
+			.delivered_to = tx->cfg->delivered_to,
+			.sender = tx->from_str,
+			.mail = &tx->mail,
+			.session_id = s->id,
+			.txid = tx->id,
+			.msgid = tx->headers.msgid,
+			.received = tx->received,
+		},
+		.rcpts = tx->rcpts,
+		.rcpt_count = tx->rcpt_count,
+		.client = s->peer,
+	};
+	size_t count = tx->rcpt_count;
+
+	s->replies = calloc(count, sizeof(*s->replies));
+	s->reply_ready = calloc(count, sizeof(*s->reply_ready));
+	if (s->replies == NULL || s->reply_ready == NULL) {
+		free(s->replies);
+		free(s->reply_ready);
+		s->replies = NULL;
+		s->reply_ready = NULL;
+		reply_all_recipients(s, 451, "4.3.0", "Local error in processing (memory)");
+		return;
+	}
+	s->reply_count = count;
+	s->reply_next = 0;
+	s->messages++;
+	/* Ownership of spool and recipients passes to the dispatch. */
+	tx->spool = NULL;
+	tx->rcpts = NULL;
+	tx->rcpt_count = 0;
+	s->state = STATE_DELIVERING;
+	timeouts_for_state(s);
+	/* req points into tx (sender, ids): the dispatch copies them before tx goes. */
+	struct dispatch *dispatch = dispatch_start(&req, delivery_result, s);
+	tx_free(&s->tx);
+	/* Inline backends may have answered everything already (then the dispatch is gone). */
+	s->dispatch = s->state == STATE_DELIVERING ? dispatch : NULL;
+}
+
+/* --- commands --- */
+
+struct command {
+	const char *verb;
+	void (*handler)(struct session *s, char *args);
+	bool before_lhlo;    /* allowed before LHLO */
+};
+
+static bool has_args(const char *args)
+{
+	return args != NULL && args[0] != '\0';
+}
+
+static void cmd_lhlo(struct session *s, char *args)
+{
+	const struct config *cfg = s->srv->cfg;
+
+	if (!has_args(args) || strlen(args) > 255 || strpbrk(args, " \t") != NULL) {
+		reply(s, 501, "5.5.4", "Syntax: LHLO hostname");
+		return;
+	}
+	for (const char *p = args; *p; p++) {
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || *p == '(' || *p == ')') {
+			reply(s, 501, "5.5.4", "Invalid LHLO hostname");
+			return;
+		}
+	}
+	snprintf(s->lhlo, sizeof(s->lhlo), "%s", args);
+	session_reset_tx(s);
+	s->state = STATE_READY;
+	timeouts_for_state(s);
+
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	/* RFC 2034: the LHLO reply carries no enhanced status codes. */
+	evbuffer_add_printf(out,
+			    "250-%s\r\n"
+			    "250-PIPELINING\r\n"
+			    "250-ENHANCEDSTATUSCODES\r\n"
+			    "250-8BITMIME\r\n"
+			    "250-SIZE %lld\r\n"
+			    "250-CHUNKING\r\n"
+			    "250-BINARYMIME\r\n"
+			    "250-SMTPUTF8\r\n"
+			    "250 DSN\r\n",
+			    cfg->hostname, cfg->max_message_size);
+}
+
+static void cmd_mail(struct session *s, char *args)
+{
+	struct address from;
+	struct mail_params params;
+	struct status st;
+
+	if (s->state == STATE_MAIL) {
+		reply(s, 503, "5.5.1", "Nested MAIL command");
+		return;
+	}
+	if (s->srv->stopping) {
+		reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
+		return;
+	}
+	if (envelope_parse_mail(args ? args : "", (uint64_t)s->srv->cfg->max_message_size, &from,
+				&params, &st) < 0) {
+		reply_status(s, &st);
+		return;
+	}
+	struct transaction *tx = calloc(1, sizeof(*tx));
+	if (tx == NULL) {
+		reply(s, 451, "4.3.0", "Local error in processing");
+		return;
+	}
+	tx->cfg = config_ref(s->srv->cfg);
+	tx->from = from;
+	tx->mail = params;
+	address_format(&from, tx->from_str, sizeof(tx->from_str));
+	snprintf(tx->id, sizeof(tx->id), "%s.%u", s->id, ++s->tx_seq);
+	s->tx = tx;
+	s->state = STATE_MAIL;
+	reply(s, 250, "2.1.0", "Sender <%s> OK", tx->from_str);
+}
+
+static void lowercase(char *p)
+{
+	for (; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+}
+
+static void cmd_rcpt(struct session *s, char *args)
+{
+	struct transaction *tx = s->tx;
+	struct recipient r;
+	struct status st;
+	char base[ADDRESS_PATH_MAX + 1];
+
+	if (s->state != STATE_MAIL || tx == NULL) {
+		reply(s, 503, "5.5.1", "MAIL first");
+		return;
+	}
+	if (tx->rcpt_count >= (size_t)tx->cfg->max_recipients) {
+		reply(s, 452, "4.5.3", "Too many recipients");
+		return;
+	}
+	memset(&r, 0, sizeof(r));
+	if (envelope_parse_rcpt(args ? args : "", tx->mail.smtputf8, &r.addr, &r.params, &st) < 0) {
+		reply_status(s, &st);
+		return;
+	}
+	/* Split and normalise: the domain is case-insensitive, the local part by configuration. */
+	snprintf(r.user, sizeof(r.user), "%s", r.addr.local);
+	snprintf(r.domain, sizeof(r.domain), "%s", r.addr.domain);
+	lowercase(r.domain);
+	if (tx->cfg->lowercase_local_part)
+		lowercase(r.user);
+	struct address norm = r.addr;
+	snprintf(norm.local, sizeof(norm.local), "%s", r.user);
+	snprintf(norm.domain, sizeof(norm.domain), "%s", r.domain);
+	address_split_detail(&norm, tx->cfg->subaddress_separator, r.local, sizeof(r.local),
+			     r.detail, sizeof(r.detail));
+	if (r.domain[0] != '\0') {
+		snprintf(r.rcpt, sizeof(r.rcpt), "%s@%s", r.user, r.domain);
+		snprintf(base, sizeof(base), "%s@%s", r.local, r.domain);
+	} else {
+		snprintf(r.rcpt, sizeof(r.rcpt), "%s", r.user);
+		snprintf(base, sizeof(base), "%s", r.local);
+	}
+	r.rule = router_match(tx->cfg->router, r.rcpt, r.detail[0] ? base : NULL);
+	if (r.rule == NULL) {
+		status_must(&st, 550, "5.1.1", "<%s> User unknown (no route)", r.rcpt);
+		if (tx->cfg->soft_bounce)
+			status_soft_bounce(&st);
+		reply_status(s, &st);
+		return;
+	}
+	for (size_t k = 0; k < r.rule->target_count; k++) {
+		struct backend_instance *b = &tx->cfg->backends[r.rule->targets[k]];
+		if (b->driver->verify != NULL && b->driver->verify(b->state, &r, &st) < 0) {
+			if (status_class_of(&st) == STATUS_PERMFAIL &&
+			    (tx->cfg->soft_bounce || b->common.soft_bounce))
+				status_soft_bounce(&st);
+			reply_status(s, &st);
+			return;
+		}
+	}
+	if (tx->rcpt_count == tx->rcpt_cap) {
+		size_t cap = tx->rcpt_cap ? tx->rcpt_cap * 2 : 8;
+		struct recipient *n = realloc(tx->rcpts, cap * sizeof(*n));
+		if (n == NULL) {
+			reply(s, 452, "4.3.0", "Local error in processing");
+			return;
+		}
+		tx->rcpts = n;
+		tx->rcpt_cap = cap;
+	}
+	tx->rcpts[tx->rcpt_count++] = r;
+	reply(s, 250, "2.1.5", "<%s> OK", r.rcpt);
+}
+
+static void cmd_data(struct session *s, char *args)
+{
+	struct transaction *tx = s->tx;
+
+	if (s->state != STATE_MAIL || tx == NULL) {
+		reply(s, 503, "5.5.1", "MAIL first");
+		return;
+	}
+	if (tx->rcpt_count == 0) {
+		reply(s, 503, "5.5.1", "No valid recipients");
+		return;
+	}
+	if (tx->mail.body == BODY_BINARYMIME || tx->bdat_used) {
+		/* RFC 3030 3: BINARYMIME content only with BDAT; no DATA after BDAT. */
+		reply(s, 503, "5.5.1", "Use BDAT for this transaction");
+		return;
+	}
+	if (has_args(args)) {
+		reply(s, 501, "5.5.4", "Syntax: DATA");
+		return;
+	}
+	if (tx_start_spool(s) < 0) {
+		reply(s, 451, "4.3.0", "Local error in processing");
+		return;
+	}
+	s->state = STATE_DATA;
+	timeouts_for_state(s);
+	reply(s, 354, NULL, "Go ahead, end with <CRLF>.<CRLF>");
+}
+
+/*
+ * bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ] CR LF
+ * chunk-size = 1*DIGIT ; end-marker = "LAST"       (RFC 3030 2)
+ */
+static int parse_bdat(const char *args, uint64_t *size_r, bool *last_r)
+{
+	const char *p = args;
+	uint64_t size = 0;
+	int digits = 0;
+
+	if (p == NULL)
+		return -1;
+	for (; isdigit((unsigned char)*p); p++, digits++) {
+		if (digits >= 19)
+			return -1;
+		size = size * 10 + (uint64_t)(*p - '0');
+	}
+	if (digits == 0)
+		return -1;
+	*last_r = false;
+	if (*p == ' ') {
+		while (*p == ' ')
+			p++;
+		if (strcasecmp(p, "LAST") != 0)
+			return -1;
+		*last_r = true;
+	} else if (*p != '\0') {
+		return -1;
+	}
+	*size_r = size;
+	return 0;
+}
+
+static void cmd_bdat(struct session *s, char *args)
+{
+	struct transaction *tx = s->tx;
+	uint64_t size;
+	bool last;
+
+	if (parse_bdat(args, &size, &last) < 0) {
+		/* Without a size we cannot find the next command: close cleanly. */
+		reply_and_close(s, 501, "5.5.4", "Syntax: BDAT size [LAST]; closing to stay in sync");
+		return;
+	}
+	if (s->state != STATE_MAIL || tx == NULL) {
+		/* Read the chunk anyway so the stream stays in sync, then say why. */
+		struct transaction *skip = calloc(1, sizeof(*skip));
+		if (skip == NULL) {
+			reply_and_close(s, 421, "4.3.0", "Local error in processing");
+			return;
+		}
+		skip->bdat_discard = true;
+		skip->bdat_left = size;
+		skip->bdat_last = last;
+		s->tx = skip;
+		s->state = STATE_BDAT;
+		timeouts_for_state(s);
+		return;
+	}
+	if (!tx->bdat_used) {
+		if (tx_start_spool(s) < 0) {
+			reply_and_close(s, 421, "4.3.0", "Local error in processing");
+			return;
+		}
+		tx->bdat_used = true;
+	}
+	tx->bdat_left = size;
+	tx->bdat_last = last;
+	tx->bdat_discard = tx->rcpt_count == 0 || tx->bdat_failed;
+	s->state = STATE_BDAT;
+	timeouts_for_state(s);
+}
+
+/* A BDAT chunk has been read completely. */
+static void bdat_chunk_done(struct session *s)
+{
+	struct transaction *tx = s->tx;
+
+	if (tx->bdat_discard && tx->spool == NULL) {
+		/* No transaction: the chunk was read only to stay in sync. */
+		tx_free(&s->tx);
+		s->state = s->state == STATE_CLOSING ? STATE_CLOSING : STATE_READY;
+		if (s->state != STATE_CLOSING)
+			s->state = s->lhlo[0] ? STATE_READY : STATE_FRESH;
+		timeouts_for_state(s);
+		reply(s, 503, "5.5.1", "MAIL first");
+		return;
+	}
+	s->state = STATE_MAIL;
+	timeouts_for_state(s);
+	if (tx->rcpt_count == 0) {
+		if (tx->bdat_last)
+			end_of_message(s); /* zero replies (RFC 2033 4.3) */
+		else
+			reply(s, 503, "5.5.1", "No valid recipients");
+		return;
+	}
+	if (tx->bdat_failed) {
+		/* After an error reply the client should not have sent more; answer each chunk. */
+		reply(s, 552, "5.3.4", "Message too big for system");
+		if (tx->bdat_last)
+			session_reset_tx(s);
+		return;
+	}
+	if (tx->bdat_last) {
+		end_of_message(s);
+		return;
+	}
+	if (spool_too_big(tx->spool)) {
+		tx->bdat_failed = true;
+		reply(s, 552, "5.3.4", "Message too big for system");
+		return;
+	}
+	reply(s, 250, "2.0.0", "%" PRIu64 " octets received", spool_received(tx->spool));
+}
+
+static void cmd_rset(struct session *s, char *args)
+{
+	if (has_args(args)) {
+		reply(s, 501, "5.5.4", "Syntax: RSET");
+		return;
+	}
+	session_reset_tx(s);
+	reply(s, 250, "2.0.0", "OK");
+}
+
+static void cmd_noop(struct session *s, char *args)
+{
+	reply(s, 250, "2.0.0", "OK");
+}
+
+static void cmd_vrfy(struct session *s, char *args)
+{
+	if (!has_args(args)) {
+		reply(s, 501, "5.5.4", "Syntax: VRFY address");
+		return;
+	}
+	/* RFC 5321 3.5.3: 252 when we will accept but do not verify. */
+	reply(s, 252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void cmd_help(struct session *s, char *args)
+{
+	reply(s, 214, "2.0.0", "Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT");
+}
+
+static void cmd_quit(struct session *s, char *args)
+{
+	session_reset_tx(s);
+	reply(s, 221, "2.0.0", "%s closing connection", s->srv->cfg->hostname);
+	s->state = STATE_CLOSING;
+	bufferevent_disable(s->bev, EV_READ);
+}
+
+/* The LMTP command table (RFC 2033 4). HELO and EHLO are absent on purpose: 500 (RFC 2033 4.1). */
+static const struct command commands[] = {
+	{ "LHLO", cmd_lhlo, true },
+	{ "MAIL", cmd_mail, false },
+	{ "RCPT", cmd_rcpt, false },
+	{ "DATA", cmd_data, false },
+	{ "BDAT", cmd_bdat, false },
+	{ "RSET", cmd_rset, true },
+	{ "NOOP", cmd_noop, true },
+	{ "VRFY", cmd_vrfy, true },
+	{ "HELP", cmd_help, true },
+	{ "QUIT", cmd_quit, true },
+};
+
+static void handle_line(struct session *s, char *line, size_t len)
+{
+	char *verb = line, *args = NULL;
+
+	if (memchr(line, '\0', len) != NULL) {
+		reply(s, 500, "5.5.2", "NUL character in command");
+		return;
+	}
+	char *sp = strchr(line, ' ');
+	if (sp != NULL) {
+		*sp = '\0';
+		args = sp + 1;
+	}
+	const struct command *cmd = NULL;
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strcasecmp(verb, commands[i].verb) == 0) {
+			cmd = &commands[i];
+			break;
+		}
+	}
+	if (cmd == NULL) {
+		reply(s, 500, "5.5.2", "Unknown command (this is LMTP: LHLO, MAIL, RCPT, DATA, BDAT, "
+				       "RSET, NOOP, VRFY, HELP, QUIT)");
+		return;
+	}
+	/* The verbs that take arguments: parse them with a colon, the rest split on the space. */
+	if (s->state == STATE_FRESH && !cmd->before_lhlo) {
+		reply(s, 503, "5.5.1", "Send LHLO first");
+		return;
+	}
+	if (s->srv->stopping && s->tx == NULL && cmd->handler != cmd_quit) {
+		reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
+		return;
+	}
+	cmd->handler(s, args);
+}
+
+/* --- input --- */
+
+static bool data_feed(struct session *s, struct evbuffer *in)
+{
+	struct transaction *tx = s->tx;
+	struct evbuffer_iovec vec[16];
+	int n = evbuffer_peek(in, -1, NULL, vec, 16);
+	size_t consumed = 0;
+
+	for (int i = 0; i < n && i < 16 && !tx->decoder.done; i++) {
+		long used = data_decode(&tx->decoder, vec[i].iov_base, vec[i].iov_len, spool_sink, tx);
+		if (used < 0)
+			break;
+		consumed += (size_t)used;
+	}
+	evbuffer_drain(in, consumed);
+	if (!tx->decoder.done)
+		return consumed > 0;
+	s->state = STATE_MAIL;
+	end_of_message(s);
+	return true;
+}
+
+static bool bdat_feed(struct session *s, struct evbuffer *in)
+{
+	struct transaction *tx = s->tx;
+
+	while (tx->bdat_left > 0 && evbuffer_get_length(in) > 0) {
+		struct evbuffer_iovec vec[16];
+		int n = evbuffer_peek(in, -1, NULL, vec, 16);
+		size_t consumed = 0;
+		for (int i = 0; i < n && i < 16 && tx->bdat_left > 0; i++) {
+			size_t take = vec[i].iov_len;
+			if (take > tx->bdat_left)
+				take = (size_t)tx->bdat_left;
+			if (!tx->bdat_discard)
+				spool_sink(tx, vec[i].iov_base, take);
+			tx->bdat_left -= take;
+			consumed += take;
+		}
+		evbuffer_drain(in, consumed);
+	}
+	if (tx->bdat_left > 0)
+		return false;
+	bdat_chunk_done(s);
+	return true;
+}
+
+/* One command line from in, bounded by max_command_line. Returns true if it did something. */
+static bool command_feed(struct session *s, struct evbuffer *in)
+{
+	size_t avail = evbuffer_get_length(in);
+	struct evbuffer_ptr eol = evbuffer_search(in, "\n", 1, NULL);
+
+	if (s->skipping) {
+		if (eol.pos < 0) {
+			evbuffer_drain(in, avail);
+			return false;
+		}
+		evbuffer_drain(in, (size_t)eol.pos + 1);
+		s->skipping = false;
+		reply(s, 500, "5.5.2", "Line too long");
+		return true;
+	}
+	if (eol.pos < 0) {
+		if (avail > s->line_max) {
+			/* Skip to the end of the line, then answer (style.md item 6). */
+			evbuffer_drain(in, avail);
+			s->skipping = true;
+		}
+		return false;
+	}
+	size_t len = (size_t)eol.pos; /* without the LF */
+	if (len > s->line_max) {
+		evbuffer_drain(in, len + 1);
+		reply(s, 500, "5.5.2", "Line too long");
+		return true;
+	}
+	evbuffer_remove(in, s->line, len + 1);
+	if (len > 0 && s->line[len - 1] == '\r')
+		len--;
+	s->line[len] = '\0';
+	if (log_get_level() >= LOG_LEVEL_DEBUG) {
+		char esc[LOG_ESC_SIZE];
+		log_debug("session=%s event=command line=\"%s\"", s->id,
+			  log_escape(esc, sizeof(esc), s->line, len, 200));
+	}
+	handle_line(s, s->line, len);
+	return true;
+}
+
+static void session_process(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+
+	s->processing = true;
+	for (;;) {
+		if (s->errors > (unsigned)s->srv->cfg->max_errors && s->state != STATE_CLOSING &&
+		    s->state != STATE_DELIVERING) {
+			reply_and_close(s, 421, "4.7.0", "Too many errors, closing connection");
+			break;
+		}
+		if (s->state == STATE_CLOSING || s->state == STATE_DELIVERING)
+			break;
+		if (evbuffer_get_length(in) == 0 && !(s->state == STATE_BDAT && s->tx->bdat_left == 0))
+			break;
+		bool progress;
+		if (s->state == STATE_DATA)
+			progress = data_feed(s, in);
+		else if (s->state == STATE_BDAT)
+			progress = bdat_feed(s, in);
+		else
+			progress = command_feed(s, in);
+		if (!progress)
+			break;
+	}
+	s->processing = false;
+	if (s->freed_in_process)
+		session_free(s);
+}
+
+/* --- bufferevent callbacks --- */
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+	session_process(arg);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+
+	if (s->state == STATE_CLOSING)
+		session_free(s);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+
+	if (what & BEV_EVENT_TIMEOUT) {
+		log_info("session=%s event=timeout state=%d", s->id, (int)s->state);
+		if (s->state == STATE_CLOSING) {
+			session_free(s);
+			return;
+		}
+		/* RFC 5321 4.5.3.2: close with 421; a transaction in progress is dropped whole. */
+		session_reset_tx(s);
+		reply_and_close(s, 421, "4.4.2", "Timeout, closing connection");
+		return;
+	}
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+		if (s->tx != NULL && (s->state == STATE_DATA || s->state == STATE_BDAT))
+			log_info("session=%s tx=%s event=lost_during_data stored=none", s->id,
+				 s->tx->id);
+		session_free(s);
+	}
+}
+
+/* --- life cycle --- */
+
+static void session_free(struct session *s)
+{
+	if (s->processing) {
+		s->freed_in_process = true;
+		return;
+	}
+	struct server *srv = s->srv;
+
+	if (s->dispatch != NULL) {
+		/* Backends are still working: they finish, we just stop listening for them. */
+		dispatch_detach(s->dispatch);
+		log_info("session=%s event=client_gone_during_delivery", s->id);
+	}
+	tx_free(&s->tx);
+	log_info("session=%s event=disconnect messages=%llu", s->id, s->messages);
+	if (s->prev != NULL)
+		s->prev->next = s->next;
+	else
+		srv->sessions = s->next;
+	if (s->next != NULL)
+		s->next->prev = s->prev;
+	bufferevent_free(s->bev);
+	free(s->replies);
+	free(s->reply_ready);
+	free(s->line);
+	free(s);
+	srv->connections--;
+	server_check_idle(srv);
+}
+
+struct session *session_new(struct server *srv, int fd, const char *peer, const char *peer_ip)
+{
+	struct session *s = calloc(1, sizeof(*s));
+
+	if (s == NULL) {
+		close(fd);
+		return NULL;
+	}
+	s->srv = srv;
+	s->line_max = (size_t)srv->cfg->max_command_line;
+	s->line = malloc(s->line_max + 2);
+	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (s->line == NULL || s->bev == NULL) {
+		if (s->bev != NULL)
+			bufferevent_free(s->bev);
+		else
+			close(fd);
+		free(s->line);
+		free(s);
+		return NULL;
+	}
+	srv->connections++;
+	/* Session ids: base-36 start time and a counter, unique across restarts of one host. */
+	unsigned long long seq = ++srv->session_seq;
+	snprintf(s->id, sizeof(s->id), "%llx%04llx", (unsigned long long)time(NULL) & 0xffffffffULL,
+		 seq & 0xffff);
+	snprintf(s->peer, sizeof(s->peer), "%s", peer);
+	snprintf(s->peer_ip, sizeof(s->peer_ip), "%s", peer_ip);
+	s->state = STATE_FRESH;
+	s->next = srv->sessions;
+	if (srv->sessions != NULL)
+		srv->sessions->prev = s;
+	srv->sessions = s;
+
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, SESSION_INPUT_HIGH);
+	timeouts_for_state(s);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	log_info("session=%s event=connect client=%s", s->id, s->peer);
+	/* RFC 2033 4 / RFC 5321 4.2: the greeting has no enhanced code (RFC 2034). */
+	evbuffer_add_printf(bufferevent_get_output(s->bev), "220 %s LMTP lmtpgw ready\r\n",
+			    srv->cfg->hostname);
+	return s;
+}
+
+void session_stop_all(struct server *srv)
+{
+	struct session *s = srv->sessions;
+
+	while (s != NULL) {
+		/* reply_and_close may free s: take the next one first. */
+		struct session *next = s->next;
+		if (s->state == STATE_FRESH || (s->state == STATE_READY && s->tx == NULL))
+			reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
+		s = next;
+	}
+}
+
+void session_free_all(struct server *srv)
+{
+	while (srv->sessions != NULL) {
+		struct session *s = srv->sessions;
+		s->processing = false;
+		session_free(s);
+	}
+}
