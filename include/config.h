@@ -96,6 +96,7 @@ struct config {
 	bool lowercase_local_part;
 	bool delivered_to;
 	bool soft_bounce;
+	bool xforward;
 	char *log_level;
 	char *syslog_facility;
 	char *user;

@@ -83,6 +83,9 @@ const struct conf_key config_global_keys[] = {
 	  0, "lowercase the local part before routing and templates (domains always are)" },
 	{ "delivered_to", CONF_BOOL, offsetof(struct config, delivered_to), "false", 1, 0,
 	  "prepend a Delivered-To: header per recipient to every stored copy" },
+	{ "xforward", CONF_BOOL, offsetof(struct config, xforward), "false", 1, 0,
+	  "offer XFORWARD (Postfix) so the MTA can pass its queue id and client for our logs; "
+	  "enable only on listeners that only trusted MTAs reach" },
 	{ "soft_bounce", CONF_BOOL, offsetof(struct config, soft_bounce), "false", 1, 0,
 	  "turn every 5xx we would send into the matching 4xx (safe testing of new routes)" },
 	{ "log_level", CONF_STRING, offsetof(struct config, log_level), "info", 1, 0,

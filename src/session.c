@@ -90,6 +90,8 @@ struct session {
 	char *line;                     /* command line buffer, max_command_line + 1 */
 	size_t line_max;
 	bool skipping;                  /* discarding an over-long command line up to its LF */
+	char xf_ident[64];              /* XFORWARD IDENT: the MTA's queue id, for the log */
+	char xf_client[160];            /* XFORWARD NAME/ADDR: the MTA's client, for the log */
 	struct transaction *tx;
 
 	/* post-DATA replies, filled in any order, written in RCPT order */
@@ -198,6 +200,9 @@ static void tx_free(struct transaction **txp)
 
 static void session_reset_tx(struct session *s)
 {
+	/* XFORWARD attributes describe one transaction (Postfix XFORWARD_README). */
+	s->xf_ident[0] = '\0';
+	s->xf_client[0] = '\0';
 	tx_free(&s->tx);
 	if (s->state != STATE_FRESH && s->state != STATE_CLOSING)
 		s->state = STATE_READY;
@@ -355,7 +360,8 @@ static void end_of_message(struct session *s)
 		},
 		.rcpts = tx->rcpts,
 		.rcpt_count = tx->rcpt_count,
-		.client = s->peer,
+		.client = s->xf_client[0] ? s->xf_client : s->peer,
+		.queue_id = s->xf_ident,
 	};
 	size_t count = tx->rcpt_count;
 
@@ -381,6 +387,8 @@ static void end_of_message(struct session *s)
 	/* req points into tx (sender, ids): the dispatch copies them before tx goes. */
 	struct dispatch *dispatch = dispatch_start(&req, delivery_result, s);
 	tx_free(&s->tx);
+	s->xf_ident[0] = '\0';
+	s->xf_client[0] = '\0';
 	/* Inline backends may have answered everything already (then the dispatch is gone). */
 	s->dispatch = s->state == STATE_DELIVERING ? dispatch : NULL;
 }
@@ -428,8 +436,10 @@ static void cmd_lhlo(struct session *s, char *args)
 			    "250-CHUNKING\r\n"
 			    "250-BINARYMIME\r\n"
 			    "250-SMTPUTF8\r\n"
+			    "%s"
 			    "250 DSN\r\n",
-			    cfg->hostname, cfg->max_message_size);
+			    cfg->hostname, cfg->max_message_size,
+			    cfg->xforward ? "250-XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE\r\n" : "");
 }
 
 static void cmd_mail(struct session *s, char *args)
@@ -688,6 +698,80 @@ static void bdat_chunk_done(struct session *s)
 	reply(s, 250, "2.0.0", "%" PRIu64 " octets received", spool_received(tx->spool));
 }
 
+/* Decode an XFORWARD xtext value (RFC 3461 4 "+XX") into a printable string. */
+static int xtext_decode(const char *in, char *out, size_t size)
+{
+	size_t n = 0;
+
+	for (; *in; in++) {
+		int c = (unsigned char)*in;
+		if (c == '+') {
+			if (!isxdigit((unsigned char)in[1]) || !isxdigit((unsigned char)in[2]))
+				return -1;
+			char hex[3] = { in[1], in[2], '\0' };
+			c = (int)strtol(hex, NULL, 16);
+			in += 2;
+		}
+		if (c < 0x21 || c > 0x7e)
+			c = '?';
+		if (n + 1 >= size)
+			return -1;
+		out[n++] = (char)c;
+	}
+	out[n] = '\0';
+	return 0;
+}
+
+/*
+ * xforward-command = "XFORWARD" 1*( SP attribute-name "=" attribute-value )
+ * attribute-name = NAME / ADDR / PORT / PROTO / HELO / IDENT / SOURCE  (Postfix XFORWARD_README)
+ */
+static void cmd_xforward(struct session *s, char *args)
+{
+	char ident[sizeof(s->xf_ident)] = "", name[80] = "", addr[80] = "";
+
+	if (!s->srv->cfg->xforward) {
+		reply(s, 550, "5.7.0", "XFORWARD not permitted");
+		return;
+	}
+	if (s->state != STATE_READY) {
+		reply(s, 503, "5.5.1", "XFORWARD only outside a mail transaction");
+		return;
+	}
+	if (!has_args(args)) {
+		reply(s, 501, "5.5.4", "Syntax: XFORWARD attribute=value...");
+		return;
+	}
+	char *save = NULL;
+	for (char *tok = strtok_r(args, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+		char *eq = strchr(tok, '=');
+		char value[256];
+		if (eq == NULL || strlen(eq + 1) >= sizeof(value) ||
+		    xtext_decode(eq + 1, value, sizeof(value)) < 0) {
+			reply(s, 501, "5.5.4", "Bad XFORWARD attribute");
+			return;
+		}
+		*eq = '\0';
+		if (strcasecmp(tok, "IDENT") == 0)
+			snprintf(ident, sizeof(ident), "%s", value);
+		else if (strcasecmp(tok, "NAME") == 0)
+			snprintf(name, sizeof(name), "%s", value);
+		else if (strcasecmp(tok, "ADDR") == 0)
+			snprintf(addr, sizeof(addr), "%s", value);
+		else if (strcasecmp(tok, "PORT") != 0 && strcasecmp(tok, "PROTO") != 0 &&
+			 strcasecmp(tok, "HELO") != 0 && strcasecmp(tok, "SOURCE") != 0) {
+			reply(s, 501, "5.5.4", "Unknown XFORWARD attribute");
+			return;
+		}
+	}
+	if (ident[0] && strcmp(ident, "[UNAVAILABLE]") != 0 && strcmp(ident, "[TEMPUNAVAIL]") != 0)
+		snprintf(s->xf_ident, sizeof(s->xf_ident), "%s", ident);
+	if (name[0] || addr[0])
+		snprintf(s->xf_client, sizeof(s->xf_client), "%s[%s]", name[0] ? name : "unknown",
+			 addr[0] ? addr : "unknown");
+	reply(s, 250, "2.0.0", "OK");
+}
+
 static void cmd_rset(struct session *s, char *args)
 {
 	if (has_args(args)) {
@@ -715,7 +799,8 @@ static void cmd_vrfy(struct session *s, char *args)
 
 static void cmd_help(struct session *s, char *args)
 {
-	reply(s, 214, "2.0.0", "Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT");
+	reply(s, 214, "2.0.0", "Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT%s",
+	      s->srv->cfg->xforward ? " XFORWARD" : "");
 }
 
 static void cmd_quit(struct session *s, char *args)
@@ -738,6 +823,7 @@ static const struct command commands[] = {
 	{ "VRFY", cmd_vrfy, true },
 	{ "HELP", cmd_help, true },
 	{ "QUIT", cmd_quit, true },
+	{ "XFORWARD", cmd_xforward, false },
 };
 
 static void handle_line(struct session *s, char *line, size_t len)
