@@ -112,7 +112,9 @@ static void reply_status(struct session *s, const struct status *st)
 	size_t n = status_format(st, false, buf, sizeof(buf));
 
 	evbuffer_add(bufferevent_get_output(s->bev), buf, n);
-	if (st->code >= 500)
+	/* Only protocol errors count towards max_errors: an unknown recipient or a full mailbox is
+	 * the MTA's normal business, not a misbehaving client. */
+	if ((st->code >= 500 && st->code <= 504) || st->code == 555)
 		s->errors++;
 	if (log_get_level() >= LOG_LEVEL_DEBUG) {
 		char esc[LOG_ESC_SIZE];
