@@ -260,6 +260,12 @@ static void flush_replies(struct session *s)
 	s->dispatch = NULL;
 	s->state = STATE_READY;
 	timeouts_for_state(s);
+	if (s->srv->stopping &&
+	    evbuffer_get_length(bufferevent_get_input(s->bev)) == 0) {
+		/* Shutting down: the transaction is done, do not wait for the client's next one. */
+		reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
+		return;
+	}
 	server_check_idle(s->srv);
 }
 
