@@ -1,0 +1,223 @@
+/*
+ * log - one line per event, to stderr with a timestamp or to syslog (see include/log.h).
+ *
+ * Owns: the process-wide level and destination, both atomics, so any thread may log while
+ * another changes the level. Each line is formatted into a stack buffer (LOG_LINE_MAX octets,
+ * truncated with "..." when longer) and leaves in one write(2) or one syslog(3) call, so lines
+ * from concurrent threads never interleave.
+ * Stderr lines look like "2026-11-25T07:00:00.123Z info event=... key=value".
+ * As a last defence against log injection, any control octet left in a formatted line (callers
+ * should have used log_escape() already) becomes '?'.
+ *
+ * Error contract: logging never fails visibly; a failed write is dropped (there is nowhere
+ * better to report it).
+ */
+#include "log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LOG_LINE_MAX 2048
+
+static atomic_int current_level = LOG_LEVEL_INFO;
+static atomic_bool use_syslog = false;
+
+static const char *const level_names[] = {
+	[LOG_LEVEL_ERROR] = "error",
+	[LOG_LEVEL_WARN] = "warn",
+	[LOG_LEVEL_INFO] = "info",
+	[LOG_LEVEL_DEBUG] = "debug",
+};
+
+static const int level_priorities[] = {
+	[LOG_LEVEL_ERROR] = LOG_ERR,
+	[LOG_LEVEL_WARN] = LOG_WARNING,
+	[LOG_LEVEL_INFO] = LOG_INFO,
+	[LOG_LEVEL_DEBUG] = LOG_DEBUG,
+};
+
+void log_init(const char *ident, bool to_stderr, enum log_level level)
+{
+	if (!to_stderr)
+		openlog(ident != NULL ? ident : "lmtpgw", LOG_PID | LOG_NDELAY, LOG_MAIL);
+	atomic_store(&use_syslog, !to_stderr);
+	log_set_level(level);
+}
+
+void log_set_level(enum log_level level)
+{
+	if (level < LOG_LEVEL_ERROR || level > LOG_LEVEL_DEBUG)
+		level = LOG_LEVEL_INFO;
+	atomic_store(&current_level, (int)level);
+}
+
+enum log_level log_get_level(void)
+{
+	return (enum log_level)atomic_load(&current_level);
+}
+
+int log_level_parse(const char *name)
+{
+	if (name == NULL)
+		return -1;
+	for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
+		if (strcasecmp(name, level_names[i]) == 0)
+			return (int)i;
+	}
+	return -1;
+}
+
+/* "2026-11-25T07:00:00.123Z " into buf (at least 32 bytes); returns its length. */
+static size_t format_timestamp(char *buf, size_t size)
+{
+	struct timespec now;
+	struct tm tm;
+	size_t len;
+
+	if (clock_gettime(CLOCK_REALTIME, &now) < 0 || gmtime_r(&now.tv_sec, &tm) == NULL) {
+		buf[0] = '\0';
+		return 0;
+	}
+	len = strftime(buf, size, "%Y-%m-%dT%H:%M:%S", &tm);
+	len += (size_t)snprintf(buf + len, size - len, ".%03ldZ ", now.tv_nsec / 1000000L);
+	return len < size ? len : size - 1;
+}
+
+static void write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return;
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+}
+
+static void log_vline(enum log_level level, const char *fmt, va_list args)
+{
+	char line[LOG_LINE_MAX];
+	size_t len = 0, msg_start;
+	int n;
+	bool to_syslog = atomic_load(&use_syslog);
+
+	if ((int)level > atomic_load(&current_level))
+		return;
+	if (!to_syslog) {
+		len = format_timestamp(line, sizeof(line));
+		len += (size_t)snprintf(line + len, sizeof(line) - len, "%s ", level_names[level]);
+	}
+	msg_start = len;
+	/* Keep room for the newline and the NUL. */
+	n = vsnprintf(line + len, sizeof(line) - len - 1, fmt, args);
+	if (n < 0)
+		n = 0;
+	if ((size_t)n >= sizeof(line) - len - 1) {
+		len = sizeof(line) - 2;
+		memcpy(line + len - 3, "...", 3);
+	} else {
+		len += (size_t)n;
+	}
+	for (size_t i = msg_start; i < len; i++) {
+		if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+			line[i] = '?';
+	}
+	if (to_syslog) {
+		line[len] = '\0';
+		syslog(level_priorities[level], "%s", line + msg_start);
+	} else {
+		line[len++] = '\n';
+		line[len] = '\0';
+		write_all(STDERR_FILENO, line, len);
+	}
+}
+
+#define LOG_FUNCTION(name, level)                   \
+	void name(const char *fmt, ...)             \
+	{                                           \
+		va_list args;                       \
+		va_start(args, fmt);                \
+		log_vline(level, fmt, args);        \
+		va_end(args);                       \
+	}
+
+LOG_FUNCTION(log_error, LOG_LEVEL_ERROR)
+LOG_FUNCTION(log_warn, LOG_LEVEL_WARN)
+LOG_FUNCTION(log_info, LOG_LEVEL_INFO)
+LOG_FUNCTION(log_debug, LOG_LEVEL_DEBUG)
+
+static size_t escaped_length(unsigned char c)
+{
+	if (c == '"' || c == '\\')
+		return 2;
+	return c >= 0x20 && c <= 0x7e ? 1 : 4;
+}
+
+char *log_escape(char *dst, size_t dst_size, const void *src, size_t src_len, size_t max_in)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *in = src;
+	size_t limit = src_len < max_in ? src_len : max_in;
+	bool truncated = src_len > max_in;
+	size_t budget = dst_size - 1; /* octets available before the NUL */
+	size_t out = 0;
+
+	if (dst_size == 0)
+		return dst;
+	if (in == NULL)
+		limit = 0, truncated = false;
+	if (!truncated) {
+		/* Everything fits: no "..." needed, so no room reserved for it. */
+		size_t total = 0;
+
+		for (size_t i = 0; i < limit && total <= budget; i++)
+			total += escaped_length(in[i]);
+		truncated = total > budget;
+	}
+	if (truncated)
+		budget = budget >= 3 ? budget - 3 : 0;
+	for (size_t i = 0; i < limit; i++) {
+		unsigned char c = in[i];
+		size_t enc_len = escaped_length(c);
+
+		if (out + enc_len > budget)
+			break;
+		if (enc_len == 1) {
+			dst[out] = (char)c;
+		} else if (enc_len == 2) {
+			dst[out] = '\\';
+			dst[out + 1] = (char)c;
+		} else {
+			dst[out] = '\\';
+			dst[out + 1] = 'x';
+			dst[out + 2] = hex[c >> 4];
+			dst[out + 3] = hex[c & 0xf];
+		}
+		out += enc_len;
+	}
+	if (truncated && out + 3 < dst_size) {
+		memcpy(dst + out, "...", 3);
+		out += 3;
+	}
+	dst[out] = '\0';
+	return dst;
+}
+
+char *log_esc(char dst[LOG_ESC_SIZE], const char *src)
+{
+	if (src == NULL)
+		src = "";
+	/* strnlen past max_in by one tells log_escape whether to append "...". */
+	return log_escape(dst, LOG_ESC_SIZE, src, strnlen(src, 101), 100);
+}
