@@ -47,6 +47,22 @@ ssize_t spool_pread(const struct spool *spool, void *buf, size_t size, uint64_t 
  * of the file (made once). Valid until spool_free(). */
 int spool_map(struct spool *spool, const void **data_r, size_t *len_r);
 
+/* "prefix + content" as one contiguous read-only block, without copying a spooled file: the
+ * file is mapped right behind an anonymous page that holds the prefix at its end. Small
+ * in-memory messages are copied. For protocols that need the whole message in memory (IMAP
+ * APPEND with libetpan). Thread-safe; release with spool_view_release(). */
+struct spool_view {
+	const char *data;
+	size_t len;
+	void *base;      /* internal: mapping or buffer */
+	size_t base_len;
+	bool mapped;
+};
+
+int spool_view_prefixed(const struct spool *spool, const char *prefix, size_t prefix_len,
+			struct spool_view *view_r);
+void spool_view_release(struct spool_view *view);
+
 /* Write prefix then the content to fd (regular file or socket), in large blocks; restarts on
  * EINTR and short writes. */
 int spool_write_to_fd(const struct spool *spool, const void *prefix, size_t prefix_len, int fd);

@@ -315,6 +315,58 @@ int spool_map(struct spool *spool, const void **data_r, size_t *len_r)
 	return 0;
 }
 
+int spool_view_prefixed(const struct spool *spool, const char *prefix, size_t prefix_len,
+			struct spool_view *view_r)
+{
+	memset(view_r, 0, sizeof(*view_r));
+	if (spool->fd < 0 || spool->kept == 0) {
+		char *buf = malloc(prefix_len + spool->kept + 1);
+		if (buf == NULL)
+			return -1;
+		memcpy(buf, prefix, prefix_len);
+		if (spool->kept > 0)
+			memcpy(buf + prefix_len, spool->mem, spool->kept);
+		view_r->base = buf;
+		view_r->data = buf;
+		view_r->len = prefix_len + spool->kept;
+		return 0;
+	}
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t head = (prefix_len + page - 1) / page * page;
+	if (head == 0)
+		head = page;
+	size_t total = head + (size_t)spool->kept;
+	/* Reserve the whole range, then put the file over its tail. */
+	char *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (base == MAP_FAILED)
+		return -1;
+	if (mmap(base + head, (size_t)spool->kept, PROT_READ, MAP_SHARED | MAP_FIXED, spool->fd, 0) ==
+	    MAP_FAILED) {
+		int saved = errno;
+		munmap(base, total);
+		errno = saved;
+		return -1;
+	}
+	memcpy(base + head - prefix_len, prefix, prefix_len);
+	view_r->base = base;
+	view_r->base_len = total;
+	view_r->mapped = true;
+	view_r->data = base + head - prefix_len;
+	view_r->len = prefix_len + (size_t)spool->kept;
+	return 0;
+}
+
+void spool_view_release(struct spool_view *view)
+{
+	if (view->base == NULL)
+		return;
+	if (view->mapped)
+		munmap(view->base, view->base_len);
+	else
+		free(view->base);
+	memset(view, 0, sizeof(*view));
+}
+
 int spool_write_to_fd(const struct spool *spool, const void *prefix, size_t prefix_len, int fd)
 {
 	if (prefix_len > 0 && write_all(fd, prefix, prefix_len) < 0)

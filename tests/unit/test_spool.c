@@ -132,3 +132,29 @@ Test(spool, empty_message)
 	cr_assert_eq(spool_reader_read(&r, buf, sizeof(buf)), 0);
 	spool_free(&sp);
 }
+
+Test(spool, prefixed_view_is_contiguous_without_copy)
+{
+	const size_t total = 200 * 1024 + 3;
+	char *data = malloc(total);
+	const char *error;
+	static const char prefix[] = "Return-Path: <a@b>\r\nReceived: x\r\n";
+	struct spool_view view;
+
+	fill(data, total, 11);
+	for (int mem = 0; mem < 2; mem++) {
+		struct spool *sp = spool_new(mem ? 1024 * 1024 : 4096, "/tmp", 0);
+		cr_assert_eq(spool_write(sp, data, total, &error), 0);
+		cr_assert_eq(spool_finish(sp, &error), 0);
+		cr_assert_eq(spool_in_memory(sp), mem == 1);
+		cr_assert_eq(spool_view_prefixed(sp, prefix, sizeof(prefix) - 1, &view), 0);
+		cr_assert_eq(view.len, total + sizeof(prefix) - 1);
+		cr_assert(memcmp(view.data, prefix, sizeof(prefix) - 1) == 0);
+		cr_assert(memcmp(view.data + sizeof(prefix) - 1, data, total) == 0);
+		cr_assert_eq(view.mapped, mem == 0);
+		spool_view_release(&view);
+		cr_assert_null(view.base);
+		spool_free(&sp);
+	}
+	free(data);
+}
