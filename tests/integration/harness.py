@@ -320,7 +320,8 @@ class Lmtpgw:
     local:     extra settings of the maildir backend "local" {key: value}
     backends:  extra backend blocks as libconfig text, e.g. 'trash: { driver = "discard"; };'
     routes:    list of (match, [backend, ...]); default [("*@example.test", ["local"])]
-    listen:    listen address for --listen; default "127.0.0.1:<random port>"
+    listen:    listen address for --listen; default "127.0.0.1:<random port>". If config has
+               "listen" and this is None, no --listen is given and clients use its first entry.
     """
 
     def __init__(self, config=None, local=None, backends="", routes=None, listen=None,
@@ -339,6 +340,7 @@ class Lmtpgw:
         self.listen_arg = listen
         self.debug = debug
         self.proc = None
+        self.listen_from_config = False
         self.port = None
         self.host = "127.0.0.1"
         self.returncode = None
@@ -383,7 +385,8 @@ class Lmtpgw:
         cmd = [binary(), "-f", "-c", self.conf_path]
         if self.debug:
             cmd.append("-d")
-        cmd += ["--listen", self.listen]
+        if not self.listen_from_config:
+            cmd += ["--listen", self.listen]
         if VALGRIND:
             cmd = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
                    "--errors-for-leak-kinds=definite", "--log-file=" + self.vg_log] + cmd
@@ -391,6 +394,10 @@ class Lmtpgw:
 
     def start(self):
         last_error = None
+        if self.listen_arg is None and "listen" in self.config:
+            self.listen_from_config = True
+            first = self.config["listen"]
+            self.listen_arg = first[0] if isinstance(first, (list, tuple)) else first
         for _attempt in range(3):
             if self.listen_arg is None:
                 self.port = free_port()
@@ -401,12 +408,13 @@ class Lmtpgw:
                 if m and not self.listen.startswith("unix:"):
                     self.host, self.port = m.group(1), int(m.group(2))
             self._log_fh = open(self.log_path, "ab")
+            started_before = len(self.grep(r"event=started"))
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                          stdout=self._log_fh, stderr=self._log_fh,
                                          cwd=self.dir)
             _live.append(self)
             try:
-                self.wait_log(r"event=started", timeout=15 * SLOW)
+                self.wait_log(r"event=started", timeout=15 * SLOW, count=started_before + 1)
                 self.wait_accepting()
                 return self
             except AssertionError as e:
@@ -429,7 +437,14 @@ class Lmtpgw:
                     fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
                     s = socket.socket(fam, socket.SOCK_STREAM)
                     s.connect((self.host, self.port))
+                # read the greeting and hang up; wait until the server has seen the hang-up,
+                # so this probe never counts against max_connections in a test
+                s.settimeout(5 * SLOW)
+                disconnects = len(self.grep(r"event=disconnect"))
+                greeting = s.recv(512)
                 s.close()
+                if greeting.startswith(b"220") and self.config.get("log_level", "info") in ("info", "debug"):
+                    self.wait_log(r"event=disconnect", timeout=5, count=disconnects + 1)
                 return
             except OSError:
                 if time.time() > deadline:
