@@ -316,6 +316,9 @@ def check_trace(trace):
 class Lmtpgw:
     """A temp config + a running build/lmtpgw -f on a random loopback port.
 
+    Nothing starts until `with gw:` (or gw.start()): settings may be changed before that
+    (then call gw.write_config()).
+
     config:    extra global settings {key: value} (strings, ints, bools, lists)
     local:     extra settings of the maildir backend "local" {key: value}
     backends:  extra backend blocks as libconfig text, e.g. 'trash: { driver = "discard"; };'
@@ -325,7 +328,7 @@ class Lmtpgw:
     """
 
     def __init__(self, config=None, local=None, backends="", routes=None, listen=None,
-                 start=True, debug=False):
+                 debug=False):
         self.dir = tempfile.mkdtemp(prefix="lmtpgw-it-")
         self.maildir_root = os.path.join(self.dir, "mail")
         self.spool = os.path.join(self.dir, "spool")
@@ -346,7 +349,6 @@ class Lmtpgw:
         self.returncode = None
         self._log_fh = None
         self.write_config()
-        self._start_requested = start
 
     # config
 
@@ -511,7 +513,7 @@ class Lmtpgw:
         return self.proc.pid
 
     def __enter__(self):
-        if self._start_requested and self.proc is None:
+        if self.proc is None:
             self.start()
         return self
 
