@@ -9,17 +9,19 @@
 
 extern const struct backend_driver backend_maildir;
 extern const struct backend_driver backend_discard;
+extern const struct backend_driver backend_imap;
 
 /* Adding a driver: define it in src/backends/NAME.c and list it here. */
 const struct backend_driver *const backend_drivers[] = {
 	&backend_maildir,
 	&backend_discard,
+	&backend_imap,
 	NULL,
 };
 
 const struct conf_key backend_common_keys[] = {
 	{ "driver", CONF_STRING, offsetof(struct backend_common, driver), NULL, 1, 0,
-	  "driver of this backend: maildir, discard" },
+	  "driver of this backend: maildir, imap, discard" },
 	{ "concurrency", CONF_INT, offsetof(struct backend_common, concurrency), "8", 1, 256,
 	  "deliveries of this backend running at once (worker threads)" },
 	{ "soft_bounce", CONF_BOOL, offsetof(struct backend_common, soft_bounce), "false", 1, 0,

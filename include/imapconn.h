@@ -1,0 +1,92 @@
+/*
+ * imapconn - one blocking IMAP client connection (libetpan) with TLS done by OpenSSL.
+ *
+ * Debian's libetpan uses GnuTLS and does not verify certificates (facts.md), so this module
+ * owns the transport: it connects the socket itself (with a timeout), runs TLS with OpenSSL
+ * (implicit for imaps://, STARTTLS for imap://), verifies the chain and the host name, and hands
+ * libetpan a mailstream whose low-level driver reads and writes through OpenSSL. Credentials
+ * are only ever sent on a verified TLS session, or on plain text when the caller explicitly
+ * allowed it for a loopback server.
+ *
+ * Every failing call fills a status (design.md mapping) and a short reason for the log. A
+ * connection whose stream failed is marked broken and must be closed, not reused.
+ * Used from worker threads: nothing here touches global state except OpenSSL's (thread-safe).
+ */
+#ifndef LMTPGW_IMAPCONN_H
+#define LMTPGW_IMAPCONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "status.h"
+
+enum imap_security { IMAP_TLS_IMPLICIT, IMAP_TLS_STARTTLS, IMAP_PLAINTEXT };
+
+struct imap_endpoint {
+	char host[256];
+	char port[8];
+	enum imap_security security;
+	int timeout_ms;
+	void *ssl_ctx;              /* SSL_CTX *, shared by every connection of a backend */
+};
+
+/* Parse "imap://host[:port]" / "imaps://host[:port]" ("[v6]" allowed). allow_plaintext
+ * turns imap:// into plain text (only accepted when host is a loopback address). */
+int imap_endpoint_parse(const char *url, bool allow_plaintext, struct imap_endpoint *ep_r,
+			char *error_r, size_t error_size);
+
+/* An OpenSSL client context: TLS 1.2+, peer verification on; CA file/dir or system store. */
+void *imap_tls_context_new(const char *ca_file, const char *ca_path, char *error_r,
+			   size_t error_size);
+void imap_tls_context_free(void *ssl_ctx);
+
+struct imapconn;
+
+/* Connect, secure, read the greeting. NULL on failure with *st_r (451 4.4.1 refused or
+ * unreachable, 451 4.4.2 lost, 451 4.7.5 certificate not trusted, ...) and reason. */
+struct imapconn *imapconn_open(const struct imap_endpoint *ep, struct status *st_r,
+			       char *reason, size_t reason_size);
+void imapconn_close(struct imapconn **conn);
+
+enum imap_login_mode {
+	IMAP_LOGIN_PLAIN_AUTHZID,   /* SASL PLAIN: authzid = user, authcid = admin */
+	IMAP_LOGIN_MASTER_SUFFIX,   /* LOGIN "user*admin" (Dovecot master users) */
+	IMAP_LOGIN_USER,            /* LOGIN user password */
+};
+
+/* Log in. On failure, *st_r is 451 4.7.0 (our credential: never a bounce) unless the server
+ * said unambiguously that the user does not exist. */
+int imapconn_login(struct imapconn *conn, enum imap_login_mode mode, const char *user,
+		   const char *admin, const char *password, struct status *st_r, char *reason,
+		   size_t reason_size);
+
+struct imap_append_result {
+	uint32_t uidvalidity;
+	uint32_t uid;
+	bool trycreate;             /* the server said [TRYCREATE] */
+};
+
+/* APPEND data into mailbox with flags (space-separated, e.g. "\\Seen $Label") and INTERNALDATE.
+ * overquota_permanent picks 552 5.2.2 instead of 452 4.2.2. */
+int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flags,
+		    time_t internaldate, const char *data, size_t len, bool overquota_permanent,
+		    struct imap_append_result *res_r, struct status *st_r, char *reason,
+		    size_t reason_size);
+
+/* CREATE (an existing mailbox counts as success) and optionally SUBSCRIBE. */
+int imapconn_create(struct imapconn *conn, const char *mailbox, bool subscribe, char *reason,
+		    size_t reason_size);
+
+/* NOOP as a health check of an idle connection. */
+int imapconn_noop(struct imapconn *conn);
+
+bool imapconn_broken(const struct imapconn *conn);
+const char *imapconn_login_user(const struct imapconn *conn);
+time_t imapconn_last_used(const struct imapconn *conn);
+
+/* Map an IMAP response code (RFC 5530) of a failed APPEND to a reply; exposed for tests. */
+void imap_map_append_failure(const char *code, bool overquota_permanent, struct status *st_r);
+
+#endif

@@ -1,0 +1,546 @@
+/*
+ * imap - delivery by IMAP APPEND into any IMAP server's mailboxes.
+ *
+ * Each target is appended as the recipient's IMAP user (login_mode "master": one admin
+ * credential impersonating every user; "user": each user's own password from a file;
+ * "shared": one account, folders chosen by template). The message is handed to libetpan as
+ * one contiguous block: the spool file is mapped behind the trace headers, never copied
+ * (spool_view_prefixed). INTERNALDATE is the time the message was received.
+ *
+ * Connections are pooled per login identity and reused across messages and recipients; an
+ * idle one is checked with NOOP before reuse, and one that failed is never reused. A target is
+ * ok only after the tagged OK to APPEND (design.md guarantees); every doubt is 4xx.
+ *
+ * Secrets are read from files at open (refused when others may read them), kept once, and
+ * wiped at close. They are never logged.
+ */
+#include "backend.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "imapconn.h"
+
+struct imap_settings {
+	char *url;
+	bool allow_plaintext;
+	char *ca_file;
+	char *ca_path;
+	char *login_mode;
+	char *master_format;
+	char *login;
+	char *password_file;
+	char *passwords_file;
+	char *user;
+	char *folder;
+	bool folder_from_detail;
+	char *detail_folder;
+	struct conf_strlist flags;
+	bool create_folders;
+	bool subscribe;
+	bool fallback_to_inbox;
+	bool overquota_permanent;
+	long long timeout;
+	long long idle_timeout;
+	long long max_idle;
+};
+
+static const struct conf_key imap_keys[] = {
+	{ "url", CONF_STRING, offsetof(struct imap_settings, url), NULL, 1, 0,
+	  "server: imaps://host[:993] (TLS) or imap://host[:143] (STARTTLS required)" },
+	{ "allow_plaintext", CONF_BOOL, offsetof(struct imap_settings, allow_plaintext), "false", 1,
+	  0, "imap:// without TLS; accepted only for a loopback server" },
+	{ "ca_file", CONF_STRING, offsetof(struct imap_settings, ca_file), NULL, 1, 0,
+	  "PEM file of CA certificates to verify the server (default: the system store)" },
+	{ "ca_path", CONF_STRING, offsetof(struct imap_settings, ca_path), NULL, 1, 0,
+	  "directory of hashed CA certificates to verify the server" },
+	{ "login_mode", CONF_STRING, offsetof(struct imap_settings, login_mode), "master", 1, 0,
+	  "master (admin impersonates each user), user (own passwords) or shared (one account)" },
+	{ "master_format", CONF_STRING, offsetof(struct imap_settings, master_format), "auto", 1, 0,
+	  "master login: sasl (PLAIN with authorization id), dovecot (LOGIN user*admin) or auto" },
+	{ "login", CONF_STRING, offsetof(struct imap_settings, login), NULL, 1, 0,
+	  "the admin (master) user, or the shared account" },
+	{ "password_file", CONF_STRING, offsetof(struct imap_settings, password_file), NULL, 1, 0,
+	  "file holding the password of 'login' (first line); not readable by others" },
+	{ "passwords_file", CONF_STRING, offsetof(struct imap_settings, passwords_file), NULL, 1, 0,
+	  "login_mode user: file of user:password lines; not readable by others" },
+	{ "user", CONF_STRING, offsetof(struct imap_settings, user), "%{local}", 1, 0,
+	  "IMAP user of a recipient (template)" },
+	{ "folder", CONF_STRING, offsetof(struct imap_settings, folder), "INBOX", 1, 0,
+	  "folder to append to (template)" },
+	{ "folder_from_detail", CONF_BOOL, offsetof(struct imap_settings, folder_from_detail),
+	  "false", 1, 0, "user+detail goes to the folder detail_folder" },
+	{ "detail_folder", CONF_STRING, offsetof(struct imap_settings, detail_folder), "%{detail}",
+	  1, 0, "folder for user+detail when folder_from_detail (template, e.g. \"INBOX.%{detail}\")" },
+	{ "flags", CONF_STRING_LIST, offsetof(struct imap_settings, flags), NULL, 1, 0,
+	  "flags and keywords set on appended messages, e.g. [\"\\\\Seen\", \"$Gateway\"]" },
+	{ "create_folders", CONF_BOOL, offsetof(struct imap_settings, create_folders), "true", 1, 0,
+	  "on [TRYCREATE], create the folder and append again once" },
+	{ "subscribe", CONF_BOOL, offsetof(struct imap_settings, subscribe), "true", 1, 0,
+	  "subscribe to folders we create" },
+	{ "fallback_to_inbox", CONF_BOOL, offsetof(struct imap_settings, fallback_to_inbox), "true",
+	  1, 0, "when a folder cannot be created, deliver into INBOX" },
+	{ "overquota_permanent", CONF_BOOL, offsetof(struct imap_settings, overquota_permanent),
+	  "false", 1, 0, "answer [OVERQUOTA] with 552 5.2.2 (bounce) instead of 452 4.2.2" },
+	{ "timeout", CONF_DURATION, offsetof(struct imap_settings, timeout), "30s", 1000, 600000,
+	  "connect and per-read/write timeout" },
+	{ "idle_timeout", CONF_DURATION, offsetof(struct imap_settings, idle_timeout), "60s", 0,
+	  3600000, "close pooled connections idle longer than this" },
+	{ "max_idle", CONF_INT, offsetof(struct imap_settings, max_idle), "16", 0, 1024,
+	  "pooled idle connections kept at most" },
+	{ NULL, 0, 0, NULL, 0, 0, NULL },
+};
+
+enum login_kind { LOGIN_MASTER, LOGIN_USER, LOGIN_SHARED };
+enum master_kind { MASTER_AUTO, MASTER_SASL, MASTER_DOVECOT };
+
+struct user_password {
+	char *user;
+	char *password;
+};
+
+struct imap_state {
+	char name[64];
+	struct imap_endpoint ep;
+	enum login_kind login_kind;
+	enum master_kind master_kind;
+	atomic_int master_resolved;   /* auto mode: 0 unknown, else the enum that worked */
+	char *login;
+	char *password;               /* of login; wiped at close */
+	struct user_password *users;  /* login_mode user */
+	size_t user_count;
+	struct template *user_tmpl, *folder_tmpl, *detail_tmpl;
+	char flags[512];
+	struct imap_settings set;
+
+	pthread_mutex_t lock;         /* guards idle[] */
+	struct imapconn **idle;
+	size_t idle_count;
+};
+
+static void wipe_free(char *secret)
+{
+	if (secret != NULL) {
+		explicit_bzero(secret, strlen(secret));
+		free(secret);
+	}
+}
+
+/* Read a secret file: refused when group/others may read it (never log its content). */
+static char *read_secret_file(const char *path, char *error_r, size_t error_size)
+{
+	struct stat sb;
+	FILE *f = fopen(path, "re");
+
+	if (f == NULL) {
+		snprintf(error_r, error_size, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (fstat(fileno(f), &sb) < 0 || (sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+		snprintf(error_r, error_size,
+			 "%s: secret file must not be accessible by group or others (chmod 600)",
+			 path);
+		fclose(f);
+		return NULL;
+	}
+	size_t cap = (size_t)sb.st_size + 1;
+	if (cap > 1024 * 1024) {
+		snprintf(error_r, error_size, "%s: too large for a secret file", path);
+		fclose(f);
+		return NULL;
+	}
+	char *buf = calloc(1, cap + 1);
+	size_t n = buf ? fread(buf, 1, cap, f) : 0;
+	fclose(f);
+	if (buf == NULL) {
+		snprintf(error_r, error_size, "out of memory");
+		return NULL;
+	}
+	buf[n] = '\0';
+	return buf;
+}
+
+static int load_passwords(struct imap_state *st, const char *path, char *error_r,
+			  size_t error_size)
+{
+	char *text = read_secret_file(path, error_r, error_size);
+	char *save = NULL;
+
+	if (text == NULL)
+		return -1;
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		line[strcspn(line, "\r")] = '\0';
+		if (line[0] == '\0' || line[0] == '#')
+			continue;
+		char *colon = strchr(line, ':');
+		if (colon == NULL || colon == line) {
+			snprintf(error_r, error_size, "%s: expected user:password lines", path);
+			explicit_bzero(text, strlen(text));
+			free(text);
+			return -1;
+		}
+		*colon = '\0';
+		struct user_password *n = realloc(st->users, (st->user_count + 1) * sizeof(*n));
+		if (n == NULL) {
+			explicit_bzero(text, strlen(text));
+			free(text);
+			snprintf(error_r, error_size, "out of memory");
+			return -1;
+		}
+		st->users = n;
+		st->users[st->user_count].user = strdup(line);
+		st->users[st->user_count].password = strdup(colon + 1);
+		st->user_count++;
+	}
+	explicit_bzero(text, strlen(text));
+	free(text);
+	return 0;
+}
+
+static void imap_close(void *state);
+
+static int compile(const char *text, const char *key, struct template **t, char *error_r,
+		   size_t error_size)
+{
+	const char *error;
+
+	if (template_compile(text, t, &error) < 0) {
+		snprintf(error_r, error_size, "%s: %s", key, error);
+		return -1;
+	}
+	return 0;
+}
+
+static int imap_open(const void *settings, const char *instance_name, void **state_r,
+		     char *error_r, size_t error_size)
+{
+	const struct imap_settings *set = settings;
+	struct imap_state *st = calloc(1, sizeof(*st));
+
+	if (st == NULL) {
+		snprintf(error_r, error_size, "out of memory");
+		return -1;
+	}
+	pthread_mutex_init(&st->lock, NULL);
+	st->set = *set;
+	snprintf(st->name, sizeof(st->name), "%s", instance_name);
+	if (set->url == NULL) {
+		snprintf(error_r, error_size, "imap needs 'url'");
+		goto fail;
+	}
+	if (imap_endpoint_parse(set->url, set->allow_plaintext, &st->ep, error_r, error_size) < 0)
+		goto fail;
+	st->ep.timeout_ms = (int)set->timeout;
+	if (st->ep.security != IMAP_PLAINTEXT) {
+		st->ep.ssl_ctx = imap_tls_context_new(set->ca_file, set->ca_path, error_r, error_size);
+		if (st->ep.ssl_ctx == NULL)
+			goto fail;
+	}
+	if (strcmp(set->login_mode, "master") == 0)
+		st->login_kind = LOGIN_MASTER;
+	else if (strcmp(set->login_mode, "user") == 0)
+		st->login_kind = LOGIN_USER;
+	else if (strcmp(set->login_mode, "shared") == 0)
+		st->login_kind = LOGIN_SHARED;
+	else {
+		snprintf(error_r, error_size, "login_mode must be master, user or shared");
+		goto fail;
+	}
+	if (strcmp(set->master_format, "auto") == 0)
+		st->master_kind = MASTER_AUTO;
+	else if (strcmp(set->master_format, "sasl") == 0)
+		st->master_kind = MASTER_SASL;
+	else if (strcmp(set->master_format, "dovecot") == 0)
+		st->master_kind = MASTER_DOVECOT;
+	else {
+		snprintf(error_r, error_size, "master_format must be auto, sasl or dovecot");
+		goto fail;
+	}
+	if (st->login_kind == LOGIN_USER) {
+		if (set->passwords_file == NULL) {
+			snprintf(error_r, error_size, "login_mode user needs passwords_file");
+			goto fail;
+		}
+		if (load_passwords(st, set->passwords_file, error_r, error_size) < 0)
+			goto fail;
+	} else {
+		if (set->login == NULL || set->password_file == NULL) {
+			snprintf(error_r, error_size, "login_mode %s needs login and password_file",
+				 set->login_mode);
+			goto fail;
+		}
+		char *text = read_secret_file(set->password_file, error_r, error_size);
+		if (text == NULL)
+			goto fail;
+		text[strcspn(text, "\r\n")] = '\0';
+		st->password = text;
+		st->login = strdup(set->login);
+	}
+	if (compile(set->user, "user", &st->user_tmpl, error_r, error_size) < 0 ||
+	    compile(set->folder, "folder", &st->folder_tmpl, error_r, error_size) < 0 ||
+	    compile(set->detail_folder, "detail_folder", &st->detail_tmpl, error_r, error_size) < 0)
+		goto fail;
+	size_t len = 0;
+	for (size_t i = 0; i < set->flags.count; i++) {
+		const char *f = set->flags.items[i];
+		static const char *const system_flags[] = { "\\Seen", "\\Flagged", "\\Answered",
+							     "\\Draft", "\\Deleted" };
+		bool ok = f[0] != '\0' && strpbrk(f, " (){}%*\"]") == NULL;
+		if (ok && f[0] == '\\') {
+			ok = false;
+			for (size_t k = 0; k < 5; k++)
+				ok = ok || strcasecmp(f, system_flags[k]) == 0;
+		}
+		if (!ok || len + strlen(f) + 2 >= sizeof(st->flags)) {
+			snprintf(error_r, error_size, "flags: '%s' is not a usable flag or keyword", f);
+			goto fail;
+		}
+		len += (size_t)snprintf(st->flags + len, sizeof(st->flags) - len, "%s%s",
+					len ? " " : "", f);
+	}
+	*state_r = st;
+	return 0;
+fail:
+	imap_close(st);
+	return -1;
+}
+
+static void imap_close(void *state)
+{
+	struct imap_state *st = state;
+
+	if (st == NULL)
+		return;
+	for (size_t i = 0; i < st->idle_count; i++)
+		imapconn_close(&st->idle[i]);
+	free(st->idle);
+	if (st->ep.ssl_ctx != NULL)
+		imap_tls_context_free(st->ep.ssl_ctx);
+	wipe_free(st->password);
+	free(st->login);
+	for (size_t i = 0; i < st->user_count; i++) {
+		free(st->users[i].user);
+		wipe_free(st->users[i].password);
+	}
+	free(st->users);
+	template_free(&st->user_tmpl);
+	template_free(&st->folder_tmpl);
+	template_free(&st->detail_tmpl);
+	pthread_mutex_destroy(&st->lock);
+	free(st);
+}
+
+/* --- connection pool --- */
+
+static struct imapconn *pool_take(struct imap_state *st, const char *identity)
+{
+	struct imapconn *found = NULL;
+	time_t now = time(NULL);
+
+	pthread_mutex_lock(&st->lock);
+	for (size_t i = st->idle_count; i-- > 0;) {
+		struct imapconn *c = st->idle[i];
+		bool expired = st->set.idle_timeout > 0 &&
+			       (now - imapconn_last_used(c)) * 1000 > st->set.idle_timeout;
+		if (!expired && strcmp(imapconn_login_user(c), identity) != 0)
+			continue;
+		st->idle[i] = st->idle[--st->idle_count];
+		if (expired) {
+			pthread_mutex_unlock(&st->lock);
+			imapconn_close(&c);
+			pthread_mutex_lock(&st->lock);
+			continue;
+		}
+		found = c;
+		break;
+	}
+	pthread_mutex_unlock(&st->lock);
+	/* A connection idle for a while may have been dropped by the server: check first, so a
+	 * dead one costs a reconnect instead of an APPEND of unknown outcome. */
+	if (found != NULL && now - imapconn_last_used(found) >= 5 && imapconn_noop(found) < 0)
+		imapconn_close(&found);
+	return found;
+}
+
+static void pool_give(struct imap_state *st, struct imapconn *conn)
+{
+	if (conn == NULL)
+		return;
+	if (imapconn_broken(conn) || st->set.max_idle == 0) {
+		imapconn_close(&conn);
+		return;
+	}
+	pthread_mutex_lock(&st->lock);
+	if (st->idle_count >= (size_t)st->set.max_idle) {
+		/* Full: drop the oldest (first) to keep the most recently used. */
+		struct imapconn *old = st->idle[0];
+		memmove(st->idle, st->idle + 1, (st->idle_count - 1) * sizeof(*st->idle));
+		st->idle[st->idle_count - 1] = conn;
+		pthread_mutex_unlock(&st->lock);
+		imapconn_close(&old);
+		return;
+	}
+	struct imapconn **n = realloc(st->idle, (st->idle_count + 1) * sizeof(*n));
+	if (n == NULL) {
+		pthread_mutex_unlock(&st->lock);
+		imapconn_close(&conn);
+		return;
+	}
+	st->idle = n;
+	st->idle[st->idle_count++] = conn;
+	pthread_mutex_unlock(&st->lock);
+}
+
+static const char *user_password(const struct imap_state *st, const char *user)
+{
+	for (size_t i = 0; i < st->user_count; i++) {
+		if (strcmp(st->users[i].user, user) == 0)
+			return st->users[i].password;
+	}
+	return NULL;
+}
+
+static struct imapconn *connect_as(struct imap_state *st, const char *identity,
+				   struct status *status, char *reason, size_t reason_size)
+{
+	struct imapconn *conn = imapconn_open(&st->ep, status, reason, reason_size);
+
+	if (conn == NULL)
+		return NULL;
+	int r;
+	switch (st->login_kind) {
+	case LOGIN_USER: {
+		const char *password = user_password(st, identity);
+		if (password == NULL) {
+			/* No password for this user: our configuration, never a bounce. */
+			status_must(status, 451, "4.7.0", "No IMAP credential for this user");
+			snprintf(reason, reason_size, "user %s not in passwords_file", identity);
+			imapconn_close(&conn);
+			return NULL;
+		}
+		r = imapconn_login(conn, IMAP_LOGIN_USER, identity, NULL, password, status, reason,
+				   reason_size);
+		break;
+	}
+	case LOGIN_SHARED:
+		r = imapconn_login(conn, IMAP_LOGIN_USER, st->login, NULL, st->password, status,
+				   reason, reason_size);
+		break;
+	default: {
+		int kind = st->master_kind != MASTER_AUTO ? (int)st->master_kind
+							  : atomic_load(&st->master_resolved);
+		if (kind == MASTER_DOVECOT) {
+			r = imapconn_login(conn, IMAP_LOGIN_MASTER_SUFFIX, identity, st->login,
+					   st->password, status, reason, reason_size);
+			break;
+		}
+		r = imapconn_login(conn, IMAP_LOGIN_PLAIN_AUTHZID, identity, st->login, st->password,
+				   status, reason, reason_size);
+		if (r == 0 && kind == 0)
+			atomic_store(&st->master_resolved, MASTER_SASL);
+		if (r < 0 && kind == 0 && !imapconn_broken(conn)) {
+			/* SASL PLAIN with authzid refused: try Dovecot's user*master form. */
+			r = imapconn_login(conn, IMAP_LOGIN_MASTER_SUFFIX, identity, st->login,
+					   st->password, status, reason, reason_size);
+			if (r == 0)
+				atomic_store(&st->master_resolved, MASTER_DOVECOT);
+		}
+		break;
+	}
+	}
+	if (r < 0) {
+		imapconn_close(&conn);
+		return NULL;
+	}
+	return conn;
+}
+
+static void deliver_one(struct imap_state *st, const struct delivery *d, struct target *t)
+{
+	char user[256], folder[512], reason[400], prefix[1024];
+	const char *error;
+	bool use_detail = st->set.folder_from_detail && t->rcpt->detail[0] != '\0';
+
+	if (template_expand(st->user_tmpl, &t->vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0 ||
+	    template_expand(use_detail ? st->detail_tmpl : st->folder_tmpl, &t->vars, TEMPLATE_RAW,
+			    folder, sizeof(folder), &error) < 0 ||
+	    user[0] == '\0' || folder[0] == '\0') {
+		status_must(&t->status, 451, "4.3.0", "<%s> cannot resolve IMAP user or folder",
+			    t->rcpt->rcpt);
+		snprintf(t->ref, sizeof(t->ref), "template");
+		return;
+	}
+	const char *identity = st->login_kind == LOGIN_SHARED ? st->login : user;
+	struct imapconn *conn = pool_take(st, identity);
+	if (conn == NULL) {
+		conn = connect_as(st, identity, &t->status, reason, sizeof(reason));
+		if (conn == NULL) {
+			snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
+			return;
+		}
+	}
+	size_t prefix_len = delivery_prefix(d, t, prefix, sizeof(prefix));
+	if (prefix_len >= sizeof(prefix))
+		prefix_len = sizeof(prefix) - 1;
+	struct spool_view view;
+	if (spool_view_prefixed(d->spool, prefix, prefix_len, &view) < 0) {
+		status_from_errno(&t->status, errno, "cannot map message");
+		snprintf(t->ref, sizeof(t->ref), "user=%s map failed", user);
+		pool_give(st, conn);
+		return;
+	}
+	struct imap_append_result res;
+	int r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
+				st->set.overquota_permanent, &res, &t->status, reason, sizeof(reason));
+	if (r < 0 && res.trycreate && !imapconn_broken(conn)) {
+		char create_reason[300] = "";
+		int created = st->set.create_folders
+				      ? imapconn_create(conn, folder, st->set.subscribe, create_reason,
+							sizeof(create_reason))
+				      : -1;
+		if (created == 0) {
+			r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
+					    st->set.overquota_permanent, &res, &t->status, reason,
+					    sizeof(reason));
+		} else if (st->set.fallback_to_inbox && !imapconn_broken(conn) &&
+			   strcasecmp(folder, "INBOX") != 0) {
+			snprintf(folder, sizeof(folder), "INBOX");
+			r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
+					    st->set.overquota_permanent, &res, &t->status, reason,
+					    sizeof(reason));
+		}
+	}
+	spool_view_release(&view);
+	if (r < 0) {
+		snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
+	} else {
+		status_must(&t->status, 250, "2.0.0", "<%s> stored (%s uid %u/%u)", t->rcpt->rcpt,
+			    st->name, res.uidvalidity, res.uid);
+		snprintf(t->ref, sizeof(t->ref), "user=%s folder=%s uid=%u/%u", user, folder,
+			 res.uidvalidity, res.uid);
+	}
+	pool_give(st, conn);
+}
+
+static void imap_deliver(void *state, const struct delivery *delivery, struct target *targets,
+			 size_t count)
+{
+	for (size_t i = 0; i < count; i++)
+		deliver_one(state, delivery, &targets[i]);
+}
+
+const struct backend_driver backend_imap = {
+	.name = "imap",
+	.keys = imap_keys,
+	.settings_size = sizeof(struct imap_settings),
+	.open = imap_open,
+	.deliver = imap_deliver,
+	.close = imap_close,
+};
