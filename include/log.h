@@ -18,6 +18,9 @@ enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBU
 /* to_stderr: write lines to stderr with a timestamp; otherwise openlog(ident, LOG_PID, facility). */
 void log_init(const char *ident, bool to_stderr, enum log_level level);
 void log_set_level(enum log_level level);
+/* Reopen syslog with facility "mail", "daemon", "user" or "local0".."local7" (config key
+ * syslog_facility); returns -1 for an unknown name. No effect when logging to stderr. */
+int log_set_facility(const char *name);
 enum log_level log_get_level(void);
 /* "error", "warn", "info", "debug" -> level; returns -1 for anything else. */
 int log_level_parse(const char *name);

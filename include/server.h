@@ -24,6 +24,7 @@ struct server {
 	struct session *sessions;   /* every open session (doubly linked) */
 	unsigned connections;
 	unsigned long long session_seq;
+	bool debug_forced;          /* -d: the log level stays debug across reloads */
 	bool stopping;              /* SIGTERM: no new connections, no new transactions */
 };
 

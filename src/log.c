@@ -43,8 +43,35 @@ static const int level_priorities[] = {
 	[LOG_LEVEL_DEBUG] = LOG_DEBUG,
 };
 
+static const char *log_ident = "lmtpgw";
+
+int log_set_facility(const char *name)
+{
+	static const struct {
+		const char *name;
+		int facility;
+	} facilities[] = {
+		{ "mail", LOG_MAIL },     { "daemon", LOG_DAEMON }, { "user", LOG_USER },
+		{ "local0", LOG_LOCAL0 }, { "local1", LOG_LOCAL1 }, { "local2", LOG_LOCAL2 },
+		{ "local3", LOG_LOCAL3 }, { "local4", LOG_LOCAL4 }, { "local5", LOG_LOCAL5 },
+		{ "local6", LOG_LOCAL6 }, { "local7", LOG_LOCAL7 },
+	};
+	for (size_t i = 0; i < sizeof(facilities) / sizeof(facilities[0]); i++) {
+		if (strcmp(name, facilities[i].name) != 0)
+			continue;
+		if (atomic_load(&use_syslog)) {
+			closelog();
+			openlog(log_ident, LOG_PID | LOG_NDELAY, facilities[i].facility);
+		}
+		return 0;
+	}
+	return -1;
+}
+
 void log_init(const char *ident, bool to_stderr, enum log_level level)
 {
+	if (ident != NULL)
+		log_ident = ident;
 	if (!to_stderr)
 		openlog(ident != NULL ? ident : "lmtpgw", LOG_PID | LOG_NDELAY, LOG_MAIL);
 	atomic_store(&use_syslog, !to_stderr);

@@ -263,10 +263,12 @@ int main(int argc, char **argv)
 		if (level >= 0)
 			log_set_level((enum log_level)level);
 	}
+	log_set_facility(cfg->syslog_facility);
 	struct server srv = {
 		.cfg = cfg,
 		.config_path = config_path,
 		.listen_override = listen.count > 0 ? &listen : NULL,
+		.debug_forced = debug,
 	};
 	if (!foreground && daemon(1, 0) < 0) {
 		fprintf(stderr, "lmtpgw: cannot detach: %s\n", strerror(errno));

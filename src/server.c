@@ -21,8 +21,9 @@ int server_reload(struct server *srv)
 		return -1;
 	}
 	int level = log_level_parse(cfg->log_level);
-	if (level >= 0 && log_get_level() != LOG_LEVEL_DEBUG)
+	if (level >= 0 && !srv->debug_forced)
 		log_set_level((enum log_level)level);
+	log_set_facility(cfg->syslog_facility);
 	bool listen_changed = cfg->listen.count != srv->cfg->listen.count;
 	for (size_t i = 0; !listen_changed && i < cfg->listen.count; i++)
 		listen_changed = strcmp(cfg->listen.items[i], srv->cfg->listen.items[i]) != 0;

@@ -289,8 +289,13 @@ static void reply_all_recipients(struct session *s, int code, const char *enhanc
 {
 	struct transaction *tx = s->tx;
 
-	for (size_t i = 0; i < tx->rcpt_count; i++)
-		reply(s, code, enhanced, "<%s> %s", tx->rcpts[i].rcpt, text);
+	for (size_t i = 0; i < tx->rcpt_count; i++) {
+		struct status st;
+		status_make(&st, code, enhanced, "<%s> %s", tx->rcpts[i].rcpt, text);
+		if (tx->cfg->soft_bounce)
+			status_soft_bounce(&st);
+		reply_status(s, &st);
+	}
 	log_info("session=%s tx=%s event=rejected recipients=%zu reply=\"%d %s %s\"", s->id,
 		 tx->id, tx->rcpt_count, code, enhanced, text);
 	session_reset_tx(s);
@@ -466,6 +471,9 @@ static void cmd_mail(struct session *s, char *args)
 	}
 	if (envelope_parse_mail(args ? args : "", (uint64_t)s->srv->cfg->max_message_size, &from,
 				&params, &st) < 0) {
+		/* Soft bounce covers refusals of mail, not protocol errors (those stay 5xx). */
+		if (st.code == 552 && s->srv->cfg->soft_bounce)
+			status_soft_bounce(&st);
 		reply_status(s, &st);
 		return;
 	}
@@ -501,13 +509,13 @@ static void cmd_rcpt(struct session *s, char *args)
 		reply(s, 503, "5.5.1", "MAIL first");
 		return;
 	}
-	if (tx->rcpt_count >= (size_t)tx->cfg->max_recipients) {
-		reply(s, 452, "4.5.3", "Too many recipients");
-		return;
-	}
 	memset(&r, 0, sizeof(r));
 	if (envelope_parse_rcpt(args ? args : "", tx->mail.smtputf8, &r.addr, &r.params, &st) < 0) {
 		reply_status(s, &st);
+		return;
+	}
+	if (tx->rcpt_count >= (size_t)tx->cfg->max_recipients) {
+		reply(s, 452, "4.5.3", "Too many recipients");
 		return;
 	}
 	/* Split and normalise: the domain is case-insensitive, the local part by configuration. */
@@ -689,9 +697,10 @@ static void bdat_chunk_done(struct session *s)
 	}
 	if (tx->bdat_failed) {
 		/* After an error reply the client should not have sent more; answer each chunk. */
-		reply(s, 552, "5.3.4", "Message too big for system");
 		if (tx->bdat_last)
-			session_reset_tx(s);
+			reply_all_recipients(s, 552, "5.3.4", "Message too big for system");
+		else
+			reply(s, 552, "5.3.4", "Message too big for system");
 		return;
 	}
 	if (tx->bdat_last) {
@@ -825,7 +834,7 @@ static const struct command commands[] = {
 	{ "MAIL", cmd_mail, false },
 	{ "RCPT", cmd_rcpt, false },
 	{ "DATA", cmd_data, false },
-	{ "BDAT", cmd_bdat, false },
+	{ "BDAT", cmd_bdat, true },     /* always reads its chunk, to stay in sync */
 	{ "RSET", cmd_rset, true },
 	{ "NOOP", cmd_noop, true },
 	{ "VRFY", cmd_vrfy, true },
@@ -936,7 +945,7 @@ static bool command_feed(struct session *s, struct evbuffer *in)
 		return true;
 	}
 	if (eol.pos < 0) {
-		if (avail > s->line_max) {
+		if (avail >= s->line_max) {
 			/* Skip to the end of the line, then answer (style.md item 6). */
 			evbuffer_drain(in, avail);
 			s->skipping = true;
@@ -944,7 +953,7 @@ static bool command_feed(struct session *s, struct evbuffer *in)
 		return false;
 	}
 	size_t len = (size_t)eol.pos; /* without the LF */
-	if (len > s->line_max) {
+	if (len + 1 > s->line_max) { /* the limit counts CRLF (RFC 5321 4.5.3.1.4) */
 		evbuffer_drain(in, len + 1);
 		reply(s, 500, "5.5.2", "Line too long");
 		return true;
