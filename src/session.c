@@ -498,6 +498,35 @@ static void lowercase(char *p)
 		*p = (char)tolower((unsigned char)*p);
 }
 
+/* RFC 5321 4.1.2: "alice" and alice are the same mailbox. A quoted local part whose content
+ * is a plain dot-string is unquoted, so it routes and files like the unquoted form; any other
+ * quoted local part stays as it is (templates escape it for paths). */
+static void unquote_local(const char *local, char *out, size_t size)
+{
+	static const char atext[] = "!#$%&'*+-/=?^_`{|}~";
+	size_t n = 0;
+	bool plain = local[0] == '"';
+
+	if (plain) {
+		for (const char *p = local + 1; *p && *p != '"' && n + 1 < size; p++) {
+			if (*p == '\\' && p[1] != '\0')
+				p++;
+			unsigned char c = (unsigned char)*p;
+			if (!(isalnum(c) || c >= 0x80 || c == '.' || strchr(atext, c) != NULL) ||
+			    (c == '.' && (n == 0 || out[n - 1] == '.')))
+				plain = false;
+			out[n++] = *p;
+		}
+		if (n == 0 || out[n - 1] == '.')
+			plain = false;
+	}
+	if (!plain) {
+		snprintf(out, size, "%s", local);
+		return;
+	}
+	out[n] = '\0';
+}
+
 static void cmd_rcpt(struct session *s, char *args)
 {
 	struct transaction *tx = s->tx;
@@ -519,7 +548,7 @@ static void cmd_rcpt(struct session *s, char *args)
 		return;
 	}
 	/* Split and normalise: the domain is case-insensitive, the local part by configuration. */
-	snprintf(r.user, sizeof(r.user), "%s", r.addr.local);
+	unquote_local(r.addr.local, r.user, sizeof(r.user));
 	snprintf(r.domain, sizeof(r.domain), "%s", r.addr.domain);
 	lowercase(r.domain);
 	if (tx->cfg->lowercase_local_part)
