@@ -47,6 +47,7 @@ struct imap_settings {
 	bool subscribe;
 	bool fallback_to_inbox;
 	bool overquota_permanent;
+	bool unknown_user_permanent;
 	long long timeout;
 	long long idle_timeout;
 	long long max_idle;
@@ -89,6 +90,10 @@ static const struct conf_key imap_keys[] = {
 	  1, 0, "when a folder cannot be created, deliver into INBOX" },
 	{ "overquota_permanent", CONF_BOOL, offsetof(struct imap_settings, overquota_permanent),
 	  "false", 1, 0, "answer [OVERQUOTA] with 552 5.2.2 (bounce) instead of 452 4.2.2" },
+	{ "unknown_user_permanent", CONF_BOOL,
+	  offsetof(struct imap_settings, unknown_user_permanent), "false", 1, 0,
+	  "master login: take [AUTHORIZATIONFAILED] (admin accepted, user refused) as an unknown "
+	  "user, 550 5.1.1; otherwise 451 4.7.0" },
 	{ "timeout", CONF_DURATION, offsetof(struct imap_settings, timeout), "30s", 1000, 600000,
 	  "connect and per-read/write timeout" },
 	{ "idle_timeout", CONF_DURATION, offsetof(struct imap_settings, idle_timeout), "60s", 0,
@@ -456,6 +461,12 @@ static struct imapconn *connect_as(struct imap_state *st, const char *identity,
 	}
 	}
 	if (r < 0) {
+		/* Dovecot and Cyrus answer a master login for a user they do not know with
+		 * [AUTHORIZATIONFAILED]: the admin credential was fine, the target was not. Only the
+		 * admin can say whether that means "no such user" on their server. */
+		if (st->login_kind == LOGIN_MASTER && st->set.unknown_user_permanent &&
+		    strstr(reason, "[AUTHORIZATIONFAILED]") != NULL)
+			status_must(status, 550, "5.1.1", "<%s> no such IMAP user", identity);
 		imapconn_close(&conn);
 		return NULL;
 	}
