@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,6 +130,81 @@ static int fsync_dir(const char *dir)
 	return r;
 }
 
+/*
+ * Group commit of directory fsyncs. A rename into new/ is durable once new/ has been fsynced
+ * after it. Deliveries into the same directory take a ticket after their rename; one of them
+ * runs fsync() for everyone whose ticket was issued before that fsync started, the others wait.
+ * Under load, one directory fsync covers many messages (design.md, "Concurrency model").
+ * Entries live only while deliveries use them, so the list stays as short as the concurrency.
+ */
+struct dirsync {
+	struct dirsync *next;
+	char *path;
+	unsigned refs;
+	unsigned long long issued;  /* tickets handed out (renames done) */
+	unsigned long long synced;  /* tickets known durable */
+	bool syncing;
+};
+
+static pthread_mutex_t dirsync_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t dirsync_done = PTHREAD_COND_INITIALIZER;
+static struct dirsync *dirsyncs;
+
+static int group_fsync_dir(const char *dir)
+{
+	struct dirsync *d;
+	int result = 0, saved = 0;
+
+	pthread_mutex_lock(&dirsync_lock);
+	for (d = dirsyncs; d != NULL && strcmp(d->path, dir) != 0; d = d->next)
+		;
+	if (d == NULL) {
+		d = calloc(1, sizeof(*d));
+		if (d == NULL || (d->path = strdup(dir)) == NULL) {
+			free(d);
+			pthread_mutex_unlock(&dirsync_lock);
+			return fsync_dir(dir); /* no memory for sharing: sync alone */
+		}
+		d->next = dirsyncs;
+		dirsyncs = d;
+	}
+	d->refs++;
+	unsigned long long ticket = ++d->issued;
+	while (d->synced < ticket) {
+		if (d->syncing) {
+			pthread_cond_wait(&dirsync_done, &dirsync_lock);
+			continue;
+		}
+		/* Everything issued so far was renamed before this fsync starts. */
+		unsigned long long covers = d->issued;
+		d->syncing = true;
+		pthread_mutex_unlock(&dirsync_lock);
+		int r = fsync_dir(dir);
+		saved = errno;
+		pthread_mutex_lock(&dirsync_lock);
+		d->syncing = false;
+		pthread_cond_broadcast(&dirsync_done);
+		if (r < 0) {
+			/* Ours failed: report it; waiters try their own fsync. */
+			result = -1;
+			break;
+		}
+		if (covers > d->synced)
+			d->synced = covers;
+	}
+	if (--d->refs == 0) {
+		struct dirsync **pp = &dirsyncs;
+		while (*pp != d)
+			pp = &(*pp)->next;
+		*pp = d->next;
+		free(d->path);
+		free(d);
+	}
+	pthread_mutex_unlock(&dirsync_lock);
+	errno = saved;
+	return result;
+}
+
 /* Resolve a target's Maildir (folder included) into dir. */
 static int target_dir(const struct maildir_state *st, const struct target *t, char *dir,
 		      size_t size, const char **error_r)
@@ -243,7 +319,7 @@ static void deliver_one(struct maildir_state *st, const struct delivery *d, stru
 	}
 	char new_dir[MAILDIR_PATH_MAX + 8];
 	snprintf(new_dir, sizeof(new_dir), "%s/new", dir);
-	if (st->settings.fsync && fsync_dir(new_dir) < 0) {
+	if (st->settings.fsync && group_fsync_dir(new_dir) < 0) {
 		/* The file is in new/ but not known durable: say temporary, the client retries. */
 		status_from_errno(&t->status, errno, "cannot sync mailbox directory");
 		snprintf(t->ref, sizeof(t->ref), "file=%s", new_path);
