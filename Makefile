@@ -21,7 +21,7 @@ TEST_PKGS := criterion
 # Debian packages the build and the tests need (make deps installs the missing ones).
 DEB_BUILD := build-essential pkg-config dpkg-dev libevent-dev libconfig-dev libssl-dev \
              libcurl4-gnutls-dev libjansson-dev libetpan-dev libsasl2-modules libmicrohttpd-dev
-DEB_TEST  := libcriterion-dev swaks postfix dovecot-imapd python3 valgrind
+DEB_TEST  := libcriterion-dev swaks postfix dovecot-imapd dovecot-lmtpd python3 valgrind nodejs npm
 
 # libetpan.pc leaks -specs=...no-pie-link.specs: drop it (facts.md).
 pkg_cflags = $(filter-out -specs=%,$(shell pkg-config --cflags $(1) 2>/dev/null))
@@ -81,6 +81,7 @@ unit: $(BUILD)/unit-tests
 
 check: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/unit-tests
+	@sh contrib/test-servers/setup.sh
 	python3 tests/run-tests.py --build $(BUILD) $(if $(VALGRIND),--valgrind)
 
 install: all

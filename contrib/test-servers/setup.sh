@@ -1,0 +1,11 @@
+#!/bin/sh
+# Prepare the test servers that do not come from Debian packages (npm modules), once.
+# Each test server that needs set-up has a setup step here; `make check` runs this file.
+set -e
+cd "$(dirname "$0")"
+for dir in */; do
+	if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
+		echo "installing npm modules for contrib/test-servers/$dir"
+		(cd "$dir" && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi) </dev/null
+	fi
+done
