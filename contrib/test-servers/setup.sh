@@ -3,6 +3,11 @@
 # Each test server that needs set-up has a setup step here; `make check` runs this file.
 set -e
 cd "$(dirname "$0")"
+# npm ships inside some nodejs builds (NodeSource) and as its own package in Debian's.
+if ! command -v npm >/dev/null 2>&1; then
+	SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends npm </dev/null
+fi
 for dir in */; do
 	if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
 		echo "installing npm modules for contrib/test-servers/$dir"
