@@ -57,6 +57,15 @@ struct delivery {
 	const char *sha256;            /* hex digest of the content as received */
 	time_t received;
 	const struct config *cfg;
+	/* the whole envelope, for manifests and webhooks (Bcc included) */
+	const struct recipient *rcpts; /* every accepted recipient of the transaction */
+	size_t rcpt_count;
+	const char *lhlo;              /* the client's LHLO name */
+	const char *client_addr;       /* peer IP address, or "unix" */
+	const char *xforward_name;     /* XFORWARD NAME/ADDR/IDENT from the MTA, "" when absent */
+	const char *xforward_addr;
+	const char *queue_id;
+	bool tls;                      /* the LMTP session was encrypted */
 };
 
 /* One (recipient, backend) pair. in: rcpt, vars; out: status, ref. */

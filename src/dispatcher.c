@@ -37,6 +37,10 @@ struct dispatch {
 	char *msgid;
 	char *queue_id;
 	char *client;
+	char *lhlo;
+	char *client_addr;
+	char *xforward_name;
+	char *xforward_addr;
 
 	struct recipient *rcpts;
 	size_t rcpt_count;
@@ -90,6 +94,10 @@ static void dispatch_free(struct dispatch *d)
 	free(d->msgid);
 	free(d->queue_id);
 	free(d->client);
+	free(d->lhlo);
+	free(d->client_addr);
+	free(d->xforward_name);
+	free(d->xforward_addr);
 	free(d->rcpts);
 	free(d->targets);
 	free(d->target_backend);
@@ -310,6 +318,10 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 	d->msgid = xstrdup0(req->delivery.msgid);
 	d->queue_id = xstrdup0(req->queue_id);
 	d->client = xstrdup0(req->client);
+	d->lhlo = xstrdup0(req->delivery.lhlo);
+	d->client_addr = xstrdup0(req->delivery.client_addr);
+	d->xforward_name = xstrdup0(req->delivery.xforward_name);
+	d->xforward_addr = xstrdup0(req->delivery.xforward_addr);
 	if (req->delivery.mail != NULL)
 		d->mail = *req->delivery.mail;
 	d->delivery.trace = d->trace;
@@ -320,8 +332,15 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 	d->delivery.mail = &d->mail;
 	d->delivery.sha256 = spool_sha256_hex(d->delivery.spool);
 	d->delivery.cfg = d->cfg;
+	d->delivery.lhlo = d->lhlo;
+	d->delivery.client_addr = d->client_addr;
+	d->delivery.xforward_name = d->xforward_name;
+	d->delivery.xforward_addr = d->xforward_addr;
+	d->delivery.queue_id = d->queue_id;
 	d->rcpts = req->rcpts;
 	d->rcpt_count = req->rcpt_count;
+	d->delivery.rcpts = d->rcpts;
+	d->delivery.rcpt_count = d->rcpt_count;
 	req->rcpts = NULL;
 
 	build_targets(d);

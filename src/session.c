@@ -92,6 +92,8 @@ struct session {
 	bool skipping;                  /* discarding an over-long command line up to its LF */
 	char xf_ident[64];              /* XFORWARD IDENT: the MTA's queue id, for the log */
 	char xf_client[160];            /* XFORWARD NAME/ADDR: the MTA's client, for the log */
+	char xf_name[80];
+	char xf_addr[80];
 	struct transaction *tx;
 
 	/* post-DATA replies, filled in any order, written in RCPT order */
@@ -205,6 +207,8 @@ static void session_reset_tx(struct session *s)
 	/* XFORWARD attributes describe one transaction (Postfix XFORWARD_README). */
 	s->xf_ident[0] = '\0';
 	s->xf_client[0] = '\0';
+	s->xf_name[0] = '\0';
+	s->xf_addr[0] = '\0';
 	tx_free(&s->tx);
 	if (s->state != STATE_FRESH && s->state != STATE_CLOSING)
 		s->state = STATE_READY;
@@ -370,6 +374,10 @@ static void end_of_message(struct session *s)
 			.txid = tx->id,
 			.msgid = tx->headers.msgid,
 			.received = tx->received,
+			.lhlo = s->lhlo,
+			.client_addr = s->peer_ip,
+			.xforward_name = s->xf_name,
+			.xforward_addr = s->xf_addr,
 		},
 		.rcpts = tx->rcpts,
 		.rcpt_count = tx->rcpt_count,
@@ -402,6 +410,8 @@ static void end_of_message(struct session *s)
 	tx_free(&s->tx);
 	s->xf_ident[0] = '\0';
 	s->xf_client[0] = '\0';
+	s->xf_name[0] = '\0';
+	s->xf_addr[0] = '\0';
 	/* Inline backends may have answered everything already (then the dispatch is gone). */
 	s->dispatch = s->state == STATE_DELIVERING ? dispatch : NULL;
 }
@@ -812,6 +822,8 @@ static void cmd_xforward(struct session *s, char *args)
 	}
 	if (ident[0] && strcmp(ident, "[UNAVAILABLE]") != 0 && strcmp(ident, "[TEMPUNAVAIL]") != 0)
 		snprintf(s->xf_ident, sizeof(s->xf_ident), "%s", ident);
+	snprintf(s->xf_name, sizeof(s->xf_name), "%s", name);
+	snprintf(s->xf_addr, sizeof(s->xf_addr), "%s", addr);
 	if (name[0] || addr[0])
 		snprintf(s->xf_client, sizeof(s->xf_client), "%s[%s]", name[0] ? name : "unknown",
 			 addr[0] ? addr : "unknown");
