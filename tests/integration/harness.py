@@ -48,6 +48,15 @@ def kill_all():
             gw.stop(expect_clean=False)
         except Exception:
             pass
+    # Test servers a timed-out test may have left (imported lazily: not every test needs them).
+    import sys
+    for name in ("dovecot", "s3server", "webhook_receiver"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, "kill_all"):
+            try:
+                mod.kill_all()
+            except Exception:
+                pass
 
 
 def free_port(family=socket.AF_INET, host="127.0.0.1"):
