@@ -30,6 +30,10 @@ struct http_options {
 	long connect_timeout_ms;
 	long timeout_ms;         /* whole request */
 	bool allow_http;         /* plain http:// allowed (tests, loopback receivers) */
+	/* Optional (zero = off), added for the webhook driver: */
+	const char *client_cert_file; /* PEM client certificate for mutual TLS */
+	const char *client_key_file;  /* its PEM private key (NULL: in client_cert_file) */
+	long max_redirects;      /* > 0: follow up to this many redirects (same protocols) */
 };
 
 struct http_client;

@@ -67,12 +67,15 @@ void spool_view_release(struct spool_view *view);
  * EINTR and short writes. */
 int spool_write_to_fd(const struct spool *spool, const void *prefix, size_t prefix_len, int fd);
 
-/* Sequential reader over "prefix + content"; many may exist at once. */
+/* Sequential reader over "prefix + content [+ suffix]"; many may exist at once. The suffix
+ * is empty unless spool_reader_set_suffix() is called (multipart bodies: head + file + tail). */
 struct spool_reader {
 	const struct spool *spool;
 	const char *prefix;
 	size_t prefix_len;
 	uint64_t pos;
+	const char *suffix;
+	size_t suffix_len;
 };
 
 void spool_reader_init(struct spool_reader *reader, const struct spool *spool, const char *prefix,
@@ -80,6 +83,8 @@ void spool_reader_init(struct spool_reader *reader, const struct spool *spool, c
 /* Returns bytes read, 0 at end, -1 on error (errno set). */
 ssize_t spool_reader_read(struct spool_reader *reader, void *buf, size_t size);
 uint64_t spool_reader_total(const struct spool_reader *reader);
+/* Bytes served after the content (not copied; must outlive the reader). */
+void spool_reader_set_suffix(struct spool_reader *reader, const char *suffix, size_t suffix_len);
 void spool_reader_rewind(struct spool_reader *reader);
 
 #endif

@@ -22,6 +22,7 @@
 struct http_client {
 	struct http_options options;
 	char *ca_file;
+	char *client_cert_file, *client_key_file;
 	pthread_mutex_t lock;
 	CURL *idle[HTTP_POOL_MAX];
 	size_t idle_count;
@@ -55,6 +56,18 @@ struct http_client *http_client_new(const struct http_options *options, char *er
 		return NULL;
 	}
 	client->options.ca_file = client->ca_file;
+	if ((options->client_cert_file != NULL &&
+	     (client->client_cert_file = strdup(options->client_cert_file)) == NULL) ||
+	    (options->client_key_file != NULL &&
+	     (client->client_key_file = strdup(options->client_key_file)) == NULL)) {
+		free(client->client_cert_file);
+		free(client->ca_file);
+		free(client);
+		snprintf(error_r, error_size, "out of memory");
+		return NULL;
+	}
+	client->options.client_cert_file = client->client_cert_file;
+	client->options.client_key_file = client->client_key_file;
 	pthread_mutex_init(&client->lock, NULL);
 	return client;
 }
@@ -70,6 +83,8 @@ void http_client_free(struct http_client **clientp)
 		curl_easy_cleanup(client->idle[i]);
 	pthread_mutex_destroy(&client->lock);
 	free(client->ca_file);
+	free(client->client_cert_file);
+	free(client->client_key_file);
 	free(client);
 }
 
@@ -281,7 +296,21 @@ int http_perform(struct http_client *client, const struct http_request *req,
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, client->options.allow_http ? "https,http" : "https");
-	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+	if (client->options.max_redirects > 0) {
+		curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 1L);
+		curl_easy_setopt(h, CURLOPT_MAXREDIRS, client->options.max_redirects);
+		curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR,
+				 client->options.allow_http ? "https,http" : "https");
+		/* keep POST a POST after 301/302/303, as the body is the point */
+		curl_easy_setopt(h, CURLOPT_POSTREDIR, (long)CURL_REDIR_POST_ALL);
+	} else {
+		curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+	}
+	if (client->options.client_cert_file != NULL) {
+		curl_easy_setopt(h, CURLOPT_SSLCERT, client->options.client_cert_file);
+		if (client->options.client_key_file != NULL)
+			curl_easy_setopt(h, CURLOPT_SSLKEY, client->options.client_key_file);
+	}
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, client->options.connect_timeout_ms);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, client->options.timeout_ms);
 	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);

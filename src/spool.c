@@ -419,6 +419,14 @@ void spool_reader_init(struct spool_reader *reader, const struct spool *spool, c
 	reader->prefix = prefix;
 	reader->prefix_len = prefix_len;
 	reader->pos = 0;
+	reader->suffix = NULL;
+	reader->suffix_len = 0;
+}
+
+void spool_reader_set_suffix(struct spool_reader *reader, const char *suffix, size_t suffix_len)
+{
+	reader->suffix = suffix;
+	reader->suffix_len = suffix_len;
 }
 
 ssize_t spool_reader_read(struct spool_reader *reader, void *buf, size_t size)
@@ -433,7 +441,8 @@ ssize_t spool_reader_read(struct spool_reader *reader, void *buf, size_t size)
 		reader->pos += n;
 		done = n;
 	}
-	if (done < size) {
+	uint64_t content_end = reader->prefix_len + spool_size(reader->spool);
+	if (done < size && reader->pos < content_end) {
 		ssize_t n = spool_pread(reader->spool, (char *)buf + done, size - done,
 					reader->pos - reader->prefix_len);
 		if (n < 0)
@@ -441,12 +450,23 @@ ssize_t spool_reader_read(struct spool_reader *reader, void *buf, size_t size)
 		reader->pos += (uint64_t)n;
 		done += (size_t)n;
 	}
+	if (done < size && reader->pos >= content_end && reader->suffix_len > 0) {
+		uint64_t off = reader->pos - content_end;
+		if (off < reader->suffix_len) {
+			size_t n = reader->suffix_len - (size_t)off;
+			if (n > size - done)
+				n = size - done;
+			memcpy((char *)buf + done, reader->suffix + off, n);
+			reader->pos += n;
+			done += n;
+		}
+	}
 	return (ssize_t)done;
 }
 
 uint64_t spool_reader_total(const struct spool_reader *reader)
 {
-	return reader->prefix_len + spool_size(reader->spool);
+	return reader->prefix_len + spool_size(reader->spool) + reader->suffix_len;
 }
 
 void spool_reader_rewind(struct spool_reader *reader)
