@@ -103,6 +103,8 @@ struct backend_common {
 	char *driver;
 	long long concurrency;
 	bool soft_bounce;
+	long long breaker_failures;    /* consecutive failures that open the breaker; 0: never */
+	long long breaker_cooloff_ms;
 };
 extern const struct conf_key backend_common_keys[];
 
@@ -116,6 +118,9 @@ struct backend_instance {
 	void *settings;                /* driver->settings_size bytes, filled from driver->keys */
 	void *state;                   /* from driver->open */
 	struct pool *pool;             /* worker threads, created on first delivery */
+	/* circuit breaker, event-loop thread only */
+	unsigned consecutive_failures;
+	long long down_until_ms;       /* monotonic ms; recipients get 451 4.4.1 at RCPT until then */
 };
 
 /* Registry: the drivers, NULL-terminated, and lookup by name (NULL when unknown). */

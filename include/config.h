@@ -90,6 +90,7 @@ struct config {
 	long long timeout_greeting_ms;
 	long long timeout_command_ms;
 	long long timeout_data_ms;
+	long long delivery_deadline_ms;
 	long long spool_memory_max;
 	char *spool_dir;
 	char *subaddress_separator;

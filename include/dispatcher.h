@@ -8,21 +8,28 @@
  * line is written for the recipient, and the caller's callback gets the reply. The dispatch
  * owns the delivery data handed to it and frees it when every target is finished, even when
  * the session went away (dispatch_detach).
+ *
+ * Deadline: when the configuration's delivery_deadline passes before a recipient's targets
+ * have all finished, that recipient is answered 451 4.4.7 at once (so the MTA never times out
+ * first and resends); the late results are still logged when they come.
  */
 #ifndef LMTPGW_DISPATCHER_H
 #define LMTPGW_DISPATCHER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "backend.h"
 #include "status.h"
 
 struct dispatch;
+struct event_base;
 
 /* Called on the loop thread once per recipient, in any order. */
 typedef void dispatch_result_fn(void *ctx, size_t rcpt_index, const struct status *reply);
 
 struct dispatch_request {
+	struct event_base *base;       /* for the delivery deadline timer */
 	struct config *cfg;            /* a reference is taken */
 	struct delivery delivery;      /* trace, sender, ids: copied; spool ownership passes */
 	struct recipient *rcpts;       /* ownership passes (malloc'd array) */
@@ -38,7 +45,13 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 /* The session is gone: no more callbacks; the dispatch frees itself when its targets finish. */
 void dispatch_detach(struct dispatch *dispatch);
 
-/* Transactions being delivered (for graceful shutdown). */
+/* Transactions being delivered (for graceful shutdown), and those of them that still owe the
+ * client a reply (the others only wait for late results after the deadline). */
 unsigned dispatch_in_flight(void);
+unsigned dispatch_unanswered(void);
+
+/* Circuit breaker: true while the backend is taken as down (after breaker_failures consecutive
+ * connection-level failures, for breaker_cooloff); its recipients then get 451 4.4.1 at RCPT. */
+bool dispatch_backend_down(const struct backend_instance *backend);
 
 #endif

@@ -82,6 +82,10 @@ int imapconn_create(struct imapconn *conn, const char *mailbox, bool subscribe, 
 /* NOOP as a health check of an idle connection. */
 int imapconn_noop(struct imapconn *conn);
 
+/* True when the server sent something while we were idle (an untagged BYE, or the connection
+ * closed): the connection must be checked with NOOP before reuse. */
+bool imapconn_peer_spoke(const struct imapconn *conn);
+
 bool imapconn_broken(const struct imapconn *conn);
 const char *imapconn_login_user(const struct imapconn *conn);
 time_t imapconn_last_used(const struct imapconn *conn);

@@ -26,6 +26,12 @@ const struct conf_key backend_common_keys[] = {
 	  "deliveries of this backend running at once (worker threads)" },
 	{ "soft_bounce", CONF_BOOL, offsetof(struct backend_common, soft_bounce), "false", 1, 0,
 	  "turn every 5xx of this backend into the matching 4xx" },
+	{ "breaker_failures", CONF_INT, offsetof(struct backend_common, breaker_failures), "5", 0,
+	  100000, "consecutive connection-level failures after which the backend is taken as down "
+	  "(0: never)" },
+	{ "breaker_cooloff", CONF_DURATION, offsetof(struct backend_common, breaker_cooloff_ms),
+	  "30s", 1000, 3600000, "how long a down backend gets 451 4.4.1 at RCPT before it is tried "
+	  "again" },
 	{ NULL, 0, 0, NULL, 0, 0, NULL },
 };
 

@@ -71,6 +71,10 @@ const struct conf_key config_global_keys[] = {
 	  86400000, "idle time allowed after our greeting until LHLO" },
 	{ "timeout_command", CONF_DURATION, offsetof(struct config, timeout_command_ms), "5m", 100,
 	  86400000, "idle time allowed waiting for the next command (RFC 5321 4.5.3.2: 5 min)" },
+	{ "delivery_deadline", CONF_DURATION, offsetof(struct config, delivery_deadline_ms), "300s",
+	  1000, 3600000,
+	  "longest wait for the backends after the final dot; then 451 4.4.7 (keep it well under "
+	  "the MTA's end-of-data timeout: Postfix waits 600s)" },
 	{ "timeout_data", CONF_DURATION, offsetof(struct config, timeout_data_ms), "3m", 100,
 	  86400000, "idle time allowed between two blocks of message data (RFC 5321: 3 min)" },
 	{ "spool_memory_max", CONF_SIZE, offsetof(struct config, spool_memory_max), "1M", 0, GIB,

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <event2/event.h>
+
 #include "log.h"
 #include "pool.h"
 
@@ -48,6 +50,9 @@ struct dispatch {
 	unsigned *target_backend;     /* backend index of each target */
 	size_t target_count;
 	unsigned *rcpt_pending;       /* unfinished targets per recipient */
+	bool *rcpt_reported;          /* reply given (normally, or at the deadline) */
+	bool *target_done;            /* loop-side copy: the worker finished this target */
+	struct event *deadline;
 	size_t *rcpt_targets;         /* per recipient: its target indexes, rcpt_target_start[i].. */
 	size_t *rcpt_target_start;
 
@@ -62,10 +67,16 @@ struct dispatch {
 };
 
 static unsigned in_flight;
+static unsigned unanswered;
 
 unsigned dispatch_in_flight(void)
 {
 	return in_flight;
+}
+
+unsigned dispatch_unanswered(void)
+{
+	return unanswered;
 }
 
 static char *xstrdup0(const char *s)
@@ -102,6 +113,10 @@ static void dispatch_free(struct dispatch *d)
 	free(d->targets);
 	free(d->target_backend);
 	free(d->rcpt_pending);
+	free(d->rcpt_reported);
+	free(d->target_done);
+	if (d->deadline != NULL)
+		event_free(d->deadline);
 	free(d->rcpt_targets);
 	free(d->rcpt_target_start);
 	free(d->jobs);
@@ -130,9 +145,14 @@ static void fold_recipient(struct dispatch *d, size_t ri, struct status *reply)
 {
 	size_t first = d->rcpt_target_start[ri], end = d->rcpt_target_start[ri + 1];
 	const struct status *temp = NULL, *perm = NULL;
+	static struct status expired;
 
+	/* Only the loop thread folds, so one static status for "still running" is safe. */
+	status_must(&expired, 451, "4.4.7", "<%s> delivery time expired, try again later",
+		    d->rcpts[ri].rcpt);
 	for (size_t k = first; k < end; k++) {
-		const struct status *st = &d->targets[d->rcpt_targets[k]].status;
+		size_t ti = d->rcpt_targets[k];
+		const struct status *st = d->target_done[ti] ? &d->targets[ti].status : &expired;
 		if (status_class_of(st) == STATUS_TEMPFAIL && temp == NULL)
 			temp = st;
 		else if (status_class_of(st) != STATUS_OK && status_class_of(st) != STATUS_TEMPFAIL &&
@@ -144,7 +164,7 @@ static void fold_recipient(struct dispatch *d, size_t ri, struct status *reply)
 	} else if (perm != NULL) {
 		*reply = *perm;
 	} else if (end - first == 1) {
-		*reply = d->targets[d->rcpt_targets[first]].status;
+		*reply = d->targets[d->rcpt_targets[first]].status; /* finished: else temp != NULL */
 	} else {
 		char names[STATUS_TEXT_MAX] = "";
 		size_t len = 0;
@@ -167,11 +187,15 @@ static void log_recipient(struct dispatch *d, size_t ri, const struct status *re
 	struct timespec now;
 
 	for (size_t k = d->rcpt_target_start[ri]; k < d->rcpt_target_start[ri + 1]; k++) {
-		const struct target *t = &d->targets[d->rcpt_targets[k]];
-		unsigned b = d->target_backend[d->rcpt_targets[k]];
-		int n = snprintf(targets + len, sizeof(targets) - len, "%s%s:%d:%s:%s",
-				 len > 0 ? "," : "", d->cfg->backends[b].name, t->status.code,
-				 t->status.enhanced, t->ref[0] ? t->ref : "-");
+		size_t ti = d->rcpt_targets[k];
+		const struct target *t = &d->targets[ti];
+		unsigned b = d->target_backend[ti];
+		int n = d->target_done[ti]
+				? snprintf(targets + len, sizeof(targets) - len, "%s%s:%d:%s:%s",
+					   len > 0 ? "," : "", d->cfg->backends[b].name,
+					   t->status.code, t->status.enhanced, t->ref[0] ? t->ref : "-")
+				: snprintf(targets + len, sizeof(targets) - len, "%s%s:running",
+					   len > 0 ? "," : "", d->cfg->backends[b].name);
 		if (n < 0 || (size_t)n >= sizeof(targets) - len)
 			break;
 		len += (size_t)n;
@@ -196,6 +220,61 @@ static void maybe_free(struct dispatch *d)
 		dispatch_free(d);
 }
 
+static long long now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool dispatch_backend_down(const struct backend_instance *b)
+{
+	return b->down_until_ms > 0 && now_ms() < b->down_until_ms;
+}
+
+/* Only failures that say "the backend as a whole is unreachable or refuses us" count: network
+ * (x.4.x) and our credential or TLS (4.7.0, 4.7.5). A full mailbox says nothing about it. */
+static void breaker_account(struct backend_instance *b, const struct status *st)
+{
+	bool backend_failure = status_class_of(st) == STATUS_TEMPFAIL &&
+			       (strncmp(st->enhanced, "4.4.", 4) == 0 ||
+				strcmp(st->enhanced, "4.7.0") == 0 || strcmp(st->enhanced, "4.7.5") == 0);
+
+	if (!backend_failure) {
+		if (status_class_of(st) == STATUS_OK && b->down_until_ms > 0) {
+			log_info("event=backend_up backend=%s", b->name);
+			b->down_until_ms = 0;
+		}
+		if (status_class_of(st) == STATUS_OK)
+			b->consecutive_failures = 0;
+		return;
+	}
+	b->consecutive_failures++;
+	if (b->common.breaker_failures > 0 &&
+	    b->consecutive_failures >= (unsigned)b->common.breaker_failures &&
+	    !dispatch_backend_down(b)) {
+		b->down_until_ms = now_ms() + b->common.breaker_cooloff_ms;
+		log_warn("event=backend_down backend=%s failures=%u cooloff_ms=%lld last=\"%d %s\"",
+			 b->name, b->consecutive_failures, b->common.breaker_cooloff_ms, st->code,
+			 st->enhanced);
+	}
+}
+
+static void report_recipient(struct dispatch *d, size_t ri)
+{
+	struct status reply;
+
+	fold_recipient(d, ri, &reply);
+	log_recipient(d, ri, &reply);
+	d->rcpt_reported[ri] = true;
+	if (--d->rcpts_pending == 0)
+		unanswered--;
+	if (d->rcpts_pending == 0 && d->deadline != NULL)
+		event_del(d->deadline);
+	if (d->cb != NULL)
+		d->cb(d->ctx, ri, &reply);
+}
+
 /* A target's verdict is in: apply soft bounce, and report its recipient when complete. */
 static void target_finished(struct dispatch *d, size_t ti)
 {
@@ -208,15 +287,40 @@ static void target_finished(struct dispatch *d, size_t ti)
 			    t->rcpt->rcpt, b->name);
 	if (status_class_of(&t->status) == STATUS_PERMFAIL && (d->cfg->soft_bounce || b->common.soft_bounce))
 		status_soft_bounce(&t->status);
-	if (--d->rcpt_pending[ri] > 0)
+	d->target_done[ti] = true;
+	breaker_account(&d->cfg->backends[d->target_backend[ti]], &t->status);
+	d->rcpt_pending[ri]--;
+	if (d->rcpt_reported[ri]) {
+		/* Answered 451 4.4.7 at the deadline already. A late success means a copy is stored
+		 * that the MTA will send again: say so loudly. */
+		char esc[LOG_ESC_SIZE];
+		(status_class_of(&t->status) == STATUS_OK ? log_warn : log_info)(
+			"event=late_result session=%s tx=%s rcpt=<%s> backend=%s reply=\"%d %s\" "
+			"note=%s",
+			d->session_id, d->txid, log_esc(esc, t->rcpt->rcpt), b->name, t->status.code,
+			t->status.enhanced,
+			status_class_of(&t->status) == STATUS_OK ? "stored_after_deadline_duplicate_likely"
+								 : "none_stored");
 		return;
+	}
+	if (d->rcpt_pending[ri] > 0)
+		return;
+	report_recipient(d, ri);
+}
 
-	struct status reply;
-	fold_recipient(d, ri, &reply);
-	log_recipient(d, ri, &reply);
-	d->rcpts_pending--;
-	if (d->cb != NULL)
-		d->cb(d->ctx, ri, &reply);
+/* The deadline passed: answer every recipient still waiting (451 4.4.7 for its running
+ * targets); workers carry on and their results are logged as late. */
+static void deadline_expired(evutil_socket_t fd, short what, void *arg)
+{
+	struct dispatch *d = arg;
+
+	log_warn("event=delivery_deadline session=%s tx=%s waiting_recipients=%zu", d->session_id,
+		 d->txid, d->rcpts_pending);
+	for (size_t ri = 0; ri < d->rcpt_count; ri++) {
+		if (!d->rcpt_reported[ri])
+			report_recipient(d, ri);
+	}
+	maybe_free(d);
 }
 
 static void job_run(struct pool_job *pj)
@@ -248,6 +352,8 @@ static void build_targets(struct dispatch *d)
 	d->targets = xcalloc(total, sizeof(*d->targets));
 	d->target_backend = xcalloc(total, sizeof(*d->target_backend));
 	d->rcpt_pending = xcalloc(d->rcpt_count, sizeof(*d->rcpt_pending));
+	d->rcpt_reported = xcalloc(d->rcpt_count, sizeof(*d->rcpt_reported));
+	d->target_done = xcalloc(total, sizeof(*d->target_done));
 	d->rcpt_targets = xcalloc(total, sizeof(*d->rcpt_targets));
 	d->rcpt_target_start = xcalloc(d->rcpt_count + 1, sizeof(*d->rcpt_target_start));
 
@@ -345,7 +451,16 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 
 	build_targets(d);
 	d->rcpts_pending = d->rcpt_count;
+	if (d->rcpts_pending > 0)
+		unanswered++;
 
+	if (req->base != NULL && d->cfg->delivery_deadline_ms > 0) {
+		struct timeval tv = { .tv_sec = d->cfg->delivery_deadline_ms / 1000,
+				      .tv_usec = (d->cfg->delivery_deadline_ms % 1000) * 1000 };
+		d->deadline = evtimer_new(req->base, deadline_expired, d);
+		if (d->deadline != NULL)
+			evtimer_add(d->deadline, &tv);
+	}
 	/* One job per backend for batch drivers, one per target otherwise. */
 	d->jobs = xcalloc(d->target_count, sizeof(*d->jobs));
 	for (size_t t = 0; t < d->target_count;) {
@@ -398,7 +513,8 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 		for (size_t i = 0; i < d->rcpt_count; i++) {
 			struct status st;
 			status_must(&st, 451, "4.3.0", "<%s> internal error: no target", d->rcpts[i].rcpt);
-			d->rcpts_pending--;
+			if (--d->rcpts_pending == 0)
+				unanswered--;
 			if (d->cb != NULL)
 				d->cb(d->ctx, i, &st);
 		}

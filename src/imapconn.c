@@ -688,6 +688,15 @@ int imapconn_noop(struct imapconn *conn)
 	return 0;
 }
 
+bool imapconn_peer_spoke(const struct imapconn *conn)
+{
+	struct pollfd pfd = { .fd = conn->fd, .events = POLLIN | POLLRDHUP };
+
+	if (conn->imap->imap_stream != NULL && conn->imap->imap_stream->read_buffer_len > 0)
+		return true;
+	return poll(&pfd, 1, 0) != 0;
+}
+
 bool imapconn_broken(const struct imapconn *conn)
 {
 	return conn->broken;

@@ -305,7 +305,14 @@ int main(int argc, char **argv)
 	session_free_all(&srv);
 	for (int i = 0; i < 3; i++)
 		event_free(sigs[i]);
-	/* Workers still running (forced stop) are joined when the configuration is released. */
+	if (dispatch_in_flight() > 0) {
+		/* Workers are still blocked in a backend whose answer nobody waits for any more
+		 * (deadline passed, or a forced stop): joining them could take a backend timeout.
+		 * Every client has had its reply; leave now. */
+		log_warn("event=exit_with_late_deliveries count=%u", dispatch_in_flight());
+		pool_completion_shutdown();
+		_exit(0);
+	}
 	config_unref(&srv.cfg);
 	pool_completion_shutdown();
 	event_base_free(srv.base);

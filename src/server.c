@@ -39,6 +39,7 @@ int server_reload(struct server *srv)
 
 void server_check_idle(struct server *srv)
 {
-	if (srv->stopping && srv->connections == 0 && dispatch_in_flight() == 0)
+	/* Deliveries that already answered (late results after the deadline) do not hold us. */
+	if (srv->stopping && srv->connections == 0 && dispatch_unanswered() == 0)
 		event_base_loopbreak(srv->base);
 }

@@ -362,6 +362,7 @@ static void end_of_message(struct session *s)
 
 	char trace[2048];
 	struct dispatch_request req = {
+		.base = s->srv->base,
 		.cfg = tx->cfg,
 		.delivery = {
 			.spool = tx->spool,
@@ -585,6 +586,11 @@ static void cmd_rcpt(struct session *s, char *args)
 	}
 	for (size_t k = 0; k < r.rule->target_count; k++) {
 		struct backend_instance *b = &tx->cfg->backends[r.rule->targets[k]];
+		if (dispatch_backend_down(b)) {
+			/* Circuit breaker open: say so now instead of after DATA. */
+			reply(s, 451, "4.4.1", "<%s> backend %s temporarily unavailable", r.rcpt, b->name);
+			return;
+		}
 		if (b->driver->verify != NULL && b->driver->verify(b->state, &r, &st) < 0) {
 			if (status_class_of(&st) == STATUS_PERMFAIL &&
 			    (tx->cfg->soft_bounce || b->common.soft_bounce))

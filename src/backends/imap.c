@@ -298,6 +298,8 @@ static int imap_open(const void *settings, const char *instance_name, void **sta
 		static const char *const system_flags[] = { "\\Seen", "\\Flagged", "\\Answered",
 							     "\\Draft", "\\Deleted" };
 		bool ok = f[0] != '\0' && strpbrk(f, " (){}%*\"]") == NULL;
+		for (const char *p = f; ok && *p; p++)
+			ok = (unsigned char)*p > 0x20 && (unsigned char)*p < 0x7f;
 		if (ok && f[0] == '\\') {
 			ok = false;
 			for (size_t k = 0; k < 5; k++)
@@ -368,8 +370,10 @@ static struct imapconn *pool_take(struct imap_state *st, const char *identity)
 	}
 	pthread_mutex_unlock(&st->lock);
 	/* A connection idle for a while may have been dropped by the server: check first, so a
-	 * dead one costs a reconnect instead of an APPEND of unknown outcome. */
-	if (found != NULL && now - imapconn_last_used(found) >= 5 && imapconn_noop(found) < 0)
+	 * dead one costs a reconnect instead of an APPEND of unknown outcome. A server that said
+	 * BYE (or closed) while we were idle is caught at once by a readable socket. */
+	if (found != NULL && (now - imapconn_last_used(found) >= 5 || imapconn_peer_spoke(found)) &&
+	    imapconn_noop(found) < 0)
 		imapconn_close(&found);
 	return found;
 }
@@ -473,9 +477,21 @@ static struct imapconn *connect_as(struct imap_state *st, const char *identity,
 	return conn;
 }
 
+/* Replies name the recipient, like every other driver's: "<rcpt> text". */
+static void name_recipient(struct target *t)
+{
+	struct status named;
+
+	if (t->status.text[0] == '<')
+		return;
+	if (status_make(&named, t->status.code, t->status.enhanced, "<%s> %s", t->rcpt->rcpt,
+			t->status.text) == 0)
+		t->status = named;
+}
+
 static void deliver_one(struct imap_state *st, const struct delivery *d, struct target *t)
 {
-	char user[256], folder[512], reason[400], prefix[1024];
+	char user[256], folder[512], reason[400], prefix[4096];
 	const char *error;
 	bool use_detail = st->set.folder_from_detail && t->rcpt->detail[0] != '\0';
 
@@ -493,6 +509,7 @@ static void deliver_one(struct imap_state *st, const struct delivery *d, struct 
 	if (conn == NULL) {
 		conn = connect_as(st, identity, &t->status, reason, sizeof(reason));
 		if (conn == NULL) {
+			name_recipient(t);
 			snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
 			return;
 		}
@@ -516,7 +533,11 @@ static void deliver_one(struct imap_state *st, const struct delivery *d, struct 
 				      ? imapconn_create(conn, folder, st->set.subscribe, create_reason,
 							sizeof(create_reason))
 				      : -1;
-		if (created == 0) {
+		if (created < 0)
+			snprintf(reason, sizeof(reason), "%s", create_reason);
+		if (created < 0 && imapconn_broken(conn)) {
+			status_must(&t->status, 451, "4.4.2", "Connection to IMAP server lost");
+		} else if (created == 0) {
 			r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
 					    st->set.overquota_permanent, &res, &t->status, reason,
 					    sizeof(reason));
@@ -530,6 +551,7 @@ static void deliver_one(struct imap_state *st, const struct delivery *d, struct 
 	}
 	spool_view_release(&view);
 	if (r < 0) {
+		name_recipient(t);
 		snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
 	} else {
 		status_must(&t->status, 250, "2.0.0", "<%s> stored (%s uid %u/%u)", t->rcpt->rcpt,

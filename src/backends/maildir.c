@@ -268,7 +268,7 @@ static int ensure_maildir(const struct maildir_state *st, char *dir, bool is_fol
 static void deliver_one(struct maildir_state *st, const struct delivery *d, struct target *t)
 {
 	char dir[MAILDIR_PATH_MAX], tmp_path[MAILDIR_PATH_MAX + 128], new_path[MAILDIR_PATH_MAX + 160];
-	char base[128], prefix[1024];
+	char base[128], prefix[4096];
 	const char *error;
 	struct timeval tv;
 	int fd;

@@ -1,0 +1,131 @@
+"""
+Reliability: the delivery deadline (451 4.4.7 before the MTA gives up) and the per-backend
+circuit breaker (451 4.4.1 at RCPT while a backend is down). A stalling IMAP server (a fake:
+it accepts and never greets) injects the fault; maildir is the healthy backend beside it.
+"""
+import socket
+import threading
+import time
+
+from harness import Lmtpgw, expect, cstr, free_port, SLOW
+
+
+class StallServer:
+    """Accepts TCP connections on loopback and never says a word (fault injection)."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+                self.conns.append(c)
+            except OSError:
+                continue
+
+    def close(self):
+        self.stop = True
+        self.thread.join()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def imap_backend(name, port, extra=""):
+    # The password file must exist and be private even though no login happens.
+    return ('%s: { driver = "imap"; url = %s; allow_plaintext = true; login = "master"; '
+            'password_file = %%(pw)s; %s };' % (name, cstr("imap://127.0.0.1:%d" % port), extra))
+
+
+def make_gateway(backend_text, config, routes):
+    gw = Lmtpgw(config=config, routes=routes)
+    pw = gw.dir + "/imap.pw"
+    with open(pw, "w") as f:
+        f.write("secret\n")
+    import os
+    os.chmod(pw, 0o600)
+    gw.backends = backend_text % {"pw": cstr(pw)}
+    gw.write_config()
+    return gw
+
+
+def send(c, rcpts, body=b"Subject: t\r\n\r\nhello\r\n"):
+    expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+    accepted = []
+    for r in rcpts:
+        rep = c.cmd("RCPT TO:<%s>" % r)
+        if rep.code == 250:
+            accepted.append(r)
+        else:
+            return rep, []
+    expect(c.cmd("DATA"), 354)
+    c.send(body + b".\r\n")
+    return None, [c.reply() for _ in accepted]
+
+
+def test_delivery_deadline_answers_451_447_and_spares_healthy_backends():
+    stall = StallServer()
+    try:
+        gw = make_gateway(imap_backend("slow", stall.port, 'timeout = "60s";'),
+                          {"delivery_deadline": "2s"},
+                          [("slow@example.test", ["slow"]), ("*@example.test", ["local"])])
+        with gw:
+            with gw.session() as c:
+                c.settimeout(30 * SLOW)
+                t0 = time.monotonic()
+                _, replies = send(c, ["alice@example.test", "slow@example.test", "bob@example.test"])
+                elapsed = time.monotonic() - t0
+                expect(replies[0], 250, "2.0.0")
+                expect(replies[1], 451, "4.4.7")
+                expect(replies[2], 250, "2.0.0")
+                assert elapsed < 10 * SLOW, "deadline of 2s took %.1fs" % elapsed
+                # The session is usable afterwards.
+                expect(c.cmd("NOOP"), 250, "2.0.0")
+            assert len(gw.messages("alice")) == 1 and len(gw.messages("bob")) == 1
+            assert gw.grep(r"event=delivery_deadline"), gw.log()
+    finally:
+        stall.close()
+
+
+def test_circuit_breaker_refuses_at_rcpt_after_failures():
+    port = free_port()  # nothing listens there: connection refused
+    gw = make_gateway(imap_backend("down", port, 'breaker_failures = 2; breaker_cooloff = "60s";'),
+                      {}, [("down@example.test", ["down"]), ("*@example.test", ["local"])])
+    with gw:
+        with gw.session() as c:
+            for _ in range(2):
+                _, replies = send(c, ["down@example.test"])
+                expect(replies[0], 451, "4.4.1")
+            # Now the breaker is open: refused at RCPT, without waiting for DATA.
+            expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+            rep = c.cmd("RCPT TO:<down@example.test>")
+            expect(rep, 451, "4.4.1")
+            assert "temporarily unavailable" in str(rep), rep
+            # Other routes are unaffected in the same transaction.
+            expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+            expect(c.cmd("DATA"), 354)
+            c.send(b"Subject: t\r\n\r\nx\r\n.\r\n")
+            expect(c.reply(), 250, "2.0.0")
+        assert gw.grep(r"event=backend_down backend=down"), gw.log()
+
+
+def test_breaker_off_when_zero():
+    port = free_port()
+    gw = make_gateway(imap_backend("down", port, "breaker_failures = 0;"), {},
+                      [("down@example.test", ["down"])])
+    with gw:
+        with gw.session() as c:
+            for _ in range(3):
+                _, replies = send(c, ["down@example.test"])
+                expect(replies[0], 451, "4.4.1")
+        assert not gw.grep(r"event=backend_down"), gw.log()
