@@ -49,6 +49,10 @@ struct http_request {
 	const void *body;                /* memory body, or NULL */
 	size_t body_len;
 	struct spool_reader *reader;     /* or a streamed body (prefix + spool), or NULL */
+	/* With a reader, reader_length > 0 sends only the window [reader_offset, reader_offset +
+	 * reader_length) of it (an S3 multipart part); 0 sends the whole reader. */
+	uint64_t reader_offset;
+	uint64_t reader_length;
 	size_t response_max;             /* body bytes kept (more are read and dropped) */
 	bool no_expect;                  /* suppress "Expect: 100-continue" */
 };

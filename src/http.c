@@ -119,6 +119,7 @@ struct transfer {
 	struct http_response *resp;
 	size_t max;
 	struct spool_reader *reader;
+	uint64_t reader_start, reader_end; /* the window of the reader that is sent */
 	const char *body;
 	size_t body_len, body_pos;
 	bool read_error;
@@ -193,6 +194,11 @@ static size_t on_read(char *buf, size_t size, size_t nmemb, void *arg)
 	size_t want = size * nmemb;
 
 	if (t->reader != NULL) {
+		uint64_t left = t->reader->pos < t->reader_end ? t->reader_end - t->reader->pos : 0;
+		if (want > left)
+			want = (size_t)left;
+		if (want == 0)
+			return 0;
 		ssize_t n = spool_reader_read(t->reader, buf, want);
 		if (n < 0) {
 			t->read_error = true;
@@ -215,9 +221,9 @@ static int on_seek(void *arg, curl_off_t offset, int origin)
 	if (origin != SEEK_SET || offset < 0)
 		return CURL_SEEKFUNC_CANTSEEK;
 	if (t->reader != NULL) {
-		if ((uint64_t)offset > spool_reader_total(t->reader))
+		if ((uint64_t)offset > t->reader_end - t->reader_start)
 			return CURL_SEEKFUNC_FAIL;
-		t->reader->pos = (uint64_t)offset;
+		t->reader->pos = t->reader_start + (uint64_t)offset;
 		return CURL_SEEKFUNC_OK;
 	}
 	if ((size_t)offset > t->body_len)
@@ -272,6 +278,17 @@ int http_perform(struct http_client *client, const struct http_request *req,
 	struct curl_slist *extra = NULL, *headers = NULL;
 	CURL *h;
 
+	if (req->reader != NULL) {
+		uint64_t total = spool_reader_total(req->reader);
+		t.reader_start = req->reader_length > 0 ? req->reader_offset : 0;
+		t.reader_end = req->reader_length > 0 ? req->reader_offset + req->reader_length : total;
+		if (t.reader_start > total || t.reader_end > total || t.reader_end < t.reader_start) {
+			memset(resp, 0, sizeof(*resp));
+			status_must(st_r, 451, "4.3.0", "Local error in processing");
+			snprintf(reason, reason_size, "body window outside the message");
+			return -1;
+		}
+	}
 	memset(resp, 0, sizeof(*resp));
 	h = handle_take(client);
 	if (h == NULL) {
@@ -325,7 +342,7 @@ int http_perform(struct http_client *client, const struct http_request *req,
 	if (strcmp(req->method, "HEAD") == 0) {
 		curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
 	} else if (req->body != NULL || req->reader != NULL) {
-		curl_off_t len = req->reader != NULL ? (curl_off_t)spool_reader_total(req->reader)
+		curl_off_t len = req->reader != NULL ? (curl_off_t)(t.reader_end - t.reader_start)
 						     : (curl_off_t)req->body_len;
 		curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
 		curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, len);
@@ -338,7 +355,7 @@ int http_perform(struct http_client *client, const struct http_request *req,
 		curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, req->method);
 	}
 	if (req->reader != NULL)
-		spool_reader_rewind(req->reader);
+		req->reader->pos = t.reader_start;
 
 	CURLcode rc = curl_easy_perform(h);
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
