@@ -15,7 +15,7 @@ BUILD    ?= build
 SANITIZE ?=
 VALGRIND ?=
 
-PKGS     := libevent libevent_pthreads libevent_openssl libconfig openssl libcurl jansson libetpan
+PKGS     := libevent libevent_pthreads libevent_openssl libconfig openssl libcurl jansson libetpan libmicrohttpd
 TEST_PKGS := criterion
 
 # Debian packages the build and the tests need (make deps installs the missing ones).

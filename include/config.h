@@ -98,6 +98,7 @@ struct config {
 	bool delivered_to;
 	bool soft_bounce;
 	bool xforward;
+	char *metrics_listen;
 	char *log_level;
 	char *syslog_facility;
 	char *user;

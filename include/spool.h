@@ -23,6 +23,9 @@
 
 struct spool;
 
+/* Bytes held by all live spools, in memory and in files (for metrics). */
+void spool_stats(uint64_t *memory_r, uint64_t *disk_r);
+
 struct spool *spool_new(size_t memory_max, const char *dir, uint64_t size_max);
 void spool_free(struct spool **spool);
 

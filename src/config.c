@@ -90,6 +90,9 @@ const struct conf_key config_global_keys[] = {
 	{ "xforward", CONF_BOOL, offsetof(struct config, xforward), "false", 1, 0,
 	  "offer XFORWARD (Postfix) so the MTA can pass its queue id and client for our logs; "
 	  "enable only on listeners that only trusted MTAs reach" },
+	{ "metrics_listen", CONF_STRING, offsetof(struct config, metrics_listen), NULL, 1, 0,
+	  "serve Prometheus /metrics and /health on this numeric HOST:PORT (loopback advised); "
+	  "unset: off" },
 	{ "soft_bounce", CONF_BOOL, offsetof(struct config, soft_bounce), "false", 1, 0,
 	  "turn every 5xx we would send into the matching 4xx (safe testing of new routes)" },
 	{ "log_level", CONF_STRING, offsetof(struct config, log_level), "info", 1, 0,

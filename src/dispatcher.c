@@ -17,6 +17,7 @@
 #include <event2/event.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "pool.h"
 
 struct dispatch;
@@ -123,6 +124,7 @@ static void dispatch_free(struct dispatch *d)
 	config_unref(&d->cfg);
 	free(d);
 	in_flight--;
+	metrics_deliveries_in_flight(-1);
 }
 
 static const char *class_name(const struct status *st)
@@ -243,6 +245,7 @@ static void breaker_account(struct backend_instance *b, const struct status *st)
 	if (!backend_failure) {
 		if (status_class_of(st) == STATUS_OK && b->down_until_ms > 0) {
 			log_info("event=backend_up backend=%s", b->name);
+			metrics_backend_down(b->name, false);
 			b->down_until_ms = 0;
 		}
 		if (status_class_of(st) == STATUS_OK)
@@ -254,6 +257,7 @@ static void breaker_account(struct backend_instance *b, const struct status *st)
 	    b->consecutive_failures >= (unsigned)b->common.breaker_failures &&
 	    !dispatch_backend_down(b)) {
 		b->down_until_ms = now_ms() + b->common.breaker_cooloff_ms;
+		metrics_backend_down(b->name, true);
 		log_warn("event=backend_down backend=%s failures=%u cooloff_ms=%lld last=\"%d %s\"",
 			 b->name, b->consecutive_failures, b->common.breaker_cooloff_ms, st->code,
 			 st->enhanced);
@@ -266,6 +270,7 @@ static void report_recipient(struct dispatch *d, size_t ri)
 
 	fold_recipient(d, ri, &reply);
 	log_recipient(d, ri, &reply);
+	metrics_recipient_result(&reply);
 	d->rcpt_reported[ri] = true;
 	if (--d->rcpts_pending == 0)
 		unanswered--;
@@ -288,6 +293,13 @@ static void target_finished(struct dispatch *d, size_t ti)
 	if (status_class_of(&t->status) == STATUS_PERMFAIL && (d->cfg->soft_bounce || b->common.soft_bounce))
 		status_soft_bounce(&t->status);
 	d->target_done[ti] = true;
+	{
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		metrics_target_result(b->name, &t->status,
+				      (double)(now.tv_sec - d->started.tv_sec) +
+					      (double)(now.tv_nsec - d->started.tv_nsec) / 1e9);
+	}
 	breaker_account(&d->cfg->backends[d->target_backend[ti]], &t->status);
 	d->rcpt_pending[ri]--;
 	if (d->rcpt_reported[ri]) {
@@ -407,6 +419,7 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 	struct dispatch *d = xcalloc(1, sizeof(*d));
 
 	in_flight++;
+	metrics_deliveries_in_flight(1);
 	clock_gettime(CLOCK_MONOTONIC, &d->started);
 	d->cfg = config_ref(req->cfg);
 	d->cb = cb;

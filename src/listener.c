@@ -25,6 +25,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 #include "session.h"
 
@@ -79,6 +80,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sock
 				 srv->cfg->hostname);
 		if (send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
 			log_debug("event=refuse_send_failed error=\"%s\"", strerror(errno));
+		metrics_connection_refused();
 		log_warn("event=connection_refused client=%s reason=max_connections limit=%lld", peer,
 			 srv->cfg->max_connections);
 		close(fd);

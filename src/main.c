@@ -28,6 +28,7 @@
 #include "dispatcher.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "pool.h"
 #include "router.h"
 #include "server.h"
@@ -76,6 +77,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	log_info("event=signal signal=%s action=stop connections=%u in_flight=%u",
 		 sig == SIGTERM ? "TERM" : "INT", srv->connections, dispatch_in_flight());
 	srv->stopping = true;
+	metrics_set_stopping(true);
 	listeners_close(srv);
 	session_stop_all(srv);
 	server_check_idle(srv);
@@ -284,6 +286,12 @@ int main(int argc, char **argv)
 		listeners_close(&srv);
 		return 71;
 	}
+	if (cfg->metrics_listen != NULL &&
+	    metrics_start(cfg->metrics_listen, error, sizeof(error)) < 0) {
+		log_error("event=startup_failed error=\"%s\"", error);
+		listeners_close(&srv);
+		return 71;
+	}
 	if (drop_privileges(cfg) < 0) {
 		listeners_close(&srv);
 		return 77;
@@ -302,6 +310,7 @@ int main(int argc, char **argv)
 
 	log_info("event=stopped connections=%u in_flight=%u", srv.connections, dispatch_in_flight());
 	listeners_close(&srv);
+	metrics_stop();
 	session_free_all(&srv);
 	for (int i = 0; i < 3; i++)
 		event_free(sigs[i]);

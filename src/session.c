@@ -33,6 +33,7 @@
 #include "dispatcher.h"
 #include "envelope.h"
 #include "log.h"
+#include "metrics.h"
 #include "router.h"
 #include "server.h"
 #include "spool.h"
@@ -400,6 +401,7 @@ static void end_of_message(struct session *s)
 	s->reply_count = count;
 	s->reply_next = 0;
 	s->messages++;
+	metrics_transaction(spool_size(tx->spool));
 	/* Ownership of spool and recipients passes to the dispatch. */
 	tx->spool = NULL;
 	tx->rcpts = NULL;
@@ -1103,6 +1105,7 @@ static void session_free(struct session *s)
 	}
 	tx_free(&s->tx);
 	log_info("session=%s event=disconnect messages=%llu", s->id, s->messages);
+	metrics_connection_closed();
 	if (s->prev != NULL)
 		s->prev->next = s->next;
 	else
@@ -1140,6 +1143,7 @@ struct session *session_new(struct server *srv, int fd, const char *peer, const 
 		return NULL;
 	}
 	srv->connections++;
+	metrics_connection_opened();
 	/* Session ids: base-36 start time and a counter, unique across restarts of one host. */
 	unsigned long long seq = ++srv->session_seq;
 	snprintf(s->id, sizeof(s->id), "%llx%04llx", (unsigned long long)time(NULL) & 0xffffffffULL,

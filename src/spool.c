@@ -8,6 +8,7 @@
 #include "spool.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -46,6 +47,24 @@ struct spool {
 	size_t map_len;
 };
 
+static atomic_ullong bytes_in_memory, bytes_on_disk;
+
+void spool_stats(uint64_t *memory_r, uint64_t *disk_r)
+{
+	*memory_r = atomic_load_explicit(&bytes_in_memory, memory_order_relaxed);
+	*disk_r = atomic_load_explicit(&bytes_on_disk, memory_order_relaxed);
+}
+
+/* Account the bytes this spool holds, wherever they are. */
+static void account(const struct spool *spool, bool add)
+{
+	atomic_ullong *where = spool->fd < 0 ? &bytes_in_memory : &bytes_on_disk;
+	if (add)
+		atomic_fetch_add_explicit(where, spool->kept, memory_order_relaxed);
+	else
+		atomic_fetch_sub_explicit(where, spool->kept, memory_order_relaxed);
+}
+
 struct spool *spool_new(size_t memory_max, const char *dir, uint64_t size_max)
 {
 	struct spool *spool = calloc(1, sizeof(*spool));
@@ -75,6 +94,7 @@ void spool_free(struct spool **spoolp)
 	if (spool == NULL)
 		return;
 	*spoolp = NULL;
+	account(spool, false);
 	if (spool->map != NULL && spool->fd >= 0)
 		munmap(spool->map, spool->map_len);
 	if (spool->fd >= 0)
@@ -163,15 +183,19 @@ int spool_write(struct spool *spool, const void *data, size_t len, const char **
 		return 0;
 	}
 	EVP_DigestUpdate(spool->sha, data, len);
-	spool->kept += len;
-
 	if (spool->fd < 0 && spool->mem_len + len > spool->memory_max) {
-		if (move_to_file(spool) < 0) {
+		account(spool, false);
+		int r = move_to_file(spool);
+		account(spool, true);
+		if (r < 0) {
 			spool->error = errno;
 			*error_r = "cannot create spool file";
 			return -1;
 		}
 	}
+	spool->kept += len;
+	atomic_fetch_add_explicit(spool->fd < 0 ? &bytes_in_memory : &bytes_on_disk, len,
+				  memory_order_relaxed);
 	if (spool->fd < 0) {
 		if (spool->mem_len + len > spool->mem_cap) {
 			size_t cap = spool->mem_cap ? spool->mem_cap : 16384;
