@@ -542,11 +542,11 @@ Test(config, error_invalid_enumerations)
 Test(config, error_backends)
 {
 	expect_error("backends: {\n  sink: {\n    driver = \"pigeon\";\n  };\n};\n" ROUTE_ALL, 3,
-		     "backend 'sink': unknown driver 'pigeon' (known: maildir, discard, imap)");
+		     "backend 'sink': unknown driver 'pigeon' (known: maildir, discard, imap, webhook)");
 	expect_error("backends: {\n  sink: { concurrency = 2; };\n};\n" ROUTE_ALL, 2,
-		     "backend 'sink': 'driver' is required (known: maildir, discard, imap)");
+		     "backend 'sink': 'driver' is required (known: maildir, discard, imap, webhook)");
 	expect_error("backends: { sink: { driver = [\"discard\"]; }; };\n" ROUTE_ALL, 1,
-		     "backend 'sink': 'driver' must be a string (known: maildir, discard, imap)");
+		     "backend 'sink': 'driver' must be a string (known: maildir, discard, imap, webhook)");
 	expect_error("backends: { s*nk: { driver = \"discard\"; }; };\n" ROUTE_ALL, 1,
 		     "backend name 's*nk' may only use letters, digits, '_' and '-'");
 	expect_error("backends: { sink = 1; };\n" ROUTE_ALL, 1,

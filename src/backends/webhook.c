@@ -1,0 +1,1194 @@
+/*
+ * webhook - delivery by HTTP POST to an API (a mail-to-API bridge), signed per Standard Webhooks.
+ *
+ * One request per message for every target of this backend in the transaction (mode
+ * "message"; targets whose URL template expands differently get one request per URL), or one
+ * per recipient (mode "recipient", made one after another by the worker that holds the
+ * transaction). The body is, by format:
+ *   raw          the message (trace headers + content) as message/rfc822, envelope in
+ *                X-Lmtpgw-* headers; streamed from the spool with a known length
+ *   multipart    multipart/form-data: part "envelope" (JSON, manifest.h) + part "message"
+ *                (message/rfc822 file); streamed as head + spool + tail
+ *   json         {"envelope": {...}, "message": "BASE64"}          (built in memory)
+ *   json-parsed  {"envelope": {...}, "headers": [...], "subject": ..., "text": ..., "html": ...,
+ *                 "attachments": [...], "message": "BASE64"}       (built in memory, mime_json.h)
+ * Streamed bodies are read twice: once for the HMAC, once by curl.
+ *
+ * The answer becomes each recipient's status (webhook.h); 2xx only on the receiver's 2xx, any
+ * doubt 4xx. Secrets (signing keys, bearer token, basic auth) are read from files at open
+ * (refused when group or others may read them), never logged, and wiped at close.
+ */
+#include "backend.h"
+#include "webhook.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
+#include "http.h"
+#include "log.h"
+#include "manifest.h"
+#include "mime_json.h"
+
+/* --- pure parts (webhook.h) --------------------------------------------------------------- */
+
+size_t webhook_base64(const void *data, size_t len, char *out)
+{
+	/* EVP_EncodeBlock takes an int length: encode in blocks (multiple of 3 bytes). */
+	const unsigned char *in = data;
+	size_t done = 0, out_len = 0;
+
+	while (done < len) {
+		size_t n = len - done;
+		if (n > (size_t)3 * 1024 * 1024)
+			n = (size_t)3 * 1024 * 1024;
+		out_len += (size_t)EVP_EncodeBlock((unsigned char *)out + out_len, in + done, (int)n);
+		done += n;
+	}
+	out[out_len] = '\0';
+	return out_len;
+}
+
+int webhook_secret_decode(const char *text, unsigned char **key_r, size_t *key_len_r)
+{
+	size_t len = strlen(text);
+
+	while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r' || text[len - 1] == ' ' ||
+			   text[len - 1] == '\t'))
+		len--;
+	if (len == 0)
+		return -1;
+	if (len > 6 && strncmp(text, "whsec_", 6) == 0) {
+		const char *b64 = text + 6;
+		size_t b64_len = len - 6;
+		if (b64_len % 4 != 0 || b64_len > 4096)
+			return -1;
+		for (size_t i = 0; i < b64_len; i++) {
+			unsigned char c = (unsigned char)b64[i];
+			if (!(isalnum(c) || c == '+' || c == '/' || (c == '=' && i >= b64_len - 2)))
+				return -1;
+		}
+		unsigned char *key = malloc(b64_len);
+		if (key == NULL)
+			return -1;
+		int n = EVP_DecodeBlock(key, (const unsigned char *)b64, (int)b64_len);
+		if (n < 0) {
+			free(key);
+			return -1;
+		}
+		/* EVP_DecodeBlock counts the padding as zero bytes. */
+		if (b64[b64_len - 1] == '=')
+			n--;
+		if (b64[b64_len - 2] == '=')
+			n--;
+		if (n <= 0) {
+			explicit_bzero(key, b64_len);
+			free(key);
+			return -1;
+		}
+		*key_r = key;
+		*key_len_r = (size_t)n;
+		return 0;
+	}
+	unsigned char *key = malloc(len);
+	if (key == NULL)
+		return -1;
+	memcpy(key, text, len);
+	*key_r = key;
+	*key_len_r = len;
+	return 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+int webhook_event_id(const char *sha256_hex, const char *const *rcpts, size_t count,
+		     char id_r[WEBHOOK_ID_SIZE])
+{
+	const char **sorted = malloc((count ? count : 1) * sizeof(*sorted));
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned char digest[32];
+	unsigned int dlen = 0;
+	int ret = -1;
+
+	if (sorted == NULL || md == NULL)
+		goto out;
+	memcpy(sorted, rcpts, count * sizeof(*sorted));
+	qsort(sorted, count, sizeof(*sorted), cmp_str);
+	if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+	    EVP_DigestUpdate(md, sha256_hex, strlen(sha256_hex)) != 1)
+		goto out;
+	for (size_t i = 0; i < count; i++) {
+		if (EVP_DigestUpdate(md, "\n", 1) != 1 ||
+		    EVP_DigestUpdate(md, sorted[i], strlen(sorted[i])) != 1)
+			goto out;
+	}
+	if (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != 32)
+		goto out;
+	memcpy(id_r, "msg_", 4);
+	for (size_t i = 0; i < 32; i++)
+		snprintf(id_r + 4 + 2 * i, 3, "%02x", digest[i]);
+	ret = 0;
+out:
+	EVP_MD_CTX_free(md);
+	free(sorted);
+	return ret;
+}
+
+struct webhook_signer {
+	EVP_MAC *mac;
+	EVP_MAC_CTX *ctx[2];
+	size_t count;
+};
+
+static void signer_free(struct webhook_signer *s)
+{
+	if (s == NULL)
+		return;
+	for (size_t i = 0; i < s->count; i++)
+		EVP_MAC_CTX_free(s->ctx[i]);
+	EVP_MAC_free(s->mac);
+	free(s);
+}
+
+struct webhook_signer *webhook_signer_new(const unsigned char *const *keys, const size_t *key_lens,
+					  size_t key_count, const char *id, long long timestamp)
+{
+	struct webhook_signer *s = calloc(1, sizeof(*s));
+	char head[WEBHOOK_ID_SIZE + 32];
+	char digest_name[] = "SHA256";
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest_name, 0),
+		OSSL_PARAM_construct_end(),
+	};
+
+	if (s == NULL || key_count == 0 || key_count > 2)
+		goto fail;
+	s->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	if (s->mac == NULL)
+		goto fail;
+	int head_len = snprintf(head, sizeof(head), "%s.%lld.", id, timestamp);
+	if (head_len < 0 || (size_t)head_len >= sizeof(head))
+		goto fail;
+	for (size_t i = 0; i < key_count; i++) {
+		s->ctx[i] = EVP_MAC_CTX_new(s->mac);
+		if (s->ctx[i] == NULL)
+			goto fail;
+		s->count++;
+		if (EVP_MAC_init(s->ctx[i], keys[i], key_lens[i], params) != 1 ||
+		    EVP_MAC_update(s->ctx[i], (const unsigned char *)head, (size_t)head_len) != 1)
+			goto fail;
+	}
+	return s;
+fail:
+	signer_free(s);
+	return NULL;
+}
+
+int webhook_signer_update(struct webhook_signer *s, const void *data, size_t len)
+{
+	for (size_t i = 0; i < s->count; i++) {
+		if (EVP_MAC_update(s->ctx[i], data, len) != 1)
+			return -1;
+	}
+	return 0;
+}
+
+int webhook_signer_update_reader(struct webhook_signer *s, struct spool_reader *reader)
+{
+	size_t size = 256 * 1024;
+	char *buf = malloc(size);
+	ssize_t n;
+	int ret = 0;
+
+	if (buf == NULL)
+		return -1;
+	spool_reader_rewind(reader);
+	while ((n = spool_reader_read(reader, buf, size)) > 0) {
+		if (webhook_signer_update(s, buf, (size_t)n) < 0) {
+			ret = -1;
+			break;
+		}
+	}
+	if (n < 0)
+		ret = -1;
+	spool_reader_rewind(reader);
+	free(buf);
+	return ret;
+}
+
+int webhook_signer_finish(struct webhook_signer **sp, char *out, size_t size)
+{
+	struct webhook_signer *s = *sp;
+	size_t len = 0;
+	int ret = 0;
+
+	*sp = NULL;
+	out[0] = '\0';
+	for (size_t i = 0; i < s->count; i++) {
+		unsigned char mac[EVP_MAX_MD_SIZE];
+		size_t mac_len = 0;
+		char b64[EVP_MAX_MD_SIZE * 2];
+		if (EVP_MAC_final(s->ctx[i], mac, &mac_len, sizeof(mac)) != 1) {
+			ret = -1;
+			break;
+		}
+		webhook_base64(mac, mac_len, b64);
+		int n = snprintf(out + len, size - len, "%sv1,%s", i ? " " : "", b64);
+		if (n < 0 || (size_t)n >= size - len) {
+			ret = -1;
+			break;
+		}
+		len += (size_t)n;
+	}
+	signer_free(s);
+	return ret;
+}
+
+void webhook_sanitize_text(const char *in, size_t in_len, char *out, size_t max)
+{
+	size_t o = 0;
+	bool space = false;
+
+	if (max == 0)
+		return;
+	for (size_t i = 0; i < in_len; i++) {
+		unsigned char c = (unsigned char)in[i];
+		if (c > ' ' && c < 0x7f) {
+			if (space && o > 0) {
+				if (o + 1 >= max)
+					goto cut;
+				out[o++] = ' ';
+			}
+			space = false;
+			if (o + 1 >= max)
+				goto cut;
+			out[o++] = (char)c;
+		} else {
+			space = true;
+		}
+	}
+	out[o] = '\0';
+	return;
+cut:
+	if (max > 4) {
+		o = max - 4;
+		memcpy(out + o, "...", 3);
+		o += 3;
+	}
+	out[o < max ? o : max - 1] = '\0';
+}
+
+void webhook_map_http(long code, const char *retry_after, const char *text, const char *rcpt,
+		      const char *ref, struct status *st)
+{
+	char who[ADDRESS_PATH_MAX + 4] = "";
+	char ra[32] = "";
+
+	if (rcpt != NULL)
+		snprintf(who, sizeof(who), "<%s> ", rcpt);
+	if (text != NULL && text[0] == '\0')
+		text = NULL;
+	if (code >= 200 && code <= 299) {
+		if (text != NULL)
+			status_make(st, 250, "2.0.0", "%s%s (%s)", who, text, ref ? ref : "");
+		else
+			status_make(st, 250, "2.0.0", "%saccepted by webhook (%s)", who,
+				    ref ? ref : "");
+		return;
+	}
+	const char *def;
+	switch (code) {
+	case 400:
+	case 404:
+	case 410:
+	case 422:
+		def = "refused by webhook";
+		status_make(st, 550, "5.0.0", "%s%s (HTTP %ld)", who, text ? text : def, code);
+		return;
+	case 413:
+		status_make(st, 552, "5.3.4", "%s%s (HTTP 413)", who,
+			    text ? text : "message too big for webhook");
+		return;
+	case 401:
+	case 403:
+		status_make(st, 451, "4.7.0", "%s%s (HTTP %ld)", who,
+			    text ? text : "webhook refused our credentials", code);
+		return;
+	case 429:
+		if (retry_after != NULL)
+			webhook_sanitize_text(retry_after, strlen(retry_after), ra, 24);
+		status_make(st, 451, "4.4.5", "%s%s (HTTP 429%s%s)", who,
+			    text ? text : "webhook busy", ra[0] ? ", retry after " : "", ra);
+		return;
+	default:
+		status_make(st, 451, "4.3.0", "%s%s (HTTP %ld)", who,
+			    text ? text : "webhook temporarily failed", code);
+		return;
+	}
+}
+
+static bool content_type_is(const char *ct, const char *type)
+{
+	size_t n = strlen(type);
+
+	if (ct == NULL)
+		return false;
+	while (*ct == ' ')
+		ct++;
+	return strncasecmp(ct, type, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+static bool json_content_type(const char *ct)
+{
+	if (ct == NULL)
+		return false;
+	if (content_type_is(ct, "application/json"))
+		return true;
+	/* application/problem+json and the like */
+	const char *semi = strchr(ct, ';');
+	size_t len = semi ? (size_t)(semi - ct) : strlen(ct);
+	return len >= 5 && strncasecmp(ct + len - 5, "+json", 5) == 0;
+}
+
+/* One results entry -> status; -1 when invalid. */
+static int map_result(json_t *entry, long http_status, const char *rcpt, const char *ref,
+		      struct status *st)
+{
+	json_t *jcode = json_object_get(entry, "code");
+	json_t *jstatus = json_object_get(entry, "status");
+	json_t *jtext = json_object_get(entry, "text");
+	char enh[STATUS_ENHANCED_MAX];
+	char text[WEBHOOK_TEXT_MAX + 1] = "";
+
+	if (!json_is_integer(jcode))
+		return -1;
+	json_int_t code = json_integer_value(jcode);
+	if (code < 200 || code > 599 || (code >= 300 && code < 400))
+		return -1;
+	/* 2xx only when the receiver answered 2xx (design.md guarantees). */
+	if (code < 300 && !(http_status >= 200 && http_status <= 299))
+		return -1;
+	if (jstatus == NULL || json_is_null(jstatus)) {
+		snprintf(enh, sizeof(enh), "%d.0.0", (int)(code / 100));
+	} else {
+		if (!json_is_string(jstatus) || json_string_length(jstatus) >= sizeof(enh))
+			return -1;
+		snprintf(enh, sizeof(enh), "%s", json_string_value(jstatus));
+	}
+	if (jtext != NULL && !json_is_null(jtext)) {
+		if (!json_is_string(jtext))
+			return -1;
+		webhook_sanitize_text(json_string_value(jtext), json_string_length(jtext), text,
+				      sizeof(text));
+	}
+	if (!status_valid((int)code, enh))
+		return -1;
+	if (code < 300)
+		return status_make(st, (int)code, enh, "<%s> %s (%s)", rcpt,
+				   text[0] ? text : "accepted by webhook", ref ? ref : "");
+	return status_make(st, (int)code, enh, "<%s> %s", rcpt,
+			   text[0] ? text : "refused by webhook");
+}
+
+static bool rcpt_equal(const char *given, const char *rcpt)
+{
+	size_t len = strlen(given);
+
+	if (len >= 2 && given[0] == '<' && given[len - 1] == '>')
+		return strlen(rcpt) == len - 2 && strncasecmp(given + 1, rcpt, len - 2) == 0;
+	return strcasecmp(given, rcpt) == 0;
+}
+
+void webhook_map_answer(const struct webhook_answer *a, const char *const *rcpts, size_t count,
+			struct status *st)
+{
+	char text[WEBHOOK_TEXT_MAX + 1] = "";
+	bool has_body = a->body != NULL && a->body_len > 0;
+
+	if (has_body && json_content_type(a->content_type)) {
+		json_error_t err;
+		json_t *root = a->truncated ? NULL
+					    : json_loadb(a->body, a->body_len, JSON_REJECT_DUPLICATES,
+							 &err);
+		if (root == NULL) {
+			for (size_t i = 0; i < count; i++)
+				status_make(&st[i], 451, "4.3.0", "<%s> webhook answer (HTTP %ld) %s",
+					    rcpts[i], a->http_status,
+					    a->truncated ? "too large" : "is not valid JSON");
+			return;
+		}
+		json_t *results = json_object_get(root, "results");
+		json_t *jtext = json_object_get(root, "text");
+		if (json_is_string(jtext))
+			webhook_sanitize_text(json_string_value(jtext), json_string_length(jtext),
+					      text, sizeof(text));
+		if (results != NULL) {
+			bool valid = json_is_array(results);
+			for (size_t i = 0; i < count; i++) {
+				json_t *found = NULL;
+				size_t k;
+				json_t *e;
+				json_array_foreach(valid ? results : NULL, k, e) {
+					json_t *r = json_object_get(e, "rcpt");
+					if (json_is_string(r) && rcpt_equal(json_string_value(r), rcpts[i])) {
+						found = e;
+						break;
+					}
+				}
+				if (!valid)
+					status_make(&st[i], 451, "4.3.0",
+						    "<%s> webhook results malformed (HTTP %ld)", rcpts[i],
+						    a->http_status);
+				else if (found == NULL)
+					status_make(&st[i], 451, "4.3.0",
+						    "<%s> webhook answer (HTTP %ld) has no result for "
+						    "this recipient", rcpts[i], a->http_status);
+				else if (map_result(found, a->http_status, rcpts[i], a->ref, &st[i]) < 0)
+					status_make(&st[i], 451, "4.3.0",
+						    "<%s> webhook result invalid (HTTP %ld)", rcpts[i],
+						    a->http_status);
+			}
+			json_decref(root);
+			return;
+		}
+		json_decref(root);
+	} else if (has_body && content_type_is(a->content_type, "text/plain")) {
+		webhook_sanitize_text(a->body, a->body_len, text, sizeof(text));
+	}
+	for (size_t i = 0; i < count; i++)
+		webhook_map_http(a->http_status, a->retry_after, text, rcpts[i], a->ref, &st[i]);
+}
+
+/* --- the driver --------------------------------------------------------------------------- */
+
+struct webhook_settings {
+	char *url;
+	bool allow_http;
+	char *ca_file;
+	char *client_cert_file;
+	char *client_key_file;
+	bool follow_redirects;
+	char *format;
+	char *mode;
+	struct conf_strlist secret_files;
+	char *bearer_token_file;
+	char *basic_auth_file;
+	struct conf_strlist headers;
+	long long timeout;
+	long long connect_timeout;
+	long long max_response;
+	long long attachment_max;
+};
+
+static const struct conf_key webhook_keys[] = {
+	{ "url", CONF_STRING, offsetof(struct webhook_settings, url), NULL, 1, 0,
+	  "endpoint, a template (https://; http:// only with allow_http)" },
+	{ "allow_http", CONF_BOOL, offsetof(struct webhook_settings, allow_http), "false", 1, 0,
+	  "allow plain http:// (tests, loopback receivers)" },
+	{ "ca_file", CONF_STRING, offsetof(struct webhook_settings, ca_file), NULL, 1, 0,
+	  "PEM file of CA certificates to verify the receiver (default: the system store)" },
+	{ "client_cert_file", CONF_STRING, offsetof(struct webhook_settings, client_cert_file), NULL,
+	  1, 0, "PEM client certificate for mutual TLS" },
+	{ "client_key_file", CONF_STRING, offsetof(struct webhook_settings, client_key_file), NULL, 1,
+	  0, "PEM private key of client_cert_file; not readable by others" },
+	{ "follow_redirects", CONF_BOOL, offsetof(struct webhook_settings, follow_redirects),
+	  "false", 1, 0, "follow up to 5 redirects (same schemes as url); otherwise 3xx is 451" },
+	{ "format", CONF_STRING, offsetof(struct webhook_settings, format), "json", 1, 0,
+	  "body: raw, json, json-parsed or multipart" },
+	{ "mode", CONF_STRING, offsetof(struct webhook_settings, mode), "message", 1, 0,
+	  "message (one request for all recipients) or recipient (one request each)" },
+	{ "secret_files", CONF_STRING_LIST, offsetof(struct webhook_settings, secret_files), NULL, 1,
+	  0, "1 or 2 files with Standard Webhooks signing secrets (whsec_BASE64 or raw)" },
+	{ "bearer_token_file", CONF_STRING, offsetof(struct webhook_settings, bearer_token_file),
+	  NULL, 1, 0, "file with a token sent as Authorization: Bearer" },
+	{ "basic_auth_file", CONF_STRING, offsetof(struct webhook_settings, basic_auth_file), NULL, 1,
+	  0, "file with user:password sent as HTTP basic authorization" },
+	{ "headers", CONF_STRING_LIST, offsetof(struct webhook_settings, headers), NULL, 1, 0,
+	  "extra request headers, \"Name: value\"" },
+	{ "timeout", CONF_DURATION, offsetof(struct webhook_settings, timeout), "60s", 1000, 3600000,
+	  "whole request, upload and answer included" },
+	{ "connect_timeout", CONF_DURATION, offsetof(struct webhook_settings, connect_timeout),
+	  "10s", 100, 600000, "TCP and TLS connect" },
+	{ "max_response", CONF_SIZE, offsetof(struct webhook_settings, max_response), "64K", 1024,
+	  16 * 1024 * 1024, "answer body bytes read at most" },
+	{ "attachment_max", CONF_SIZE, offsetof(struct webhook_settings, attachment_max), "10M", 0,
+	  1LL << 30, "json-parsed: attachments larger than this are listed without content" },
+	{ NULL, 0, 0, NULL, 0, 0, NULL },
+};
+
+enum webhook_format { FORMAT_RAW, FORMAT_JSON, FORMAT_JSON_PARSED, FORMAT_MULTIPART };
+
+struct webhook_key {
+	unsigned char *bytes;
+	size_t len;
+};
+
+struct webhook_state {
+	char name[64];
+	struct webhook_settings set;
+	struct template *url;
+	enum webhook_format format;
+	bool per_recipient;
+	struct webhook_key keys[2];
+	size_t key_count;
+	char *authorization;           /* "Authorization: ..." line, or NULL; wiped at close */
+	struct http_client *http;
+};
+
+static void wipe_free(void *p, size_t len)
+{
+	if (p != NULL) {
+		explicit_bzero(p, len);
+		free(p);
+	}
+}
+
+/* A secret file: refused when group/others have any permission; content never logged. */
+static char *read_secret_file(const char *path, char *error_r, size_t error_size)
+{
+	struct stat sb;
+	FILE *f = fopen(path, "re");
+
+	if (f == NULL) {
+		snprintf(error_r, error_size, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (fstat(fileno(f), &sb) < 0 || (sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+		snprintf(error_r, error_size,
+			 "%s: secret file must not be accessible by group or others (chmod 600)",
+			 path);
+		fclose(f);
+		return NULL;
+	}
+	if (sb.st_size > 64 * 1024) {
+		snprintf(error_r, error_size, "%s: too large for a secret file", path);
+		fclose(f);
+		return NULL;
+	}
+	size_t cap = (size_t)sb.st_size + 1;
+	char *buf = calloc(1, cap + 1);
+	size_t n = buf ? fread(buf, 1, cap, f) : 0;
+	fclose(f);
+	if (buf == NULL) {
+		snprintf(error_r, error_size, "out of memory");
+		return NULL;
+	}
+	buf[n] = '\0';
+	return buf;
+}
+
+/* First line of a secret file, trimmed. */
+static char *read_secret_line(const char *path, char *error_r, size_t error_size)
+{
+	char *text = read_secret_file(path, error_r, error_size);
+
+	if (text == NULL)
+		return NULL;
+	text[strcspn(text, "\r\n")] = '\0';
+	if (text[0] == '\0') {
+		snprintf(error_r, error_size, "%s: empty secret file", path);
+		free(text);
+		return NULL;
+	}
+	return text;
+}
+
+static void webhook_close(void *state);
+
+static bool header_line_ok(const char *h)
+{
+	const char *colon = strchr(h, ':');
+
+	if (colon == NULL || colon == h)
+		return false;
+	for (const char *p = h; p < colon; p++) {
+		if (!(isalnum((unsigned char)*p) || strchr("!#$%&'*+-.^_`|~", *p) != NULL))
+			return false;
+	}
+	for (const char *p = colon + 1; *p; p++) {
+		if ((unsigned char)*p < ' ' && *p != '\t')
+			return false;
+	}
+	static const char *const reserved[] = { "content-type", "content-length", "webhook-id",
+						"webhook-timestamp", "webhook-signature",
+						"idempotency-key", "transfer-encoding", "host" };
+	for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
+		size_t n = strlen(reserved[i]);
+		if ((size_t)(colon - h) == n && strncasecmp(h, reserved[i], n) == 0)
+			return false;
+	}
+	return true;
+}
+
+static int webhook_open(const void *settings, const char *instance_name, void **state_r,
+			char *error_r, size_t error_size)
+{
+	const struct webhook_settings *set = settings;
+	struct webhook_state *st = calloc(1, sizeof(*st));
+	const char *error;
+
+	if (st == NULL) {
+		snprintf(error_r, error_size, "out of memory");
+		return -1;
+	}
+	st->set = *set;
+	snprintf(st->name, sizeof(st->name), "%s", instance_name);
+	if (set->url == NULL) {
+		snprintf(error_r, error_size, "webhook needs 'url'");
+		goto fail;
+	}
+	if (strncasecmp(set->url, "https://", 8) != 0 &&
+	    !(set->allow_http && strncasecmp(set->url, "http://", 7) == 0)) {
+		snprintf(error_r, error_size, "url must start with https:// (http:// only with "
+					      "allow_http = true)");
+		goto fail;
+	}
+	if (template_compile(set->url, &st->url, &error) < 0) {
+		snprintf(error_r, error_size, "url: %s", error);
+		goto fail;
+	}
+	if (strcmp(set->format, "raw") == 0)
+		st->format = FORMAT_RAW;
+	else if (strcmp(set->format, "json") == 0)
+		st->format = FORMAT_JSON;
+	else if (strcmp(set->format, "json-parsed") == 0)
+		st->format = FORMAT_JSON_PARSED;
+	else if (strcmp(set->format, "multipart") == 0)
+		st->format = FORMAT_MULTIPART;
+	else {
+		snprintf(error_r, error_size, "format must be raw, json, json-parsed or multipart");
+		goto fail;
+	}
+	if (strcmp(set->mode, "message") == 0)
+		st->per_recipient = false;
+	else if (strcmp(set->mode, "recipient") == 0)
+		st->per_recipient = true;
+	else {
+		snprintf(error_r, error_size, "mode must be message or recipient");
+		goto fail;
+	}
+	if (set->secret_files.count > 2) {
+		snprintf(error_r, error_size, "secret_files: at most 2 (the current and the next)");
+		goto fail;
+	}
+	for (size_t i = 0; i < set->secret_files.count; i++) {
+		char *text = read_secret_file(set->secret_files.items[i], error_r, error_size);
+		if (text == NULL)
+			goto fail;
+		int r = webhook_secret_decode(text, &st->keys[i].bytes, &st->keys[i].len);
+		wipe_free(text, strlen(text));
+		if (r < 0) {
+			snprintf(error_r, error_size, "%s: not a usable secret (whsec_BASE64 or raw)",
+				 set->secret_files.items[i]);
+			goto fail;
+		}
+		st->key_count++;
+	}
+	if (set->bearer_token_file != NULL && set->basic_auth_file != NULL) {
+		snprintf(error_r, error_size, "bearer_token_file and basic_auth_file exclude each other");
+		goto fail;
+	}
+	if (set->bearer_token_file != NULL || set->basic_auth_file != NULL) {
+		const char *path = set->bearer_token_file ? set->bearer_token_file : set->basic_auth_file;
+		char *line = read_secret_line(path, error_r, error_size);
+		if (line == NULL)
+			goto fail;
+		size_t len = strlen(line);
+		size_t cap = len * 2 + 64;
+		st->authorization = malloc(cap);
+		if (st->authorization == NULL) {
+			wipe_free(line, len);
+			snprintf(error_r, error_size, "out of memory");
+			goto fail;
+		}
+		if (set->bearer_token_file != NULL) {
+			snprintf(st->authorization, cap, "Authorization: Bearer %s", line);
+		} else {
+			if (strchr(line, ':') == NULL) {
+				wipe_free(line, len);
+				snprintf(error_r, error_size, "%s: expected user:password", path);
+				goto fail;
+			}
+			size_t n = (size_t)snprintf(st->authorization, cap, "Authorization: Basic ");
+			webhook_base64(line, len, st->authorization + n);
+		}
+		wipe_free(line, len);
+		for (const char *p = st->authorization; *p; p++) {
+			if ((unsigned char)*p < ' ' || (unsigned char)*p == 0x7f) {
+				snprintf(error_r, error_size, "%s: control characters in the secret",
+					 path);
+				goto fail;
+			}
+		}
+	}
+	for (size_t i = 0; i < set->headers.count; i++) {
+		if (!header_line_ok(set->headers.items[i])) {
+			snprintf(error_r, error_size,
+				 "headers: \"%.60s\" is not a \"Name: value\" line we may send",
+				 set->headers.items[i]);
+			goto fail;
+		}
+	}
+	if (set->client_key_file != NULL) {
+		struct stat sb;
+		if (stat(set->client_key_file, &sb) < 0) {
+			snprintf(error_r, error_size, "%s: %s", set->client_key_file, strerror(errno));
+			goto fail;
+		}
+		if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+			snprintf(error_r, error_size,
+				 "%s: key file must not be accessible by group or others (chmod 600)",
+				 set->client_key_file);
+			goto fail;
+		}
+	}
+	if (set->client_key_file != NULL && set->client_cert_file == NULL) {
+		snprintf(error_r, error_size, "client_key_file needs client_cert_file");
+		goto fail;
+	}
+	struct http_options ho = {
+		.ca_file = set->ca_file,
+		.connect_timeout_ms = (long)set->connect_timeout,
+		.timeout_ms = (long)set->timeout,
+		.allow_http = set->allow_http,
+		.client_cert_file = set->client_cert_file,
+		.client_key_file = set->client_key_file,
+		.max_redirects = set->follow_redirects ? 5 : 0,
+	};
+	st->http = http_client_new(&ho, error_r, error_size);
+	if (st->http == NULL)
+		goto fail;
+	*state_r = st;
+	return 0;
+fail:
+	webhook_close(st);
+	return -1;
+}
+
+static void webhook_close(void *state)
+{
+	struct webhook_state *st = state;
+
+	if (st == NULL)
+		return;
+	http_client_free(&st->http);
+	template_free(&st->url);
+	for (size_t i = 0; i < st->key_count; i++)
+		wipe_free(st->keys[i].bytes, st->keys[i].len);
+	if (st->authorization != NULL)
+		wipe_free(st->authorization, strlen(st->authorization));
+	free(st);
+}
+
+/* One request: a growable string for the in-memory formats. */
+struct buf {
+	char *data;
+	size_t len, cap;
+	bool failed;
+};
+
+static void buf_reserve(struct buf *b, size_t more)
+{
+	if (b->failed || b->len + more + 1 <= b->cap)
+		return;
+	size_t cap = b->cap ? b->cap : 1024;
+	while (cap < b->len + more + 1)
+		cap *= 2;
+	char *n = realloc(b->data, cap);
+	if (n == NULL) {
+		b->failed = true;
+		return;
+	}
+	b->data = n;
+	b->cap = cap;
+}
+
+static void buf_add(struct buf *b, const void *data, size_t len)
+{
+	buf_reserve(b, len);
+	if (b->failed)
+		return;
+	memcpy(b->data + b->len, data, len);
+	b->len += len;
+	b->data[b->len] = '\0';
+}
+
+static void buf_str(struct buf *b, const char *s)
+{
+	buf_add(b, s, strlen(s));
+}
+
+static void buf_base64(struct buf *b, const void *data, size_t len)
+{
+	buf_reserve(b, 4 * ((len + 2) / 3) + 1);
+	if (b->failed)
+		return;
+	b->len += webhook_base64(data, len, b->data + b->len);
+}
+
+/* "a@x, b@y" for a header value; NULL on allocation failure. */
+static char *join_rcpts(const char *const *rcpts, size_t n)
+{
+	struct buf b = { 0 };
+
+	buf_str(&b, "");
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			buf_str(&b, ", ");
+		buf_str(&b, rcpts[i]);
+	}
+	if (b.failed) {
+		free(b.data);
+		return NULL;
+	}
+	return b.data;
+}
+
+static int add_line(struct curl_slist **list, const char *line)
+{
+	struct curl_slist *l = curl_slist_append(*list, line);
+
+	if (l == NULL)
+		return -1;
+	*list = l;
+	return 0;
+}
+
+/* Header values from the envelope: keep them single-line and ASCII-safe. */
+static void header_safe(const char *in, char *out, size_t size)
+{
+	size_t o = 0;
+
+	for (; *in && o + 1 < size; in++)
+		out[o++] = ((unsigned char)*in < ' ' || *in == 0x7f) ? '?' : *in;
+	out[o] = '\0';
+}
+
+static void fail_all(struct target **tg, size_t n, const char *ref, int code, const char *enh,
+		     const char *what)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (status_make(&tg[i]->status, code, enh, "<%s> %s", tg[i]->rcpt->rcpt, what) < 0)
+			status_must(&tg[i]->status, 451, "4.3.0", "Local error in processing");
+		snprintf(tg[i]->ref, sizeof(tg[i]->ref), "%s", ref);
+	}
+}
+
+/* The JSON text of an object, without its closing brace, for splicing. */
+static char *json_open_text(json_t *obj)
+{
+	char *text = json_dumps(obj, JSON_COMPACT);
+
+	if (text == NULL)
+		return NULL;
+	size_t len = strlen(text);
+	if (len < 2 || text[len - 1] != '}') {
+		free(text);
+		return NULL;
+	}
+	text[len - 1] = '\0';
+	return text;
+}
+
+static void deliver_request(struct webhook_state *st, const struct delivery *d,
+			    struct target **tg, size_t n, const char *url)
+{
+	const char **rcpts = calloc(n, sizeof(*rcpts));
+	struct target *tcopy = calloc(n, sizeof(*tcopy));
+	struct status *results = calloc(n, sizeof(*results));
+	char id[WEBHOOK_ID_SIZE] = "msg_?";
+	char prefix[2048], reason[512], sig[2 * WEBHOOK_SIG_SIZE + 8] = "";
+	struct curl_slist *headers = NULL;
+	struct spool_reader reader;
+	struct spool_view view = { 0 };
+	bool have_view = false;
+	struct buf body = { 0 }, head = { 0 }, tail = { 0 };
+	char *env_text = NULL, *rcpt_list = NULL, *parsed_text = NULL;
+	json_t *env = NULL;
+	struct http_response resp = { 0 };
+	struct webhook_signer *signer = NULL;
+	const char *content_type = NULL;
+	long long ts = (long long)time(NULL);
+
+	if (rcpts == NULL || tcopy == NULL || results == NULL) {
+		fail_all(tg, n, "out of memory", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		rcpts[i] = tg[i]->rcpt->rcpt;
+		tcopy[i] = *tg[i];
+	}
+	if (webhook_event_id(d->sha256, rcpts, n, id) < 0) {
+		fail_all(tg, n, "id failed", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	/* The trace headers: with one recipient, its own (Delivered-To when configured); a
+	 * request for several carries the shared trace only. */
+	size_t prefix_len;
+	if (n == 1) {
+		prefix_len = delivery_prefix(d, tg[0], prefix, sizeof(prefix));
+	} else {
+		prefix_len = (size_t)snprintf(prefix, sizeof(prefix), "%.*s", (int)d->trace_len,
+					      d->trace);
+	}
+	if (prefix_len >= sizeof(prefix))
+		prefix_len = sizeof(prefix) - 1;
+
+	if (st->format != FORMAT_RAW) {
+		env = manifest_build(d, tcopy, n);
+		if (env == NULL || (env_text = json_dumps(env, JSON_COMPACT)) == NULL) {
+			fail_all(tg, n, "envelope failed", 451, "4.3.0", "Local error in processing");
+			goto out;
+		}
+	}
+	spool_reader_init(&reader, d->spool, prefix, prefix_len);
+	bool streamed = false;
+	char boundary[64];
+	switch (st->format) {
+	case FORMAT_RAW:
+		content_type = "Content-Type: message/rfc822";
+		streamed = true;
+		break;
+	case FORMAT_MULTIPART:
+		snprintf(boundary, sizeof(boundary), "lmtpgw-%.40s", id + 4);
+		buf_str(&head, "--");
+		buf_str(&head, boundary);
+		buf_str(&head, "\r\nContent-Disposition: form-data; name=\"envelope\"\r\n"
+			       "Content-Type: application/json\r\n\r\n");
+		buf_str(&head, env_text);
+		buf_str(&head, "\r\n--");
+		buf_str(&head, boundary);
+		buf_str(&head, "\r\nContent-Disposition: form-data; name=\"message\"; "
+			       "filename=\"message.eml\"\r\nContent-Type: message/rfc822\r\n\r\n");
+		buf_add(&head, prefix, prefix_len);
+		buf_str(&tail, "\r\n--");
+		buf_str(&tail, boundary);
+		buf_str(&tail, "--\r\n");
+		if (head.failed || tail.failed) {
+			fail_all(tg, n, "out of memory", 451, "4.3.0", "Local error in processing");
+			goto out;
+		}
+		spool_reader_init(&reader, d->spool, head.data, head.len);
+		spool_reader_set_suffix(&reader, tail.data, tail.len);
+		streamed = true;
+		break;
+	case FORMAT_JSON:
+	case FORMAT_JSON_PARSED:
+		if (spool_view_prefixed(d->spool, prefix, prefix_len, &view) < 0) {
+			fail_all(tg, n, "spool map failed", 451, "4.3.0", "Local error in processing");
+			goto out;
+		}
+		have_view = true;
+		buf_str(&body, "{\"envelope\":");
+		buf_str(&body, env_text);
+		if (st->format == FORMAT_JSON_PARSED) {
+			char err[200] = "";
+			json_t *parsed = mime_json_parse(view.data, view.len,
+							 (size_t)st->set.attachment_max, err,
+							 sizeof(err));
+			if (parsed == NULL || (parsed_text = json_open_text(parsed)) == NULL) {
+				json_decref(parsed);
+				log_warn("backend=%s event=webhook-parse id=%s error=\"%s\"", st->name,
+					 id, err);
+				fail_all(tg, n, "MIME parse failed", 451, "4.3.0",
+					 "Local error in processing");
+				goto out;
+			}
+			json_decref(parsed);
+			if (parsed_text[1] != '\0') {
+				buf_str(&body, ",");
+				buf_str(&body, parsed_text + 1); /* without its '{' */
+			}
+		}
+		buf_str(&body, ",\"message\":\"");
+		buf_base64(&body, view.data, view.len);
+		buf_str(&body, "\"}");
+		if (body.failed) {
+			fail_all(tg, n, "out of memory", 451, "4.3.0", "Local error in processing");
+			goto out;
+		}
+		content_type = "Content-Type: application/json";
+		/* the base64 copy is made: the mapping is no longer needed */
+		spool_view_release(&view);
+		have_view = false;
+		break;
+	}
+
+	/* Signature over exactly the bytes sent. */
+	if (st->key_count > 0) {
+		const unsigned char *keys[2] = { st->keys[0].bytes, st->keys[1].bytes };
+		size_t lens[2] = { st->keys[0].len, st->keys[1].len };
+		signer = webhook_signer_new(keys, lens, st->key_count, id, ts);
+		int r = signer == NULL ? -1
+			: streamed      ? webhook_signer_update_reader(signer, &reader)
+					: webhook_signer_update(signer, body.data, body.len);
+		if (r < 0 || webhook_signer_finish(&signer, sig, sizeof(sig)) < 0) {
+			fail_all(tg, n, "signing failed", 451, "4.3.0", "Local error in processing");
+			goto out;
+		}
+	}
+
+	rcpt_list = join_rcpts(rcpts, n);
+	char sender[ADDRESS_PATH_MAX + 1], session[128];
+	header_safe(d->sender ? d->sender : "", sender, sizeof(sender));
+	header_safe(d->session_id ? d->session_id : "", session, sizeof(session));
+	char *rcpt_header = rcpt_list ? malloc(strlen(rcpt_list) + 32) : NULL;
+	if (rcpt_header != NULL)
+		sprintf(rcpt_header, "X-Lmtpgw-Recipients: %s", rcpt_list);
+	int hr = 0;
+	if (st->format == FORMAT_MULTIPART)
+		hr |= http_header_add(&headers, "Content-Type: multipart/form-data; boundary=%s",
+				      boundary);
+	else
+		hr |= add_line(&headers, content_type);
+	hr |= http_header_add(&headers, "User-Agent: lmtpgw");
+	hr |= http_header_add(&headers, "webhook-id: %s", id);
+	hr |= http_header_add(&headers, "webhook-timestamp: %lld", ts);
+	if (sig[0] != '\0')
+		hr |= http_header_add(&headers, "webhook-signature: %s", sig);
+	hr |= http_header_add(&headers, "Idempotency-Key: %s", id);
+	hr |= http_header_add(&headers, "X-Lmtpgw-Sender: %s", sender);
+	hr |= rcpt_header ? add_line(&headers, rcpt_header) : -1;
+	hr |= http_header_add(&headers, "X-Lmtpgw-Session: %s", session);
+	hr |= http_header_add(&headers, "X-Lmtpgw-Sha256: %s", d->sha256);
+	hr |= http_header_add(&headers, "X-Lmtpgw-Size: %llu",
+			      (unsigned long long)spool_size(d->spool));
+	if (st->authorization != NULL)
+		hr |= add_line(&headers, st->authorization);
+	for (size_t i = 0; i < st->set.headers.count; i++)
+		hr |= add_line(&headers, st->set.headers.items[i]);
+	free(rcpt_header);
+	if (hr != 0) {
+		fail_all(tg, n, "headers failed", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+
+	struct http_request req = {
+		.method = "POST",
+		.url = url,
+		.headers = headers,
+		.body = streamed ? NULL : body.data,
+		.body_len = streamed ? 0 : body.len,
+		.reader = streamed ? &reader : NULL,
+		.response_max = (size_t)st->set.max_response,
+	};
+	struct status transport;
+	if (http_perform(st->http, &req, &resp, &transport, reason, sizeof(reason)) < 0) {
+		char esc[LOG_ESC_SIZE];
+		log_warn("backend=%s event=webhook-failed id=%s error=\"%s\"", st->name, id,
+			 log_esc(esc, reason));
+		for (size_t i = 0; i < n; i++) {
+			tg[i]->status = transport;
+			status_make(&tg[i]->status, transport.code, transport.enhanced, "<%s> %s",
+				    rcpts[i], transport.text);
+			snprintf(tg[i]->ref, sizeof(tg[i]->ref), "id=%s", id);
+		}
+		goto out;
+	}
+	/* A reference for the log and the 2xx text: the receiver's id when it gives one. */
+	char ref[96];
+	const char *rid = http_response_header(&resp, "x-request-id");
+	if (rid == NULL)
+		rid = http_response_header(&resp, "request-id");
+	if (rid != NULL)
+		webhook_sanitize_text(rid, strlen(rid), ref, 80);
+	else
+		snprintf(ref, sizeof(ref), "%s", id);
+	struct webhook_answer ans = {
+		.http_status = resp.status,
+		.content_type = http_response_header(&resp, "content-type"),
+		.body = resp.body,
+		.body_len = resp.body_len,
+		.truncated = resp.truncated,
+		.retry_after = http_response_header(&resp, "retry-after"),
+		.ref = ref,
+	};
+	webhook_map_answer(&ans, rcpts, n, results);
+	for (size_t i = 0; i < n; i++) {
+		tg[i]->status = results[i];
+		snprintf(tg[i]->ref, sizeof(tg[i]->ref), "id=%s http=%ld%s%s", id, resp.status,
+			 rid ? " ref=" : "", rid ? ref : "");
+	}
+	http_response_free(&resp);
+out:
+	if (have_view)
+		spool_view_release(&view);
+	http_headers_free(&headers);
+	json_decref(env);
+	free(env_text);
+	free(parsed_text);
+	free(rcpt_list);
+	free(body.data);
+	free(head.data);
+	free(tail.data);
+	free(rcpts);
+	free(tcopy);
+	free(results);
+}
+
+static void webhook_deliver(void *state, const struct delivery *d, struct target *targets,
+			    size_t count)
+{
+	struct webhook_state *st = state;
+	char (*urls)[2048] = calloc(count, sizeof(*urls));
+	struct target **group = calloc(count, sizeof(*group));
+	bool *done = calloc(count, sizeof(*done));
+
+	if (urls == NULL || group == NULL || done == NULL) {
+		for (size_t i = 0; i < count; i++)
+			status_must(&targets[i].status, 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	for (size_t i = 0; i < count; i++) {
+		const char *error;
+		if (template_expand(st->url, &targets[i].vars, TEMPLATE_URL, urls[i], sizeof(urls[i]),
+				    &error) < 0) {
+			status_must(&targets[i].status, 451, "4.3.0",
+				    "<%s> cannot build the webhook URL", targets[i].rcpt->rcpt);
+			snprintf(targets[i].ref, sizeof(targets[i].ref), "url: %s", error);
+			done[i] = true;
+		}
+	}
+	for (size_t i = 0; i < count; i++) {
+		if (done[i])
+			continue;
+		size_t n = 0;
+		group[n++] = &targets[i];
+		done[i] = true;
+		for (size_t j = i + 1; !st->per_recipient && j < count; j++) {
+			if (!done[j] && strcmp(urls[i], urls[j]) == 0) {
+				group[n++] = &targets[j];
+				done[j] = true;
+			}
+		}
+		deliver_request(st, d, group, n, urls[i]);
+	}
+out:
+	free(urls);
+	free(group);
+	free(done);
+}
+
+const struct backend_driver backend_webhook = {
+	.name = "webhook",
+	.keys = webhook_keys,
+	.settings_size = sizeof(struct webhook_settings),
+	.open = webhook_open,
+	.deliver = webhook_deliver,
+	.close = webhook_close,
+	.batch = true,
+};
