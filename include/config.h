@@ -22,6 +22,7 @@
 #include <stdio.h>
 
 struct backend_instance;
+struct cidr;
 struct router;
 
 enum conf_type {
@@ -99,12 +100,23 @@ struct config {
 	bool soft_bounce;
 	bool xforward;
 	char *metrics_listen;
+	char *tls_cert_file;
+	char *tls_key_file;
+	char *tls_client_ca_file;
+	bool tls_require_client_cert;
+	bool tls_required;
+	struct conf_strlist allow_clients;
+	bool run_as_root;
 	char *log_level;
 	char *syslog_facility;
 	char *user;
 	char *group;
 
 	/* backends and routes */
+	void *tls_ctx;                 /* SSL_CTX * when tls_cert_file is set */
+	struct cidr *allow;            /* parsed allow_clients; allow_count == 0: everyone */
+	size_t allow_count;
+
 	struct backend_instance *backends; /* backend_count entries */
 	size_t backend_count;
 	struct router *router;

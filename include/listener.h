@@ -2,7 +2,9 @@
  * listener - the sockets lmtpgw accepts on: unix, TCP (IPv4/IPv6), and sockets from systemd.
  *
  * Address forms: "unix:/run/lmtpgw/lmtp.sock", "127.0.0.1:2424", "[::1]:2424", "*:2424"
- * (every IPv4 and IPv6 address), "localhost:2424" (resolved at start). Sockets passed by
+ * (every IPv4 and IPv6 address), "localhost:2424" (resolved at start), and "lmtps:" before a
+ * TCP form for TLS from the first byte (STARTTLS is offered on plain TCP listeners whenever a
+ * certificate is configured). allow_clients limits who may connect over TCP. Sockets passed by
  * systemd (LISTEN_PID/LISTEN_FDS) are used in addition to the configured ones; when any are
  * passed and the configuration lists none beyond the default, only they are used.
  * Over max_connections a new client gets "421 4.3.2" and is closed.

@@ -17,7 +17,8 @@ struct session;
 
 /* Take over fd (connected, any family). peer is a printable description for logs and the
  * Received header ("127.0.0.1:40000", "unix"). */
-struct session *session_new(struct server *srv, int fd, const char *peer, const char *peer_ip);
+struct session *session_new(struct server *srv, int fd, const char *peer, const char *peer_ip,
+			    bool implicit_tls);
 
 /* SIGTERM: idle sessions get 421 and are closed; busy ones finish their transaction first and
  * get 421 at their next command. */

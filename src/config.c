@@ -20,6 +20,8 @@
  * returns NULL with "file:line: message". Nothing here logs or exits.
  */
 #include "config.h"
+#include "cidr.h"
+#include "tls.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -93,6 +95,20 @@ const struct conf_key config_global_keys[] = {
 	{ "metrics_listen", CONF_STRING, offsetof(struct config, metrics_listen), NULL, 1, 0,
 	  "serve Prometheus /metrics and /health on this numeric HOST:PORT (loopback advised); "
 	  "unset: off" },
+	{ "tls_cert_file", CONF_STRING, offsetof(struct config, tls_cert_file), NULL, 1, 0,
+	  "PEM certificate chain for STARTTLS and lmtps: listeners; unset: no TLS offered" },
+	{ "tls_key_file", CONF_STRING, offsetof(struct config, tls_key_file), NULL, 1, 0,
+	  "PEM private key of tls_cert_file (not readable by others)" },
+	{ "tls_client_ca_file", CONF_STRING, offsetof(struct config, tls_client_ca_file), NULL, 1, 0,
+	  "CA certificates for client certificates; set: clients are asked for one" },
+	{ "tls_require_client_cert", CONF_BOOL, offsetof(struct config, tls_require_client_cert),
+	  "false", 1, 0, "refuse TLS clients without a certificate signed by tls_client_ca_file" },
+	{ "tls_required", CONF_BOOL, offsetof(struct config, tls_required), "false", 1, 0,
+	  "TCP clients must use STARTTLS before MAIL (530 5.7.0 otherwise); unix sockets exempt" },
+	{ "allow_clients", CONF_STRING_LIST, offsetof(struct config, allow_clients), NULL, 1, 0,
+	  "networks allowed to connect over TCP (\"127.0.0.0/8\", \"::1\", ...); empty: all" },
+	{ "run_as_root", CONF_BOOL, offsetof(struct config, run_as_root), "false", 1, 0,
+	  "allow serving as root when 'user' is unset (for trials only)" },
 	{ "soft_bounce", CONF_BOOL, offsetof(struct config, soft_bounce), "false", 1, 0,
 	  "turn every 5xx we would send into the matching 4xx (safe testing of new routes)" },
 	{ "log_level", CONF_STRING, offsetof(struct config, log_level), "info", 1, 0,
@@ -668,6 +684,33 @@ static int check_globals(struct loader *ld, struct config *cfg, const config_set
 		return fail_at(ld, config_setting_get_member(root, "syslog_facility"),
 			       "'syslog_facility' must be mail, daemon, user or local0..local7 "
 			       "(got \"%.40s\")", cfg->syslog_facility);
+	if (cfg->allow_clients.count > 0) {
+		cfg->allow = calloc(cfg->allow_clients.count, sizeof(*cfg->allow));
+		if (cfg->allow == NULL)
+			abort();
+		for (size_t i = 0; i < cfg->allow_clients.count; i++) {
+			if (cidr_parse(cfg->allow_clients.items[i], &cfg->allow[i]) < 0)
+				return fail_at(ld, config_setting_get_member(root, "allow_clients"),
+					       "'allow_clients': \"%.60s\" is not an address or network "
+					       "(e.g. \"10.0.0.0/8\", \"::1\")",
+					       cfg->allow_clients.items[i]);
+			cfg->allow_count++;
+		}
+	}
+	if (cfg->tls_cert_file != NULL || cfg->tls_key_file != NULL) {
+		char error[512];
+		cfg->tls_ctx = tls_server_context_new(cfg->tls_cert_file, cfg->tls_key_file,
+						      cfg->tls_client_ca_file,
+						      cfg->tls_require_client_cert, error, sizeof(error));
+		if (cfg->tls_ctx == NULL)
+			return fail_at(ld, config_setting_get_member(root, cfg->tls_cert_file
+									    ? "tls_cert_file"
+									    : "tls_key_file"),
+				       "%s", error);
+	} else if (cfg->tls_required) {
+		return fail_at(ld, config_setting_get_member(root, "tls_required"),
+			       "'tls_required' needs tls_cert_file and tls_key_file");
+	}
 	return 0;
 }
 
@@ -970,6 +1013,9 @@ void config_unref(struct config **cfgp)
 	for (size_t i = 0; i < cfg->route_count; i++)
 		conf_release(config_route_keys, &cfg->routes[i]);
 	free(cfg->routes);
+	if (cfg->tls_ctx != NULL)
+		tls_context_free(cfg->tls_ctx);
+	free(cfg->allow);
 	conf_release(config_global_keys, cfg);
 	free(cfg->path);
 	free(cfg);

@@ -24,6 +24,7 @@
 #include <event2/listener.h>
 
 #include "config.h"
+#include "cidr.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
@@ -33,6 +34,9 @@
 
 struct listener {
 	struct listener *next;
+	struct server *srv;
+	bool tls;               /* lmtps: TLS from the first byte */
+	bool tcp;               /* the allow-list applies */
 	struct evconnlistener *ev;
 	char name[128];
 	char *unlink_path;      /* unix socket we created */
@@ -65,11 +69,32 @@ static void describe_peer(const struct sockaddr *sa, socklen_t len, char *peer, 
 static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sockaddr *sa,
 		      int socklen, void *arg)
 {
-	struct server *srv = arg;
+	struct listener *l = arg;
+	struct server *srv = l->srv;
 	char peer[96], ip[64];
 
 	describe_peer(sa, (socklen_t)socklen, peer, sizeof(peer), ip, sizeof(ip));
 	if (srv->stopping) {
+		close(fd);
+		return;
+	}
+	if (srv->cfg->allow_count > 0 && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)) {
+		bool allowed = false;
+		for (size_t i = 0; i < srv->cfg->allow_count && !allowed; i++)
+			allowed = cidr_match(&srv->cfg->allow[i], sa);
+		if (!allowed) {
+			/* Not ours to serve: a short, fixed answer, and the details in our log. */
+			static const char msg[] = "554 5.7.1 Access denied\r\n";
+			if (send(fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+				log_debug("event=refuse_send_failed error=\"%s\"", strerror(errno));
+			log_warn("event=connection_refused client=%s reason=allow_clients", peer);
+			metrics_connection_refused();
+			close(fd);
+			return;
+		}
+	}
+	if (l->tls && srv->cfg->tls_ctx == NULL) {
+		log_error("event=connection_refused client=%s reason=no_tls_certificate", peer);
 		close(fd);
 		return;
 	}
@@ -87,7 +112,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sock
 		return;
 	}
 	evutil_make_socket_nonblocking(fd);
-	session_new(srv, fd, peer, ip);
+	session_new(srv, fd, peer, ip, l->tls);
 }
 
 static void on_accept_error(struct evconnlistener *ev, void *arg)
@@ -99,7 +124,7 @@ static void on_accept_error(struct evconnlistener *ev, void *arg)
 }
 
 static int add_listener(struct server *srv, int fd, const char *name, const char *unlink_path,
-			char *error_r, size_t error_size)
+			bool tls, char *error_r, size_t error_size)
 {
 	struct listener *l = calloc(1, sizeof(*l));
 
@@ -109,7 +134,9 @@ static int add_listener(struct server *srv, int fd, const char *name, const char
 		return -1;
 	}
 	evutil_make_socket_nonblocking(fd);
-	l->ev = evconnlistener_new(srv->base, on_accept, srv,
+	l->srv = srv;
+	l->tls = tls;
+	l->ev = evconnlistener_new(srv->base, on_accept, l,
 				   LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
 	if (l->ev == NULL) {
 		snprintf(error_r, error_size, "%s: cannot listen", name);
@@ -191,7 +218,7 @@ static int open_unix(struct server *srv, const struct config *cfg, const char *p
 		close(fd);
 		return -1;
 	}
-	return add_listener(srv, fd, name, path, error_r, error_size);
+	return add_listener(srv, fd, name, path, false, error_r, error_size);
 }
 
 /* "host:port", "[v6]:port", "*:port" -> host and port strings. */
@@ -223,7 +250,8 @@ static int split_host_port(const char *spec, char *host, size_t host_size, char 
 	return 0;
 }
 
-static int open_tcp(struct server *srv, const char *spec, char *error_r, size_t error_size)
+static int open_tcp(struct server *srv, const char *spec, bool tls, char *error_r,
+		    size_t error_size)
 {
 	char host[256], port[16];
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *res, *ai;
@@ -256,8 +284,8 @@ static int open_tcp(struct server *srv, const char *spec, char *error_r, size_t 
 		}
 		char name[128], peer[96], ip[64];
 		describe_peer(ai->ai_addr, ai->ai_addrlen, peer, sizeof(peer), ip, sizeof(ip));
-		snprintf(name, sizeof(name), "%s", peer);
-		if (add_listener(srv, fd, name, NULL, error_r, error_size) < 0) {
+		snprintf(name, sizeof(name), "%s%s", tls ? "lmtps:" : "", peer);
+		if (add_listener(srv, fd, name, NULL, tls, error_r, error_size) < 0) {
 			freeaddrinfo(res);
 			return -1;
 		}
@@ -287,7 +315,7 @@ static int open_systemd(struct server *srv, char *error_r, size_t error_size)
 		char name[64];
 		fcntl(fd, F_SETFD, FD_CLOEXEC);
 		snprintf(name, sizeof(name), "systemd:fd%d", fd);
-		if (add_listener(srv, fd, name, NULL, error_r, error_size) < 0)
+		if (add_listener(srv, fd, name, NULL, false, error_r, error_size) < 0)
 			return -1;
 	}
 	return (int)count;
@@ -304,9 +332,19 @@ int listeners_open(struct server *srv, const struct config *cfg, char *error_r, 
 		return 0; /* socket activation: systemd owns the addresses */
 	for (size_t i = 0; i < list->count; i++) {
 		const char *spec = list->items[i];
-		int r = strncmp(spec, "unix:", 5) == 0
-				? open_unix(srv, cfg, spec + 5, spec, error_r, error_size)
-				: open_tcp(srv, spec, error_r, error_size);
+		int r;
+		if (strncmp(spec, "unix:", 5) == 0) {
+			r = open_unix(srv, cfg, spec + 5, spec, error_r, error_size);
+		} else if (strncmp(spec, "lmtps:", 6) == 0) {
+			if (cfg->tls_ctx == NULL) {
+				snprintf(error_r, error_size, "%s: needs tls_cert_file and tls_key_file",
+					 spec);
+				return -1;
+			}
+			r = open_tcp(srv, spec + 6, true, error_r, error_size);
+		} else {
+			r = open_tcp(srv, spec, false, error_r, error_size);
+		}
 		if (r < 0)
 			return -1;
 	}

@@ -86,8 +86,16 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static int drop_privileges(const struct config *cfg)
 {
 	if (cfg->user == NULL) {
-		if (geteuid() == 0)
-			log_warn("event=running_as_root hint=\"set 'user' in the configuration\"");
+		if (geteuid() != 0)
+			return 0;
+		if (!cfg->run_as_root) {
+			/* Least privilege: a mail gateway parsing network input must not stay root. */
+			log_error("event=startup_failed error=\"refusing to serve as root: set 'user' (and "
+				  "'group') to drop privileges after binding, or run_as_root = true for a "
+				  "trial\"");
+			return -1;
+		}
+		log_warn("event=running_as_root hint=\"set 'user' in the configuration\"");
 		return 0;
 	}
 	struct passwd *pw = getpwnam(cfg->user);

@@ -26,6 +26,9 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "address.h"
 #include "backend.h"
@@ -38,6 +41,7 @@
 #include "server.h"
 #include "spool.h"
 #include "status.h"
+#include "tls.h"
 
 /* While the session waits for its backends, the input buffer may fill up to this much before
  * libevent stops reading from the socket (pipelined commands after the final dot). */
@@ -95,6 +99,9 @@ struct session {
 	char xf_client[160];            /* XFORWARD NAME/ADDR: the MTA's client, for the log */
 	char xf_name[80];
 	char xf_addr[80];
+	bool is_unix;
+	bool tls;                       /* the connection is encrypted (STARTTLS or lmtps:) */
+	char tls_info[128];             /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once shaken hands */
 	struct transaction *tx;
 
 	/* post-DATA replies, filled in any order, written in RCPT order */
@@ -327,7 +334,10 @@ static size_t build_trace(struct session *s, char *buf, size_t size)
 			 "\tby %s (lmtpgw) with %s id %s;\r\n"
 			 "\t%s\r\n",
 			 tx->from_str, s->lhlo[0] ? s->lhlo : "unknown", from_ip,
-			 tx->cfg->hostname, tx->mail.smtputf8 ? "UTF8LMTP" : "LMTP", tx->id, date);
+			 tx->cfg->hostname,
+			 /* RFC 3848 / RFC 6531 protocol names */
+			 tx->mail.smtputf8 ? (s->tls ? "UTF8LMTPS" : "UTF8LMTP") : (s->tls ? "LMTPS" : "LMTP"),
+			 tx->id, date);
 	return n < 0 ? 0 : (size_t)n < size ? (size_t)n : size - 1;
 }
 
@@ -380,6 +390,7 @@ static void end_of_message(struct session *s)
 			.client_addr = s->peer_ip,
 			.xforward_name = s->xf_name,
 			.xforward_addr = s->xf_addr,
+			.tls = s->tls,
 		},
 		.rcpts = tx->rcpts,
 		.rcpt_count = tx->rcpt_count,
@@ -462,9 +473,10 @@ static void cmd_lhlo(struct session *s, char *args)
 			    "250-CHUNKING\r\n"
 			    "250-BINARYMIME\r\n"
 			    "250-SMTPUTF8\r\n"
-			    "%s"
+			    "%s%s"
 			    "250 DSN\r\n",
 			    cfg->hostname, cfg->max_message_size,
+			    cfg->tls_ctx != NULL && !s->tls && !s->is_unix ? "250-STARTTLS\r\n" : "",
 			    cfg->xforward ? "250-XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE\r\n" : "");
 }
 
@@ -480,6 +492,10 @@ static void cmd_mail(struct session *s, char *args)
 	}
 	if (s->srv->stopping) {
 		reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
+		return;
+	}
+	if (s->srv->cfg->tls_required && !s->tls && !s->is_unix) {
+		reply(s, 530, "5.7.0", "Must issue a STARTTLS command first");
 		return;
 	}
 	if (envelope_parse_mail(args ? args : "", (uint64_t)s->srv->cfg->max_message_size, &from,
@@ -838,6 +854,65 @@ static void cmd_xforward(struct session *s, char *args)
 	reply(s, 250, "2.0.0", "OK");
 }
 
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+
+/* Put the session's bufferevent in place with our callbacks and limits. */
+static void session_attach(struct session *s, struct bufferevent *bev)
+{
+	s->bev = bev;
+	bufferevent_setcb(bev, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(bev, EV_READ, 0, SESSION_INPUT_HIGH);
+	timeouts_for_state(s);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
+/* RFC 3207: STARTTLS, then the client starts over with LHLO. */
+static void cmd_starttls(struct session *s, char *args)
+{
+	const struct config *cfg = s->srv->cfg;
+
+	if (has_args(args)) {
+		reply(s, 501, "5.5.4", "Syntax: STARTTLS");
+		return;
+	}
+	if (cfg->tls_ctx == NULL || s->is_unix) {
+		reply(s, 454, "4.7.0", "TLS not available");
+		return;
+	}
+	if (s->tls) {
+		reply(s, 503, "5.5.1", "TLS already active");
+		return;
+	}
+	if (s->state == STATE_MAIL) {
+		reply(s, 503, "5.5.1", "STARTTLS not allowed inside a mail transaction");
+		return;
+	}
+	SSL *ssl = SSL_new(cfg->tls_ctx);
+	if (ssl == NULL) {
+		reply(s, 454, "4.7.0", "TLS not available now");
+		return;
+	}
+	reply(s, 220, "2.0.0", "Ready to start TLS");
+	/* Anything pipelined after STARTTLS arrived in clear text: drop it (RFC 3207 4.2,
+	 * CVE-2011-0411 class of injection). */
+	evbuffer_drain(bufferevent_get_input(s->bev), evbuffer_get_length(bufferevent_get_input(s->bev)));
+	struct bufferevent *tls = bufferevent_openssl_filter_new(
+		s->srv->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (tls == NULL) {
+		SSL_free(ssl);
+		reply_and_close(s, 421, "4.7.0", "TLS setup failed");
+		return;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
+	session_reset_tx(s);
+	s->lhlo[0] = '\0';
+	s->state = STATE_FRESH;
+	s->tls = true;
+	session_attach(s, tls);
+}
+
 static void cmd_rset(struct session *s, char *args)
 {
 	if (has_args(args)) {
@@ -890,6 +965,7 @@ static const struct command commands[] = {
 	{ "HELP", cmd_help, true },
 	{ "QUIT", cmd_quit, true },
 	{ "XFORWARD", cmd_xforward, false },
+	{ "STARTTLS", cmd_starttls, true },
 };
 
 static void handle_line(struct session *s, char *line, size_t len)
@@ -1022,10 +1098,10 @@ static bool command_feed(struct session *s, struct evbuffer *in)
 
 static void session_process(struct session *s)
 {
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-
 	s->processing = true;
 	for (;;) {
+		/* Fetched each time: STARTTLS replaces the bufferevent. */
+		struct evbuffer *in = bufferevent_get_input(s->bev);
 		if (s->errors > (unsigned)s->srv->cfg->max_errors && s->state != STATE_CLOSING &&
 		    s->state != STATE_DELIVERING) {
 			reply_and_close(s, 421, "4.7.0", "Too many errors, closing connection");
@@ -1068,6 +1144,25 @@ static void on_write(struct bufferevent *bev, void *arg)
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
+
+	if ((what & BEV_EVENT_CONNECTED) && s->tls) {
+		char cn[128];
+		SSL *ssl = bufferevent_openssl_get_ssl(bev);
+		if (ssl != NULL) {
+			tls_describe(ssl, s->tls_info, sizeof(s->tls_info), cn, sizeof(cn));
+			log_info("session=%s event=tls protocol=\"%s\"%s%s", s->id, s->tls_info,
+				 cn[0] ? " client_cn=" : "", cn);
+		}
+		return;
+	}
+	if (what & BEV_EVENT_ERROR) {
+		unsigned long e = bufferevent_get_openssl_error(bev);
+		if (e != 0) {
+			char detail[256];
+			ERR_error_string_n(e, detail, sizeof(detail));
+			log_info("session=%s event=tls_error error=\"%s\"", s->id, detail);
+		}
+	}
 
 	if (what & BEV_EVENT_TIMEOUT) {
 		log_info("session=%s event=timeout state=%d", s->id, (int)s->state);
@@ -1121,7 +1216,8 @@ static void session_free(struct session *s)
 	server_check_idle(srv);
 }
 
-struct session *session_new(struct server *srv, int fd, const char *peer, const char *peer_ip)
+struct session *session_new(struct server *srv, int fd, const char *peer, const char *peer_ip,
+			    bool implicit_tls)
 {
 	struct session *s = calloc(1, sizeof(*s));
 
@@ -1132,7 +1228,20 @@ struct session *session_new(struct server *srv, int fd, const char *peer, const 
 	s->srv = srv;
 	s->line_max = (size_t)srv->cfg->max_command_line;
 	s->line = malloc(s->line_max + 2);
-	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (implicit_tls) {
+		SSL *ssl = SSL_new(srv->cfg->tls_ctx);
+		s->bev = ssl ? bufferevent_openssl_socket_new(srv->base, fd, ssl,
+							      BUFFEREVENT_SSL_ACCEPTING,
+							      BEV_OPT_CLOSE_ON_FREE)
+			     : NULL;
+		if (s->bev == NULL && ssl != NULL)
+			SSL_free(ssl);
+		if (s->bev != NULL)
+			bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+		s->tls = true;
+	} else {
+		s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	}
 	if (s->line == NULL || s->bev == NULL) {
 		if (s->bev != NULL)
 			bufferevent_free(s->bev);
@@ -1156,10 +1265,8 @@ struct session *session_new(struct server *srv, int fd, const char *peer, const 
 		srv->sessions->prev = s;
 	srv->sessions = s;
 
-	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
-	bufferevent_setwatermark(s->bev, EV_READ, 0, SESSION_INPUT_HIGH);
-	timeouts_for_state(s);
-	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	s->is_unix = strcmp(peer_ip, "unix") == 0;
+	session_attach(s, s->bev);
 	log_info("session=%s event=connect client=%s", s->id, s->peer);
 	/* RFC 2033 4 / RFC 5321 4.2: the greeting has no enhanced code (RFC 2034). */
 	evbuffer_add_printf(bufferevent_get_output(s->bev), "220 %s LMTP lmtpgw ready\r\n",

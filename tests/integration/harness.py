@@ -364,6 +364,8 @@ class Lmtpgw:
     def config_text(self, routes=None, config=None):
         routes = self.routes if routes is None else routes
         cfg = {"hostname": "mx.lmtpgw.test", "spool_dir": self.spool, "log_level": "info"}
+        if os.geteuid() == 0:
+            cfg["run_as_root"] = True  # lmtpgw refuses to serve as root otherwise
         cfg.update(self.config if config is None else config)
         lines = ["# written by tests/integration/harness.py"]
         for k, v in cfg.items():

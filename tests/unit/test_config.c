@@ -298,7 +298,7 @@ Test(config, every_table_documented_with_parsing_defaults)
 	size_t n = 0;
 	for (const struct conf_key *k = config_global_keys; k->name != NULL; k++)
 		n++;
-	cr_expect_eq(n, 27, "a global key was added or removed: update struct config, docs and this count");
+	cr_expect_eq(n, 34, "a global key was added or removed: update struct config, docs and this count");
 }
 
 /* --- loading ------------------------------------------------------------------------------- */
@@ -542,11 +542,11 @@ Test(config, error_invalid_enumerations)
 Test(config, error_backends)
 {
 	expect_error("backends: {\n  sink: {\n    driver = \"pigeon\";\n  };\n};\n" ROUTE_ALL, 3,
-		     "backend 'sink': unknown driver 'pigeon' (known: maildir, discard, imap, webhook)");
+		     "backend 'sink': unknown driver 'pigeon' (known: maildir, discard, imap, s3, webhook)");
 	expect_error("backends: {\n  sink: { concurrency = 2; };\n};\n" ROUTE_ALL, 2,
-		     "backend 'sink': 'driver' is required (known: maildir, discard, imap, webhook)");
+		     "backend 'sink': 'driver' is required (known: maildir, discard, imap, s3, webhook)");
 	expect_error("backends: { sink: { driver = [\"discard\"]; }; };\n" ROUTE_ALL, 1,
-		     "backend 'sink': 'driver' must be a string (known: maildir, discard, imap, webhook)");
+		     "backend 'sink': 'driver' must be a string (known: maildir, discard, imap, s3, webhook)");
 	expect_error("backends: { s*nk: { driver = \"discard\"; }; };\n" ROUTE_ALL, 1,
 		     "backend name 's*nk' may only use letters, digits, '_' and '-'");
 	expect_error("backends: { sink = 1; };\n" ROUTE_ALL, 1,
