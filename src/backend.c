@@ -10,6 +10,7 @@
 extern const struct backend_driver backend_maildir;
 extern const struct backend_driver backend_discard;
 extern const struct backend_driver backend_imap;
+extern const struct backend_driver backend_s3;
 extern const struct backend_driver backend_webhook;
 
 /* Adding a driver: define it in src/backends/NAME.c and list it here. */
@@ -17,6 +18,7 @@ const struct backend_driver *const backend_drivers[] = {
 	&backend_maildir,
 	&backend_discard,
 	&backend_imap,
+	&backend_s3,
 	&backend_webhook,
 	NULL,
 };
