@@ -296,7 +296,7 @@ void webhook_map_http(long code, const char *retry_after, const char *text, cons
 		      const char *ref, struct status *st)
 {
 	char who[ADDRESS_PATH_MAX + 4] = "";
-	char ra[32] = "";
+	char ra[48] = "";
 
 	if (rcpt != NULL)
 		snprintf(who, sizeof(who), "<%s> ", rcpt);
@@ -330,7 +330,7 @@ void webhook_map_http(long code, const char *retry_after, const char *text, cons
 		return;
 	case 429:
 		if (retry_after != NULL)
-			webhook_sanitize_text(retry_after, strlen(retry_after), ra, 24);
+			webhook_sanitize_text(retry_after, strlen(retry_after), ra, sizeof(ra));
 		status_make(st, 451, "4.4.5", "%s%s (HTTP 429%s%s)", who,
 			    text ? text : "webhook busy", ra[0] ? ", retry after " : "", ra);
 		return;

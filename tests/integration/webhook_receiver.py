@@ -105,13 +105,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):   # quiet
         pass
 
+    def _early(self):
+        if not hasattr(self, "_early_answer"):
+            recv = self.server.receiver
+            self._early_answer = {}
+            if recv.early_rule is not None:
+                self._early_answer = recv.early_rule(
+                    Request(self.command, self.path, self.headers, b"", [])) or {}
+        return self._early_answer
+
+    def handle_expect_100(self):
+        # A receiver that refuses on the headers answers instead of "100 Continue".
+        rule = self._early()
+        if rule.get("refuse_early"):
+            self.server.receiver.refused += 1
+            self._respond(rule, close=True)
+            return False
+        return super().handle_expect_100()
+
     def do_POST(self):
         recv = self.server.receiver
         length = int(self.headers.get("content-length") or 0)
-        rule = {}
-        if recv.early_rule is not None:
-            rule = recv.early_rule(Request(self.command, self.path, self.headers, b"", [])) or {}
+        rule = self._early()
         if rule.get("refuse_early"):
+            recv.refused += 1
             self._respond(rule, close=True)
             return
         if "reset_after" in rule:
@@ -217,6 +234,7 @@ class Receiver:
         self.rule = rule
         self.early_rule = early_rule
         self.resets = 0
+        self.refused = 0
         self.errors = 0
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.receiver = self
