@@ -91,6 +91,16 @@ struct backend_driver {
 	void (*close)(void *state);
 	/* Optional, at RCPT time: 0 = fine, -1 = *st_r says why not (e.g. 550 5.1.1). */
 	int (*verify)(void *state, const struct recipient *rcpt, struct status *st_r);
+	/* Optional, for `lmtpgw check --probe`: connect to the store the way a delivery would
+	 * (TLS verified, credentials tried where the mode allows) and say what was found in
+	 * result. 0 = reachable and usable, -1 = not. May block; runs on the main thread before
+	 * the server starts. */
+	int (*probe)(void *state, char *result, size_t result_size);
+	/* Optional, for `lmtpgw route ADDRESS`: where this backend would put the recipient
+	 * (a Maildir path, an IMAP user and folder, an S3 key, a URL) into buf. vars are those
+	 * known before the message: sha256, msgid and date are placeholders. */
+	void (*explain)(void *state, const struct recipient *rcpt,
+			const struct template_vars *vars, char *buf, size_t size);
 	/* deliver() is quick and non-blocking: run it on the event loop (discard). */
 	bool inline_deliver;
 	/* deliver() takes all of a transaction's targets of this backend in one call; otherwise
@@ -122,6 +132,11 @@ struct backend_instance {
 	unsigned consecutive_failures;
 	long long down_until_ms;       /* monotonic ms; recipients get 451 4.4.1 at RCPT until then */
 };
+
+/* Fill a recipient's normalised forms from r->addr (quoted dot-strings unquoted, domain
+ * lowercased, local part lowercased when configured, +detail split off) and route it: sets and
+ * returns r->rule, NULL when no route matches. Used at RCPT and by `lmtpgw route`. */
+const struct route_rule *recipient_route(struct recipient *r, const struct config *cfg);
 
 /* Registry: the drivers, NULL-terminated, and lookup by name (NULL when unknown). */
 extern const struct backend_driver *const backend_drivers[];

@@ -3,7 +3,7 @@
  *
  *   lmtpgw [-c FILE] [-f] [-d] [--listen ADDR]...   serve
  *   lmtpgw [-c FILE] -n                             print the effective configuration
- *   lmtpgw [-c FILE] check                          validate the configuration
+ *   lmtpgw [-c FILE] check [--probe]                validate; --probe reaches every backend
  *   lmtpgw [-c FILE] route ADDRESS...               show where addresses are delivered
  *
  * Start-up order: load and check the configuration (which opens the backends), bind the
@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -46,7 +47,8 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: lmtpgw [-c FILE] [-f] [-d] [--listen ADDR]...   serve LMTP\n"
 		"       lmtpgw [-c FILE] -n                             print the effective configuration\n"
-		"       lmtpgw [-c FILE] check                          validate the configuration\n"
+		"       lmtpgw [-c FILE] check [--probe]                validate the configuration\n"
+		"                                                       (--probe: reach every backend)\n"
 		"       lmtpgw [-c FILE] route ADDRESS...               show the route of addresses\n"
 		"options:\n"
 		"  -c, --config FILE   configuration file (default %s)\n"
@@ -128,49 +130,69 @@ static int drop_privileges(const struct config *cfg)
 	return 0;
 }
 
+/* lmtpgw route ADDRESS...: the rule that matches, and where each backend would deliver. */
 static int cmd_route(struct config *cfg, int argc, char **argv)
 {
 	int rc = 0;
 
 	for (int i = 0; i < argc; i++) {
-		char path[ADDRESS_PATH_MAX + 3], base[ADDRESS_PATH_MAX + 1], rcpt[ADDRESS_PATH_MAX + 1];
-		char local[ADDRESS_LOCAL_MAX + 3], detail[ADDRESS_LOCAL_MAX + 3];
-		struct address addr;
-		const char *error;
+		char path[ADDRESS_PATH_MAX + 3];
+		struct recipient r;
+		const char *error = NULL;
 		size_t pos = 0;
 
+		memset(&r, 0, sizeof(r));
 		snprintf(path, sizeof(path), argv[i][0] == '<' ? "%s" : "<%s>", argv[i]);
-		if (address_parse_path(path, &pos, &addr, false, true, true, &error) < 0 ||
+		if (address_parse_path(path, &pos, &r.addr, false, true, true, &error) < 0 ||
 		    path[pos] != '\0') {
 			printf("%s: invalid address: %s\n", argv[i], error ? error : "trailing text");
 			rc = 1;
 			continue;
 		}
-		for (char *p = addr.domain; *p; p++)
-			*p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
-		if (cfg->lowercase_local_part) {
-			for (char *p = addr.local; *p; p++)
-				*p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
-		}
-		address_format(&addr, rcpt, sizeof(rcpt));
-		address_split_detail(&addr, cfg->subaddress_separator, local, sizeof(local), detail,
-				     sizeof(detail));
-		if (addr.domain[0])
-			snprintf(base, sizeof(base), "%s@%s", local, addr.domain);
-		else
-			snprintf(base, sizeof(base), "%s", local);
-		const struct route_rule *rule = router_match(cfg->router, rcpt, detail[0] ? base : NULL);
-		if (rule == NULL) {
-			printf("%s: no route (550 5.1.1 at RCPT)\n", rcpt);
+		if (recipient_route(&r, cfg) == NULL) {
+			printf("%s: no route (550 5.1.1 at RCPT)\n", r.rcpt);
 			rc = 1;
 			continue;
 		}
-		printf("%s: route #%zu \"%s\"%s%s%s\n", rcpt, rule->index + 1, rule->pattern,
-		       detail[0] ? " detail=\"" : "", detail, detail[0] ? "\"" : "");
-		for (size_t k = 0; k < rule->target_count; k++) {
-			const struct backend_instance *b = &cfg->backends[rule->targets[k]];
-			printf("  -> %s (driver %s)\n", b->name, b->driver->name);
+		printf("%s: route #%zu \"%s\"", r.rcpt, r.rule->index + 1, r.rule->pattern);
+		if (r.detail[0])
+			printf(" local=\"%s\" detail=\"%s\"", r.local, r.detail);
+		printf("\n");
+		/* What a delivery would know; message-dependent values are placeholders. */
+		struct delivery d = { .sender = "sender@example.test", .sha256 = "<sha256>",
+				      .msgid = "<msgid>", .session_id = "<session>",
+				      .txid = "<tx>", .received = time(NULL) };
+		struct template_vars vars;
+		delivery_vars(&d, &r, &vars);
+		for (size_t k = 0; k < r.rule->target_count; k++) {
+			const struct backend_instance *b = &cfg->backends[r.rule->targets[k]];
+			char where[1024] = "";
+			if (b->driver->explain != NULL)
+				b->driver->explain(b->state, &r, &vars, where, sizeof(where));
+			printf("  -> %s (driver %s)%s%s\n", b->name, b->driver->name,
+			       where[0] ? ": " : "", where);
 		}
+	}
+	return rc;
+}
+
+/* lmtpgw check --probe: reach every backend the way a delivery would. */
+static int cmd_probe(struct config *cfg)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < cfg->backend_count; i++) {
+		const struct backend_instance *b = &cfg->backends[i];
+		char result[1024] = "";
+		int r = 0;
+
+		if (b->driver->probe != NULL)
+			r = b->driver->probe(b->state, result, sizeof(result));
+		else
+			snprintf(result, sizeof(result), "no probe for this driver");
+		printf("%-4s %s (%s): %s\n", r == 0 ? "ok" : "FAIL", b->name, b->driver->name, result);
+		if (r < 0)
+			rc = 1;
 	}
 	return rc;
 }
@@ -249,11 +271,23 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (verb != NULL && strcmp(verb, "check") == 0) {
+		bool probe = false;
+		for (int i = optind + 1; i < argc; i++) {
+			if (strcmp(argv[i], "--probe") == 0) {
+				probe = true;
+			} else {
+				fprintf(stderr, "usage: lmtpgw [-c FILE] check [--probe]\n");
+				config_unref(&cfg);
+				free(listen.items);
+				return 64;
+			}
+		}
 		printf("%s: OK (%zu backends, %zu routes)\n", config_path, cfg->backend_count,
 		       router_rule_count(cfg->router));
+		int rc = probe ? cmd_probe(cfg) : 0;
 		config_unref(&cfg);
 		free(listen.items);
-		return 0;
+		return rc;
 	}
 	if (verb != NULL) {
 		if (optind + 1 >= argc) {

@@ -521,47 +521,11 @@ static void cmd_mail(struct session *s, char *args)
 	reply(s, 250, "2.1.0", "Sender <%s> OK", tx->from_str);
 }
 
-static void lowercase(char *p)
-{
-	for (; *p; p++)
-		*p = (char)tolower((unsigned char)*p);
-}
-
-/* RFC 5321 4.1.2: "alice" and alice are the same mailbox. A quoted local part whose content
- * is a plain dot-string is unquoted, so it routes and files like the unquoted form; any other
- * quoted local part stays as it is (templates escape it for paths). */
-static void unquote_local(const char *local, char *out, size_t size)
-{
-	static const char atext[] = "!#$%&'*+-/=?^_`{|}~";
-	size_t n = 0;
-	bool plain = local[0] == '"';
-
-	if (plain) {
-		for (const char *p = local + 1; *p && *p != '"' && n + 1 < size; p++) {
-			if (*p == '\\' && p[1] != '\0')
-				p++;
-			unsigned char c = (unsigned char)*p;
-			if (!(isalnum(c) || c >= 0x80 || c == '.' || strchr(atext, c) != NULL) ||
-			    (c == '.' && (n == 0 || out[n - 1] == '.')))
-				plain = false;
-			out[n++] = *p;
-		}
-		if (n == 0 || out[n - 1] == '.')
-			plain = false;
-	}
-	if (!plain) {
-		snprintf(out, size, "%s", local);
-		return;
-	}
-	out[n] = '\0';
-}
-
 static void cmd_rcpt(struct session *s, char *args)
 {
 	struct transaction *tx = s->tx;
 	struct recipient r;
 	struct status st;
-	char base[ADDRESS_PATH_MAX + 1];
 
 	if (s->state != STATE_MAIL || tx == NULL) {
 		reply(s, 503, "5.5.1", "MAIL first");
@@ -576,25 +540,7 @@ static void cmd_rcpt(struct session *s, char *args)
 		reply(s, 452, "4.5.3", "Too many recipients");
 		return;
 	}
-	/* Split and normalise: the domain is case-insensitive, the local part by configuration. */
-	unquote_local(r.addr.local, r.user, sizeof(r.user));
-	snprintf(r.domain, sizeof(r.domain), "%s", r.addr.domain);
-	lowercase(r.domain);
-	if (tx->cfg->lowercase_local_part)
-		lowercase(r.user);
-	struct address norm = r.addr;
-	snprintf(norm.local, sizeof(norm.local), "%s", r.user);
-	snprintf(norm.domain, sizeof(norm.domain), "%s", r.domain);
-	address_split_detail(&norm, tx->cfg->subaddress_separator, r.local, sizeof(r.local),
-			     r.detail, sizeof(r.detail));
-	if (r.domain[0] != '\0') {
-		snprintf(r.rcpt, sizeof(r.rcpt), "%s@%s", r.user, r.domain);
-		snprintf(base, sizeof(base), "%s@%s", r.local, r.domain);
-	} else {
-		snprintf(r.rcpt, sizeof(r.rcpt), "%s", r.user);
-		snprintf(base, sizeof(base), "%s", r.local);
-	}
-	r.rule = router_match(tx->cfg->router, r.rcpt, r.detail[0] ? base : NULL);
+	r.rule = recipient_route(&r, tx->cfg);
 	if (r.rule == NULL) {
 		status_must(&st, 550, "5.1.1", "<%s> User unknown (no route)", r.rcpt);
 		if (tx->cfg->soft_bounce)

@@ -27,6 +27,18 @@ static void discard_close(void *state)
 {
 }
 
+static int discard_probe(void *state, char *result, size_t size)
+{
+	snprintf(result, size, "discards every message (nothing stored)");
+	return 0;
+}
+
+static void discard_explain(void *state, const struct recipient *rcpt,
+			    const struct template_vars *vars, char *buf, size_t size)
+{
+	snprintf(buf, size, "discarded (not stored)");
+}
+
 static const struct conf_key discard_keys[] = {
 	{ NULL, 0, 0, NULL, 0, 0, NULL },
 };
@@ -38,6 +50,8 @@ const struct backend_driver backend_discard = {
 	.open = discard_open,
 	.deliver = discard_deliver,
 	.close = discard_close,
+	.probe = discard_probe,
+	.explain = discard_explain,
 	.inline_deliver = true,
 	.batch = true,
 };

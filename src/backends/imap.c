@@ -569,6 +569,54 @@ static void imap_deliver(void *state, const struct delivery *delivery, struct ta
 		deliver_one(state, delivery, &targets[i]);
 }
 
+static void imap_explain(void *state, const struct recipient *rcpt,
+			 const struct template_vars *vars, char *buf, size_t size)
+{
+	struct imap_state *st = state;
+	char user[256], folder[512];
+	const char *error;
+	bool use_detail = st->set.folder_from_detail && rcpt->detail[0] != '\0';
+
+	if (template_expand(st->user_tmpl, vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0 ||
+	    template_expand(use_detail ? st->detail_tmpl : st->folder_tmpl, vars, TEMPLATE_RAW,
+			    folder, sizeof(folder), &error) < 0) {
+		snprintf(buf, size, "template: %s", error);
+		return;
+	}
+	snprintf(buf, size, "imap %s:%s user=%s folder=%s login=%s", st->ep.host, st->ep.port,
+		 st->login_kind == LOGIN_SHARED ? st->login : user, folder,
+		 st->login_kind == LOGIN_MASTER ? "master" :
+		 st->login_kind == LOGIN_USER ? "own password" : "shared account");
+}
+
+/* Connect and verify TLS; log in where the mode has a credential of its own (shared). A
+ * master credential is checked by the first delivery: Dovecot does not let a master user log
+ * in as itself. */
+static int imap_probe(void *state, char *result, size_t size)
+{
+	struct imap_state *st = state;
+	struct status status;
+	char reason[400] = "";
+	struct imapconn *conn = imapconn_open(&st->ep, &status, reason, sizeof(reason));
+
+	if (conn == NULL) {
+		snprintf(result, size, "%d %s: %s", status.code, status.enhanced, reason);
+		return -1;
+	}
+	if (st->login_kind == LOGIN_SHARED &&
+	    imapconn_login(conn, IMAP_LOGIN_USER, st->login, NULL, st->password, &status, reason,
+			   sizeof(reason)) < 0) {
+		imapconn_close(&conn);
+		snprintf(result, size, "connected, login as %s failed: %s", st->login, reason);
+		return -1;
+	}
+	snprintf(result, size, "%s:%s reachable, %s%s", st->ep.host, st->ep.port,
+		 st->ep.security == IMAP_PLAINTEXT ? "plain text (loopback)" : "TLS verified",
+		 st->login_kind == LOGIN_SHARED ? ", login ok" : "");
+	imapconn_close(&conn);
+	return 0;
+}
+
 const struct backend_driver backend_imap = {
 	.name = "imap",
 	.keys = imap_keys,
@@ -576,4 +624,6 @@ const struct backend_driver backend_imap = {
 	.open = imap_open,
 	.deliver = imap_deliver,
 	.close = imap_close,
+	.probe = imap_probe,
+	.explain = imap_explain,
 };

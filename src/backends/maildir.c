@@ -362,6 +362,53 @@ static int maildir_verify(void *state, const struct recipient *rcpt, struct stat
 	return 0;
 }
 
+static void maildir_explain(void *state, const struct recipient *rcpt,
+			    const struct template_vars *vars, char *buf, size_t size)
+{
+	struct maildir_state *st = state;
+	struct target t = { .rcpt = rcpt, .vars = *vars };
+	char dir[MAILDIR_PATH_MAX];
+	const char *error;
+
+	if (target_dir(st, &t, dir, sizeof(dir), &error) < 0)
+		snprintf(buf, size, "path: %s", error);
+	else
+		snprintf(buf, size, "maildir %s/new/", dir);
+}
+
+/* The fixed part of the path (before the first variable) must exist or be creatable. */
+static int maildir_probe(void *state, char *result, size_t size)
+{
+	struct maildir_state *st = state;
+	const char *src = template_source(st->path);
+	char base[MAILDIR_PATH_MAX];
+	size_t n = strcspn(src, "%");
+
+	snprintf(base, sizeof(base), "%.*s", (int)n, src);
+	char *slash = strrchr(base, '/');
+	if (slash != NULL && slash != base)
+		*slash = '\0';
+	else if (slash == NULL)
+		snprintf(base, sizeof(base), ".");
+	struct stat sb;
+	while (stat(base, &sb) < 0) {
+		/* Walk up to the nearest existing directory: that one must be writable. */
+		char *up = strrchr(base, '/');
+		if (up == NULL || up == base) {
+			snprintf(base, sizeof(base), up == base ? "/" : ".");
+			break;
+		}
+		*up = '\0';
+	}
+	if (access(base, W_OK | X_OK) < 0) {
+		snprintf(result, size, "%s: not writable: %s", base, strerror(errno));
+		return -1;
+	}
+	snprintf(result, size, "%s writable (path %s, fsync %s)", base, src,
+		 st->settings.fsync ? "on" : "off");
+	return 0;
+}
+
 const struct backend_driver backend_maildir = {
 	.name = "maildir",
 	.keys = maildir_keys,
@@ -370,4 +417,6 @@ const struct backend_driver backend_maildir = {
 	.deliver = maildir_deliver,
 	.close = maildir_close,
 	.verify = maildir_verify,
+	.probe = maildir_probe,
+	.explain = maildir_explain,
 };

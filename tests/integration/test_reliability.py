@@ -91,7 +91,8 @@ def test_delivery_deadline_answers_451_447_and_spares_healthy_backends():
                 assert elapsed < 10 * SLOW, "deadline of 2s took %.1fs" % elapsed
                 # The session is usable afterwards.
                 expect(c.cmd("NOOP"), 250, "2.0.0")
-            assert len(gw.messages("alice")) == 1 and len(gw.messages("bob")) == 1
+            stored = (gw.messages("alice"), gw.messages("bob"))
+            assert len(stored[0]) == 1 and len(stored[1]) == 1, (stored, gw.log())
             assert gw.grep(r"event=delivery_deadline"), gw.log()
     finally:
         stall.close()
