@@ -509,3 +509,23 @@ def test_mutual_tls():
         with gateway(r.url, ca_file=ca.ca_file) as gw:
             expect(deliver(gw, ["alice@example.test"])[0], "4")
         assert len(r.requests) == 1
+
+
+def test_example_api_bridge_conf_checks():
+    """conf/examples/api-bridge.conf passes `check` once its secret files exist (temp copy)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    d = tempfile.mkdtemp(prefix="hook-example-")
+    secret_file(d, "helpdesk-current.key", SECRET1)
+    secret_file(d, "ingest.token", "token")
+    with open(os.path.join(root, "conf", "examples", "api-bridge.conf")) as f:
+        text = f.read()
+    assert "/etc/lmtpgw/helpdesk-current.key" in text and "/etc/lmtpgw/ingest.token" in text
+    conf = os.path.join(d, "api-bridge.conf")
+    with open(conf, "w") as f:
+        f.write(text.replace("/etc/lmtpgw/", d + "/"))
+    gw = Lmtpgw()
+    rc, out, err = gw.run_cli("check", conf=conf)
+    assert rc == 0, err
+    # without the files the check fails, naming the file
+    rc, out, err = gw.run_cli("check", conf=os.path.join(root, "conf", "examples", "api-bridge.conf"))
+    assert rc != 0 and "helpdesk-current.key" in err, err
