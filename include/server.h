@@ -31,6 +31,10 @@ struct server {
 /* Replace the configuration (SIGHUP). Returns 0, or -1 after logging why the old one stays. */
 int server_reload(struct server *srv);
 
+/* Tell systemd (Type=notify) about our state: "READY=1", "RELOADING=1", "STOPPING=1". A no-op
+ * without $NOTIFY_SOCKET. */
+void server_notify(const char *state);
+
 /* Called when a session or a delivery ends: exits the loop once stopping and idle. */
 void server_check_idle(struct server *srv);
 

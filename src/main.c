@@ -79,6 +79,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	log_info("event=signal signal=%s action=stop connections=%u in_flight=%u",
 		 sig == SIGTERM ? "TERM" : "INT", srv->connections, dispatch_in_flight());
 	srv->stopping = true;
+	server_notify("STOPPING=1");
 	metrics_set_stopping(true);
 	listeners_close(srv);
 	session_stop_all(srv);
@@ -344,6 +345,7 @@ int main(int argc, char **argv)
 		sigs[i] = evsignal_new(srv.base, signums[i], on_signal, &srv);
 		event_add(sigs[i], NULL);
 	}
+	server_notify("READY=1");
 	log_info("event=started version=%s config=%s backends=%zu routes=%zu pid=%ld",
 		 LMTPGW_VERSION, config_path, cfg->backend_count, router_rule_count(cfg->router),
 		 (long)getpid());

@@ -3,7 +3,13 @@
  */
 #include "server.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -13,11 +19,13 @@
 
 int server_reload(struct server *srv)
 {
+	server_notify("RELOADING=1");
 	char error[1024];
 	struct config *cfg = config_load(srv->config_path, error, sizeof(error));
 
 	if (cfg == NULL) {
 		log_error("event=reload_failed error=\"%s\" action=keeping_old_configuration", error);
+		server_notify("READY=1");
 		return -1;
 	}
 	int level = log_level_parse(cfg->log_level);
@@ -32,6 +40,7 @@ int server_reload(struct server *srv)
 	/* Transactions in flight keep their reference to the old configuration. */
 	config_unref(&srv->cfg);
 	srv->cfg = cfg;
+	server_notify("READY=1");
 	log_info("event=reloaded config=%s backends=%zu routes=%zu", srv->config_path,
 		 cfg->backend_count, router_rule_count(cfg->router));
 	return 0;
@@ -42,4 +51,24 @@ void server_check_idle(struct server *srv)
 	/* Deliveries that already answered (late results after the deadline) do not hold us. */
 	if (srv->stopping && srv->connections == 0 && dispatch_unanswered() == 0)
 		event_base_loopbreak(srv->base);
+}
+
+/* The sd_notify(3) protocol, without libsystemd: one datagram to $NOTIFY_SOCKET. */
+void server_notify(const char *state)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+
+	if (path == NULL || path[0] == '\0' || strlen(path) >= sizeof(sun.sun_path))
+		return;
+	memcpy(sun.sun_path, path, strlen(path));
+	if (sun.sun_path[0] == '@')
+		sun.sun_path[0] = '\0'; /* abstract namespace */
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+	if (sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sun, len) < 0)
+		log_debug("event=sd_notify_failed state=\"%s\"", state);
+	close(fd);
 }

@@ -70,3 +70,30 @@ def test_systemd_socket_activation():
         log.close()
     assert rc == 0, "exit status %r: %s" % (rc, open(gw.log_path).read())
     shutil.rmtree(gw.dir, ignore_errors=True)
+
+
+def test_sd_notify_ready_reloading_stopping():
+    """Type=notify: READY=1 once serving, RELOADING=1/READY=1 around SIGHUP, STOPPING=1."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="lmtpgw-notify-")
+    path = os.path.join(d, "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10 * SLOW)
+    old = os.environ.get("NOTIFY_SOCKET")
+    os.environ["NOTIFY_SOCKET"] = path
+    try:
+        gw = Lmtpgw()
+        with gw:
+            assert sock.recv(200) == b"READY=1"
+            gw.signal(signal.SIGHUP)
+            assert sock.recv(200) == b"RELOADING=1"
+            assert sock.recv(200) == b"READY=1"
+        assert sock.recv(200) == b"STOPPING=1"
+    finally:
+        if old is None:
+            del os.environ["NOTIFY_SOCKET"]
+        else:
+            os.environ["NOTIFY_SOCKET"] = old
+        sock.close()
+        shutil.rmtree(d, ignore_errors=True)
