@@ -18,6 +18,7 @@ Needs node and contrib/test-servers/s3/node_modules (`make check` runs the npm s
 `cd contrib/test-servers/s3 && npm ci`); raises Skip-able S3Unavailable otherwise.
 python3 stdlib only.
 """
+import atexit
 import http.client
 import json
 import os
@@ -44,11 +45,15 @@ class S3Unavailable(Exception):
 
 
 def kill_all():
+    """Stop every server still running (a timed-out test leaves its server behind)."""
     for s in list(_live):
         try:
             s.stop()
         except Exception:
             pass
+
+
+atexit.register(kill_all)
 
 
 class S3Server:

@@ -125,3 +125,195 @@ def test_object_is_the_stored_message_and_manifest_is_complete():
         lines = gw.grep(r"event=delivery .*rcpt=<alice@")
         assert lines and "key=" in lines[0] and "etag=" in lines[0], lines
         no_secret_in_log(gw, s3)
+
+
+def test_archive_mode_one_object_for_three_recipients():
+    with s3server() as s3, gateway(s3) as gw:
+        rcpts = ["a@%s" % DOMAIN, "b@%s" % DOMAIN, "c@%s" % DOMAIN]
+        with gw.session() as c:
+            for r in transaction(c, rcpts, message("three")):
+                expect(r, 250, "2.0.0")
+        objs, manifests = objects(s3)
+        assert len(objs) == 1 and len(manifests) == 1, s3.keys()
+        m = json.loads(s3.get(manifests[0]))
+        assert m["targets"] == rcpts, m
+        assert s3.head(objs[0])["x-amz-meta-recipient-count"] == "3"
+
+
+def test_recipient_mode_one_object_each():
+    with s3server() as s3, gateway(s3, mode="recipient", key="%{rcpt}/%{sha256}.eml") as gw:
+        rcpts = ["a@%s" % DOMAIN, "b+tag@%s" % DOMAIN, "c@%s" % DOMAIN]
+        content = message("each")
+        with gw.session() as c:
+            for r in transaction(c, rcpts, content):
+                expect(r, 250, "2.0.0")
+        objs, manifests = objects(s3)
+        sha = hashlib.sha256(content).hexdigest()
+        # values are percent-encoded in keys: '@' -> %40, '+' -> %2B
+        assert objs == sorted(["a%%40%s/%s.eml" % (DOMAIN, sha), "b%%2Btag%%40%s/%s.eml" % (DOMAIN, sha),
+                               "c%%40%s/%s.eml" % (DOMAIN, sha)]), objs
+        assert len(manifests) == 3
+        for k in objs:
+            split_trace(s3.get(k), content)
+            m = json.loads(s3.get(k + ".json"))
+            assert len(m["targets"]) == 1 and len(m["recipients"]) == 3, m
+
+
+def test_retry_of_the_same_message_creates_no_second_object():
+    with s3server() as s3, gateway(s3) as gw:
+        content = message("again")
+        for _ in range(2):
+            with gw.session() as c:
+                r = transaction(c, ["a@%s" % DOMAIN], content)[0]
+                expect(r, 250, "2.0.0")
+        objs, manifests = objects(s3)
+        assert len(objs) == 1 and len(manifests) == 1, s3.keys()
+        assert "already stored" in r.text, r
+        assert gw.grep(r"already-stored"), gw.log()[-1500:]
+        statuses = [q["status"] for q in s3.requests() if q["method"] == "PUT" and q["url"].endswith(".eml")]
+        assert statuses == [200, 412], statuses
+
+
+def test_key_without_sha256_that_exists_is_refused_not_overwritten():
+    with s3server() as s3, gateway(s3, key="fixed/%{msgid}.eml") as gw:
+        for body, code in ((b"one\r\n", 250), (b"two\r\n", 451)):
+            with gw.session() as c:
+                r = transaction(c, ["a@%s" % DOMAIN], message("same-id", body))[0]
+                expect(r, code, "2.0.0" if code == 250 else "4.3.0")
+        assert s3.get("fixed/same-id%40t.eml").endswith(b"one\r\n")
+        assert gw.grep(r"event=s3_key_exists"), gw.log()[-1500:]
+
+
+def test_wrong_secret_is_451_470_and_never_logged():
+    with s3server() as s3, gateway(s3, secret="not-the-secret-XYZ") as gw:
+        with gw.session() as c:
+            expect(transaction(c, ["a@%s" % DOMAIN], message("bad"))[0], 451, "4.7.0")
+        assert s3.keys() == []
+        assert gw.grep(r"code=SignatureDoesNotMatch"), gw.log()[-1500:]
+        assert "not-the-secret-XYZ" not in gw.log()
+        no_secret_in_log(gw, s3)
+
+
+def test_missing_bucket_is_451_430():
+    with s3server() as s3, gateway(s3, bucket="no-such-bucket") as gw:
+        with gw.session() as c:
+            expect(transaction(c, ["a@%s" % DOMAIN], message("nb"))[0], 451, "4.3.0")
+        assert gw.grep(r"code=NoSuchBucket"), gw.log()[-1500:]
+
+
+def test_slowdown_is_451_445():
+    with s3server() as s3, gateway(s3) as gw:
+        s3.fail(count=1, status=503, code="SlowDown")
+        with gw.session() as c:
+            expect(transaction(c, ["a@%s" % DOMAIN], message("slow"))[0], 451, "4.4.5")
+            s3.fail(count=1, status=429, code="TooManyRequests")
+            expect(transaction(c, ["a@%s" % DOMAIN], message("slow2"))[0], 451, "4.4.5")
+            s3.fail(count=1, status=500, code="InternalError")
+            expect(transaction(c, ["a@%s" % DOMAIN], message("slow3"))[0], 451, "4.3.0")
+            expect(transaction(c, ["a@%s" % DOMAIN], message("slow4"))[0], 250, "2.0.0")
+        objs, _ = objects(s3)
+        assert len(objs) == 1, objs
+
+
+def test_server_down_is_451_441():
+    with s3server() as s3:
+        port = free_port()
+        with gateway(s3, endpoint="http://127.0.0.1:%d" % port) as gw:
+            with gw.session() as c:
+                expect(transaction(c, ["a@%s" % DOMAIN], message("down"))[0], 451, "4.4.1")
+
+
+def test_connection_cut_mid_upload_is_4xx_and_stores_nothing():
+    with s3server() as s3, gateway(s3) as gw:
+        s3.cut(after=100000)
+        with gw.session() as c:
+            r = transaction(c, ["a@%s" % DOMAIN], message("cut", size=400000))[0]
+            expect(r, "4")
+        assert s3.keys() == [], s3.keys()
+        assert any(q.get("cut_after") for q in s3.requests())
+
+
+def vm_hwm_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_20mb_message_through_multipart_with_bounded_memory():
+    with s3server() as s3, gateway(s3, multipart_threshold="5M", part_size="5M") as gw:
+        content = message("big", size=20 * 1024 * 1024)
+        with gw.session() as c:
+            c.settimeout(120)
+            expect(transaction(c, ["a@%s" % DOMAIN, "b@%s" % DOMAIN], content)[0], 250, "2.0.0")
+        hwm = vm_hwm_kib(gw.pid)
+        objs, manifests = objects(s3)
+        assert len(objs) == 1, objs
+        stored = s3.get(objs[0])
+        split_trace(stored, content)
+        reqs = s3.requests()
+        parts = [q for q in reqs if q["method"] == "PUT" and "partNumber=" in q["url"]]
+        assert len(parts) == 5, [q["url"] for q in parts]
+        assert all(q["headers"].get("x-amz-checksum-sha256") for q in parts)
+        assert any(q["method"] == "POST" and "uploads=" in q["url"] for q in reqs)
+        m = json.loads(s3.get(manifests[0]))
+        assert m["object"]["sha256"] == hashlib.sha256(stored).hexdigest()
+        # a 20 MB message must not be held in memory (spool file + streamed parts)
+        assert hwm < 30 * 1024, "lmtpgw peak RSS %d KiB" % hwm
+
+
+def test_multipart_failure_aborts_the_upload():
+    with s3server() as s3, gateway(s3, multipart_threshold="5M", part_size="5M") as gw:
+        with gw.session() as c:
+            c.settimeout(120)
+            # CreateMultipartUpload goes through; the first part is cut after 2 MB: the
+            # upload must be aborted and nothing stored.
+            s3.cut(after=2 * 1024 * 1024)
+            content = message("big-fail", size=11 * 1024 * 1024)
+            expect(transaction(c, ["a@%s" % DOMAIN], content)[0], "4")
+        assert objects(s3)[0] == []
+        reqs = s3.requests()
+        assert any(q["method"] == "DELETE" and "uploadId=" in q["url"] for q in reqs), \
+            [(q["method"], q["url"]) for q in reqs]
+
+
+def test_object_lock_encryption_class_and_tags_are_sent():
+    with s3server() as s3, gateway(s3, object_lock_mode="COMPLIANCE", retention_days=2555,
+                                   legal_hold=True, sse="AES256", storage_class="STANDARD_IA",
+                                   tags=["archive=mail", "team=legal ops"]) as gw:
+        with gw.session() as c:
+            expect(transaction(c, ["a@%s" % DOMAIN], message("lock"))[0], 250, "2.0.0")
+        put = [q for q in s3.requests() if q["method"] == "PUT" and q["url"].endswith(".eml")][0]
+        h = put["headers"]
+        assert h.get("x-amz-object-lock-mode") == "COMPLIANCE", h
+        until = h.get("x-amz-object-lock-retain-until-date", "")
+        assert until.endswith("Z") and int(until[:4]) >= time.gmtime().tm_year + 6, h
+        assert h.get("x-amz-object-lock-legal-hold") == "ON", h
+        assert h.get("x-amz-server-side-encryption") == "AES256", h
+        assert h.get("x-amz-storage-class") == "STANDARD_IA", h
+        assert h.get("x-amz-tagging") == "archive=mail&team=legal%20ops", h
+
+
+def test_object_lock_refused_by_the_bucket_is_451_430_with_a_clear_log_line():
+    with s3server() as s3, gateway(s3, object_lock_mode="GOVERNANCE", retention_days=30) as gw:
+        s3.nolock(True)
+        with gw.session() as c:
+            expect(transaction(c, ["a@%s" % DOMAIN], message("nolock"))[0], 451, "4.3.0")
+        assert gw.grep(r"event=s3_object_lock_refused .*Object Lock"), gw.log()[-1500:]
+        assert s3.keys() == []
+
+
+def test_config_errors_are_refused_at_load():
+    with s3server() as s3:
+        gw = gateway(s3, key="%{rcpt}/%{sha256}.eml")    # message mode with a recipient key
+        rc, out, err = gw.run_cli("check")
+        assert rc != 0 and "mode" in (out + err), (rc, out, err)
+        gw = gateway(s3, endpoint="http://127.0.0.1:1", allow_http=False)
+        rc, out, err = gw.run_cli("check")
+        assert rc != 0 and "allow_http" in (out + err), (rc, out, err)
+        loose = creds_file(s3, mode=0o644)
+        gw = gateway(s3, credentials_file=loose)
+        rc, out, err = gw.run_cli("check")
+        assert rc != 0 and "chmod 600" in (out + err), (rc, out, err)
+        assert s3.secret_key not in out + err
