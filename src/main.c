@@ -15,6 +15,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -319,6 +320,17 @@ int main(int argc, char **argv)
 		fprintf(stderr, "lmtpgw: cannot detach: %s\n", strerror(errno));
 		return 71;
 	}
+	/* One descriptor per connection (and a few per backend connection): lift the soft limit
+	 * to the hard one so max_connections is reachable. */
+	struct rlimit nofile;
+	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+		nofile.rlim_cur = nofile.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &nofile);
+	}
+	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
+	    nofile.rlim_cur < (rlim_t)cfg->max_connections + 64)
+		log_warn("event=low_fd_limit limit=%llu max_connections=%lld",
+			 (unsigned long long)nofile.rlim_cur, cfg->max_connections);
 	srv.base = event_base_new();
 	if (srv.base == NULL || pool_completion_init(srv.base) < 0) {
 		log_error("event=startup_failed error=\"cannot create event loop\"");
