@@ -6,11 +6,14 @@
 #   make check SANITIZE=address,undefined     the same under ASan/UBSan
 #   make check VALGRIND=1                     integration tests with lmtpgw under valgrind
 #   make deps            only install missing Debian packages
-#   make install PREFIX=/usr/local DESTDIR=
+#   make install PREFIX=/usr/local DESTDIR=   (SYSTEMDDIR=$(PREFIX)/lib/systemd/system)
+#   make fuzz FUZZ_SECONDS=60                 libFuzzer targets (tests/fuzz/), each run that long
 
 CC       ?= cc
 PREFIX   ?= /usr/local
 DESTDIR  ?=
+SYSTEMDDIR  ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 BUILD    ?= build
 SANITIZE ?=
 VALGRIND ?=
@@ -48,7 +51,7 @@ LIB_OBJS  := $(filter-out $(BUILD)/src/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/*.c)
 UNIT_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(UNIT_SRCS))
 
-.PHONY: all run check deps unit integration install clean distclean
+.PHONY: all run check deps unit integration install clean distclean soak fuzz fuzz-build
 
 all: $(BUILD)/lmtpgw
 
@@ -84,13 +87,53 @@ check: deps
 	@sh contrib/test-servers/setup.sh
 	python3 tests/run-tests.py --build $(BUILD) $(if $(VALGRIND),--valgrind)
 
+# Everything goes under $(DESTDIR)$(PREFIX); nothing needs root when DESTDIR is set. The systemd
+# units get ExecStart=$(PREFIX)/sbin/lmtpgw (contrib/systemd/README.md).
+# Long soak with random faults (issue 6): prints the counts, fails on any loss or wrong 5xx.
+SOAK_MESSAGES ?= 20000
+soak: deps
+	@$(MAKE) --no-print-directory all
+	python3 tests/integration/soak.py --messages $(SOAK_MESSAGES) --sessions 10
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8 \
-	           $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/doc/lmtpgw/examples
+	           $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/doc/lmtpgw/examples \
+	           $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(SYSUSERSDIR)
 	install -m 0755 $(BUILD)/lmtpgw $(DESTDIR)$(PREFIX)/sbin/lmtpgw
 	install -m 0644 docs/man/lmtpgw.8 $(DESTDIR)$(PREFIX)/share/man/man8/lmtpgw.8
 	install -m 0644 docs/man/lmtpgw.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/lmtpgw.conf.5
 	install -m 0644 conf/lmtpgw.conf $(wildcard conf/examples/*.conf) $(DESTDIR)$(PREFIX)/share/doc/lmtpgw/examples/
+	sed 's|/usr/local/sbin/lmtpgw|$(PREFIX)/sbin/lmtpgw|g' contrib/systemd/lmtpgw.service \
+		> $(DESTDIR)$(SYSTEMDDIR)/lmtpgw.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/lmtpgw.service
+	install -m 0644 contrib/systemd/lmtpgw.socket $(DESTDIR)$(SYSTEMDDIR)/lmtpgw.socket
+	install -m 0644 contrib/systemd/lmtpgw.sysusers $(DESTDIR)$(SYSUSERSDIR)/lmtpgw.conf
+
+# Fuzzing (tests/fuzz/README.md): every tests/fuzz/fuzz_*.c is a libFuzzer target, built with
+# clang and ASan/UBSan into build-fuzz/ and run FUZZ_SECONDS with its seed corpus; new inputs
+# go to build-fuzz/corpus/<target>, crashes to build-fuzz/crashes/.
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD   := build-fuzz
+FUZZ_NAMES   := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+
+fuzz:
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=clang SANITIZE=address,undefined \
+		CFLAGS='-g -fsanitize=fuzzer-no-link -fno-sanitize-recover=all' fuzz-build
+	@mkdir -p $(FUZZ_BUILD)/crashes
+	@for t in $(FUZZ_NAMES); do \
+		mkdir -p $(FUZZ_BUILD)/corpus/$$t tests/fuzz/corpus/$$t; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
+		LSAN_OPTIONS=suppressions=tests/fuzz/lsan.supp \
+		./$(FUZZ_BUILD)/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix=$(FUZZ_BUILD)/crashes/$$t- \
+			$(FUZZ_BUILD)/corpus/$$t tests/fuzz/corpus/$$t || exit 1; \
+	done
+
+fuzz-build: $(patsubst %,$(BUILD)/%,$(FUZZ_NAMES))
+
+$(BUILD)/fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(LIB_OBJS)
+	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+.PRECIOUS: $(BUILD)/tests/fuzz/%.o
 
 clean:
 	rm -rf $(BUILD)
