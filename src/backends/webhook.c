@@ -1183,6 +1183,41 @@ out:
 	free(done);
 }
 
+static void webhook_explain(void *state, const struct recipient *rcpt,
+			    const struct template_vars *vars, char *buf, size_t size)
+{
+	struct webhook_state *st = state;
+	char url[2048];
+	const char *error;
+
+	if (template_expand(st->url, vars, TEMPLATE_URL, url, sizeof(url), &error) < 0)
+		snprintf(buf, size, "url: %s", error);
+	else
+		snprintf(buf, size, "POST %s (format %s, mode %s)", url, st->set.format,
+			 st->set.mode);
+}
+
+/* Any HTTP answer to a HEAD of the URL's fixed part proves the receiver is reachable and its
+ * certificate verifies; the status is shown (a receiver may well answer HEAD with 405). */
+static int webhook_probe(void *state, char *result, size_t size)
+{
+	struct webhook_state *st = state;
+	const char *src = template_source(st->url);
+	char url[2048], reason[400];
+	struct http_request req = { .method = "HEAD", .url = url };
+	struct http_response resp;
+	struct status status;
+
+	snprintf(url, sizeof(url), "%.*s", (int)strcspn(src, "%"), src);
+	if (http_perform(st->http, &req, &resp, &status, reason, sizeof(reason)) < 0) {
+		snprintf(result, size, "%d %s: %s", status.code, status.enhanced, reason);
+		return -1;
+	}
+	snprintf(result, size, "%s reachable (HEAD answered %ld)", url, resp.status);
+	http_response_free(&resp);
+	return 0;
+}
+
 const struct backend_driver backend_webhook = {
 	.name = "webhook",
 	.keys = webhook_keys,
@@ -1190,5 +1225,7 @@ const struct backend_driver backend_webhook = {
 	.open = webhook_open,
 	.deliver = webhook_deliver,
 	.close = webhook_close,
+	.probe = webhook_probe,
+	.explain = webhook_explain,
 	.batch = true,
 };

@@ -66,3 +66,20 @@ def test_route_explains_targets():
     assert "x@nowhere.test: no route (550 5.1.1 at RCPT)" in out, out
     p = run(gw.conf_path, "check", "--bogus")
     assert p.returncode == 64
+
+
+def test_webhook_probe_and_route():
+    from webhook_receiver import Receiver
+    with Receiver() as r:
+        gw = Lmtpgw(routes=[("*@example.test", ["hook"])])
+        gw.backends = ('hook: { driver = "webhook"; url = %s; allow_http = true; };'
+                       % cstr(r.url + "/%{domain}/%{local}"))
+        gw.write_config()
+        p = run(gw.conf_path, "check", "--probe")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "ok   hook (webhook): %s/ reachable (HEAD answered" % r.url in p.stdout, p.stdout
+        p = run(gw.conf_path, "route", "Bob@Example.test")
+        assert "-> hook (driver webhook): POST %s/example.test/bob (format json, mode message)" % r.url in p.stdout, p.stdout
+    # The receiver is gone: the probe fails with the transport status.
+    p = run(gw.conf_path, "check", "--probe")
+    assert p.returncode == 1 and "FAIL hook (webhook): 451 4.4.1" in p.stdout, p.stdout
