@@ -26,7 +26,7 @@ const struct backend_driver *const backend_drivers[] = {
 
 const struct conf_key backend_common_keys[] = {
 	{ "driver", CONF_STRING, offsetof(struct backend_common, driver), NULL, 1, 0,
-	  "driver of this backend: maildir, imap, discard" },
+	  "driver of this backend: maildir, imap, s3, webhook, discard" },
 	{ "concurrency", CONF_INT, offsetof(struct backend_common, concurrency), "8", 1, 256,
 	  "deliveries of this backend running at once (worker threads)" },
 	{ "soft_bounce", CONF_BOOL, offsetof(struct backend_common, soft_bounce), "false", 1, 0,
