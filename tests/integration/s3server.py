@@ -84,7 +84,8 @@ class S3Server:
         self.proc = subprocess.Popen(
             [node, os.path.join(FRONT_DIR, "front.js"), "--dir", os.path.join(self.dir, "store"),
              "--keys", "%s:%s" % (self.access_key, self.secret_key), "--region", self.region],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
+            # stdin stays open and unused: when this process dies, node sees EOF and exits
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
             start_new_session=True)
         _live.append(self)
         os.makedirs(os.path.join(self.dir, "store"), exist_ok=True)
@@ -123,6 +124,7 @@ class S3Server:
                     self.proc.kill()
                     self.proc.wait()
             self.proc.stdout.close()
+            self.proc.stdin.close()
             self.proc = None
             self._log.close()
         if self in _live:

@@ -17,7 +17,8 @@
  *
  * Usage: node front.js [--front-port N] [--store-port N] [--dir DIR] [--keys AK:SECRET,...]
  *                      [--region us-east-1]
- * Prints one JSON line {"front_port":..,"store_port":..} on stdout when both listen.
+ * Prints one JSON line {"front_port":..,"store_port":..} on stdout when both listen; exits on
+ * SIGTERM or when its stdin ends (the launcher keeps it open: its death stops the server).
  *
  * Control endpoint on the front (not signed; loopback tests only):
  *   POST /_control/fail?count=N&status=503&code=SlowDown   next N S3 requests answer that
@@ -276,6 +277,11 @@ async function main() {
   const stop = () => { front.close(); store.close().finally(() => process.exit(0)); setTimeout(() => process.exit(0), 2000).unref(); };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  // The launcher holds our stdin open; when it dies (even by SIGKILL), stdin ends: stop, so a
+  // killed test run leaves no server behind.
+  process.stdin.on('end', stop);
+  process.stdin.on('error', stop);
+  process.stdin.resume();
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });
