@@ -24,7 +24,7 @@ TEST_PKGS := criterion
 # Debian packages the build and the tests need (make deps installs the missing ones).
 DEB_BUILD := build-essential pkg-config dpkg-dev libevent-dev libconfig-dev libssl-dev \
              libcurl4-gnutls-dev libjansson-dev libetpan-dev libsasl2-modules libmicrohttpd-dev
-DEB_TEST  := libcriterion-dev swaks postfix dovecot-imapd dovecot-lmtpd python3 valgrind nodejs
+DEB_TEST  := libcriterion-dev swaks postfix dovecot-imapd dovecot-lmtpd python3 valgrind nodejs python3-botocore
 
 # libetpan.pc leaks -specs=...no-pie-link.specs: drop it (facts.md).
 pkg_cflags = $(filter-out -specs=%,$(shell pkg-config --cflags $(1) 2>/dev/null))

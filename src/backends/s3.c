@@ -1290,6 +1290,48 @@ static void s3_deliver(void *state, const struct delivery *delivery, struct targ
 	}
 }
 
+static void s3_explain(void *state, const struct recipient *rcpt,
+		       const struct template_vars *vars, char *buf, size_t size)
+{
+	struct s3_state *st = state;
+	char key[S3_KEY_MAX + 1];
+	const char *error;
+
+	if (template_expand(st->key_tmpl, vars, TEMPLATE_URL, key, sizeof(key), &error) < 0)
+		snprintf(buf, size, "key: %s", error);
+	else
+		snprintf(buf, size, "s3://%s/%s (%s mode%s)", st->set.bucket, key,
+			 st->per_recipient ? "recipient" : "message",
+			 st->set.manifest ? ", manifest .json beside it" : "");
+}
+
+/* HEAD the bucket, signed: proves the endpoint, TLS, the credentials and the bucket. */
+static int s3_probe(void *state, char *result, size_t size)
+{
+	struct s3_state *st = state;
+	struct s3_req r = { .method = "HEAD", .payload_hash = SIGV4_EMPTY_SHA256 };
+	struct http_response resp;
+	struct status status;
+	char reason[400];
+
+	if (s3_perform(st, &r, &resp, &status, reason, sizeof(reason)) < 0) {
+		snprintf(result, size, "%d %s: %s", status.code, status.enhanced, reason);
+		return -1;
+	}
+	long code = resp.status;
+	http_response_free(&resp);
+	if (code < 200 || code > 299) {
+		/* HEAD has no body: the status alone says which (403 credentials, 404 bucket). */
+		s3_map_status(code, "", &status);
+		snprintf(result, size, "bucket %s: HTTP %ld -> %d %s %s", st->set.bucket, code,
+			 status.code, status.enhanced, status.text);
+		return -1;
+	}
+	snprintf(result, size, "bucket %s at %s reachable, credentials accepted", st->set.bucket,
+		 st->base_url);
+	return 0;
+}
+
 const struct backend_driver backend_s3 = {
 	.name = "s3",
 	.keys = s3_keys,
@@ -1297,5 +1339,7 @@ const struct backend_driver backend_s3 = {
 	.open = s3_open,
 	.deliver = s3_deliver,
 	.close = s3_close,
+	.probe = s3_probe,
+	.explain = s3_explain,
 	.batch = true,
 };

@@ -83,3 +83,23 @@ def test_webhook_probe_and_route():
     # The receiver is gone: the probe fails with the transport status.
     p = run(gw.conf_path, "check", "--probe")
     assert p.returncode == 1 and "FAIL hook (webhook): 451 4.4.1" in p.stdout, p.stdout
+
+
+def test_s3_probe_and_route():
+    from test_s3 import s3server, s3_backend
+    s3 = s3server()
+    try:
+        gw = Lmtpgw(backends=s3_backend(s3), routes=[("*@example.test", ["archive"])])
+        p = run(gw.conf_path, "check", "--probe")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "ok   archive (s3): bucket %s at " % s3.bucket in p.stdout, p.stdout
+        p = run(gw.conf_path, "route", "bob@example.test")
+        assert "-> archive (driver s3): s3://%s/" % s3.bucket in p.stdout, p.stdout
+        assert "%3Csha256%3E" in p.stdout or "<sha256>" in p.stdout, p.stdout
+        # A wrong secret: the signed HEAD is refused.
+        gw.backends = s3_backend(s3, secret="wrong-secret-0123456789")
+        gw.write_config()
+        p = run(gw.conf_path, "check", "--probe")
+        assert p.returncode == 1 and "FAIL archive (s3): bucket %s: HTTP 403 -> 451 4.7.0" % s3.bucket in p.stdout, p.stdout
+    finally:
+        s3.stop()
