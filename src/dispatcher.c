@@ -234,13 +234,15 @@ bool dispatch_backend_down(const struct backend_instance *b)
 	return b->down_until_ms > 0 && now_ms() < b->down_until_ms;
 }
 
-/* Only failures that say "the backend as a whole is unreachable or refuses us" count: network
- * (x.4.x) and our credential or TLS (4.7.0, 4.7.5). A full mailbox says nothing about it. */
+/* Only failures that say "the backend as a whole is unreachable" count: network (x.4.x) and
+ * its TLS certificate (4.7.5). A full mailbox says nothing about it. */
 static void breaker_account(struct backend_instance *b, const struct status *st)
 {
+	/* 4.7.0 is left out: a login refused for one unknown user looks the same as a wrong
+	 * admin password, and must not let a few such recipients take the backend down. */
 	bool backend_failure = status_class_of(st) == STATUS_TEMPFAIL &&
 			       (strncmp(st->enhanced, "4.4.", 4) == 0 ||
-				strcmp(st->enhanced, "4.7.0") == 0 || strcmp(st->enhanced, "4.7.5") == 0);
+				strcmp(st->enhanced, "4.7.5") == 0);
 
 	if (!backend_failure) {
 		if (status_class_of(st) == STATUS_OK && b->down_until_ms > 0) {

@@ -101,6 +101,8 @@ struct session {
 	char xf_addr[80];
 	bool is_unix;
 	bool tls;                       /* the connection is encrypted (STARTTLS or lmtps:) */
+	struct event *close_timer;      /* waits for a STARTTLS filter's bytes to leave */
+	unsigned close_polls;
 	char tls_info[128];             /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once shaken hands */
 	struct transaction *tx;
 
@@ -1079,12 +1081,50 @@ static void on_read(struct bufferevent *bev, void *arg)
 	session_process(arg);
 }
 
+/* Bytes not yet handed to the kernel: with a STARTTLS filter, the encrypted bytes wait in the
+ * underlying bufferevent after our own output is empty. */
+static size_t unsent(const struct session *s)
+{
+	size_t n = evbuffer_get_length(bufferevent_get_output(s->bev));
+	struct bufferevent *under = bufferevent_get_underlying(s->bev);
+
+	if (under != NULL)
+		n += evbuffer_get_length(bufferevent_get_output(under));
+	return n;
+}
+
+static void close_when_flushed(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+
+	if (unsent(s) > 0 && ++s->close_polls < 500) {
+		struct timeval tv = { 0, 10000 };
+		evtimer_add(s->close_timer, &tv);
+		return;
+	}
+	session_free(s);
+}
+
 static void on_write(struct bufferevent *bev, void *arg)
 {
 	struct session *s = arg;
 
-	if (s->state == STATE_CLOSING)
+	if (s->state != STATE_CLOSING)
+		return;
+	if (unsent(s) == 0) {
 		session_free(s);
+		return;
+	}
+	/* The TLS filter drained into the socket's buffer: wait for that one too (no callback
+	 * reaches us from it), for at most 5 s. */
+	if (s->close_timer == NULL)
+		s->close_timer = evtimer_new(s->srv->base, close_when_flushed, s);
+	if (s->close_timer != NULL && !evtimer_pending(s->close_timer, NULL)) {
+		struct timeval tv = { 0, 10000 };
+		evtimer_add(s->close_timer, &tv);
+	} else if (s->close_timer == NULL) {
+		session_free(s);
+	}
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -1153,6 +1193,8 @@ static void session_free(struct session *s)
 		srv->sessions = s->next;
 	if (s->next != NULL)
 		s->next->prev = s->prev;
+	if (s->close_timer != NULL)
+		event_free(s->close_timer);
 	bufferevent_free(s->bev);
 	free(s->replies);
 	free(s->reply_ready);

@@ -445,6 +445,14 @@ static struct imapconn *connect_as(struct imap_state *st, const char *identity,
 	default: {
 		int kind = st->master_kind != MASTER_AUTO ? (int)st->master_kind
 							  : atomic_load(&st->master_resolved);
+		/* "user*admin": a '*' in the user would make the login name ambiguous. */
+		bool suffix_ok = strchr(identity, '*') == NULL;
+		if (kind == MASTER_DOVECOT && !suffix_ok) {
+			status_must(status, 550, "5.1.3", "IMAP user name not usable with a master login");
+			snprintf(reason, reason_size, "user %s contains '*'", identity);
+			imapconn_close(&conn);
+			return NULL;
+		}
 		if (kind == MASTER_DOVECOT) {
 			r = imapconn_login(conn, IMAP_LOGIN_MASTER_SUFFIX, identity, st->login,
 					   st->password, status, reason, reason_size);
@@ -454,7 +462,7 @@ static struct imapconn *connect_as(struct imap_state *st, const char *identity,
 				   status, reason, reason_size);
 		if (r == 0 && kind == 0)
 			atomic_store(&st->master_resolved, MASTER_SASL);
-		if (r < 0 && kind == 0 && !imapconn_broken(conn)) {
+		if (r < 0 && kind == 0 && suffix_ok && !imapconn_broken(conn)) {
 			/* SASL PLAIN with authzid refused: try Dovecot's user*master form. */
 			r = imapconn_login(conn, IMAP_LOGIN_MASTER_SUFFIX, identity, st->login,
 					   st->password, status, reason, reason_size);

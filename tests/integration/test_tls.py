@@ -77,6 +77,8 @@ def test_starttls_upgrades_and_starts_over():
             assert "STARTTLS" not in str(lhlo), lhlo
             deliver(c)
             expect(c.cmd("STARTTLS"), 503, "5.5.1")
+            # The last reply must come through the TLS layer before the close.
+            expect(c.cmd("QUIT"), 221, "2.0.0")
         stored = open(gw.messages("alice")[0], "rb").read()
         assert b"with LMTPS id" in stored, stored[:400]
         assert gw.grep(r"event=tls protocol=\"TLSv1\.[23] "), gw.log()
