@@ -322,9 +322,7 @@ def test_installed_production_example_serves():
             expect(c.cmd("DATA"), 354)
             c.send(b"Subject: over TLS\r\n\r\nhello\r\n.\r\n")
             expect(c.reply(), 250, "2.0.0")
-            # No QUIT here: after STARTTLS, lmtpgw closes without sending its 221 (the session
-            # is freed once the TLS filter, not the socket, has taken the bytes); that belongs
-            # to the TLS tests, not to this check of the example configuration.
+            expect(c.cmd("QUIT"), 221, "2.0.0")
         assert len(os.listdir(os.path.join(mail, "example.test", "alice", "new"))) == 2
         # Health and metrics on loopback.
         with urllib.request.urlopen("http://127.0.0.1:%d/health" % mport, timeout=10) as r:
