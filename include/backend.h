@@ -9,8 +9,8 @@
  *
  * Threads: deliver() runs in one of the backend's worker threads (up to `concurrency` at once
  * for the same state), except for drivers with inline set, whose deliver() runs on the event
- * loop and must not block. open(), close() and verify() run on the event loop thread (verify
- * must be fast and must not block on the network).
+ * loop and must not block. open() and close() run on the event loop thread; verify() too,
+ * unless verify_blocking says it talks to the store, then it runs in a worker.
  *
  * Every result obeys the guarantees: 2xx only after the store acknowledged durable storage; any
  * doubt is 4xx; 5xx only on a definitive permanent answer.
@@ -91,6 +91,9 @@ struct backend_driver {
 	void (*close)(void *state);
 	/* Optional, at RCPT time: 0 = fine, -1 = *st_r says why not (e.g. 550 5.1.1). */
 	int (*verify)(void *state, const struct recipient *rcpt, struct status *st_r);
+	/* verify() may block (it talks to the store): the session runs it in the backend's worker
+	 * pool and holds the pipeline until it answers. */
+	bool verify_blocking;
 	/* Optional, for `lmtpgw check --probe`: connect to the store the way a delivery would
 	 * (TLS verified, credentials tried where the mode allows) and say what was found in
 	 * result. 0 = reachable and usable, -1 = not. May block; runs on the main thread before

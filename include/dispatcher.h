@@ -50,6 +50,16 @@ void dispatch_detach(struct dispatch *dispatch);
 unsigned dispatch_in_flight(void);
 unsigned dispatch_unanswered(void);
 
+/* RCPT-time verification by a backend whose verify() blocks: run it in the backend's pool and
+ * call cb on the loop thread with verify()'s result (0, or -1 and the status). */
+typedef void dispatch_verify_fn(void *ctx, int result, const struct status *st);
+struct dispatch_verify;
+struct dispatch_verify *dispatch_verify_start(struct config *cfg, struct backend_instance *backend,
+					      const struct recipient *rcpt, dispatch_verify_fn *cb,
+					      void *ctx);
+/* The session went away: no callback; the job frees itself when it finishes. */
+void dispatch_verify_detach(struct dispatch_verify *verify);
+
 /* Circuit breaker: true while the backend is taken as down (after breaker_failures consecutive
  * connection-level failures, for breaker_cooloff); its recipients then get 451 4.4.1 at RCPT. */
 bool dispatch_backend_down(const struct backend_instance *backend);

@@ -416,6 +416,72 @@ static void build_targets(struct dispatch *d)
 	d->rcpt_target_start[d->rcpt_count] = pos;
 }
 
+/* A backend's workers, started on first use. */
+static struct pool *backend_pool(struct backend_instance *b)
+{
+	if (b->pool == NULL) {
+		char name[80];
+		snprintf(name, sizeof(name), "backend-%s", b->name);
+		b->pool = pool_new(name, (unsigned)b->common.concurrency);
+		if (b->pool == NULL)
+			abort();
+	}
+	return b->pool;
+}
+
+struct dispatch_verify {
+	struct pool_job job;          /* first: the pool hands us back this pointer */
+	struct config *cfg;
+	struct backend_instance *backend;
+	struct recipient rcpt;
+	int result;
+	struct status status;
+	dispatch_verify_fn *cb;
+	void *ctx;
+};
+
+static void verify_run(struct pool_job *pj)
+{
+	struct dispatch_verify *v = (struct dispatch_verify *)pj;
+
+	v->result = v->backend->driver->verify(v->backend->state, &v->rcpt, &v->status);
+}
+
+static void verify_done(struct pool_job *pj)
+{
+	struct dispatch_verify *v = (struct dispatch_verify *)pj;
+
+	if (v->cb != NULL)
+		v->cb(v->ctx, v->result, &v->status);
+	config_unref(&v->cfg);
+	free(v);
+}
+
+struct dispatch_verify *dispatch_verify_start(struct config *cfg, struct backend_instance *backend,
+					      const struct recipient *rcpt, dispatch_verify_fn *cb,
+					      void *ctx)
+{
+	struct dispatch_verify *v = xcalloc(1, sizeof(*v));
+
+	v->job.run = verify_run;
+	v->job.done = verify_done;
+	v->cfg = config_ref(cfg);
+	v->backend = backend;
+	v->rcpt = *rcpt;
+	v->cb = cb;
+	v->ctx = ctx;
+	pool_submit(backend_pool(backend), &v->job);
+	return v;
+}
+
+void dispatch_verify_detach(struct dispatch_verify *v)
+{
+	if (v != NULL) {
+		v->cb = NULL;
+		v->ctx = NULL;
+	}
+}
+
 struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn *cb, void *ctx)
 {
 	struct dispatch *d = xcalloc(1, sizeof(*d));
@@ -508,14 +574,7 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 			job_done(&job->job); /* may free d on the last job */
 			continue;
 		}
-		if (b->pool == NULL) {
-			char name[80];
-			snprintf(name, sizeof(name), "backend-%s", b->name);
-			b->pool = pool_new(name, (unsigned)b->common.concurrency);
-			if (b->pool == NULL)
-				abort();
-		}
-		pool_submit(b->pool, &job->job);
+		pool_submit(backend_pool(b), &job->job);
 	}
 	d->jobs_pending--;
 	if (job_count > 0 && d->jobs_pending == 0 && d->rcpts_pending == 0) {

@@ -53,6 +53,7 @@ enum session_state {
 	STATE_MAIL,       /* MAIL accepted; RCPTs may follow */
 	STATE_DATA,       /* reading DATA content */
 	STATE_BDAT,       /* reading a BDAT chunk */
+	STATE_VERIFYING,  /* a backend checks a recipient (RCPT held) */
 	STATE_DELIVERING, /* waiting for the backends' answers */
 	STATE_CLOSING,    /* last reply queued; close when written */
 };
@@ -105,6 +106,11 @@ struct session {
 	unsigned close_polls;
 	char tls_info[128];             /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once shaken hands */
 	struct transaction *tx;
+
+	/* a RCPT whose verification runs in a worker */
+	struct dispatch_verify *verify;
+	struct recipient pending_rcpt;
+	size_t pending_k;
 
 	/* post-DATA replies, filled in any order, written in RCPT order */
 	struct dispatch *dispatch;
@@ -187,6 +193,7 @@ static void timeouts_for_state(struct session *s)
 	case STATE_BDAT:
 		set_read_timeout(s, cfg->timeout_data_ms);
 		break;
+	case STATE_VERIFYING:
 	case STATE_DELIVERING:
 		/* The client waits for us: its silence is no fault (style.md item 12). */
 		set_read_timeout(s, 0);
@@ -523,6 +530,79 @@ static void cmd_mail(struct session *s, char *args)
 	reply(s, 250, "2.1.0", "Sender <%s> OK", tx->from_str);
 }
 
+static void rcpt_check(struct session *s, const struct recipient *r, size_t from);
+
+/* A worker's RCPT-time verification answered. */
+static void rcpt_verified(void *ctx, int result, const struct status *st)
+{
+	struct session *s = ctx;
+	struct transaction *tx = s->tx;
+	struct backend_instance *b = &tx->cfg->backends[s->pending_rcpt.rule->targets[s->pending_k]];
+
+	s->verify = NULL;
+	s->state = STATE_MAIL;
+	timeouts_for_state(s);
+	if (result < 0) {
+		struct status reply_st = *st;
+		if (status_class_of(&reply_st) == STATUS_PERMFAIL &&
+		    (tx->cfg->soft_bounce || b->common.soft_bounce))
+			status_soft_bounce(&reply_st);
+		reply_status(s, &reply_st);
+	} else {
+		struct recipient r = s->pending_rcpt;
+		rcpt_check(s, &r, s->pending_k + 1);
+	}
+	if (s->state == STATE_MAIL && !s->processing)
+		session_process(s); /* pipelined commands waited behind this RCPT */
+}
+
+/* Check a routed recipient against its backends from target index `from` on (breaker, then
+ * each backend's verification), then accept it. A verification that talks to the store runs
+ * in a worker: the session holds its pipeline meanwhile, so replies stay in order. */
+static void rcpt_check(struct session *s, const struct recipient *r, size_t from)
+{
+	struct transaction *tx = s->tx;
+	struct status st;
+
+	for (size_t k = from; k < r->rule->target_count; k++) {
+		struct backend_instance *b = &tx->cfg->backends[r->rule->targets[k]];
+		if (dispatch_backend_down(b)) {
+			/* Circuit breaker open: say so now instead of after DATA. */
+			reply(s, 451, "4.4.1", "<%s> backend %s temporarily unavailable", r->rcpt, b->name);
+			return;
+		}
+		if (b->driver->verify == NULL)
+			continue;
+		if (b->driver->verify_blocking) {
+			s->pending_rcpt = *r;
+			s->pending_k = k;
+			s->state = STATE_VERIFYING;
+			timeouts_for_state(s);
+			s->verify = dispatch_verify_start(tx->cfg, b, r, rcpt_verified, s);
+			return;
+		}
+		if (b->driver->verify(b->state, r, &st) < 0) {
+			if (status_class_of(&st) == STATUS_PERMFAIL &&
+			    (tx->cfg->soft_bounce || b->common.soft_bounce))
+				status_soft_bounce(&st);
+			reply_status(s, &st);
+			return;
+		}
+	}
+	if (tx->rcpt_count == tx->rcpt_cap) {
+		size_t cap = tx->rcpt_cap ? tx->rcpt_cap * 2 : 8;
+		struct recipient *n = realloc(tx->rcpts, cap * sizeof(*n));
+		if (n == NULL) {
+			reply(s, 452, "4.3.0", "Local error in processing");
+			return;
+		}
+		tx->rcpts = n;
+		tx->rcpt_cap = cap;
+	}
+	tx->rcpts[tx->rcpt_count++] = *r;
+	reply(s, 250, "2.1.5", "<%s> OK", r->rcpt);
+}
+
 static void cmd_rcpt(struct session *s, char *args)
 {
 	struct transaction *tx = s->tx;
@@ -550,33 +630,7 @@ static void cmd_rcpt(struct session *s, char *args)
 		reply_status(s, &st);
 		return;
 	}
-	for (size_t k = 0; k < r.rule->target_count; k++) {
-		struct backend_instance *b = &tx->cfg->backends[r.rule->targets[k]];
-		if (dispatch_backend_down(b)) {
-			/* Circuit breaker open: say so now instead of after DATA. */
-			reply(s, 451, "4.4.1", "<%s> backend %s temporarily unavailable", r.rcpt, b->name);
-			return;
-		}
-		if (b->driver->verify != NULL && b->driver->verify(b->state, &r, &st) < 0) {
-			if (status_class_of(&st) == STATUS_PERMFAIL &&
-			    (tx->cfg->soft_bounce || b->common.soft_bounce))
-				status_soft_bounce(&st);
-			reply_status(s, &st);
-			return;
-		}
-	}
-	if (tx->rcpt_count == tx->rcpt_cap) {
-		size_t cap = tx->rcpt_cap ? tx->rcpt_cap * 2 : 8;
-		struct recipient *n = realloc(tx->rcpts, cap * sizeof(*n));
-		if (n == NULL) {
-			reply(s, 452, "4.3.0", "Local error in processing");
-			return;
-		}
-		tx->rcpts = n;
-		tx->rcpt_cap = cap;
-	}
-	tx->rcpts[tx->rcpt_count++] = r;
-	reply(s, 250, "2.1.5", "<%s> OK", r.rcpt);
+	rcpt_check(s, &r, 0);
 }
 
 static void cmd_data(struct session *s, char *args)
@@ -1051,11 +1105,12 @@ static void session_process(struct session *s)
 		/* Fetched each time: STARTTLS replaces the bufferevent. */
 		struct evbuffer *in = bufferevent_get_input(s->bev);
 		if (s->errors > (unsigned)s->srv->cfg->max_errors && s->state != STATE_CLOSING &&
-		    s->state != STATE_DELIVERING) {
+		    s->state != STATE_DELIVERING && s->state != STATE_VERIFYING) {
 			reply_and_close(s, 421, "4.7.0", "Too many errors, closing connection");
 			break;
 		}
-		if (s->state == STATE_CLOSING || s->state == STATE_DELIVERING)
+		if (s->state == STATE_CLOSING || s->state == STATE_DELIVERING ||
+		    s->state == STATE_VERIFYING)
 			break;
 		if (evbuffer_get_length(in) == 0 && !(s->state == STATE_BDAT && s->tx->bdat_left == 0))
 			break;
@@ -1179,6 +1234,8 @@ static void session_free(struct session *s)
 	}
 	struct server *srv = s->srv;
 
+	if (s->verify != NULL)
+		dispatch_verify_detach(s->verify);
 	if (s->dispatch != NULL) {
 		/* Backends are still working: they finish, we just stop listening for them. */
 		dispatch_detach(s->dispatch);

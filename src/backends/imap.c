@@ -48,6 +48,8 @@ struct imap_settings {
 	bool fallback_to_inbox;
 	bool overquota_permanent;
 	bool unknown_user_permanent;
+	bool verify_recipients;
+	long long verify_cache;
 	long long timeout;
 	long long idle_timeout;
 	long long max_idle;
@@ -94,6 +96,11 @@ static const struct conf_key imap_keys[] = {
 	  offsetof(struct imap_settings, unknown_user_permanent), "false", 1, 0,
 	  "master login: take [AUTHORIZATIONFAILED] (admin accepted, user refused) as an unknown "
 	  "user, 550 5.1.1; otherwise 451 4.7.0" },
+	{ "verify_recipients", CONF_BOOL, offsetof(struct imap_settings, verify_recipients), "false",
+	  1, 0, "log in as each new recipient at RCPT time, so an unknown user is refused there "
+	  "(with unknown_user_permanent: 550 5.1.1); the connection then serves the delivery" },
+	{ "verify_cache", CONF_DURATION, offsetof(struct imap_settings, verify_cache), "60s", 0,
+	  86400000, "how long a verification result is remembered" },
 	{ "timeout", CONF_DURATION, offsetof(struct imap_settings, timeout), "30s", 1000, 600000,
 	  "connect and per-read/write timeout" },
 	{ "idle_timeout", CONF_DURATION, offsetof(struct imap_settings, idle_timeout), "60s", 0,
@@ -125,7 +132,12 @@ struct imap_state {
 	char flags[512];
 	struct imap_settings set;
 
-	pthread_mutex_t lock;         /* guards idle[] */
+	pthread_mutex_t lock;         /* guards idle[] and verified[] */
+	struct verified {
+		char user[128];
+		bool exists;
+		time_t expires;
+	} verified[256];              /* small cache of RCPT-time verifications, by user hash */
 	struct imapconn **idle;
 	size_t idle_count;
 };
@@ -625,6 +637,68 @@ static int imap_probe(void *state, char *result, size_t size)
 	return 0;
 }
 
+static struct verified *verified_slot(struct imap_state *st, const char *user)
+{
+	unsigned h = 5381;
+	for (const char *p = user; *p; p++)
+		h = h * 33 + (unsigned char)*p;
+	return &st->verified[h % (sizeof(st->verified) / sizeof(st->verified[0]))];
+}
+
+/* RCPT time (in a worker): log in as the recipient's user. Only a definitive refusal (550 from
+ * the login mapping) refuses the recipient; anything temporary accepts it and leaves the
+ * verdict to the delivery. A successful connection goes to the pool for that delivery. */
+static int imap_verify(void *state, const struct recipient *rcpt, struct status *st_r)
+{
+	struct imap_state *st = state;
+	struct delivery d = { .sender = "" };
+	struct template_vars vars;
+	char user[256], reason[400];
+	const char *error;
+	time_t now = time(NULL);
+
+	if (!st->set.verify_recipients || st->login_kind == LOGIN_SHARED)
+		return 0;
+	delivery_vars(&d, rcpt, &vars);
+	if (template_expand(st->user_tmpl, &vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0 ||
+	    user[0] == '\0' || strlen(user) >= sizeof(st->verified[0].user))
+		return 0;
+	pthread_mutex_lock(&st->lock);
+	struct verified *v = verified_slot(st, user);
+	bool cached = strcmp(v->user, user) == 0 && v->expires > now;
+	bool exists = v->exists;
+	pthread_mutex_unlock(&st->lock);
+	if (cached) {
+		if (exists)
+			return 0;
+		status_must(st_r, 550, "5.1.1", "<%s> no such IMAP user", rcpt->rcpt);
+		return -1;
+	}
+	struct imapconn *conn = pool_take(st, user);
+	struct status status;
+	if (conn == NULL)
+		conn = connect_as(st, user, &status, reason, sizeof(reason));
+	exists = conn != NULL;
+	if (conn != NULL)
+		pool_give(st, conn);
+	else if (status_class_of(&status) != STATUS_PERMFAIL)
+		return 0; /* not known either way: accept, the delivery decides */
+	pthread_mutex_lock(&st->lock);
+	v = verified_slot(st, user);
+	snprintf(v->user, sizeof(v->user), "%s", user);
+	v->exists = exists;
+	v->expires = now + (time_t)(st->set.verify_cache / 1000);
+	pthread_mutex_unlock(&st->lock);
+	if (exists)
+		return 0;
+	/* The login mapping names the IMAP user; the reply names the recipient. */
+	const char *text = status.text;
+	if (text[0] == '<' && strstr(text, "> ") != NULL)
+		text = strstr(text, "> ") + 2;
+	status_make(st_r, status.code, status.enhanced, "<%s> %s", rcpt->rcpt, text);
+	return -1;
+}
+
 const struct backend_driver backend_imap = {
 	.name = "imap",
 	.keys = imap_keys,
@@ -632,6 +706,8 @@ const struct backend_driver backend_imap = {
 	.open = imap_open,
 	.deliver = imap_deliver,
 	.close = imap_close,
+	.verify = imap_verify,
+	.verify_blocking = true,
 	.probe = imap_probe,
 	.explain = imap_explain,
 };

@@ -588,3 +588,48 @@ def test_imap_pool_reconnects_after_server_closed_connection():
             log = dovecot_log(dc)
         assert dc.count("alice") == 2
         assert len(logins(log, "alice")) == 2, log
+
+
+def test_imap_verify_recipients_refuses_unknown_user_at_rcpt():
+    """verify_recipients: an unknown user is refused at RCPT (550 5.1.1 with
+    unknown_user_permanent), known ones are accepted, pipelined replies stay in order, and the
+    login made at RCPT serves the delivery (one login per user)."""
+    with DovecotServer() as dc:
+        gw = _gw_verify(dc)
+        with gw:
+            with gw.session() as c:
+                # Everything in one write: the RCPT replies must come back in order.
+                c.send(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<alice@example.test>\r\n"
+                       b"RCPT TO:<nobody@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+                expect(c.reply(), 250, "2.1.0")
+                expect(c.reply(), 250, "2.1.5")
+                rep = c.reply()
+                expect(rep, 550, "5.1.1")
+                assert "nobody@example.test" in str(rep), rep
+                expect(c.reply(), 250, "2.1.5")
+                expect(c.reply(), 354)
+                c.send(b"Subject: verified\r\n\r\nhi\r\n.\r\n")
+                expect(c.reply(), 250, "2.0.0")
+                expect(c.reply(), 250, "2.0.0")
+                # Cached: a second transaction refuses nobody again without a new login.
+                expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+                expect(c.cmd("RCPT TO:<nobody@example.test>"), 550, "5.1.1")
+                expect(c.cmd("RSET"), 250, "2.0.0")
+        assert dc.count("alice") == 1 and dc.count("bob") == 1
+        logins = [l for l in dc.log().splitlines() if "imap-login: Info: Login: user=<alice>" in l]
+        assert len(logins) == 1, logins
+
+
+def _gw_verify(dc):
+    import os as _os
+    gw = Lmtpgw(routes=[("*@example.test", ["inbox"])])
+    pw = _os.path.join(gw.dir, "master.pw")
+    with open(pw, "w") as f:
+        f.write(dc.master[1] + "\n")
+    _os.chmod(pw, 0o600)
+    gw.backends = ('inbox: { driver = "imap"; url = %s; ca_file = %s; login = %s; '
+                   'password_file = %s; verify_recipients = true; unknown_user_permanent = true; };'
+                   % (cstr("imap://127.0.0.1:%d" % dc.imap_port), cstr(dc.ca_file),
+                      cstr(dc.master[0]), cstr(pw)))
+    gw.write_config()
+    return gw
