@@ -374,12 +374,17 @@ class PostfixServer:
     def flush(self):
         self._run([os.path.join(SBIN, "postqueue"), "-c", self.config_dir, "-f"])
 
-    def wait_queue_empty(self, timeout=20.0):
+    def wait_queue_empty(self, timeout=20.0, flush_every=None):
+        """Wait until nothing is queued; with flush_every (seconds), `postqueue -f` that often."""
         deadline = time.time() + timeout
+        next_flush = time.time() + flush_every if flush_every else None
         while True:
             q = self.queue()
             if not q:
                 return
+            if next_flush and time.time() >= next_flush:
+                self.flush()
+                next_flush = time.time() + flush_every
             if time.time() > deadline:
                 raise AssertionError("Postfix queue not empty after %ss: %s\n--- maillog ---\n%s"
                                      % (timeout, q, self.log()[-3000:]))

@@ -51,6 +51,11 @@ def postfix(gw, main=None, recommended_settings=True, **kw):
     return PostfixServer({DOMAIN: "lmtp:inet:127.0.0.1:%d" % gw.port}, main=settings, **kw)
 
 
+# Long timers: a deferred message stays in the deferred queue until the test flushes it.
+NO_RETRY = {"queue_run_delay": "300s", "minimal_backoff_time": "300s",
+            "maximal_backoff_time": "600s"}
+
+
 def message(subject, body=b"hello\r\n", extra_headers=b""):
     """A complete message (Date, Message-ID, From, To present: Postfix adds nothing but Received)."""
     return (b"From: Sender <%s>\r\nTo: <list@%s>\r\nSubject: %s\r\n"
@@ -130,7 +135,7 @@ def test_postfix_temporary_failure_defers_only_that_recipient():
         f.write("not a directory\n")
     gw.backends = 'broken: { driver = "maildir"; path = %s; };' % cstr(blocker + "/%{local}")
     gw.write_config()
-    with gw, postfix(gw) as pf:
+    with gw, postfix(gw, main=NO_RETRY) as pf:
         content = message("defer-one")
         rcpts = ["alice@" + DOMAIN, "bob@" + DOMAIN, "carol@" + DOMAIN]
         assert pf.send(SENDER, rcpts, content) == {}
@@ -161,7 +166,8 @@ def test_postfix_temporary_failure_defers_only_that_recipient():
             assert len(deliveries(gw, u + "@" + DOMAIN)) == 1
         split_trace(only(gw, "carol", root=blocker), content)
         assert len(deliveries(gw, "carol@" + DOMAIN)) == 1
-        assert len(deliveries(gw, "carol@" + DOMAIN, "tempfail")) >= 1, gw.log()[-2000:]
+        assert len(deliveries(gw, "carol@" + DOMAIN, "tempfail")) == 1, gw.log()[-2000:]
+        assert pf.statuses("carol@" + DOMAIN) == ["deferred", "sent"]   # the flush did it
 
 
 def test_postfix_imap_backend_down_then_up():
@@ -187,7 +193,7 @@ def test_postfix_imap_backend_down_then_up():
 
         gw = Lmtpgw(backends=imap(free_port()),
                     routes=[("bob@" + DOMAIN, ["imapbox"]), ("*@" + DOMAIN, ["local"])])
-        with gw, postfix(gw) as pf:
+        with gw, postfix(gw, main=NO_RETRY) as pf:
             content = message("imap-down")
             assert pf.send(SENDER, ["alice@" + DOMAIN, "bob@" + DOMAIN], content) == {}
             pf.wait_status("bob@" + DOMAIN, "deferred")
@@ -211,6 +217,7 @@ def test_postfix_imap_backend_down_then_up():
             split_trace(only(gw, "alice"), content)
             assert pf.statuses("alice@" + DOMAIN) == ["sent"]
             assert len(deliveries(gw, "bob@" + DOMAIN)) == 1
+            assert pf.statuses("bob@" + DOMAIN) == ["deferred", "sent"]
 
 
 def test_postfix_permanent_failure_bounces_only_that_recipient():
@@ -326,15 +333,20 @@ def test_postfix_recipient_limit_splits_transactions():
 def test_postfix_more_recipients_than_lmtpgw_accepts():
     """Limits out of step (lmtpgw max_recipients = 2, Postfix sends up to 50): lmtpgw answers
     452 4.5.3 to the third RCPT; Postfix delivers the first two and retries the rest in further
-    transactions. Nothing is lost or duplicated, only delayed."""
+    transactions. Nothing is lost or duplicated, only delayed: Postfix moves the message back to
+    its incoming queue for the rest, and when its queue manager looks there while the first
+    delivery is still finishing ("skipped, still being delivered", seen under valgrind) the rest
+    waits for the queue manager's next wakeup (300 s in the stock master.cf). The test flushes
+    every 3 s so it does not wait that long."""
     gw = Lmtpgw(config={"max_recipients": 2})
     with gw, postfix(gw) as pf:
         rcpts = ["v%d@%s" % (i, DOMAIN) for i in range(1, 6)]
         content = message("too-many")
         assert pf.send(SENDER, rcpts, content) == {}
-        pf.wait_queue_empty(timeout=30)
+        pf.wait_queue_empty(timeout=30, flush_every=3)
         for r in rcpts:
             assert pf.statuses(r)[-1] == "sent", pf.delivery_lines(r)
+            assert pf.statuses(r).count("sent") == 1, pf.delivery_lines(r)
             assert len(deliveries(gw, r)) == 1
             split_trace(only(gw, r.split("@")[0]), content)
         assert any("452 4.5.3" in l for l in pf.log().splitlines()), pf.log()[-3000:]
