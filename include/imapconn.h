@@ -79,6 +79,11 @@ int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flag
 int imapconn_create(struct imapconn *conn, const char *mailbox, bool subscribe, char *reason,
 		    size_t reason_size);
 
+/* Is a message whose header `name` has `value` in mailbox? 1 yes (its UID in *uid_r), 0 no,
+ * -1 could not tell (reason set). Uses EXAMINE, so the mailbox stays unchanged. */
+int imapconn_find_header(struct imapconn *conn, const char *mailbox, const char *name,
+			 const char *value, uint32_t *uid_r, char *reason, size_t reason_size);
+
 /* NOOP as a health check of an idle connection. */
 int imapconn_noop(struct imapconn *conn);
 

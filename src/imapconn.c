@@ -676,6 +676,40 @@ int imapconn_create(struct imapconn *conn, const char *mailbox, bool subscribe, 
 	return 0;
 }
 
+int imapconn_find_header(struct imapconn *conn, const char *mailbox, const char *name,
+			 const char *value, uint32_t *uid_r, char *reason, size_t reason_size)
+{
+	int r = mailimap_examine(conn->imap, mailbox);
+
+	if (r != MAILIMAP_NO_ERROR) {
+		if (stream_error(r))
+			conn->broken = true;
+		snprintf(reason, reason_size, "examine %s: error %d [%s]", mailbox, r,
+			 response_code(conn));
+		return -1;
+	}
+	struct mailimap_search_key *key = mailimap_search_key_new_header(strdup(name), strdup(value));
+	clist *result = NULL;
+	r = key != NULL ? mailimap_uid_search(conn->imap, NULL, key, &result) : MAILIMAP_ERROR_MEMORY;
+	if (key != NULL)
+		mailimap_search_key_free(key);
+	if (r != MAILIMAP_NO_ERROR) {
+		if (stream_error(r))
+			conn->broken = true;
+		snprintf(reason, reason_size, "uid search header %s: error %d", name, r);
+		return -1;
+	}
+	int found = 0;
+	if (result != NULL && clist_begin(result) != NULL) {
+		*uid_r = *(uint32_t *)clist_content(clist_begin(result));
+		found = 1;
+	}
+	if (result != NULL)
+		mailimap_search_result_free(result);
+	/* Leave the selected state: APPEND works in either, and a later EXAMINE replaces it. */
+	return found;
+}
+
 int imapconn_noop(struct imapconn *conn)
 {
 	int r = mailimap_noop(conn->imap);

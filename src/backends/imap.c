@@ -26,6 +26,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <openssl/evp.h>
+
 #include "imapconn.h"
 
 struct imap_settings {
@@ -50,6 +52,7 @@ struct imap_settings {
 	bool unknown_user_permanent;
 	bool verify_recipients;
 	long long verify_cache;
+	bool dedupe;
 	long long timeout;
 	long long idle_timeout;
 	long long max_idle;
@@ -101,6 +104,9 @@ static const struct conf_key imap_keys[] = {
 	  "(with unknown_user_permanent: 550 5.1.1); the connection then serves the delivery" },
 	{ "verify_cache", CONF_DURATION, offsetof(struct imap_settings, verify_cache), "60s", 0,
 	  86400000, "how long a verification result is remembered" },
+	{ "dedupe", CONF_BOOL, offsetof(struct imap_settings, dedupe), "false", 1, 0,
+	  "add an X-Lmtpgw-Id header; after an APPEND of unknown outcome, search for it before "
+	  "appending the same message again" },
 	{ "timeout", CONF_DURATION, offsetof(struct imap_settings, timeout), "30s", 1000, 600000,
 	  "connect and per-read/write timeout" },
 	{ "idle_timeout", CONF_DURATION, offsetof(struct imap_settings, idle_timeout), "60s", 0,
@@ -138,6 +144,10 @@ struct imap_state {
 		bool exists;
 		time_t expires;
 	} verified[256];              /* small cache of RCPT-time verifications, by user hash */
+	struct uncertain {
+		char id[65];
+		time_t until;
+	} uncertain[256];             /* APPENDs whose outcome is unknown (dedupe), by id hash */
 	struct imapconn **idle;
 	size_t idle_count;
 };
@@ -497,6 +507,65 @@ static struct imapconn *connect_as(struct imap_state *st, const char *identity,
 	return conn;
 }
 
+/* The id of one message for one mailbox: the same on every retry of the same content. */
+static void dedupe_id(const struct delivery *d, const char *user, const char *folder,
+		      char out[65])
+{
+	unsigned char md[32];
+	unsigned int len = 0;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+
+	out[0] = '\0';
+	if (ctx == NULL)
+		return;
+	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	EVP_DigestUpdate(ctx, d->sha256, strlen(d->sha256));
+	EVP_DigestUpdate(ctx, "\n", 1);
+	EVP_DigestUpdate(ctx, user, strlen(user));
+	EVP_DigestUpdate(ctx, "\n", 1);
+	EVP_DigestUpdate(ctx, folder, strlen(folder));
+	EVP_DigestFinal_ex(ctx, md, &len);
+	EVP_MD_CTX_free(ctx);
+	for (unsigned i = 0; i < 32; i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static unsigned text_hash(const char *text)
+{
+	unsigned h = 5381;
+	for (const char *p = text; *p; p++)
+		h = h * 33 + (unsigned char)*p;
+	return h;
+}
+
+static struct uncertain *uncertain_slot(struct imap_state *st, const char *id)
+{
+	return &st->uncertain[text_hash(id) % (sizeof(st->uncertain) / sizeof(st->uncertain[0]))];
+}
+
+/* Remember (or forget) that an APPEND of this id may have been stored. */
+static void uncertain_set(struct imap_state *st, const char *id, bool on)
+{
+	pthread_mutex_lock(&st->lock);
+	struct uncertain *u = uncertain_slot(st, id);
+	if (on) {
+		snprintf(u->id, sizeof(u->id), "%s", id);
+		u->until = time(NULL) + 7 * 86400;
+	} else if (strcmp(u->id, id) == 0) {
+		u->id[0] = '\0';
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+static bool uncertain_get(struct imap_state *st, const char *id)
+{
+	pthread_mutex_lock(&st->lock);
+	struct uncertain *u = uncertain_slot(st, id);
+	bool hit = strcmp(u->id, id) == 0 && u->until > time(NULL);
+	pthread_mutex_unlock(&st->lock);
+	return hit;
+}
+
 /* Replies name the recipient, like every other driver's: "<rcpt> text". */
 static void name_recipient(struct target *t)
 {
@@ -537,6 +606,33 @@ static void deliver_one(struct imap_state *st, const struct delivery *d, struct 
 	size_t prefix_len = delivery_prefix(d, t, prefix, sizeof(prefix));
 	if (prefix_len >= sizeof(prefix))
 		prefix_len = sizeof(prefix) - 1;
+	char id[65] = "";
+	if (st->set.dedupe) {
+		dedupe_id(d, user, folder, id);
+		int n = snprintf(prefix + prefix_len, sizeof(prefix) - prefix_len, "X-Lmtpgw-Id: %s\r\n", id);
+		if (n > 0 && (size_t)n < sizeof(prefix) - prefix_len)
+			prefix_len += (size_t)n;
+		uint32_t uid = 0;
+		if (id[0] && uncertain_get(st, id) &&
+		    imapconn_find_header(conn, folder, "X-Lmtpgw-Id", id, &uid, reason,
+					 sizeof(reason)) == 1) {
+			/* The earlier attempt did store it: do not store it twice. */
+			uncertain_set(st, id, false);
+			status_must(&t->status, 250, "2.0.0", "<%s> already stored (%s uid %u)",
+				    t->rcpt->rcpt, st->name, uid);
+			snprintf(t->ref, sizeof(t->ref), "user=%s folder=%s uid=%u dedupe=found", user,
+				 folder, uid);
+			pool_give(st, conn);
+			return;
+		}
+		if (imapconn_broken(conn)) {
+			status_must(&t->status, 451, "4.4.2", "<%s> Connection to IMAP server lost",
+				    t->rcpt->rcpt);
+			snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
+			pool_give(st, conn);
+			return;
+		}
+	}
 	struct spool_view view;
 	if (spool_view_prefixed(d->spool, prefix, prefix_len, &view) < 0) {
 		status_from_errno(&t->status, errno, "cannot map message");
@@ -570,6 +666,10 @@ static void deliver_one(struct imap_state *st, const struct delivery *d, struct 
 		}
 	}
 	spool_view_release(&view);
+	if (id[0]) {
+		/* A lost connection mid-APPEND leaves the outcome unknown: check next time. */
+		uncertain_set(st, id, r < 0 && imapconn_broken(conn));
+	}
 	if (r < 0) {
 		name_recipient(t);
 		snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
@@ -639,10 +739,7 @@ static int imap_probe(void *state, char *result, size_t size)
 
 static struct verified *verified_slot(struct imap_state *st, const char *user)
 {
-	unsigned h = 5381;
-	for (const char *p = user; *p; p++)
-		h = h * 33 + (unsigned char)*p;
-	return &st->verified[h % (sizeof(st->verified) / sizeof(st->verified[0]))];
+	return &st->verified[text_hash(user) % (sizeof(st->verified) / sizeof(st->verified[0]))];
 }
 
 /* RCPT time (in a worker): log in as the recipient's user. Only a definitive refusal (550 from

@@ -633,3 +633,97 @@ def _gw_verify(dc):
                       cstr(dc.master[0]), cstr(pw)))
     gw.write_config()
     return gw
+
+
+class SwallowReplyProxy:
+    """Fault injection: relays both ways until the client has sent swallow_after bytes, then
+    stops relaying the server's answers and closes both sides a moment later — the server
+    stored the message, the client never hears the OK (an APPEND of unknown outcome)."""
+
+    def __init__(self, port, swallow_after):
+        self.target = ("127.0.0.1", port)
+        self.swallow_after = swallow_after
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        self.swallowed = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.lsock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target, timeout=10)
+            state = {"up": 0, "swallow": False}
+            threading.Thread(target=self._up, args=(client, server, state), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, state), daemon=True).start()
+
+    def _up(self, client, server, state):
+        try:
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    break
+                server.sendall(data)
+                state["up"] += len(data)
+                if self.swallow_after is not None and state["up"] >= self.swallow_after:
+                    state["swallow"] = True
+        except OSError:
+            pass
+
+    def _down(self, server, client, state):
+        try:
+            while True:
+                data = server.recv(65536)
+                if not data:
+                    break
+                if state["swallow"]:
+                    # The server's answer to the APPEND: drop it, then hang up on both sides.
+                    self.swallowed += 1
+                    time.sleep(0.5)
+                    for s in (client, server):
+                        try:
+                            s.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                    return
+                client.sendall(data)
+        except OSError:
+            pass
+
+    def stop(self):
+        self.lsock.close()
+
+
+def test_imap_dedupe_after_lost_append_reply():
+    """dedupe = true: an APPEND whose OK was lost is looked up (UID SEARCH HEADER X-Lmtpgw-Id)
+    when the MTA retries, and not stored a second time."""
+    with dovecot() as dc:
+        proxy = SwallowReplyProxy(dc.imaps_port, swallow_after=1024 * 1024)
+        try:
+            be = imap_backend(dc, url="imaps://127.0.0.1:%d" % proxy.port, dedupe=True)
+            with gateway(be) as gw:
+                c = gw.session()
+                big = message("dedupe", size=2 * 1024 * 1024)
+                r = transaction(c, ["alice@" + DOMAIN], big)
+                expect(r[0], 451, "4.4.2")
+                assert proxy.swallowed >= 1
+                time.sleep(0.3)
+                assert dc.count("alice") == 1, "the server should have stored the first attempt"
+                # The MTA retries the same message: found, not stored again.
+                proxy.swallow_after = None
+                r = transaction(c, ["alice@" + DOMAIN], big)
+                expect(r[0], 250, "2.0.0")
+                assert "already stored" in str(r[0]), r[0]
+                assert dc.count("alice") == 1, "stored twice"
+                # A different message is appended normally.
+                expect(transaction(c, ["alice@" + DOMAIN], message("other"))[0], 250, "2.0.0")
+                assert dc.count("alice") == 2
+        finally:
+            proxy.stop()
+        stored = dc.messages("alice")[0].raw
+        assert re.search(rb"^X-Lmtpgw-Id: [0-9a-f]{64}\r$", stored, re.M), stored[:500]
