@@ -99,6 +99,7 @@ struct config {
 	bool delivered_to;
 	bool soft_bounce;
 	bool xforward;
+	bool dsn;
 	char *metrics_listen;
 	char *tls_cert_file;
 	char *tls_key_file;

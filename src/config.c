@@ -89,6 +89,9 @@ const struct conf_key config_global_keys[] = {
 	  0, "lowercase the local part before routing and templates (domains always are)" },
 	{ "delivered_to", CONF_BOOL, offsetof(struct config, delivered_to), "false", 1, 0,
 	  "prepend a Delivered-To: header per recipient to every stored copy" },
+	{ "dsn", CONF_BOOL, offsetof(struct config, dsn), "false", 1, 0,
+	  "offer DSN (RFC 3461) in LHLO; lmtpgw sends no success notices itself, so the MTA "
+	  "then sends none either" },
 	{ "xforward", CONF_BOOL, offsetof(struct config, xforward), "false", 1, 0,
 	  "offer XFORWARD (Postfix) so the MTA can pass its queue id and client for our logs; "
 	  "enable only on listeners that only trusted MTAs reach" },

@@ -472,21 +472,30 @@ static void cmd_lhlo(struct session *s, char *args)
 	timeouts_for_state(s);
 
 	struct evbuffer *out = bufferevent_get_output(s->bev);
+	char size[40];
+	const char *lines[16];
+	size_t n = 0;
+
+	snprintf(size, sizeof(size), "SIZE %lld", cfg->max_message_size);
+	lines[n++] = cfg->hostname;
+	lines[n++] = "PIPELINING";
+	lines[n++] = "ENHANCEDSTATUSCODES";
+	lines[n++] = "8BITMIME";
+	lines[n++] = size;
+	lines[n++] = "CHUNKING";
+	lines[n++] = "BINARYMIME";
+	lines[n++] = "SMTPUTF8";
+	if (cfg->tls_ctx != NULL && !s->tls && !s->is_unix)
+		lines[n++] = "STARTTLS";
+	if (cfg->xforward)
+		lines[n++] = "XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE";
+	/* RFC 3461: a server offering DSN must send "delivered" notices when asked; lmtpgw sends
+	 * no mail, so DSN is offered only when the admin says the store or the MTA covers it. */
+	if (cfg->dsn)
+		lines[n++] = "DSN";
 	/* RFC 2034: the LHLO reply carries no enhanced status codes. */
-	evbuffer_add_printf(out,
-			    "250-%s\r\n"
-			    "250-PIPELINING\r\n"
-			    "250-ENHANCEDSTATUSCODES\r\n"
-			    "250-8BITMIME\r\n"
-			    "250-SIZE %lld\r\n"
-			    "250-CHUNKING\r\n"
-			    "250-BINARYMIME\r\n"
-			    "250-SMTPUTF8\r\n"
-			    "%s%s"
-			    "250 DSN\r\n",
-			    cfg->hostname, cfg->max_message_size,
-			    cfg->tls_ctx != NULL && !s->tls && !s->is_unix ? "250-STARTTLS\r\n" : "",
-			    cfg->xforward ? "250-XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE\r\n" : "");
+	for (size_t i = 0; i < n; i++)
+		evbuffer_add_printf(out, "250%c%s\r\n", i + 1 < n ? '-' : ' ', lines[i]);
 }
 
 static void cmd_mail(struct session *s, char *args)

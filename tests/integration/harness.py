@@ -50,7 +50,7 @@ def kill_all():
             pass
     # Test servers a timed-out test may have left (imported lazily: not every test needs them).
     import sys
-    for name in ("dovecot", "s3server", "webhook_receiver"):
+    for name in ("dovecot", "s3server", "webhook_receiver", "postfix"):
         mod = sys.modules.get(name)
         if mod is not None and hasattr(mod, "kill_all"):
             try:

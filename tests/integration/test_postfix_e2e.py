@@ -353,11 +353,11 @@ def test_postfix_more_recipients_than_lmtpgw_accepts():
 
 
 def test_postfix_success_dsn_with_recommended_settings():
-    """NOTIFY=SUCCESS: lmtpgw offers DSN but sends no notices itself, so Postfix (which leaves
-    success notices to a DSN-capable next hop) would send none. With the recommended
+    """NOTIFY=SUCCESS with lmtpgw's dsn = true: lmtpgw sends no notices itself, so Postfix (which
+    leaves success notices to a DSN-capable next hop) would send none. With the recommended
     lmtp_discard_lhlo_keywords = dsn and flags=X (final delivery) on the lmtp service, Postfix
     sends the sender a "delivered" notice."""
-    gw = Lmtpgw()
+    gw = Lmtpgw(config={"dsn": True})
     with gw, postfix(gw) as pf:
         assert pf.send(SENDER, ["alice@" + DOMAIN], message("dsn"), rcpt_options=["NOTIFY=SUCCESS"]) == {}
         pf.wait_status("alice@" + DOMAIN, "sent")
@@ -367,10 +367,23 @@ def test_postfix_success_dsn_with_recommended_settings():
         assert b"Action: delivered" in dsn and b"Final-Recipient: rfc822; alice@" in dsn, dsn
 
 
-def test_postfix_success_dsn_lost_when_dsn_offered():
-    """The same without lmtp_discard_lhlo_keywords = dsn: Postfix passes NOTIFY=SUCCESS to
-    lmtpgw, logs the delivery, and nobody sends the requested success notice."""
+def test_postfix_success_dsn_by_default_without_postfix_settings():
+    """lmtpgw does not offer DSN unless configured (dsn = false), so even a stock Postfix lmtp
+    client sends the requested success notice itself."""
     gw = Lmtpgw()
+    with gw, postfix(gw, main={"lmtp_discard_lhlo_keywords": ""}) as pf:
+        assert pf.send(SENDER, ["alice@" + DOMAIN], message("dsn-default"),
+                       rcpt_options=["NOTIFY=SUCCESS"]) == {}
+        pf.wait_status("alice@" + DOMAIN, "sent")
+        wait_for(lambda: gw.messages("sender"), "the success DSN in the sender's Maildir")
+        pf.wait_queue_empty()
+
+
+def test_postfix_success_dsn_lost_when_dsn_offered():
+    """With lmtpgw's dsn = true and without lmtp_discard_lhlo_keywords = dsn: Postfix passes
+    NOTIFY=SUCCESS to lmtpgw, logs the delivery, and nobody sends the requested success notice
+    (why dsn is off by default)."""
+    gw = Lmtpgw(config={"dsn": True})
     with gw, postfix(gw, main={"lmtp_discard_lhlo_keywords": ""}) as pf:
         assert pf.send(SENDER, ["alice@" + DOMAIN], message("dsn-lost"), rcpt_options=["NOTIFY=SUCCESS"]) == {}
         pf.wait_status("alice@" + DOMAIN, "sent")

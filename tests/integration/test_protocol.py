@@ -3,7 +3,7 @@ addresses, routes, the small commands, over-long lines. Every reply code AND enh
 from harness import Lmtpgw, expect, expect_enhanced
 
 EXTENSIONS = ["PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SIZE", "CHUNKING", "BINARYMIME",
-              "SMTPUTF8", "DSN"]
+              "SMTPUTF8"]
 
 
 def test_greeting_and_lhlo():
@@ -22,8 +22,21 @@ def test_greeting_and_lhlo():
                 assert ext in keywords, "LHLO lacks %s: %s" % (ext, r)
             size = [l for l in r.lines[1:] if l.upper().startswith("SIZE")]
             assert size == ["SIZE %d" % (10 * 1024 * 1024)], "SIZE should advertise max_message_size: %s" % size
+            # DSN only when configured (lmtpgw sends no "delivered" notices itself).
+            assert "DSN" not in keywords, r
             expect(c.cmd("QUIT"), 221, "2.0.0")
             c.expect_closed()
+
+
+def test_dsn_offered_when_configured():
+    with Lmtpgw(config={"dsn": True}) as gw:
+        with gw.client() as c:
+            r = c.cmd("LHLO client.test")
+            assert r.lines[-1] == "DSN", r
+            # The DSN parameters are carried (and were accepted before, too).
+            expect(c.cmd("MAIL FROM:<s@example.test> RET=HDRS ENVID=abc"), 250, "2.1.0")
+            expect(c.cmd("RCPT TO:<a@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@example.test"),
+                   250, "2.1.5")
 
 
 def test_helo_ehlo_refused_and_unknown_verb():
