@@ -545,7 +545,7 @@ int imapconn_login(struct imapconn *conn, enum imap_login_mode mode, const char 
 	/* A failed login is ours to fix (the gateway's credential) unless the server says the
 	 * user does not exist: never bounce on doubt. */
 	if (strcasecmp(code, "NONEXISTENT") == 0)
-		status_must(st_r, 550, "5.1.1", "<%s> no such IMAP user", user);
+		status_must(st_r, 550, "5.1.1", "no such IMAP user");
 	else if (strcasecmp(code, "UNAVAILABLE") == 0)
 		status_must(st_r, 451, "4.3.0", "IMAP server temporarily unavailable");
 	else

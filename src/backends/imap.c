@@ -500,7 +500,7 @@ static struct imapconn *connect_as(struct imap_state *st, const char *identity,
 		 * admin can say whether that means "no such user" on their server. */
 		if (st->login_kind == LOGIN_MASTER && st->set.unknown_user_permanent &&
 		    strstr(reason, "[AUTHORIZATIONFAILED]") != NULL)
-			status_must(status, 550, "5.1.1", "<%s> no such IMAP user", identity);
+			status_must(status, 550, "5.1.1", "no such IMAP user");
 		imapconn_close(&conn);
 		return NULL;
 	}

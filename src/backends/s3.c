@@ -102,7 +102,7 @@ static const struct conf_key s3_keys[] = {
 	  0, "instead of the two above: access key id on line 1, secret key on line 2" },
 	{ "session_token_file", CONF_STRING, offsetof(struct s3_settings, session_token_file), NULL,
 	  1, 0, "file holding a session token (temporary credentials), optional" },
-	{ "key", CONF_STRING, offsetof(struct s3_settings, key), "%{date:%Y/%m/%d}/%{sha256}.eml",
+	{ "key", CONF_STRING, offsetof(struct s3_settings, key), "%{sha256}.eml",
 	  1, 0, "object key (template; values are percent-encoded)" },
 	{ "mode", CONF_STRING, offsetof(struct s3_settings, mode), "message", 1, 0,
 	  "message (one object for all recipients) or recipient (one object each)" },

@@ -165,7 +165,7 @@ def test_mailbox_ingestion_recipe():
             replies = final_replies(out)
             codes = [c for c, _ in replies]
             assert codes == [250, 250, 550], out
-            assert "5.1.1 <nosuchuser> no such IMAP user" in replies[2][1], replies
+            assert "5.1.1 <nosuchuser@example.com> no such IMAP user" in replies[2][1], replies
             # alice's INBOX and her folder INBOX.lists, created and subscribed
             assert dc.count("alice", "INBOX") == 1, dc.list_mailboxes("alice")
             assert dc.count("alice", "INBOX.lists") == 1, dc.list_mailboxes("alice")

@@ -100,7 +100,7 @@ def test_object_is_the_stored_message_and_manifest_is_complete():
         assert len(objs) == 1 and manifests == [objs[0] + ".json"], s3.keys()
         key = objs[0]
         sha = hashlib.sha256(content).hexdigest()
-        assert key.endswith("/%s.eml" % sha), key
+        assert key == "%s.eml" % sha, key  # the default key: content-addressed
         stored = s3.get(key)
         split_trace(stored, content)
         m = json.loads(s3.get(manifests[0]))
