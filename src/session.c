@@ -96,6 +96,7 @@ struct session {
 	char *line;                     /* command line buffer, max_command_line + 1 */
 	size_t line_max;
 	bool skipping;                  /* discarding an over-long command line up to its LF */
+	bool eof;                       /* the client half-closed: answer what it sent, then close */
 	char xf_ident[64];              /* XFORWARD IDENT: the MTA's queue id, for the log */
 	char xf_client[160];            /* XFORWARD NAME/ADDR: the MTA's client, for the log */
 	char xf_name[80];
@@ -299,7 +300,8 @@ static void delivery_result(void *ctx, size_t index, const struct status *st)
 	flush_replies(s);
 	if (s->state == STATE_READY && !s->processing) {
 		/* Commands may have been pipelined behind the final dot. */
-		bufferevent_enable(s->bev, EV_READ);
+		if (!s->eof)
+			bufferevent_enable(s->bev, EV_READ);
 		session_process(s);
 	}
 }
@@ -1107,6 +1109,26 @@ static bool command_feed(struct session *s, struct evbuffer *in)
 	return true;
 }
 
+static bool session_close_if_flushed(struct session *s);
+
+/* After the client half-closed: once every command it sent is answered (deliveries included,
+ * RFC 2033 4.2: each recipient's reply is owed), close. An unfinished message stores nothing. */
+static void session_eof_check(struct session *s)
+{
+	if (!s->eof || s->state == STATE_DELIVERING || s->state == STATE_VERIFYING ||
+	    s->state == STATE_CLOSING)
+		return;
+	if (s->state == STATE_DATA || s->state == STATE_BDAT) {
+		log_info("session=%s tx=%s event=lost_during_data stored=none", s->id,
+			 s->tx != NULL ? s->tx->id : "-");
+		session_free(s);
+		return;
+	}
+	session_reset_tx(s);
+	s->state = STATE_CLOSING;
+	session_close_if_flushed(s);
+}
+
 static void session_process(struct session *s)
 {
 	s->processing = true;
@@ -1134,8 +1156,11 @@ static void session_process(struct session *s)
 			break;
 	}
 	s->processing = false;
-	if (s->freed_in_process)
+	if (s->freed_in_process) {
 		session_free(s);
+		return;
+	}
+	session_eof_check(s);
 }
 
 /* --- bufferevent callbacks --- */
@@ -1155,6 +1180,16 @@ static size_t unsent(const struct session *s)
 	if (under != NULL)
 		n += evbuffer_get_length(bufferevent_get_output(under));
 	return n;
+}
+
+/* Free now when nothing is left to send; otherwise the write callback does it. */
+static bool session_close_if_flushed(struct session *s)
+{
+	if (unsent(s) == 0) {
+		session_free(s);
+		return true;
+	}
+	return false;
 }
 
 static void close_when_flushed(evutil_socket_t fd, short what, void *arg)
@@ -1223,6 +1258,21 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		/* RFC 5321 4.5.3.2: close with 421; a transaction in progress is dropped whole. */
 		session_reset_tx(s);
 		reply_and_close(s, 421, "4.4.2", "Timeout, closing connection");
+		return;
+	}
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->state == STATE_CLOSING) {
+		/* Our last replies are still being written: the write callback closes. */
+		bufferevent_disable(bev, EV_READ);
+		if (unsent(s) == 0)
+			session_free(s);
+		return;
+	}
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
+		/* A half-close: the client may still read. Answer everything it sent first. */
+		s->eof = true;
+		bufferevent_disable(bev, EV_READ);
+		if (!s->processing)
+			session_process(s);
 		return;
 	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {

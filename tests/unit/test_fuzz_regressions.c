@@ -119,11 +119,9 @@ Test(fuzz_regressions, session_corpus, .fini = session_cleanup)
  * for a recipient on a worker-pool backend (maildir here; imap, s3, webhook alike). on_event()
  * in src/session.c frees the session on BEV_EVENT_EOF even in STATE_DELIVERING, so the
  * dispatch is detached: the message IS stored, the 250 never sent, and the client retries -
- * a duplicate. Disabled until session.c keeps a half-closed session until its replies are
- * written; enable it with the fix.
+ * a duplicate. Fixed: a half-closed session is kept until its replies are written.
  */
-Test(fuzz_regressions, eof_while_delivering_keeps_replies, .fini = session_cleanup,
-     .disabled = true)
+Test(fuzz_regressions, eof_while_delivering_keeps_replies, .fini = session_cleanup)
 {
 	static const char input[] = "\x10"
 		"LHLO mx\r\n"
