@@ -113,7 +113,7 @@ def test_smtplib_lmtp_single_recipient():
             s.ehlo_or_helo_if_needed()          # LMTP class sends LHLO
             assert s.does_esmtp, "LHLO not understood by smtplib"
             for ext in ("pipelining", "enhancedstatuscodes", "8bitmime", "size", "chunking",
-                        "binarymime", "smtputf8", "dsn"):
+                        "binarymime", "smtputf8"):
                 assert s.has_extn(ext), "smtplib does not see %s" % ext
             msg = (b"From: s@example.test\r\nTo: alice@example.test\r\nSubject: smtplib\r\n\r\n"
                    b"line one\r\n.leading dot\r\n\xc3\xa9t\xc3\xa9 8bit\r\n")
