@@ -5,6 +5,8 @@
 #   make check           install missing packages, build, run unit + integration tests
 #   make check SANITIZE=address,undefined     the same under ASan/UBSan
 #   make check VALGRIND=1                     integration tests with lmtpgw under valgrind
+#   make check DEEP=1                         also ASan/UBSan, valgrind and a brief fuzz run
+#                                             (automatic in CI, where CI=true)
 #   make deps            only install missing Debian packages
 #   make install PREFIX=/usr/local DESTDIR=   (SYSTEMDDIR=$(PREFIX)/lib/systemd/system)
 #   make fuzz FUZZ_SECONDS=60                 libFuzzer targets (tests/fuzz/), each run that long
@@ -24,7 +26,7 @@ TEST_PKGS := criterion
 # Debian packages the build and the tests need (make deps installs the missing ones).
 DEB_BUILD := build-essential pkg-config dpkg-dev libevent-dev libconfig-dev libssl-dev \
              libcurl4-gnutls-dev libjansson-dev libetpan-dev libsasl2-modules libmicrohttpd-dev
-DEB_TEST  := libcriterion-dev swaks postfix dovecot-imapd dovecot-lmtpd python3 valgrind nodejs python3-botocore
+DEB_TEST  := libcriterion-dev swaks postfix dovecot-imapd dovecot-lmtpd python3 valgrind nodejs python3-botocore clang libclang-rt-14-dev
 
 # libetpan.pc leaks -specs=...no-pie-link.specs: drop it (facts.md).
 pkg_cflags = $(filter-out -specs=%,$(shell pkg-config --cflags $(1) 2>/dev/null))
@@ -51,7 +53,7 @@ LIB_OBJS  := $(filter-out $(BUILD)/src/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/*.c)
 UNIT_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(UNIT_SRCS))
 
-.PHONY: all run check deps unit integration install clean distclean soak fuzz fuzz-build
+.PHONY: all run check deps unit integration install clean distclean soak fuzz fuzz-build bench
 
 all: $(BUILD)/lmtpgw
 
@@ -85,7 +87,7 @@ unit: $(BUILD)/unit-tests
 check: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/unit-tests
 	@sh contrib/test-servers/setup.sh
-	python3 tests/run-tests.py --build $(BUILD) $(if $(VALGRIND),--valgrind)
+	python3 tests/check.py --build $(BUILD) $(if $(VALGRIND),--valgrind) $(if $(filter true,$(CI))$(DEEP),--deep)
 
 # Everything goes under $(DESTDIR)$(PREFIX); nothing needs root when DESTDIR is set. The systemd
 # units get ExecStart=$(PREFIX)/sbin/lmtpgw (contrib/systemd/README.md).
@@ -134,6 +136,10 @@ fuzz-build: $(patsubst %,$(BUILD)/%,$(FUZZ_NAMES))
 $(BUILD)/fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(LIB_OBJS)
 	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
 .PRECIOUS: $(BUILD)/tests/fuzz/%.o
+
+# lmtpgw beside smtp-sink and Dovecot (docs/performance.md): make bench BENCH_ARGS=--quick
+bench: all
+	python3 tests/bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD)

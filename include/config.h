@@ -109,6 +109,7 @@ struct config {
 	struct conf_strlist allow_clients;
 	bool run_as_root;
 	char *log_level;
+	char *log_format;
 	char *syslog_facility;
 	char *user;
 	char *group;

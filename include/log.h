@@ -22,6 +22,15 @@ void log_set_level(enum log_level level);
  * syslog_facility); returns -1 for an unknown name. No effect when logging to stderr. */
 int log_set_facility(const char *name);
 enum log_level log_get_level(void);
+/* json: each line becomes one JSON object ({"time":..,"level":..,"event":..,...}), the
+ * key=value pairs of the message as members, anything else under "msg". */
+void log_set_json(bool json);
+
+/* Rewrite one key=value message as a JSON object into out (NUL-terminated, truncated to size);
+ * returns the length. Exposed for tests. */
+size_t log_kv_to_json(const char *msg, const char *time, const char *level, char *out,
+		      size_t size);
+
 /* "error", "warn", "info", "debug" -> level; returns -1 for anything else. */
 int log_level_parse(const char *name);
 

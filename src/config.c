@@ -116,6 +116,8 @@ const struct conf_key config_global_keys[] = {
 	  "turn every 5xx we would send into the matching 4xx (safe testing of new routes)" },
 	{ "log_level", CONF_STRING, offsetof(struct config, log_level), "info", 1, 0,
 	  "least important messages logged: error, warn, info or debug" },
+	{ "log_format", CONF_STRING, offsetof(struct config, log_format), "text", 1, 0,
+	  "text (key=value lines) or json (one JSON object per line, same fields)" },
 	{ "syslog_facility", CONF_STRING, offsetof(struct config, syslog_facility), "mail", 1, 0,
 	  "syslog facility when logging to syslog: mail, daemon, user or local0..local7" },
 	{ "user", CONF_STRING, offsetof(struct config, user), NULL, 1, 0,
@@ -683,6 +685,9 @@ static int check_globals(struct loader *ld, struct config *cfg, const config_set
 		return fail_at(ld, config_setting_get_member(root, "log_level"),
 			       "'log_level' must be error, warn, info or debug (got \"%.40s\")",
 			       cfg->log_level);
+	if (strcmp(cfg->log_format, "text") != 0 && strcmp(cfg->log_format, "json") != 0)
+		return fail_at(ld, config_setting_get_member(root, "log_format"),
+			       "'log_format' must be text or json (got \"%.40s\")", cfg->log_format);
 	if (!in_list(syslog_facilities, cfg->syslog_facility))
 		return fail_at(ld, config_setting_get_member(root, "syslog_facility"),
 			       "'syslog_facility' must be mail, daemon, user or local0..local7 "

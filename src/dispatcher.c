@@ -271,6 +271,10 @@ static void report_recipient(struct dispatch *d, size_t ri)
 	struct status reply;
 
 	fold_recipient(d, ri, &reply);
+	/* The transaction id in every final reply: the MTA logs it, so its log and ours meet. */
+	size_t tl = strlen(reply.text);
+	if (tl + strlen(d->txid) + 4 < sizeof(reply.text))
+		snprintf(reply.text + tl, sizeof(reply.text) - tl, " [%s]", d->txid);
 	log_recipient(d, ri, &reply);
 	metrics_recipient_result(&reply);
 	d->rcpt_reported[ri] = true;

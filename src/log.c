@@ -28,6 +28,85 @@
 
 static atomic_int current_level = LOG_LEVEL_INFO;
 static atomic_bool use_syslog = false;
+static atomic_bool use_json = false;
+
+void log_set_json(bool json)
+{
+	atomic_store(&use_json, json);
+}
+
+/* JSON string body for bytes of our own escaped log text: \xNN becomes \u00NN. */
+static size_t json_put(char *out, size_t size, size_t len, const char *s, size_t n)
+{
+	for (size_t i = 0; i < n && len + 8 < size; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '\\' && i + 3 < n && s[i + 1] == 'x') {
+			len += (size_t)snprintf(out + len, size - len, "\\u00%c%c", s[i + 2], s[i + 3]);
+			i += 3;
+		} else if (c == '\\' && i + 1 < n && (s[i + 1] == '"' || s[i + 1] == '\\')) {
+			out[len++] = '\\';
+			out[len++] = s[++i];
+		} else if (c == '"' || c == '\\') {
+			out[len++] = '\\';
+			out[len++] = (char)c;
+		} else if (c < 0x20 || c == 0x7f) {
+			len += (size_t)snprintf(out + len, size - len, "\\u%04x", c);
+		} else {
+			out[len++] = (char)c;
+		}
+	}
+	return len;
+}
+
+size_t log_kv_to_json(const char *msg, const char *time, const char *level, char *out,
+		      size_t size)
+{
+	size_t len = (size_t)snprintf(out, size, "{\"time\":\"%s\",\"level\":\"%s\"", time, level);
+	const char *p = msg, *rest = NULL;
+
+	while (*p != '\0' && len + 16 < size) {
+		while (*p == ' ')
+			p++;
+		const char *k = p;
+		while ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')
+			p++;
+		if (p == k || *p != '=') {
+			rest = k; /* not key=value from here on: keep it as "msg" */
+			break;
+		}
+		size_t klen = (size_t)(p - k);
+		const char *v = ++p;
+		size_t vlen;
+		if (*v == '"') {
+			v++;
+			for (p = v; *p && !(*p == '"' && p[-1] != '\\'); p++)
+				if (*p == '\\' && p[1] != '\0')
+					p++;
+			vlen = (size_t)(p - v);
+			if (*p == '"')
+				p++;
+		} else {
+			while (*p && *p != ' ')
+				p++;
+			vlen = (size_t)(p - v);
+		}
+		len += (size_t)snprintf(out + len, size - len, ",\"%.*s\":\"", (int)klen, k);
+		len = json_put(out, size, len, v, vlen);
+		if (len + 2 < size)
+			out[len++] = '"';
+	}
+	if (rest != NULL && *rest != '\0' && len + 16 < size) {
+		len += (size_t)snprintf(out + len, size - len, ",\"msg\":\"");
+		len = json_put(out, size, len, rest, strlen(rest));
+		if (len + 2 < size)
+			out[len++] = '"';
+	}
+	if (len + 2 > size)
+		len = size - 2;
+	out[len++] = '}';
+	out[len] = '\0';
+	return len;
+}
 
 static const char *const level_names[] = {
 	[LOG_LEVEL_ERROR] = "error",
@@ -159,6 +238,24 @@ static void log_vline(enum log_level level, const char *fmt, va_list args)
 	for (size_t i = msg_start; i < len; i++) {
 		if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
 			line[i] = '?';
+	}
+	if (atomic_load(&use_json)) {
+		/* The same fields, as one JSON object per line. */
+		char json[LOG_LINE_MAX * 2], stamp[40] = "";
+		line[len] = '\0';
+		if (!to_syslog && msg_start > 0) {
+			size_t t = strcspn(line, " ");
+			snprintf(stamp, sizeof(stamp), "%.*s", (int)t, line);
+		}
+		size_t jlen = log_kv_to_json(line + msg_start, stamp, level_names[level], json,
+					     sizeof(json) - 1);
+		if (to_syslog) {
+			syslog(level_priorities[level], "%s", json);
+		} else {
+			json[jlen++] = '\n';
+			write_all(STDERR_FILENO, json, jlen);
+		}
+		return;
 	}
 	if (to_syslog) {
 		line[len] = '\0';

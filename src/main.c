@@ -310,6 +310,7 @@ int main(int argc, char **argv)
 			log_set_level((enum log_level)level);
 	}
 	log_set_facility(cfg->syslog_facility);
+	log_set_json(strcmp(cfg->log_format, "json") == 0);
 	struct server srv = {
 		.cfg = cfg,
 		.config_path = config_path,

@@ -32,6 +32,7 @@ int server_reload(struct server *srv)
 	if (level >= 0 && !srv->debug_forced)
 		log_set_level((enum log_level)level);
 	log_set_facility(cfg->syslog_facility);
+	log_set_json(strcmp(cfg->log_format, "json") == 0);
 	bool listen_changed = cfg->listen.count != srv->cfg->listen.count;
 	for (size_t i = 0; !listen_changed && i < cfg->listen.count; i++)
 		listen_changed = strcmp(cfg->listen.items[i], srv->cfg->listen.items[i]) != 0;

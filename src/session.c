@@ -314,7 +314,7 @@ static void reply_all_recipients(struct session *s, int code, const char *enhanc
 
 	for (size_t i = 0; i < tx->rcpt_count; i++) {
 		struct status st;
-		status_make(&st, code, enhanced, "<%s> %s", tx->rcpts[i].rcpt, text);
+		status_make(&st, code, enhanced, "<%s> %s [%s]", tx->rcpts[i].rcpt, text, tx->id);
 		if (tx->cfg->soft_bounce)
 			status_soft_bounce(&st);
 		reply_status(s, &st);
@@ -538,7 +538,7 @@ static void cmd_mail(struct session *s, char *args)
 	snprintf(tx->id, sizeof(tx->id), "%s.%u", s->id, ++s->tx_seq);
 	s->tx = tx;
 	s->state = STATE_MAIL;
-	reply(s, 250, "2.1.0", "Sender <%s> OK", tx->from_str);
+	reply(s, 250, "2.1.0", "Sender <%s> OK (transaction %s)", tx->from_str, tx->id);
 }
 
 static void rcpt_check(struct session *s, const struct recipient *r, size_t from);
@@ -1373,8 +1373,8 @@ struct session *session_new(struct server *srv, int fd, const char *peer, const 
 	session_attach(s, s->bev);
 	log_info("session=%s event=connect client=%s", s->id, s->peer);
 	/* RFC 2033 4 / RFC 5321 4.2: the greeting has no enhanced code (RFC 2034). */
-	evbuffer_add_printf(bufferevent_get_output(s->bev), "220 %s LMTP lmtpgw ready\r\n",
-			    srv->cfg->hostname);
+	evbuffer_add_printf(bufferevent_get_output(s->bev), "220 %s LMTP lmtpgw ready (session %s)\r\n",
+			    srv->cfg->hostname, s->id);
 	return s;
 }
 

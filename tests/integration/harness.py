@@ -421,13 +421,13 @@ class Lmtpgw:
                 if m and not self.listen.startswith("unix:"):
                     self.host, self.port = m.group(1), int(m.group(2))
             self._log_fh = open(self.log_path, "ab")
-            started_before = len(self.grep(r"event=started"))
+            started_before = len(self.grep(r"event=started|\"event\":\"started\""))
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                          stdout=self._log_fh, stderr=self._log_fh,
                                          cwd=self.dir)
             _live.append(self)
             try:
-                self.wait_log(r"event=started", timeout=15 * SLOW, count=started_before + 1)
+                self.wait_log(r"event=started|\"event\":\"started\"", timeout=15 * SLOW, count=started_before + 1)
                 self.wait_accepting()
                 return self
             except AssertionError as e:
@@ -453,11 +453,11 @@ class Lmtpgw:
                 # read the greeting and hang up; wait until the server has seen the hang-up,
                 # so this probe never counts against max_connections in a test
                 s.settimeout(5 * SLOW)
-                disconnects = len(self.grep(r"event=disconnect"))
+                disconnects = len(self.grep(r"event=disconnect|\"event\":\"disconnect\""))
                 greeting = s.recv(512)
                 s.close()
                 if greeting.startswith(b"220") and self.config.get("log_level", "info") in ("info", "debug"):
-                    self.wait_log(r"event=disconnect", timeout=5, count=disconnects + 1)
+                    self.wait_log(r"event=disconnect|\"event\":\"disconnect\"", timeout=5, count=disconnects + 1)
                 return
             except OSError:
                 if time.time() > deadline:

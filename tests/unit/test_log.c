@@ -170,3 +170,22 @@ Test(log, long_line_is_truncated_in_one_line)
 	cr_assert_eq(strncmp(buf + len - 4, "...\n", 4), 0);
 	cr_assert_null(memchr(buf, '\n', len - 1));
 }
+
+Test(log, kv_to_json)
+{
+	char out[1024];
+
+	log_kv_to_json("event=delivery session=ab12 rcpt=<a@b> reply=\"250 2.0.0 ok \\\"x\\\"\" "
+		       "text=\"caf\\xc3\\xa9\"",
+		       "2026-11-25T07:00:00.000Z", "info", out, sizeof(out));
+	cr_assert_str_eq(out, "{\"time\":\"2026-11-25T07:00:00.000Z\",\"level\":\"info\","
+			      "\"event\":\"delivery\",\"session\":\"ab12\",\"rcpt\":\"<a@b>\","
+			      "\"reply\":\"250 2.0.0 ok \\\"x\\\"\",\"text\":\"caf\\u00c3\\u00a9\"}");
+	log_kv_to_json("plain words, not key=value", "", "warn", out, sizeof(out));
+	cr_assert_str_eq(out, "{\"time\":\"\",\"level\":\"warn\",\"msg\":\"plain words, not "
+			      "key=value\"}");
+	/* Truncation keeps the object closed. */
+	char small[40];
+	log_kv_to_json("event=x a=bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "t", "info", small, sizeof(small));
+	cr_assert_eq(small[strlen(small) - 1], '}');
+}
