@@ -89,8 +89,10 @@ def main():
     if a.deep:
         if make(["BUILD=build-asan", "SANITIZE=address,undefined", "all", "build-asan/unit-tests"],
                 "asan build"):
+            os.environ["LMTPGW_SANITIZED"] = "1"
             results.append(run([sys.executable, os.path.join(HERE, "run-tests.py"), "--build",
                                 "build-asan"], "asan"))
+            os.environ["LMTPGW_SANITIZED"] = ""
         else:
             results.append((0, 1))
         results.append(run([sys.executable, os.path.join(HERE, "run-tests.py"), "--build",

@@ -370,27 +370,30 @@ static void imap_close(void *state)
 
 static struct imapconn *pool_take(struct imap_state *st, const char *identity)
 {
-	struct imapconn *found = NULL;
+	struct imapconn *found = NULL, *expired_list[64];
+	size_t expired_count = 0;
 	time_t now = time(NULL);
 
+	/* Under the lock only take connections out of the list; close them after it, so no other
+	 * worker can see a connection that is being closed. */
 	pthread_mutex_lock(&st->lock);
 	for (size_t i = st->idle_count; i-- > 0;) {
 		struct imapconn *c = st->idle[i];
 		bool expired = st->set.idle_timeout > 0 &&
 			       (now - imapconn_last_used(c)) * 1000 > st->set.idle_timeout;
-		if (!expired && strcmp(imapconn_login_user(c), identity) != 0)
-			continue;
-		st->idle[i] = st->idle[--st->idle_count];
-		if (expired) {
-			pthread_mutex_unlock(&st->lock);
-			imapconn_close(&c);
-			pthread_mutex_lock(&st->lock);
+		if (expired && expired_count < sizeof(expired_list) / sizeof(expired_list[0])) {
+			st->idle[i] = st->idle[--st->idle_count];
+			expired_list[expired_count++] = c;
 			continue;
 		}
-		found = c;
-		break;
+		if (found == NULL && !expired && strcmp(imapconn_login_user(c), identity) == 0) {
+			st->idle[i] = st->idle[--st->idle_count];
+			found = c;
+		}
 	}
 	pthread_mutex_unlock(&st->lock);
+	for (size_t i = 0; i < expired_count; i++)
+		imapconn_close(&expired_list[i]);
 	/* A connection idle for a while may have been dropped by the server: check first, so a
 	 * dead one costs a reconnect instead of an APPEND of unknown outcome. A server that said
 	 * BYE (or closed) while we were idle is caught at once by a readable socket. */

@@ -727,3 +727,25 @@ def test_imap_dedupe_after_lost_append_reply():
             proxy.stop()
         stored = dc.messages("alice")[0].raw
         assert re.search(rb"^X-Lmtpgw-Id: [0-9a-f]{64}\r$", stored, re.M), stored[:500]
+
+
+def test_imap_expired_pool_connections_closed_safely_under_concurrency():
+    """Pooled connections past idle_timeout are closed while other workers take and give
+    connections (the benchmark found a use-after-free here): two bursts of concurrent
+    deliveries with an idle gap longer than idle_timeout, all delivered, no crash."""
+    with dovecot() as dc:
+        be = imap_backend(dc, idle_timeout="1s", concurrency=8)
+        with gateway(be) as gw:
+            def burst(tag):
+                sessions = [gw.session() for _ in range(6)]
+                for i, c in enumerate(sessions):
+                    rcpts = ["alice@" + DOMAIN, "bob@" + DOMAIN, "carol@" + DOMAIN]
+                    for r in transaction(c, rcpts, message("%s-%d" % (tag, i))):
+                        expect(r, 250, "2.0.0")
+                for c in sessions:
+                    c.cmd("QUIT")
+            burst("first")
+            time.sleep(2.5)
+            burst("second")
+            burst("third")
+        assert dc.count("alice") == 18 and dc.count("bob") == 18, (dc.count("alice"), dc.count("bob"))

