@@ -104,6 +104,9 @@ struct backend_driver {
 	 * known before the message: sha256, msgid and date are placeholders. */
 	void (*explain)(void *state, const struct recipient *rcpt,
 			const struct template_vars *vars, char *buf, size_t size);
+	/* Optional: does this backend use the content's SHA-256 (keys, ids, templates)? NULL means
+	 * yes. When no backend of a configuration does, the spool skips the digest. */
+	bool (*uses_sha256)(void *state);
 	/* deliver() is quick and non-blocking: run it on the event loop (discard). */
 	bool inline_deliver;
 	/* deliver() takes all of a transaction's targets of this backend in one call; otherwise

@@ -116,6 +116,7 @@ struct config {
 
 	/* backends and routes */
 	void *tls_ctx;                 /* SSL_CTX * when tls_cert_file is set */
+	bool need_sha256;              /* some backend uses the content digest */
 	struct cidr *allow;            /* parsed allow_clients; allow_count == 0: everyone */
 	size_t allow_count;
 

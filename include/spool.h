@@ -27,6 +27,9 @@ struct spool;
 void spool_stats(uint64_t *memory_r, uint64_t *disk_r);
 
 struct spool *spool_new(size_t memory_max, const char *dir, uint64_t size_max);
+/* No backend of the configuration uses the digest: skip it (it is the largest CPU cost of a
+ * small message). Call before the first write; spool_sha256_hex() then returns "". */
+void spool_skip_digest(struct spool *spool);
 void spool_free(struct spool **spool);
 
 /* Append bytes. -1 only on an I/O error (errno set), which is sticky. */
@@ -40,7 +43,7 @@ uint64_t spool_received(const struct spool *spool);
 /* Bytes kept (== received unless too big). */
 uint64_t spool_size(const struct spool *spool);
 bool spool_in_memory(const struct spool *spool);
-/* 64 lowercase hex digits, valid after spool_finish(). */
+/* 64 lowercase hex digits, valid after spool_finish(); "" when the digest was skipped. */
 const char *spool_sha256_hex(const struct spool *spool);
 
 /* Read size bytes at offset from the kept content; returns bytes read (short only at end). */

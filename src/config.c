@@ -986,6 +986,11 @@ struct config *config_load(const char *path, char *error_r, size_t error_size)
 	    load_routes(&ld, cfg, config_root_setting(&lc)) < 0)
 		goto fail;
 
+	for (size_t i = 0; i < cfg->backend_count; i++) {
+		const struct backend_instance *b = &cfg->backends[i];
+		if (b->driver->uses_sha256 == NULL || b->driver->uses_sha256(b->state))
+			cfg->need_sha256 = true;
+	}
 	config_destroy(&lc);
 	free(dir);
 	return cfg;

@@ -241,6 +241,8 @@ static int tx_start_spool(struct session *s)
 			      (uint64_t)cfg->max_message_size);
 	if (tx->spool == NULL)
 		return -1;
+	if (!cfg->need_sha256)
+		spool_skip_digest(tx->spool);
 	data_decoder_init(&tx->decoder);
 	header_scan_init(&tx->headers);
 	tx->received = time(NULL);

@@ -65,6 +65,12 @@ static void account(const struct spool *spool, bool add)
 		atomic_fetch_sub_explicit(where, spool->kept, memory_order_relaxed);
 }
 
+void spool_skip_digest(struct spool *spool)
+{
+	EVP_MD_CTX_free(spool->sha);
+	spool->sha = NULL;
+}
+
 struct spool *spool_new(size_t memory_max, const char *dir, uint64_t size_max)
 {
 	struct spool *spool = calloc(1, sizeof(*spool));
@@ -182,7 +188,8 @@ int spool_write(struct spool *spool, const void *data, size_t len, const char **
 		spool->too_big = true;
 		return 0;
 	}
-	EVP_DigestUpdate(spool->sha, data, len);
+	if (spool->sha != NULL)
+		EVP_DigestUpdate(spool->sha, data, len);
 	if (spool->fd < 0 && spool->mem_len + len > spool->memory_max) {
 		account(spool, false);
 		int r = move_to_file(spool);
@@ -259,7 +266,8 @@ int spool_finish(struct spool *spool, const char **error_r)
 		spool->mem = NULL;
 		spool->mem_cap = 0;
 	}
-	EVP_DigestFinal_ex(spool->sha, md, &md_len);
+	if (spool->sha != NULL)
+		EVP_DigestFinal_ex(spool->sha, md, &md_len);
 	for (unsigned i = 0; i < md_len && i < 32; i++)
 		snprintf(spool->sha_hex + 2 * i, 3, "%02x", md[i]);
 	spool->finished = true;

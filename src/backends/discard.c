@@ -27,6 +27,11 @@ static void discard_close(void *state)
 {
 }
 
+static bool discard_uses_sha256(void *state)
+{
+	return false;
+}
+
 static int discard_probe(void *state, char *result, size_t size)
 {
 	snprintf(result, size, "discards every message (nothing stored)");
@@ -50,6 +55,7 @@ const struct backend_driver backend_discard = {
 	.open = discard_open,
 	.deliver = discard_deliver,
 	.close = discard_close,
+	.uses_sha256 = discard_uses_sha256,
 	.probe = discard_probe,
 	.explain = discard_explain,
 	.inline_deliver = true,

@@ -692,6 +692,13 @@ static void imap_deliver(void *state, const struct delivery *delivery, struct ta
 		deliver_one(state, delivery, &targets[i]);
 }
 
+static bool imap_uses_sha256(void *state)
+{
+	struct imap_state *st = state;
+	return st->set.dedupe || template_uses(st->user_tmpl, "sha256") ||
+	       template_uses(st->folder_tmpl, "sha256") || template_uses(st->detail_tmpl, "sha256");
+}
+
 static void imap_explain(void *state, const struct recipient *rcpt,
 			 const struct template_vars *vars, char *buf, size_t size)
 {
@@ -808,6 +815,7 @@ const struct backend_driver backend_imap = {
 	.close = imap_close,
 	.verify = imap_verify,
 	.verify_blocking = true,
+	.uses_sha256 = imap_uses_sha256,
 	.probe = imap_probe,
 	.explain = imap_explain,
 };

@@ -362,6 +362,11 @@ static int maildir_verify(void *state, const struct recipient *rcpt, struct stat
 	return 0;
 }
 
+static bool maildir_uses_sha256(void *state)
+{
+	return template_uses(((struct maildir_state *)state)->path, "sha256");
+}
+
 static void maildir_explain(void *state, const struct recipient *rcpt,
 			    const struct template_vars *vars, char *buf, size_t size)
 {
@@ -417,6 +422,7 @@ const struct backend_driver backend_maildir = {
 	.deliver = maildir_deliver,
 	.close = maildir_close,
 	.verify = maildir_verify,
+	.uses_sha256 = maildir_uses_sha256,
 	.probe = maildir_probe,
 	.explain = maildir_explain,
 };

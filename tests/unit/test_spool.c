@@ -158,3 +158,16 @@ Test(spool, prefixed_view_is_contiguous_without_copy)
 	}
 	free(data);
 }
+
+Test(spool, digest_can_be_skipped)
+{
+	struct spool *sp = spool_new(1024, "/tmp", 0);
+	const char *error;
+
+	spool_skip_digest(sp);
+	cr_assert_eq(spool_write(sp, "abc", 3, &error), 0);
+	cr_assert_eq(spool_finish(sp, &error), 0);
+	cr_assert_str_eq(spool_sha256_hex(sp), "");
+	cr_assert_eq(spool_size(sp), 3);
+	spool_free(&sp);
+}
