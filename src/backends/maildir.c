@@ -329,11 +329,59 @@ static void deliver_one(struct maildir_state *st, const struct delivery *d, stru
 	snprintf(t->ref, sizeof(t->ref), "%s", new_path);
 }
 
+/* Another recipient of the same message: hard-link the copy already stored and synced into
+ * this recipient's new/ (the Maildir way, as Dovecot does), then sync that directory. The
+ * bytes are written and fsynced once however many recipients there are. -1: cannot link
+ * (another filesystem, a link limit, ...); the caller writes a copy instead. */
+static int link_one(struct maildir_state *st, struct target *t, const char *source,
+		    unsigned long long size)
+{
+	char dir[MAILDIR_PATH_MAX], new_path[MAILDIR_PATH_MAX + 160], base[128];
+	char new_dir[MAILDIR_PATH_MAX + 8];
+	const char *error;
+	struct timeval tv;
+
+	if (target_dir(st, t, dir, sizeof(dir), &error) < 0 ||
+	    ensure_maildir(st, dir, st->settings.folder_from_detail && t->rcpt->detail[0]) < 0)
+		return -1;
+	gettimeofday(&tv, NULL);
+	unsigned long n = atomic_fetch_add(&st->counter, 1);
+	snprintf(base, sizeof(base), "%lld.M%06ldP%ldQ%lu.%s", (long long)tv.tv_sec,
+		 (long)tv.tv_usec, (long)getpid(), n, st->host);
+	snprintf(new_path, sizeof(new_path), "%s/new/%s,S=%llu", dir, base, size);
+	if (link(source, new_path) < 0)
+		return -1;
+	snprintf(new_dir, sizeof(new_dir), "%s/new", dir);
+	if (st->settings.fsync && group_fsync_dir(new_dir) < 0) {
+		status_from_errno(&t->status, errno, "cannot sync mailbox directory");
+		snprintf(t->ref, sizeof(t->ref), "file=%s", new_path);
+		return 0;
+	}
+	status_must(&t->status, 250, "2.0.0", "<%s> stored (%s %s)", t->rcpt->rcpt, st->name, base);
+	snprintf(t->ref, sizeof(t->ref), "%s", new_path);
+	return 0;
+}
+
+/* All of a transaction's recipients of this backend: the first copy is written, the others
+ * are links to it when the bytes are the same for everyone (no per-recipient Delivered-To). */
 static void maildir_deliver(void *state, const struct delivery *delivery, struct target *targets,
 			    size_t count)
 {
-	for (size_t i = 0; i < count; i++)
-		deliver_one(state, delivery, &targets[i]);
+	struct maildir_state *st = state;
+	char source[sizeof(targets[0].ref)] = "";
+	unsigned long long size = 0;
+
+	for (size_t i = 0; i < count; i++) {
+		if (source[0] != '\0' && link_one(st, &targets[i], source, size) == 0)
+			continue;
+		deliver_one(st, delivery, &targets[i]);
+		if (!delivery->delivered_to && status_class_of(&targets[i].status) == STATUS_OK &&
+		    source[0] == '\0') {
+			const char *s_eq = strstr(targets[i].ref, ",S=");
+			snprintf(source, sizeof(source), "%s", targets[i].ref);
+			size = s_eq != NULL ? strtoull(s_eq + 3, NULL, 10) : 0;
+		}
+	}
 }
 
 /* With create = false a recipient without a Maildir is unknown: say so at RCPT. */
@@ -425,4 +473,5 @@ const struct backend_driver backend_maildir = {
 	.uses_sha256 = maildir_uses_sha256,
 	.probe = maildir_probe,
 	.explain = maildir_explain,
+	.batch = true,
 };
