@@ -18,6 +18,7 @@
 #include <curl/curl.h>
 
 #define HTTP_POOL_MAX 64
+#define HTTP_EXPECT_MIN (1024 * 1024) /* bodies from this size ask 100-continue first */
 
 struct http_client {
 	struct http_options options;
@@ -303,7 +304,11 @@ int http_perform(struct http_client *client, const struct http_request *req,
 			goto oom;
 		headers = n;
 	}
-	if (req->no_expect) {
+	/* libcurl asks "Expect: 100-continue" before every upload: a round trip (and a 1 s wait
+	 * with servers that ignore it) per request. Worth it only when the body is big enough
+	 * that a refusal before sending it saves real work. */
+	uint64_t body_len = req->reader != NULL ? t.reader_end - t.reader_start : req->body_len;
+	if (req->no_expect || body_len < HTTP_EXPECT_MIN) {
 		extra = curl_slist_append(headers, "Expect:");
 		if (extra == NULL)
 			goto oom;
