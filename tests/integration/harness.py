@@ -406,7 +406,8 @@ class Lmtpgw:
             cmd += ["--listen", self.listen]
         if VALGRIND:
             cmd = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
-                   "--errors-for-leak-kinds=definite", "--log-file=" + self.vg_log] + cmd
+                   "--errors-for-leak-kinds=definite", "--show-possibly-lost=no",
+                   "--log-file=" + self.vg_log] + cmd
         return cmd
 
     def start(self):
