@@ -29,6 +29,7 @@
 #include <openssl/evp.h>
 
 #include "imapconn.h"
+#include "secret.h"
 
 struct imap_settings {
 	char *url;
@@ -152,52 +153,10 @@ struct imap_state {
 	size_t idle_count;
 };
 
-static void wipe_free(char *secret)
-{
-	if (secret != NULL) {
-		explicit_bzero(secret, strlen(secret));
-		free(secret);
-	}
-}
-
-/* Read a secret file: refused when group/others may read it (never log its content). */
-static char *read_secret_file(const char *path, char *error_r, size_t error_size)
-{
-	struct stat sb;
-	FILE *f = fopen(path, "re");
-
-	if (f == NULL) {
-		snprintf(error_r, error_size, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	if (fstat(fileno(f), &sb) < 0 || (sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-		snprintf(error_r, error_size,
-			 "%s: secret file must not be accessible by group or others (chmod 600)",
-			 path);
-		fclose(f);
-		return NULL;
-	}
-	size_t cap = (size_t)sb.st_size + 1;
-	if (cap > 1024 * 1024) {
-		snprintf(error_r, error_size, "%s: too large for a secret file", path);
-		fclose(f);
-		return NULL;
-	}
-	char *buf = calloc(1, cap + 1);
-	size_t n = buf ? fread(buf, 1, cap, f) : 0;
-	fclose(f);
-	if (buf == NULL) {
-		snprintf(error_r, error_size, "out of memory");
-		return NULL;
-	}
-	buf[n] = '\0';
-	return buf;
-}
-
 static int load_passwords(struct imap_state *st, const char *path, char *error_r,
 			  size_t error_size)
 {
-	char *text = read_secret_file(path, error_r, error_size);
+	char *text = secret_read_file(path, error_r, error_size);
 	char *save = NULL;
 
 	if (text == NULL)
@@ -303,7 +262,7 @@ static int imap_open(const void *settings, const char *instance_name, void **sta
 				 set->login_mode);
 			goto fail;
 		}
-		char *text = read_secret_file(set->password_file, error_r, error_size);
+		char *text = secret_read_file(set->password_file, error_r, error_size);
 		if (text == NULL)
 			goto fail;
 		text[strcspn(text, "\r\n")] = '\0';
@@ -352,11 +311,11 @@ static void imap_close(void *state)
 	free(st->idle);
 	if (st->ep.ssl_ctx != NULL)
 		imap_tls_context_free(st->ep.ssl_ctx);
-	wipe_free(st->password);
+	secret_free(&st->password);
 	free(st->login);
 	for (size_t i = 0; i < st->user_count; i++) {
 		free(st->users[i].user);
-		wipe_free(st->users[i].password);
+		secret_free(&st->users[i].password);
 	}
 	free(st->users);
 	template_free(&st->user_tmpl);

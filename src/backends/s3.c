@@ -46,6 +46,7 @@
 #include "log.h"
 #include "manifest.h"
 #include "s3.h"
+#include "secret.h"
 #include "sigv4.h"
 
 #define S3_MAX_PARTS 10000
@@ -337,78 +338,6 @@ int s3_checksum_b64(const char *hex, char *out, size_t size)
 
 /* --- configuration ----------------------------------------------------------------------- */
 
-static void wipe_free(char **secret)
-{
-	if (*secret != NULL) {
-		explicit_bzero(*secret, strlen(*secret));
-		free(*secret);
-		*secret = NULL;
-	}
-}
-
-/* Read a secret file: refused when group/others may read it (never log its content). */
-static char *read_secret_file(const char *path, char *error_r, size_t error_size)
-{
-	struct stat sb;
-	FILE *f = fopen(path, "re");
-
-	if (f == NULL) {
-		snprintf(error_r, error_size, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	if (fstat(fileno(f), &sb) < 0 || (sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-		snprintf(error_r, error_size,
-			 "%s: secret file must not be accessible by group or others (chmod 600)",
-			 path);
-		fclose(f);
-		return NULL;
-	}
-	if (sb.st_size > 64 * 1024) {
-		snprintf(error_r, error_size, "%s: too large for a credentials file", path);
-		fclose(f);
-		return NULL;
-	}
-	size_t cap = (size_t)sb.st_size + 1;
-	char *buf = calloc(1, cap + 1);
-	size_t n = buf ? fread(buf, 1, cap, f) : 0;
-	fclose(f);
-	if (buf == NULL) {
-		snprintf(error_r, error_size, "out of memory");
-		return NULL;
-	}
-	buf[n] = '\0';
-	return buf;
-}
-
-/* Line number `line` (0-based) of a secret file, trimmed, as a new string. */
-static char *secret_line(const char *path, int line, char *error_r, size_t error_size)
-{
-	char *text = read_secret_file(path, error_r, error_size);
-	char *result = NULL;
-
-	if (text == NULL)
-		return NULL;
-	char *p = text;
-	for (int i = 0; i < line && p != NULL; i++) {
-		p = strchr(p, '\n');
-		if (p != NULL)
-			p++;
-	}
-	if (p != NULL) {
-		p += strspn(p, " \t");
-		size_t n = strcspn(p, "\r\n");
-		while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
-			n--;
-		if (n > 0)
-			result = strndup(p, n);
-	}
-	explicit_bzero(text, strlen(text));
-	free(text);
-	if (result == NULL)
-		snprintf(error_r, error_size, "%s: line %d is missing or empty", path, line + 1);
-	return result;
-}
-
 static bool credential_ok(const char *s)
 {
 	for (; *s != '\0'; s++) {
@@ -427,10 +356,10 @@ static int load_credentials(struct s3_state *st, const struct s3_settings *set, 
 				 "credentials_file excludes access_key_file and secret_key_file");
 			return -1;
 		}
-		st->access_key = secret_line(set->credentials_file, 0, error_r, error_size);
+		st->access_key = secret_read_line(set->credentials_file, 0, error_r, error_size);
 		if (st->access_key == NULL)
 			return -1;
-		st->secret_key = secret_line(set->credentials_file, 1, error_r, error_size);
+		st->secret_key = secret_read_line(set->credentials_file, 1, error_r, error_size);
 		if (st->secret_key == NULL)
 			return -1;
 	} else if (set->access_key_file != NULL || set->secret_key_file != NULL) {
@@ -438,10 +367,10 @@ static int load_credentials(struct s3_state *st, const struct s3_settings *set, 
 			snprintf(error_r, error_size, "access_key_file and secret_key_file go together");
 			return -1;
 		}
-		st->access_key = secret_line(set->access_key_file, 0, error_r, error_size);
+		st->access_key = secret_read_line(set->access_key_file, 0, error_r, error_size);
 		if (st->access_key == NULL)
 			return -1;
-		st->secret_key = secret_line(set->secret_key_file, 0, error_r, error_size);
+		st->secret_key = secret_read_line(set->secret_key_file, 0, error_r, error_size);
 		if (st->secret_key == NULL)
 			return -1;
 	} else {
@@ -463,7 +392,7 @@ static int load_credentials(struct s3_state *st, const struct s3_settings *set, 
 		}
 	}
 	if (set->session_token_file != NULL) {
-		st->session_token = secret_line(set->session_token_file, 0, error_r, error_size);
+		st->session_token = secret_read_line(set->session_token_file, 0, error_r, error_size);
 		if (st->session_token == NULL)
 			return -1;
 	}
@@ -690,8 +619,8 @@ static void s3_close(void *state)
 		return;
 	http_client_free(&st->http);
 	template_free(&st->key_tmpl);
-	wipe_free(&st->secret_key);
-	wipe_free(&st->session_token);
+	secret_free(&st->secret_key);
+	secret_free(&st->session_token);
 	free(st->access_key);
 	free(st->tagging);
 	explicit_bzero(st, sizeof(*st));

@@ -20,6 +20,7 @@
  */
 #include "backend.h"
 #include "webhook.h"
+#include "secret.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -549,64 +550,6 @@ struct webhook_state {
 	struct http_client *http;
 };
 
-static void wipe_free(void *p, size_t len)
-{
-	if (p != NULL) {
-		explicit_bzero(p, len);
-		free(p);
-	}
-}
-
-/* A secret file: refused when group/others have any permission; content never logged. */
-static char *read_secret_file(const char *path, char *error_r, size_t error_size)
-{
-	struct stat sb;
-	FILE *f = fopen(path, "re");
-
-	if (f == NULL) {
-		snprintf(error_r, error_size, "%s: %s", path, strerror(errno));
-		return NULL;
-	}
-	if (fstat(fileno(f), &sb) < 0 || (sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-		snprintf(error_r, error_size,
-			 "%s: secret file must not be accessible by group or others (chmod 600)",
-			 path);
-		fclose(f);
-		return NULL;
-	}
-	if (sb.st_size > 64 * 1024) {
-		snprintf(error_r, error_size, "%s: too large for a secret file", path);
-		fclose(f);
-		return NULL;
-	}
-	size_t cap = (size_t)sb.st_size + 1;
-	char *buf = calloc(1, cap + 1);
-	size_t n = buf ? fread(buf, 1, cap, f) : 0;
-	fclose(f);
-	if (buf == NULL) {
-		snprintf(error_r, error_size, "out of memory");
-		return NULL;
-	}
-	buf[n] = '\0';
-	return buf;
-}
-
-/* First line of a secret file, trimmed. */
-static char *read_secret_line(const char *path, char *error_r, size_t error_size)
-{
-	char *text = read_secret_file(path, error_r, error_size);
-
-	if (text == NULL)
-		return NULL;
-	text[strcspn(text, "\r\n")] = '\0';
-	if (text[0] == '\0') {
-		snprintf(error_r, error_size, "%s: empty secret file", path);
-		free(text);
-		return NULL;
-	}
-	return text;
-}
-
 static void webhook_close(void *state);
 
 static bool header_line_ok(const char *h)
@@ -686,11 +629,11 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 		goto fail;
 	}
 	for (size_t i = 0; i < set->secret_files.count; i++) {
-		char *text = read_secret_file(set->secret_files.items[i], error_r, error_size);
+		char *text = secret_read_file(set->secret_files.items[i], error_r, error_size);
 		if (text == NULL)
 			goto fail;
 		int r = webhook_secret_decode(text, &st->keys[i].bytes, &st->keys[i].len);
-		wipe_free(text, strlen(text));
+		secret_free_bytes(text, strlen(text));
 		if (r < 0) {
 			snprintf(error_r, error_size, "%s: not a usable secret (whsec_BASE64 or raw)",
 				 set->secret_files.items[i]);
@@ -704,14 +647,14 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 	}
 	if (set->bearer_token_file != NULL || set->basic_auth_file != NULL) {
 		const char *path = set->bearer_token_file ? set->bearer_token_file : set->basic_auth_file;
-		char *line = read_secret_line(path, error_r, error_size);
+		char *line = secret_read_line(path, 0, error_r, error_size);
 		if (line == NULL)
 			goto fail;
 		size_t len = strlen(line);
 		size_t cap = len * 2 + 64;
 		st->authorization = malloc(cap);
 		if (st->authorization == NULL) {
-			wipe_free(line, len);
+			secret_free_bytes(line, len);
 			snprintf(error_r, error_size, "out of memory");
 			goto fail;
 		}
@@ -719,14 +662,14 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 			snprintf(st->authorization, cap, "Authorization: Bearer %s", line);
 		} else {
 			if (strchr(line, ':') == NULL) {
-				wipe_free(line, len);
+				secret_free_bytes(line, len);
 				snprintf(error_r, error_size, "%s: expected user:password", path);
 				goto fail;
 			}
 			size_t n = (size_t)snprintf(st->authorization, cap, "Authorization: Basic ");
 			webhook_base64(line, len, st->authorization + n);
 		}
-		wipe_free(line, len);
+		secret_free_bytes(line, len);
 		for (const char *p = st->authorization; *p; p++) {
 			if ((unsigned char)*p < ' ' || (unsigned char)*p == 0x7f) {
 				snprintf(error_r, error_size, "%s: control characters in the secret",
@@ -788,9 +731,9 @@ static void webhook_close(void *state)
 	http_client_free(&st->http);
 	template_free(&st->url);
 	for (size_t i = 0; i < st->key_count; i++)
-		wipe_free(st->keys[i].bytes, st->keys[i].len);
+		secret_free_bytes(st->keys[i].bytes, st->keys[i].len);
 	if (st->authorization != NULL)
-		wipe_free(st->authorization, strlen(st->authorization));
+		secret_free_bytes(st->authorization, strlen(st->authorization));
 	free(st);
 }
 
