@@ -12,6 +12,7 @@
 #ifndef LMTPGW_STATUS_H
 #define LMTPGW_STATUS_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -36,6 +37,10 @@ struct status {
  * enhanced code is malformed or their classes differ. 3xx takes enhanced == NULL or "". */
 int status_make(struct status *st, int code, const char *enhanced, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
+
+/* status_make() with a va_list. */
+int status_vmake(struct status *st, int code, const char *enhanced, const char *fmt, va_list args)
+	__attribute__((format(printf, 4, 0)));
 
 /* As status_make() for compile-time literals: aborts on an invalid combination (a bug). */
 void status_must(struct status *st, int code, const char *enhanced, const char *fmt, ...)

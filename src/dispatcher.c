@@ -188,6 +188,8 @@ static void log_recipient(struct dispatch *d, size_t ri, const struct status *re
 	size_t len = 0;
 	struct timespec now;
 
+	if (log_get_level() < LOG_LEVEL_INFO)
+		return; /* nothing would be written: do not build the line */
 	for (size_t k = d->rcpt_target_start[ri]; k < d->rcpt_target_start[ri + 1]; k++) {
 		size_t ti = d->rcpt_targets[k];
 		const struct target *t = &d->targets[ti];

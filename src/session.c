@@ -148,13 +148,14 @@ static void reply(struct session *s, int code, const char *enhanced, const char 
 static void reply(struct session *s, int code, const char *enhanced, const char *fmt, ...)
 {
 	struct status st;
-	char text[STATUS_TEXT_MAX];
 	va_list ap;
+	int r;
 
+	/* One formatting pass, straight into the status (the hot path of every command). */
 	va_start(ap, fmt);
-	vsnprintf(text, sizeof(text), fmt, ap);
+	r = status_vmake(&st, code, enhanced, fmt, ap);
 	va_end(ap);
-	if (status_make(&st, code, enhanced, "%s", text) < 0)
+	if (r < 0)
 		log_error("session=%s event=bug invalid_reply=%d/%s", s->id, code,
 			  enhanced ? enhanced : "");
 	reply_status(s, &st);

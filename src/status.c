@@ -102,7 +102,7 @@ static void set_internal_error(struct status *st)
 	memcpy(st->text, "internal error", sizeof("internal error"));
 }
 
-static int status_vmake(struct status *st, int code, const char *enhanced, const char *fmt,
+int status_vmake(struct status *st, int code, const char *enhanced, const char *fmt,
 			va_list args)
 {
 	if (!status_valid(code, enhanced)) {
@@ -110,10 +110,14 @@ static int status_vmake(struct status *st, int code, const char *enhanced, const
 		return -1;
 	}
 	st->code = code;
-	if (enhanced == NULL)
+	if (enhanced == NULL) {
 		st->enhanced[0] = '\0';
-	else
-		snprintf(st->enhanced, sizeof(st->enhanced), "%s", enhanced);
+	} else {
+		/* status_valid() bounded it: "x.yyy.zzz" at most. */
+		size_t n = strnlen(enhanced, sizeof(st->enhanced) - 1);
+		memcpy(st->enhanced, enhanced, n);
+		st->enhanced[n] = '\0';
+	}
 	if (fmt == NULL)
 		st->text[0] = '\0';
 	else if (vsnprintf(st->text, sizeof(st->text), fmt, args) < 0)
