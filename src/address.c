@@ -19,6 +19,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "format.h"
+
 #define LABEL_MAX 63
 
 struct cursor {
@@ -312,7 +314,7 @@ static int parse_address_literal(struct cursor *c, char *out, size_t *out_len)
 	} else if (!general_literal_valid(inner)) {
 		return fail(c, "bad address literal");
 	}
-	*out_len = (size_t)snprintf(out, ADDRESS_DOMAIN_MAX + 1, "[%s]", inner);
+	*out_len = (size_t)format(out, ADDRESS_DOMAIN_MAX + 1, "[%s]", inner);
 	return 0;
 }
 
@@ -429,11 +431,11 @@ size_t address_format(const struct address *addr, char *buf, size_t size)
 	int n;
 
 	if (addr->null)
-		n = snprintf(buf, size, "%s", "");
+		n = format(buf, size, "%s", "");
 	else if (addr->domain[0] == '\0')
-		n = snprintf(buf, size, "%s", addr->local);
+		n = format(buf, size, "%s", addr->local);
 	else
-		n = snprintf(buf, size, "%s@%s", addr->local, addr->domain);
+		n = format(buf, size, "%s@%s", addr->local, addr->domain);
 	return n < 0 ? 0 : (size_t)n;
 }
 

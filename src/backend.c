@@ -8,6 +8,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "format.h"
+
 extern const struct backend_driver backend_maildir;
 extern const struct backend_driver backend_discard;
 extern const struct backend_driver backend_imap;
@@ -55,10 +57,10 @@ size_t delivery_prefix(const struct delivery *delivery, const struct target *tar
 	int n;
 
 	if (delivery->delivered_to)
-		n = snprintf(buf, size, "Delivered-To: %s\r\n%.*s", target->rcpt->rcpt,
+		n = format(buf, size, "Delivered-To: %s\r\n%.*s", target->rcpt->rcpt,
 			     (int)delivery->trace_len, delivery->trace);
 	else
-		n = snprintf(buf, size, "%.*s", (int)delivery->trace_len, delivery->trace);
+		n = format(buf, size, "%.*s", (int)delivery->trace_len, delivery->trace);
 	return n < 0 ? 0 : (size_t)n;
 }
 
@@ -102,7 +104,7 @@ static void unquote_local(const char *local, char *out, size_t size)
 			plain = false;
 	}
 	if (!plain) {
-		snprintf(out, size, "%s", local);
+		format(out, size, "%s", local);
 		return;
 	}
 	out[n] = '\0';
@@ -120,21 +122,21 @@ const struct route_rule *recipient_route(struct recipient *r, const struct confi
 
 	/* Split and normalise: the domain is case-insensitive, the local part by configuration. */
 	unquote_local(r->addr.local, r->user, sizeof(r->user));
-	snprintf(r->domain, sizeof(r->domain), "%s", r->addr.domain);
+	format(r->domain, sizeof(r->domain), "%s", r->addr.domain);
 	lowercase(r->domain);
 	if (cfg->lowercase_local_part)
 		lowercase(r->user);
 	struct address norm = r->addr;
-	snprintf(norm.local, sizeof(norm.local), "%s", r->user);
-	snprintf(norm.domain, sizeof(norm.domain), "%s", r->domain);
+	format(norm.local, sizeof(norm.local), "%s", r->user);
+	format(norm.domain, sizeof(norm.domain), "%s", r->domain);
 	address_split_detail(&norm, cfg->subaddress_separator, r->local, sizeof(r->local),
 			     r->detail, sizeof(r->detail));
 	if (r->domain[0] != '\0') {
-		snprintf(r->rcpt, sizeof(r->rcpt), "%s@%s", r->user, r->domain);
-		snprintf(base, sizeof(base), "%s@%s", r->local, r->domain);
+		format(r->rcpt, sizeof(r->rcpt), "%s@%s", r->user, r->domain);
+		format(base, sizeof(base), "%s@%s", r->local, r->domain);
 	} else {
-		snprintf(r->rcpt, sizeof(r->rcpt), "%s", r->user);
-		snprintf(base, sizeof(base), "%s", r->local);
+		format(r->rcpt, sizeof(r->rcpt), "%s", r->user);
+		format(base, sizeof(base), "%s", r->local);
 	}
 	r->rule = router_match(cfg->router, r->rcpt, r->detail[0] ? base : NULL);
 	return r->rule;

@@ -14,6 +14,8 @@
  */
 #include "log.h"
 
+#include "format.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -180,20 +182,41 @@ int log_level_parse(const char *name)
 	return -1;
 }
 
-/* "2026-11-25T07:00:00.123Z " into buf (at least 32 bytes); returns its length. */
+/* "2026-11-25T07:00:00.123Z " into buf (at least 32 bytes); returns its length. The date and
+ * time part is formatted once a second per thread (strftime costs more than the rest of a
+ * line); only the milliseconds are new for each line. */
 static size_t format_timestamp(char *buf, size_t size)
 {
+	static _Thread_local time_t cached_sec = (time_t)-1;
+	static _Thread_local char cached[24];
+	static _Thread_local size_t cached_len;
 	struct timespec now;
 	struct tm tm;
-	size_t len;
 
-	if (clock_gettime(CLOCK_REALTIME, &now) < 0 || gmtime_r(&now.tv_sec, &tm) == NULL) {
-		buf[0] = '\0';
+	if (size < 32 || clock_gettime(CLOCK_REALTIME, &now) < 0) {
+		if (size > 0)
+			buf[0] = '\0';
 		return 0;
 	}
-	len = strftime(buf, size, "%Y-%m-%dT%H:%M:%S", &tm);
-	len += (size_t)snprintf(buf + len, size - len, ".%03ldZ ", now.tv_nsec / 1000000L);
-	return len < size ? len : size - 1;
+	if (now.tv_sec != cached_sec) {
+		if (gmtime_r(&now.tv_sec, &tm) == NULL) {
+			buf[0] = '\0';
+			return 0;
+		}
+		cached_len = strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
+		cached_sec = now.tv_sec;
+	}
+	long ms = now.tv_nsec / 1000000L;
+	memcpy(buf, cached, cached_len);
+	size_t len = cached_len;
+	buf[len++] = '.';
+	buf[len++] = (char)('0' + ms / 100);
+	buf[len++] = (char)('0' + ms / 10 % 10);
+	buf[len++] = (char)('0' + ms % 10);
+	buf[len++] = 'Z';
+	buf[len++] = ' ';
+	buf[len] = '\0';
+	return len;
 }
 
 static void write_all(int fd, const char *buf, size_t len)
@@ -222,11 +245,14 @@ static void log_vline(enum log_level level, const char *fmt, va_list args)
 		return;
 	if (!to_syslog) {
 		len = format_timestamp(line, sizeof(line));
-		len += (size_t)snprintf(line + len, sizeof(line) - len, "%s ", level_names[level]);
+		size_t name_len = strlen(level_names[level]);
+		memcpy(line + len, level_names[level], name_len);
+		len += name_len;
+		line[len++] = ' ';
 	}
 	msg_start = len;
 	/* Keep room for the newline and the NUL. */
-	n = vsnprintf(line + len, sizeof(line) - len - 1, fmt, args);
+	n = format_v(line + len, sizeof(line) - len - 1, fmt, args);
 	if (n < 0)
 		n = 0;
 	if ((size_t)n >= sizeof(line) - len - 1) {
@@ -301,6 +327,18 @@ char *log_escape(char *dst, size_t dst_size, const void *src, size_t src_len, si
 		return dst;
 	if (in == NULL)
 		limit = 0, truncated = false;
+	if (!truncated && limit <= budget) {
+		/* The common case, printable text that fits: one scan and one copy. */
+		size_t plain = 0;
+		while (plain < limit && in[plain] >= 0x20 && in[plain] <= 0x7e && in[plain] != '"' &&
+		       in[plain] != '\\')
+			plain++;
+		if (plain == limit) {
+			memcpy(dst, in, limit);
+			dst[limit] = '\0';
+			return dst;
+		}
+	}
 	if (!truncated) {
 		/* Everything fits: no "..." needed, so no room reserved for it. */
 		size_t total = 0;

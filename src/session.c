@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +36,7 @@
 #include "data.h"
 #include "dispatcher.h"
 #include "envelope.h"
+#include "format.h"
 #include "log.h"
 #include "metrics.h"
 #include "router.h"
@@ -103,6 +105,12 @@ struct session {
 	char xf_addr[80];
 	bool is_unix;
 	bool tls;                       /* the connection is encrypted (STARTTLS or lmtps:) */
+	bool direct;                    /* plain socket: replies may go out with send() */
+	bool hold_output;               /* a batch of replies is being queued: flush at its end */
+	size_t out_len;
+	char out[1024];
+	long long timeout_read_ms;      /* what the bufferevent has now (-1: not set yet) */
+	long long timeout_write_ms;                 /* replies not yet written: one write per batch */
 	struct event *close_timer;      /* waits for a STARTTLS filter's bytes to leave */
 	unsigned close_polls;
 	char tls_info[128];             /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once shaken hands */
@@ -123,6 +131,47 @@ struct session {
 static void session_process(struct session *s);
 static void session_free(struct session *s);
 
+/* --- output --- */
+
+/*
+ * Replies collect in s->out while a batch of work runs (every pipelined command of one read,
+ * every recipient's post-DATA reply known at once) and leave in one write at its end
+ * (RFC 2920). On a plain socket with nothing queued in the bufferevent, that write is a
+ * send() of our own: the bufferevent would arm and disarm EV_WRITE around every reply, two
+ * epoll_ctl calls each (docs/performance.md). Whatever send() does not take, and everything
+ * under TLS, goes to the bufferevent, after anything already queued there, so order holds.
+ */
+static void out_flush(struct session *s)
+{
+	size_t sent = 0;
+
+	if (s->out_len == 0)
+		return;
+	if (s->direct && evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
+		ssize_t n = send(bufferevent_getfd(s->bev), s->out, s->out_len,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n > 0)
+			sent = (size_t)n;
+		/* An error (EAGAIN, a reset) is left to the bufferevent: it retries or reports. */
+	}
+	if (sent < s->out_len)
+		evbuffer_add(bufferevent_get_output(s->bev), s->out + sent, s->out_len - sent);
+	s->out_len = 0;
+}
+
+static void out_add(struct session *s, const char *data, size_t len)
+{
+	if (s->out_len + len > sizeof(s->out)) {
+		out_flush(s);
+		if (len > sizeof(s->out)) {
+			evbuffer_add(bufferevent_get_output(s->bev), data, len);
+			return;
+		}
+	}
+	memcpy(s->out + s->out_len, data, len);
+	s->out_len += len;
+}
+
 /* --- replies --- */
 
 static void reply_status(struct session *s, const struct status *st)
@@ -130,7 +179,9 @@ static void reply_status(struct session *s, const struct status *st)
 	char buf[STATUS_TEXT_MAX + 64];
 	size_t n = status_format(st, false, buf, sizeof(buf));
 
-	evbuffer_add(bufferevent_get_output(s->bev), buf, n);
+	out_add(s, buf, n);
+	if (!s->processing && !s->hold_output)
+		out_flush(s);
 	/* Only protocol errors count towards max_errors: an unknown recipient or a full mailbox is
 	 * the MTA's normal business, not a misbehaving client. */
 	if ((st->code >= 500 && st->code <= 504) || st->code == 555)
@@ -161,15 +212,32 @@ static void reply(struct session *s, int code, const char *enhanced, const char 
 	reply_status(s, &st);
 }
 
+static void close_when_flushed(evutil_socket_t fd, short what, void *arg);
+
+/* Free the session from the loop, once the output is written: never under a caller's feet
+ * (reply_and_close runs inside callbacks that touch the session after it returns). */
+static void close_soon(struct session *s)
+{
+	if (s->close_timer == NULL)
+		s->close_timer = evtimer_new(s->srv->base, close_when_flushed, s);
+	if (s->close_timer == NULL) {
+		/* Out of memory: the write callback or the client's close frees it. */
+		return;
+	}
+	if (!evtimer_pending(s->close_timer, NULL)) {
+		struct timeval now = { 0, 0 };
+		evtimer_add(s->close_timer, &now);
+	}
+}
+
 /* Queue a last reply and close once it is written. */
 static void reply_and_close(struct session *s, int code, const char *enhanced, const char *text)
 {
 	reply(s, code, enhanced, "%s %s", s->srv->cfg->hostname, text);
 	s->state = STATE_CLOSING;
 	bufferevent_disable(s->bev, EV_READ);
-	/* The write callback frees the session once the output is flushed. */
-	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-		session_free(s);
+	out_flush(s);
+	close_soon(s);
 }
 
 /* --- timeouts --- */
@@ -180,6 +248,11 @@ static void set_read_timeout(struct session *s, long long ms)
 	long long wms = s->srv->cfg->timeout_command_ms;
 	struct timeval wtv = { .tv_sec = wms / 1000, .tv_usec = (wms % 1000) * 1000 };
 
+	/* Setting timeouts re-adds both events: only when they change (a few times a message). */
+	if (ms == s->timeout_read_ms && wms == s->timeout_write_ms)
+		return;
+	s->timeout_read_ms = ms;
+	s->timeout_write_ms = wms;
 	bufferevent_set_timeouts(s->bev, ms > 0 ? &rtv : NULL, &wtv);
 }
 
@@ -300,7 +373,12 @@ static void delivery_result(void *ctx, size_t index, const struct status *st)
 
 	s->replies[index] = *st;
 	s->reply_ready[index] = true;
+	bool held = s->hold_output;
+	s->hold_output = true;
 	flush_replies(s);
+	s->hold_output = held;
+	if (!s->processing && !held)
+		out_flush(s);
 	if (s->state == STATE_READY && !s->processing) {
 		/* Commands may have been pipelined behind the final dot. */
 		if (!s->eof)
@@ -330,19 +408,24 @@ static void reply_all_recipients(struct session *s, int code, const char *enhanc
 static size_t build_trace(struct session *s, char *buf, size_t size)
 {
 	struct transaction *tx = s->tx;
-	struct tm tm;
-	char date[64];
+	/* The loop thread alone builds trace headers: one cached date per second. */
+	static time_t date_sec = (time_t)-1;
+	static char date[64];
 
 	char from_ip[80];
 	if (strcmp(s->peer_ip, "unix") == 0)
-		snprintf(from_ip, sizeof(from_ip), "unix socket");
+		format(from_ip, sizeof(from_ip), "unix socket");
 	else
-		snprintf(from_ip, sizeof(from_ip), strchr(s->peer_ip, ':') ? "[IPv6:%s]" : "[%s]",
-			 s->peer_ip);
-	localtime_r(&tx->received, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+		format(from_ip, sizeof(from_ip), strchr(s->peer_ip, ':') ? "[IPv6:%s]" : "[%s]",
+		       s->peer_ip);
+	if (tx->received != date_sec) {
+		struct tm tm;
+		localtime_r(&tx->received, &tm);
+		strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+		date_sec = tx->received;
+	}
 	/* RFC 5321 4.4: Return-Path, then our Received line on top. */
-	int n = snprintf(buf, size,
+	int n = format(buf, size,
 			 "Return-Path: <%s>\r\n"
 			 "Received: from %s (%s)\r\n"
 			 "\tby %s (lmtpgw) with %s id %s;\r\n"
@@ -476,7 +559,6 @@ static void cmd_lhlo(struct session *s, char *args)
 	s->state = STATE_READY;
 	timeouts_for_state(s);
 
-	struct evbuffer *out = bufferevent_get_output(s->bev);
 	char size[40];
 	const char *lines[16];
 	size_t n = 0;
@@ -499,8 +581,12 @@ static void cmd_lhlo(struct session *s, char *args)
 	if (cfg->dsn)
 		lines[n++] = "DSN";
 	/* RFC 2034: the LHLO reply carries no enhanced status codes. */
-	for (size_t i = 0; i < n; i++)
-		evbuffer_add_printf(out, "250%c%s\r\n", i + 1 < n ? '-' : ' ', lines[i]);
+	for (size_t i = 0; i < n; i++) {
+		char line[512];
+		int len = format(line, sizeof(line), "250%c%s\r\n", i + 1 < n ? '-' : ' ', lines[i]);
+		if (len > 0)
+			out_add(s, line, (size_t)len < sizeof(line) ? (size_t)len : sizeof(line) - 1);
+	}
 }
 
 static void cmd_mail(struct session *s, char *args)
@@ -538,7 +624,7 @@ static void cmd_mail(struct session *s, char *args)
 	tx->from = from;
 	tx->mail = params;
 	address_format(&from, tx->from_str, sizeof(tx->from_str));
-	snprintf(tx->id, sizeof(tx->id), "%s.%u", s->id, ++s->tx_seq);
+	format(tx->id, sizeof(tx->id), "%s.%u", s->id, ++s->tx_seq);
 	s->tx = tx;
 	s->state = STATE_MAIL;
 	reply(s, 250, "2.1.0", "Sender <%s> OK (transaction %s)", tx->from_str, tx->id);
@@ -880,6 +966,7 @@ static void session_attach(struct session *s, struct bufferevent *bev)
 	s->bev = bev;
 	bufferevent_setcb(bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(bev, EV_READ, 0, SESSION_INPUT_HIGH);
+	s->timeout_read_ms = s->timeout_write_ms = -1; /* a new bufferevent has none */
 	timeouts_for_state(s);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
@@ -911,6 +998,9 @@ static void cmd_starttls(struct session *s, char *args)
 		return;
 	}
 	reply(s, 220, "2.0.0", "Ready to start TLS");
+	/* The 220 leaves in clear text, before the filter: from here on every byte is TLS. */
+	out_flush(s);
+	s->direct = false;
 	/* Anything pipelined after STARTTLS arrived in clear text: drop it (RFC 3207 4.2,
 	 * CVE-2011-0411 class of injection). */
 	evbuffer_drain(bufferevent_get_input(s->bev), evbuffer_get_length(bufferevent_get_input(s->bev)));
@@ -1113,6 +1203,7 @@ static bool command_feed(struct session *s, struct evbuffer *in)
 }
 
 static bool session_close_if_flushed(struct session *s);
+static size_t unsent(const struct session *s);
 
 /* After the client half-closed: once every command it sent is answered (deliveries included,
  * RFC 2033 4.2: each recipient's reply is owed), close. An unfinished message stores nothing. */
@@ -1163,6 +1254,9 @@ static void session_process(struct session *s)
 		session_free(s);
 		return;
 	}
+	out_flush(s);
+	if (s->state == STATE_CLOSING && unsent(s) == 0)
+		close_soon(s); /* QUIT and the like: nothing left for the write callback */
 	session_eof_check(s);
 }
 
@@ -1188,6 +1282,7 @@ static size_t unsent(const struct session *s)
 /* Free now when nothing is left to send; otherwise the write callback does it. */
 static bool session_close_if_flushed(struct session *s)
 {
+	out_flush(s);
 	if (unsent(s) == 0) {
 		session_free(s);
 		return true;
@@ -1348,6 +1443,7 @@ struct session *session_new(struct server *srv, int fd, const char *peer, const 
 		s->tls = true;
 	} else {
 		s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+		s->direct = true;
 	}
 	if (s->line == NULL || s->bev == NULL) {
 		if (s->bev != NULL)
@@ -1376,8 +1472,12 @@ struct session *session_new(struct server *srv, int fd, const char *peer, const 
 	session_attach(s, s->bev);
 	log_info("session=%s event=connect client=%s", s->id, s->peer);
 	/* RFC 2033 4 / RFC 5321 4.2: the greeting has no enhanced code (RFC 2034). */
-	evbuffer_add_printf(bufferevent_get_output(s->bev), "220 %s LMTP lmtpgw ready (session %s)\r\n",
-			    srv->cfg->hostname, s->id);
+	char greeting[512];
+	int n = format(greeting, sizeof(greeting), "220 %s LMTP lmtpgw ready (session %s)\r\n",
+		       srv->cfg->hostname, s->id);
+	if (n > 0)
+		out_add(s, greeting, (size_t)n < sizeof(greeting) ? (size_t)n : sizeof(greeting) - 1);
+	out_flush(s);
 	return s;
 }
 

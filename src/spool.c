@@ -39,7 +39,8 @@ struct spool {
 	bool finished;
 	int error;            /* sticky errno */
 
-	EVP_MD_CTX *sha;
+	bool digest;          /* compute the SHA-256 (until spool_skip_digest) */
+	EVP_MD_CTX *sha;      /* made at the first byte: most configurations skip the digest */
 	char sha_hex[65];
 
 	pthread_mutex_t map_lock;
@@ -67,8 +68,23 @@ static void account(const struct spool *spool, bool add)
 
 void spool_skip_digest(struct spool *spool)
 {
+	spool->digest = false;
 	EVP_MD_CTX_free(spool->sha);
 	spool->sha = NULL;
+}
+
+static int digest_start(struct spool *spool)
+{
+	if (spool->sha != NULL)
+		return 0;
+	spool->sha = EVP_MD_CTX_new();
+	if (spool->sha == NULL || EVP_DigestInit_ex(spool->sha, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(spool->sha);
+		spool->sha = NULL;
+		errno = ENOMEM;
+		return -1;
+	}
+	return 0;
 }
 
 struct spool *spool_new(size_t memory_max, const char *dir, uint64_t size_max)
@@ -80,12 +96,9 @@ struct spool *spool_new(size_t memory_max, const char *dir, uint64_t size_max)
 	spool->memory_max = memory_max;
 	spool->size_max = size_max;
 	spool->fd = -1;
+	spool->digest = true;
 	spool->dir = strdup(dir != NULL ? dir : "/tmp");
-	spool->sha = EVP_MD_CTX_new();
-	if (spool->dir == NULL || spool->sha == NULL ||
-	    EVP_DigestInit_ex(spool->sha, EVP_sha256(), NULL) != 1) {
-		EVP_MD_CTX_free(spool->sha);
-		free(spool->dir);
+	if (spool->dir == NULL) {
 		free(spool);
 		return NULL;
 	}
@@ -188,8 +201,14 @@ int spool_write(struct spool *spool, const void *data, size_t len, const char **
 		spool->too_big = true;
 		return 0;
 	}
-	if (spool->sha != NULL)
+	if (spool->digest) {
+		if (digest_start(spool) < 0) {
+			spool->error = errno;
+			*error_r = "cannot start the message digest";
+			return -1;
+		}
 		EVP_DigestUpdate(spool->sha, data, len);
+	}
 	if (spool->fd < 0 && spool->mem_len + len > spool->memory_max) {
 		account(spool, false);
 		int r = move_to_file(spool);
@@ -266,8 +285,14 @@ int spool_finish(struct spool *spool, const char **error_r)
 		spool->mem = NULL;
 		spool->mem_cap = 0;
 	}
-	if (spool->sha != NULL)
+	if (spool->digest) {
+		if (digest_start(spool) < 0) {
+			spool->error = errno;
+			*error_r = "cannot start the message digest";
+			return -1;
+		}
 		EVP_DigestFinal_ex(spool->sha, md, &md_len);
+	}
 	for (unsigned i = 0; i < md_len && i < 32; i++)
 		snprintf(spool->sha_hex + 2 * i, 3, "%02x", md[i]);
 	spool->finished = true;

@@ -13,6 +13,8 @@
  */
 #include "status.h"
 
+#include "format.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -120,7 +122,7 @@ int status_vmake(struct status *st, int code, const char *enhanced, const char *
 	}
 	if (fmt == NULL)
 		st->text[0] = '\0';
-	else if (vsnprintf(st->text, sizeof(st->text), fmt, args) < 0)
+	else if (format_v(st->text, sizeof(st->text), fmt, args) < 0)
 		st->text[0] = '\0';
 	sanitize_text(st->text);
 	return 0;
@@ -191,13 +193,17 @@ size_t status_format(const struct status *st, bool more, char *buf, size_t size)
 
 	if (size == 0)
 		return 0;
-	if (st->enhanced[0] != '\0')
-		prefix_len = (size_t)snprintf(prefix, sizeof(prefix), "%03d%c%.*s", code, sep,
-					      STATUS_ENHANCED_MAX - 1, st->enhanced);
-	else
-		prefix_len = (size_t)snprintf(prefix, sizeof(prefix), "%03d%c", code, sep);
-	if (prefix_len >= sizeof(prefix))
-		prefix_len = sizeof(prefix) - 1;
+	/* "250-" or "250 " then the enhanced code: by hand, this runs for every reply. */
+	prefix[0] = (char)('0' + code / 100);
+	prefix[1] = (char)('0' + code / 10 % 10);
+	prefix[2] = (char)('0' + code % 10);
+	prefix[3] = sep;
+	prefix_len = 4;
+	if (st->enhanced[0] != '\0') {
+		size_t n = strnlen(st->enhanced, STATUS_ENHANCED_MAX - 1);
+		memcpy(prefix + prefix_len, st->enhanced, n);
+		prefix_len += n;
+	}
 	if (size < prefix_len + 3) { /* not even room for the code and CRLF: a caller's bug */
 		buf[0] = '\0';
 		return 0;

@@ -6,6 +6,8 @@
 
 #include <stdio.h>
 
+#include "format.h"
+
 static int discard_open(const void *settings, const char *instance_name, void **state_r,
 			char *error_r, size_t error_size)
 {
@@ -19,7 +21,7 @@ static void discard_deliver(void *state, const struct delivery *delivery, struct
 	for (size_t i = 0; i < count; i++) {
 		status_must(&targets[i].status, 250, "2.0.0", "<%s> discarded (not stored)",
 			    targets[i].rcpt->rcpt);
-		snprintf(targets[i].ref, sizeof(targets[i].ref), "discarded");
+		format(targets[i].ref, sizeof(targets[i].ref), "discarded");
 	}
 }
 
