@@ -112,6 +112,8 @@ struct backend_driver {
 	/* deliver() takes all of a transaction's targets of this backend in one call; otherwise
 	 * the dispatcher calls it once per target, concurrently. */
 	bool batch;
+	/* Default of `concurrency` for this driver; 0: the common default (8). */
+	unsigned default_concurrency;
 };
 
 /* Common keys of every backend block; the struct they fill. */

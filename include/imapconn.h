@@ -75,6 +75,28 @@ int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flag
 		    struct imap_append_result *res_r, struct status *st_r, char *reason,
 		    size_t reason_size);
 
+/* One message of a MULTIAPPEND. */
+struct imap_append_item {
+	const char *data;
+	size_t len;
+	time_t internaldate;
+	uint32_t uid;               /* out: from APPENDUID; 0 when the server gave none */
+};
+
+/* Can one APPEND command carry several messages into mailbox on this connection? The server
+ * must offer MULTIAPPEND (RFC 3502) and LITERAL+ (RFC 7888), and the name must fit a quoted
+ * string. */
+bool imapconn_can_multiappend(struct imapconn *conn, const char *mailbox);
+
+/* Append every item into mailbox with one command, all or none (RFC 3502): the server then
+ * syncs and locks the mailbox once for the batch instead of once a message. 0 on success
+ * (uids and res_r->uidvalidity filled when the server has UIDPLUS); -1 with *st_r and reason
+ * (res_r->trycreate on [TRYCREATE]; imapconn_broken() when the outcome is unknown). */
+int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char *flags,
+			 struct imap_append_item *items, size_t count, bool overquota_permanent,
+			 struct imap_append_result *res_r, struct status *st_r, char *reason,
+			 size_t reason_size);
+
 /* CREATE (an existing mailbox counts as success) and optionally SUBSCRIBE. */
 int imapconn_create(struct imapconn *conn, const char *mailbox, bool subscribe, char *reason,
 		    size_t reason_size);

@@ -791,6 +791,8 @@ static int load_backend(struct loader *ld, const config_setting_t *b,
 		fail_at(ld, b, "%s: %s", section, msg);
 		goto fail;
 	}
+	if (driver->default_concurrency > 0)
+		tmp.common.concurrency = driver->default_concurrency;
 	struct conf_table tables[] = {
 		{ backend_common_keys, &tmp.common },
 		{ driver->keys, tmp.settings },

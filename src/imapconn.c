@@ -648,6 +648,138 @@ int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flag
 	return -1;
 }
 
+/*
+ * MULTIAPPEND. libetpan has no MULTIAPPEND (RFC 3502) and no LITERAL+ (RFC 7888), so the
+ * command is written here and only the tagged answer is parsed by libetpan. These helpers are
+ * exported by libetpan 1.9 but declared only in its private mailimap_sender.h.
+ */
+int mailimap_literal_data_send(mailstream *fd, const char *literal, uint32_t len,
+			       size_t progr_rate, progress_function *progr_fun);
+
+bool imapconn_can_multiappend(struct imapconn *conn, const char *mailbox)
+{
+	if (conn->broken || !mailimap_has_extension(conn->imap, "MULTIAPPEND") ||
+	    !mailimap_has_extension(conn->imap, "LITERAL+"))
+		return false;
+	/* Written as a quoted string: printable ASCII without quote and backslash only (anything
+	 * else needs a literal, which the single APPEND path sends). */
+	for (const unsigned char *p = (const unsigned char *)mailbox; *p != '\0'; p++) {
+		if (*p < 0x20 || *p > 0x7e || *p == '"' || *p == '\\')
+			return false;
+	}
+	return mailbox[0] != '\0';
+}
+
+static int stream_put(struct imapconn *conn, const char *text, size_t len)
+{
+	return mailstream_write(conn->imap->imap_stream, text, len) == (ssize_t)len ? 0 : -1;
+}
+
+/* The uid-set of APPENDUID ("5:12" or "5,7,9:10"), expanded in order into uids[count]. */
+static void apnd_uids(struct imapconn *conn, uint32_t *uidvalidity_r, uint32_t *uids,
+		      size_t count)
+{
+	const struct mailimap_response_info *info = conn->imap->imap_response_info;
+	size_t n = 0;
+
+	*uidvalidity_r = 0;
+	if (info == NULL || info->rsp_extension_list == NULL)
+		return;
+	for (clistiter *cur = clist_begin(info->rsp_extension_list); cur != NULL;
+	     cur = clist_next(cur)) {
+		struct mailimap_extension_data *ext = clist_content(cur);
+		if (ext->ext_extension != &mailimap_extension_uidplus ||
+		    ext->ext_type != MAILIMAP_UIDPLUS_RESP_CODE_APND)
+			continue;
+		struct mailimap_uidplus_resp_code_apnd *apnd = ext->ext_data;
+		*uidvalidity_r = apnd->uid_uidvalidity;
+		if (apnd->uid_set == NULL)
+			return;
+		for (clistiter *it = clist_begin(apnd->uid_set->set_list); it != NULL && n < count;
+		     it = clist_next(it)) {
+			struct mailimap_set_item *item = clist_content(it);
+			for (uint64_t u = item->set_first; u <= item->set_last && n < count; u++)
+				uids[n++] = (uint32_t)u;
+		}
+		return;
+	}
+}
+
+int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char *flags,
+			 struct imap_append_item *items, size_t count, bool overquota_permanent,
+			 struct imap_append_result *res_r, struct status *st_r, char *reason,
+			 size_t reason_size)
+{
+	static const char months[][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+					  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	mailimap *imap = conn->imap;
+	struct mailimap_response *response = NULL;
+	char head[700];
+	int r;
+
+	memset(res_r, 0, sizeof(*res_r));
+	for (size_t i = 0; i < count; i++)
+		items[i].uid = 0;
+	r = mailimap_send_current_tag(imap);
+	int n = snprintf(head, sizeof(head), "APPEND \"%s\"", mailbox);
+	if (r != MAILIMAP_NO_ERROR || n < 0 || (size_t)n >= sizeof(head) ||
+	    stream_put(conn, head, (size_t)n) < 0)
+		goto stream_failed;
+	for (size_t i = 0; i < count; i++) {
+		struct tm tm;
+		gmtime_r(&items[i].internaldate, &tm);
+		size_t size = mailstream_get_data_crlf_size(items[i].data, items[i].len);
+		/* Each message: SP [flag-list SP] date-time SP literal+ (RFC 3502 3, RFC 7888). */
+		n = snprintf(head, sizeof(head), " %s%s%s\"%02d-%s-%04d %02d:%02d:%02d +0000\" {%zu+}\r\n",
+			     flags[0] ? "(" : "", flags, flags[0] ? ") " : "", tm.tm_mday,
+			     months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+			     tm.tm_sec, size);
+		if (n < 0 || (size_t)n >= sizeof(head) || stream_put(conn, head, (size_t)n) < 0 ||
+		    size > UINT32_MAX ||
+		    mailimap_literal_data_send(imap->imap_stream, items[i].data,
+					       (uint32_t)items[i].len, 0, NULL) != MAILIMAP_NO_ERROR)
+			goto stream_failed;
+	}
+	if (stream_put(conn, "\r\n", 2) < 0 || mailstream_flush(imap->imap_stream) == -1 ||
+	    mailimap_read_line(imap) == NULL)
+		goto stream_failed;
+	r = mailimap_parse_response(imap, &response);
+	conn->last_used = time(NULL);
+	if (r != MAILIMAP_NO_ERROR || response == NULL || response->rsp_resp_done == NULL ||
+	    response->rsp_resp_done->rsp_type != MAILIMAP_RESP_DONE_TYPE_TAGGED) {
+		if (response != NULL)
+			mailimap_response_free(response);
+		goto stream_failed;
+	}
+	int state = response->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
+	mailimap_response_free(response);
+	if (state == MAILIMAP_RESP_COND_STATE_OK) {
+		uint32_t *uids = calloc(count, sizeof(*uids));
+		if (uids != NULL) {
+			apnd_uids(conn, &res_r->uidvalidity, uids, count);
+			for (size_t i = 0; i < count; i++)
+				items[i].uid = uids[i];
+			free(uids);
+		}
+		return 0;
+	}
+	/* NO or BAD: nothing of the batch was stored (RFC 3502 6.3.11: all or none). */
+	const struct mailimap_response_info *info = imap->imap_response_info;
+	res_r->trycreate = info != NULL && info->rsp_trycreate;
+	if (res_r->trycreate)
+		status_must(st_r, 451, "4.3.0", "IMAP folder does not exist");
+	else
+		imap_map_append_failure(response_code(conn), overquota_permanent, st_r);
+	snprintf(reason, reason_size, "multiappend of %zu to %s: [%s] %.120s", count, mailbox,
+		 res_r->trycreate ? "TRYCREATE" : response_code(conn), response_text(conn));
+	return -1;
+
+stream_failed:
+	/* Lost mid-command: any of the messages may or may not be stored; 4xx, the MTA retries. */
+	conn_fail_stream(conn, st_r, "multiappend", MAILIMAP_ERROR_STREAM, reason, reason_size);
+	return -1;
+}
+
 int imapconn_create(struct imapconn *conn, const char *mailbox, bool subscribe, char *reason,
 		    size_t reason_size)
 {

@@ -1,0 +1,194 @@
+"""The imap backend's group commit: concurrent deliveries into one folder of one account leave as
+one MULTIAPPEND (RFC 3502, with LITERAL+), against a real Dovecot 2.3.
+
+A relay between lmtpgw and Dovecot holds every server-to-client chunk for a moment (fault
+injection: a slow server), so deliveries arriving while one APPEND is in flight queue up behind
+it and form the next batch whatever the machine's speed. What Dovecot stored is checked over
+IMAP; lmtpgw's log says which deliveries went in a batch ("batch=N" in the delivery's targets).
+"""
+import re
+import socket
+import threading
+import time
+
+from harness import expect
+from test_imap import (DOMAIN, dovecot, gateway, imap_backend, message, transaction)
+
+
+class SlowServerProxy:
+    """TCP relay on 127.0.0.1 to (127.0.0.1, port) that delays each server-to-client chunk by
+    `delay` seconds (client-to-server bytes pass at once)."""
+
+    def __init__(self, port, delay):
+        self.target = ("127.0.0.1", port)
+        self.delay = delay
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.socks = []
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                client, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            self.socks += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, 0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.delay),
+                             daemon=True).start()
+
+    def _pump(self, src, dst, delay):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if delay:
+                    time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self):
+        self.stopped = True
+        self.lsock.close()
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+def slow_backend(dc, proxy, **opts):
+    return imap_backend(dc, url="imap://127.0.0.1:%d" % proxy.port, **opts)
+
+
+def parallel_transactions(gw, jobs):
+    """Run (rcpts, content) jobs, each in its own LMTP session, all at once; their replies."""
+    results = [None] * len(jobs)
+    errors = []
+    start = threading.Barrier(len(jobs))
+
+    def run(i, rcpts, content):
+        try:
+            c = gw.session()
+            start.wait(10)
+            results[i] = transaction(c, rcpts, content)
+            c.cmd("QUIT")
+        except Exception as e:  # reported below, with the others
+            errors.append("job %d: %r" % (i, e))
+
+    threads = [threading.Thread(target=run, args=(i, r, m)) for i, (r, m) in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return results
+
+
+def batch_sizes(log):
+    return [int(n) for n in re.findall(r"batch=(\d+)", log)]
+
+
+def stored_subjects(dc, user, folder="INBOX"):
+    out = []
+    for m in dc.messages(user, folder):
+        found = re.search(rb"^Subject: (.*?)\r?$", m.raw, re.M)
+        out.append(found.group(1).decode() if found else None)
+    return sorted(out)
+
+
+def test_imap_multiappend_groups_concurrent_deliveries():
+    with dovecot() as dc:
+        proxy = SlowServerProxy(dc.imap_port, 0.3)
+        try:
+            with gateway(slow_backend(dc, proxy)) as gw:
+                subjects = ["batch%d" % i for i in range(6)]
+                replies = parallel_transactions(
+                    gw, [(["alice@" + DOMAIN], message(s, size=3000)) for s in subjects])
+                uids = set()
+                for r in replies:
+                    expect(r[0], 250, "2.0.0")
+                    uids.add(re.search(r"uid (\d+/\d+)", r[0].text).group(1))
+                assert len(uids) == 6, "every message has its own UID: %s" % replies
+                sizes = batch_sizes(gw.log())
+                assert len(sizes) == 6 and sum(sizes) >= 6 and max(sizes) >= 2, (
+                    "deliveries that queued behind a slow APPEND went as one MULTIAPPEND: "
+                    "batch sizes %s" % sizes)
+        finally:
+            proxy.stop()
+        # every message stored once, whole, and the UIDs in the replies are Dovecot's
+        assert stored_subjects(dc, "alice") == sorted(subjects)
+        for m in dc.messages("alice"):
+            assert m.raw.count(b"0123456789abcdefghijklmnopqrstuvwxyz") >= 3000 // 74
+        assert {str(m.uid) for m in dc.messages("alice")} == {u.split("/")[1] for u in uids}
+
+
+def test_imap_multiappend_refused_batch_goes_again_one_by_one():
+    """A MULTIAPPEND is all or none: one message over carol's quota makes Dovecot refuse the
+    whole batch; each message then goes alone and gets its own answer."""
+    with dovecot() as dc:
+        proxy = SlowServerProxy(dc.imap_port, 0.3)
+        try:
+            with gateway(slow_backend(dc, proxy)) as gw:
+                jobs = [(["carol@" + DOMAIN], message("small%d" % i)) for i in range(4)]
+                jobs.insert(2, (["carol@" + DOMAIN], message("big", size=100 * 1024)))
+                replies = parallel_transactions(gw, jobs)
+                for i, r in enumerate(replies):
+                    if i == 2:
+                        expect(r[0], 452, "4.2.2")
+                    else:
+                        expect(r[0], 250, "2.0.0")
+        finally:
+            proxy.stop()
+        assert stored_subjects(dc, "carol") == ["small%d" % i for i in range(4)]
+
+
+def test_imap_multiappend_missing_folder_created_once_then_stored():
+    """[TRYCREATE] on a batch: each message goes alone, the first creates the folder."""
+    with dovecot() as dc:
+        proxy = SlowServerProxy(dc.imap_port, 0.2)
+        try:
+            be = slow_backend(dc, proxy, folder_from_detail=True)
+            with gateway(be) as gw:
+                subjects = ["new%d" % i for i in range(5)]
+                replies = parallel_transactions(
+                    gw, [(["bob+projects@" + DOMAIN], message(s)) for s in subjects])
+                for r in replies:
+                    expect(r[0], 250, "2.0.0")
+        finally:
+            proxy.stop()
+        assert stored_subjects(dc, "bob", "projects") == sorted(subjects)
+        assert dc.count("bob", "INBOX") == 0
+
+
+def test_imap_multiappend_one_turns_batching_off():
+    with dovecot() as dc:
+        proxy = SlowServerProxy(dc.imap_port, 0.2)
+        try:
+            with gateway(slow_backend(dc, proxy, multiappend=1)) as gw:
+                replies = parallel_transactions(
+                    gw, [(["alice@" + DOMAIN], message("one%d" % i)) for i in range(4)])
+                for r in replies:
+                    expect(r[0], 250, "2.0.0")
+                assert batch_sizes(gw.log()) == [], "multiappend = 1: every message alone"
+        finally:
+            proxy.stop()
+        assert dc.count("alice") == 4
