@@ -20,9 +20,9 @@
 typedef int data_sink_fn(void *ctx, const char *data, size_t len);
 
 struct data_decoder {
-	/* bytes of a possible "\r\n." / "\r\n.\r\n" sequence seen at the end of the last buffer */
-	int state;
+	int state;      /* where a line-leading "." CRLF stands across buffers */
 	bool done;
+	char tail[2];   /* the last two input bytes before the next buffer */
 };
 
 void data_decoder_init(struct data_decoder *dec);

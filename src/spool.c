@@ -20,6 +20,7 @@
 #include <openssl/evp.h>
 
 #define SPOOL_FILE_BUFFER (256 * 1024)
+#define SPOOL_DIRECT_WRITE (64 * 1024)
 
 struct spool {
 	size_t memory_max;
@@ -242,12 +243,14 @@ int spool_write(struct spool *spool, const void *data, size_t len, const char **
 		spool->mem_len += len;
 		return 0;
 	}
-	/* In file mode mem is the write buffer; big writes bypass it. */
-	if (spool->mem_len + len > spool->mem_cap) {
+	/* In file mode mem is the write buffer; big writes bypass it (a copy saved: the session
+	 * reads up to 256 KiB at a time, and a big message arrives in runs that long). */
+	if (spool->mem_len + len > spool->mem_cap ||
+	    (len >= SPOOL_DIRECT_WRITE && spool->mem_len > 0)) {
 		if (flush_buffer(spool) < 0)
 			goto io_error;
 	}
-	if (len >= spool->mem_cap) {
+	if (len >= SPOOL_DIRECT_WRITE) {
 		if (write_all(spool->fd, data, len) < 0)
 			goto io_error;
 		spool->file_len += len;

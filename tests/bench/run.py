@@ -317,7 +317,7 @@ class Lmtpgw(Server):
                 "maildir": "maildir backend, fsync = true (file fsync + rename + fsync of new/),"
                            " concurrency 8 (default)",
                 "imap": "imap backend, imap:// + STARTTLS (verified), master login, "
-                        "concurrency %s, pool max_idle 16" % (self.concurrency or "8 (default)")
+                        "concurrency %s, pool max_idle 16, multiappend 16 (default)" % (self.concurrency or "32 (default)")
                 }[self.backend]
 
     def start(self):

@@ -148,6 +148,57 @@ Test(data, runs_go_to_sink_in_large_blocks)
 	cr_assert_eq(calls, 1, "sink called %zu times", calls);
 }
 
+/* The reference: RFC 5321 4.5.2 read literally, one byte at a time over the whole input. A line
+ * starts after CRLF (or at the start); its first '.' is removed, and a line "." CRLF ends the
+ * data. Returns the bytes consumed (up to the final CRLF), 0 when there is no end. */
+static size_t reference_decode(const char *in, size_t len, struct sink *out)
+{
+	memset(out, 0, sizeof(*out));
+	for (size_t i = 0; i < len; i++) {
+		bool line_start = i == 0 || (i >= 2 && in[i - 2] == '\r' && in[i - 1] == '\n');
+		if (line_start && in[i] == '.') {
+			if (i + 2 < len && in[i + 1] == '\r' && in[i + 2] == '\n')
+				return i + 3;
+			continue; /* the dot-stuffing period */
+		}
+		out->buf[out->len++] = in[i];
+	}
+	return 0;
+}
+
+Test(data, random_inputs_and_splits_match_the_reference)
+{
+	/* Inputs rich in the bytes that matter, cut into random chunks (1 to 9 bytes, or large). */
+	static const char alphabet[] = "..\r\r\n\nab";
+	srand(2033);
+	for (int round = 0; round < 20000; round++) {
+		char in[200];
+		size_t len = (size_t)(rand() % 120);
+		for (size_t i = 0; i < len; i++)
+			in[i] = alphabet[rand() % (sizeof(alphabet) - 1)];
+		memcpy(in + len, "\r\n.\r\nNOOP\r\n", 11);
+		len += 11;
+
+		struct sink want;
+		size_t want_consumed = reference_decode(in, len, &want);
+		cr_assert(want_consumed > 0);
+
+		size_t chunks[64];
+		for (size_t c = 0; c < 64; c++)
+			chunks[c] = round % 3 == 0 ? 64 : (size_t)(rand() % 9 + 1);
+		struct sink got;
+		bool done;
+		size_t consumed = decode_chunks(in, len, chunks, 64, &got, &done);
+		cr_assert(done, "round %d: end of data not found", round);
+		cr_assert_eq(consumed, want_consumed, "round %d: consumed %zu, reference %zu", round,
+			     consumed, want_consumed);
+		cr_assert_eq(got.len, want.len, "round %d: %zu octets out, reference %zu", round,
+			     got.len, want.len);
+		cr_assert(memcmp(got.buf, want.buf, want.len) == 0, "round %d: content differs",
+			  round);
+	}
+}
+
 static int failing_sink(void *ctx, const char *data, size_t len)
 {
 	return -1;
