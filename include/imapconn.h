@@ -66,6 +66,8 @@ struct imap_append_result {
 	uint32_t uidvalidity;
 	uint32_t uid;
 	bool trycreate;             /* the server said [TRYCREATE] */
+	bool refused;               /* MULTIAPPEND: a tagged BAD (nothing stored; the connection
+	                             * is not reused, so imapconn_broken() is true too) */
 };
 
 /* APPEND data into mailbox with flags (space-separated, e.g. "\\Seen $Label") and INTERNALDATE.

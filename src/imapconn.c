@@ -653,7 +653,7 @@ int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flag
  * command is written here and only the tagged answer is parsed by libetpan. These helpers are
  * exported by libetpan 1.9 but declared only in its private mailimap_sender.h.
  */
-int mailimap_literal_data_send(mailstream *fd, const char *literal, uint32_t len,
+int mailimap_literal_data_send(mailstream *fd, const char *literal, size_t len,
 			       size_t progr_rate, progress_function *progr_fun);
 
 bool imapconn_can_multiappend(struct imapconn *conn, const char *mailbox)
@@ -698,9 +698,18 @@ static void apnd_uids(struct imapconn *conn, uint32_t *uidvalidity_r, uint32_t *
 		for (clistiter *it = clist_begin(apnd->uid_set->set_list); it != NULL && n < count;
 		     it = clist_next(it)) {
 			struct mailimap_set_item *item = clist_content(it);
-			for (uint64_t u = item->set_first; u <= item->set_last && n < count; u++)
+			/* "7:5" is the range 5 to 7 (RFC 3501 9, RFC 4315 3) */
+			uint64_t lo = item->set_first, hi = item->set_last;
+			if (lo > hi) {
+				uint64_t swap = lo;
+				lo = hi;
+				hi = swap;
+			}
+			for (uint64_t u = lo; u <= hi && n < count; u++)
 				uids[n++] = (uint32_t)u;
 		}
+		if (n != count) /* not one UID a message: name none rather than wrong ones */
+			memset(uids, 0, count * sizeof(*uids));
 		return;
 	}
 }
@@ -736,8 +745,8 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 			     tm.tm_sec, size);
 		if (n < 0 || (size_t)n >= sizeof(head) || stream_put(conn, head, (size_t)n) < 0 ||
 		    size > UINT32_MAX ||
-		    mailimap_literal_data_send(imap->imap_stream, items[i].data,
-					       (uint32_t)items[i].len, 0, NULL) != MAILIMAP_NO_ERROR)
+		    mailimap_literal_data_send(imap->imap_stream, items[i].data, items[i].len, 0,
+					       NULL) != MAILIMAP_NO_ERROR)
 			goto stream_failed;
 	}
 	if (stream_put(conn, "\r\n", 2) < 0 || mailstream_flush(imap->imap_stream) == -1 ||
@@ -745,6 +754,17 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 		goto stream_failed;
 	r = mailimap_parse_response(imap, &response);
 	conn->last_used = time(NULL);
+	if (r == MAILIMAP_ERROR_PROTOCOL) {
+		/* libetpan's answer to a tagged BAD (and to a foreign tag, which a server in sync
+		 * does not send): the command was refused whole, nothing stored (RFC 3501 7.1.3,
+		 * RFC 3502). Not reused, in case it was the foreign tag. */
+		conn->broken = true;
+		res_r->refused = true;
+		status_must(st_r, 451, "4.3.0", "IMAP server refused the APPEND");
+		snprintf(reason, reason_size, "multiappend of %zu to %s: BAD %.120s", count, mailbox,
+			 response_text(conn));
+		return -1;
+	}
 	if (r != MAILIMAP_NO_ERROR || response == NULL || response->rsp_resp_done == NULL ||
 	    response->rsp_resp_done->rsp_type != MAILIMAP_RESP_DONE_TYPE_TAGGED) {
 		if (response != NULL)

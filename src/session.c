@@ -109,6 +109,7 @@ struct session {
 	bool hold_output;               /* a batch of replies is being queued: flush at its end */
 	size_t out_len;
 	char out[1024];
+	struct event *flush_event;      /* writes replies queued outside session_process() */
 	long long timeout_read_ms;      /* what the bufferevent has now (-1: not set yet) */
 	long long timeout_write_ms;                 /* replies not yet written: one write per batch */
 	struct event *close_timer;      /* waits for a STARTTLS filter's bytes to leave */
@@ -214,16 +215,30 @@ static void reply(struct session *s, int code, const char *enhanced, const char 
 
 static void close_when_flushed(evutil_socket_t fd, short what, void *arg);
 
+static void on_flush_event(evutil_socket_t fd, short what, void *arg)
+{
+	out_flush(arg);
+}
+
+/* Write what is queued once the current loop turn's callbacks are done: the dispatcher reports
+ * a transaction's recipients one by one, and their replies should leave in one write. */
+static void flush_soon(struct session *s)
+{
+	if (s->out_len == 0)
+		return;
+	if (s->flush_event == NULL)
+		s->flush_event = event_new(s->srv->base, -1, 0, on_flush_event, s);
+	if (s->flush_event != NULL)
+		event_active(s->flush_event, EV_TIMEOUT, 1);
+	else
+		out_flush(s);
+}
+
 /* Free the session from the loop, once the output is written: never under a caller's feet
  * (reply_and_close runs inside callbacks that touch the session after it returns). */
 static void close_soon(struct session *s)
 {
-	if (s->close_timer == NULL)
-		s->close_timer = evtimer_new(s->srv->base, close_when_flushed, s);
-	if (s->close_timer == NULL) {
-		/* Out of memory: the write callback or the client's close frees it. */
-		return;
-	}
+	/* close_timer exists from session_new() on: this cannot fail halfway. */
 	if (!evtimer_pending(s->close_timer, NULL)) {
 		struct timeval now = { 0, 0 };
 		evtimer_add(s->close_timer, &now);
@@ -356,6 +371,8 @@ static void flush_replies(struct session *s)
 	s->reply_ready = NULL;
 	s->reply_count = s->reply_next = 0;
 	s->dispatch = NULL;
+	if (s->state == STATE_CLOSING)
+		return; /* a timeout closed the session meanwhile: these were its last replies */
 	s->state = STATE_READY;
 	timeouts_for_state(s);
 	if (s->srv->stopping &&
@@ -377,8 +394,8 @@ static void delivery_result(void *ctx, size_t index, const struct status *st)
 	s->hold_output = true;
 	flush_replies(s);
 	s->hold_output = held;
-	if (!s->processing && !held)
-		out_flush(s);
+	if (!s->processing && !held && s->state != STATE_READY)
+		flush_soon(s); /* more recipients' results may follow in this loop turn */
 	if (s->state == STATE_READY && !s->processing) {
 		/* Commands may have been pipelined behind the final dot. */
 		if (!s->eof)
@@ -966,9 +983,6 @@ static void session_attach(struct session *s, struct bufferevent *bev)
 	s->bev = bev;
 	bufferevent_setcb(bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(bev, EV_READ, 0, SESSION_INPUT_HIGH);
-	/* libevent reads 16 KiB at a time by default: a 5 MB message took 300 loop turns, each
-	 * with an ioctl, a readv and a timeout re-armed. A read takes only what has arrived. */
-	bufferevent_set_max_single_read(bev, SESSION_INPUT_HIGH);
 	s->timeout_read_ms = s->timeout_write_ms = -1; /* a new bufferevent has none */
 	timeouts_for_state(s);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
@@ -1015,6 +1029,9 @@ static void cmd_starttls(struct session *s, char *args)
 		return;
 	}
 	bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
+	/* The filter keeps the timeouts from now on; the socket's own read timeout would fire
+	 * through it while a delivery runs and the client rightly says nothing. */
+	bufferevent_set_timeouts(s->bev, NULL, NULL);
 	session_reset_tx(s);
 	s->lhlo[0] = '\0';
 	s->state = STATE_FRESH;
@@ -1226,8 +1243,41 @@ static void session_eof_check(struct session *s)
 	session_close_if_flushed(s);
 }
 
+/*
+ * libevent 2.1 reads at most 4096 bytes a loop turn (EVBUFFER_MAX_READ in evbuffer_read), so a
+ * 5 MB message took over a thousand turns, each an epoll_wait, an ioctl, a readv and a timeout
+ * re-armed. Inside DATA and BDAT on a plain socket the session reads on by itself, 64 KiB at a
+ * time, while the socket has bytes and the turn's share (1 MiB, fair to other sessions) lasts.
+ * What it cannot read is left to the bufferevent: EAGAIN (it is still armed), end of file and
+ * errors (the next read sees them again and reports them the usual way).
+ */
+#define SESSION_READ_AHEAD (64 * 1024)
+#define SESSION_READ_SHARE (1024 * 1024)
+
+static bool read_ahead(struct session *s, struct evbuffer *in, size_t *share)
+{
+	struct evbuffer_iovec v;
+
+	if (!s->direct || s->eof || *share == 0 ||
+	    !(s->state == STATE_DATA || (s->state == STATE_BDAT && s->tx->bdat_left > 0)))
+		return false;
+	if (evbuffer_reserve_space(in, SESSION_READ_AHEAD, &v, 1) < 1)
+		return false;
+	ssize_t n = recv(bufferevent_getfd(s->bev), v.iov_base, v.iov_len, MSG_DONTWAIT);
+	if (n <= 0) {
+		evbuffer_commit_space(in, NULL, 0);
+		return false;
+	}
+	v.iov_len = (size_t)n;
+	evbuffer_commit_space(in, &v, 1);
+	*share = (size_t)n >= *share ? 0 : *share - (size_t)n;
+	return true;
+}
+
 static void session_process(struct session *s)
 {
+	size_t read_share = SESSION_READ_SHARE;
+
 	s->processing = true;
 	for (;;) {
 		/* Fetched each time: STARTTLS replaces the bufferevent. */
@@ -1240,7 +1290,8 @@ static void session_process(struct session *s)
 		if (s->state == STATE_CLOSING || s->state == STATE_DELIVERING ||
 		    s->state == STATE_VERIFYING)
 			break;
-		if (evbuffer_get_length(in) == 0 && !(s->state == STATE_BDAT && s->tx->bdat_left == 0))
+		if (evbuffer_get_length(in) == 0 && !(s->state == STATE_BDAT && s->tx->bdat_left == 0) &&
+		    !read_ahead(s, in, &read_share))
 			break;
 		bool progress;
 		if (s->state == STATE_DATA)
@@ -1297,6 +1348,12 @@ static void close_when_flushed(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
 
+	/* Our own output still queued: the write callback frees once it is written, the write
+	 * timeout (timeout_command) if the client stops reading. */
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
+		return;
+	/* Only a TLS filter's bytes wait in the socket's buffer, which calls nobody back: poll,
+	 * for at most 5 s. */
 	if (unsent(s) > 0 && ++s->close_polls < 500) {
 		struct timeval tv = { 0, 10000 };
 		evtimer_add(s->close_timer, &tv);
@@ -1317,13 +1374,9 @@ static void on_write(struct bufferevent *bev, void *arg)
 	}
 	/* The TLS filter drained into the socket's buffer: wait for that one too (no callback
 	 * reaches us from it), for at most 5 s. */
-	if (s->close_timer == NULL)
-		s->close_timer = evtimer_new(s->srv->base, close_when_flushed, s);
-	if (s->close_timer != NULL && !evtimer_pending(s->close_timer, NULL)) {
+	if (!evtimer_pending(s->close_timer, NULL)) {
 		struct timeval tv = { 0, 10000 };
 		evtimer_add(s->close_timer, &tv);
-	} else if (s->close_timer == NULL) {
-		session_free(s);
 	}
 }
 
@@ -1412,6 +1465,8 @@ static void session_free(struct session *s)
 		s->next->prev = s->prev;
 	if (s->close_timer != NULL)
 		event_free(s->close_timer);
+	if (s->flush_event != NULL)
+		event_free(s->flush_event);
 	bufferevent_free(s->bev);
 	free(s->replies);
 	free(s->reply_ready);
@@ -1448,11 +1503,14 @@ struct session *session_new(struct server *srv, int fd, const char *peer, const 
 		s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
 		s->direct = true;
 	}
-	if (s->line == NULL || s->bev == NULL) {
+	s->close_timer = evtimer_new(srv->base, close_when_flushed, s);
+	if (s->line == NULL || s->bev == NULL || s->close_timer == NULL) {
 		if (s->bev != NULL)
 			bufferevent_free(s->bev);
 		else
 			close(fd);
+		if (s->close_timer != NULL)
+			event_free(s->close_timer);
 		free(s->line);
 		free(s);
 		return NULL;

@@ -739,7 +739,7 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 	int r = imapconn_multiappend(conn, folder, st->flags, items, count,
 				     st->set.overquota_permanent, &res, &failure, reason,
 				     sizeof(reason));
-	bool lost = r < 0 && imapconn_broken(conn);
+	bool lost = r < 0 && !res.refused && imapconn_broken(conn);
 	i = 0;
 	for (struct append_waiter *w = batch; w != NULL; w = w->next, i++) {
 		struct target *t = w->t;

@@ -265,7 +265,10 @@ static int ensure_maildir(const struct maildir_state *st, char *dir, bool is_fol
 	return 0;
 }
 
-static void deliver_one(struct maildir_state *st, const struct delivery *d, struct target *t)
+/* Write one copy. With sync_later, new/ is not fsynced here: its path goes to sync_later and
+ * the caller syncs it (and says 2xx) only after that. */
+static void deliver_one(struct maildir_state *st, const struct delivery *d, struct target *t,
+			char *sync_later)
 {
 	char dir[MAILDIR_PATH_MAX], tmp_path[MAILDIR_PATH_MAX + 128], new_path[MAILDIR_PATH_MAX + 160];
 	char base[128], prefix[4096];
@@ -319,7 +322,9 @@ static void deliver_one(struct maildir_state *st, const struct delivery *d, stru
 	}
 	char new_dir[MAILDIR_PATH_MAX + 8];
 	snprintf(new_dir, sizeof(new_dir), "%s/new", dir);
-	if (st->settings.fsync && group_fsync_dir(new_dir) < 0) {
+	if (sync_later != NULL)
+		snprintf(sync_later, MAILDIR_PATH_MAX + 8, "%s", new_dir);
+	else if (st->settings.fsync && group_fsync_dir(new_dir) < 0) {
 		/* The file is in new/ but not known durable: say temporary, the client retries. */
 		status_from_errno(&t->status, errno, "cannot sync mailbox directory");
 		snprintf(t->ref, sizeof(t->ref), "file=%s", new_path);
@@ -334,7 +339,7 @@ static void deliver_one(struct maildir_state *st, const struct delivery *d, stru
  * bytes are written and fsynced once however many recipients there are. -1: cannot link
  * (another filesystem, a link limit, ...); the caller writes a copy instead. */
 static int link_one(struct maildir_state *st, struct target *t, const char *source,
-		    unsigned long long size)
+		    unsigned long long size, char *sync_later)
 {
 	char dir[MAILDIR_PATH_MAX], new_path[MAILDIR_PATH_MAX + 160], base[128];
 	char new_dir[MAILDIR_PATH_MAX + 8];
@@ -352,7 +357,9 @@ static int link_one(struct maildir_state *st, struct target *t, const char *sour
 	if (link(source, new_path) < 0)
 		return -1;
 	snprintf(new_dir, sizeof(new_dir), "%s/new", dir);
-	if (st->settings.fsync && group_fsync_dir(new_dir) < 0) {
+	if (sync_later != NULL) {
+		snprintf(sync_later, MAILDIR_PATH_MAX + 8, "%s", new_dir);
+	} else if (st->settings.fsync && group_fsync_dir(new_dir) < 0) {
 		status_from_errno(&t->status, errno, "cannot sync mailbox directory");
 		snprintf(t->ref, sizeof(t->ref), "file=%s", new_path);
 		return 0;
@@ -362,19 +369,62 @@ static int link_one(struct maildir_state *st, struct target *t, const char *sour
 	return 0;
 }
 
+struct dir_sync_job {
+	const char *dir;
+	int result;
+	int error;
+	pthread_t thread;
+	bool threaded;
+};
+
+static void *dir_sync_run(void *arg)
+{
+	struct dir_sync_job *job = arg;
+	job->result = group_fsync_dir(job->dir);
+	job->error = errno;
+	return NULL;
+}
+
+/* fsync several new/ directories at once: a directory fsync mostly waits for the disk, which
+ * takes them in parallel, so five recipients cost about one fsync of wait, not five. */
+static void sync_dirs(struct dir_sync_job *jobs, size_t count)
+{
+	for (size_t i = 1; i < count; i++)
+		jobs[i].threaded = pthread_create(&jobs[i].thread, NULL, dir_sync_run, &jobs[i]) == 0;
+	dir_sync_run(&jobs[0]);
+	for (size_t i = 1; i < count; i++) {
+		if (jobs[i].threaded)
+			pthread_join(jobs[i].thread, NULL);
+		else
+			dir_sync_run(&jobs[i]); /* no thread to be had: in turn */
+	}
+}
+
 /* All of a transaction's recipients of this backend: the first copy is written, the others
- * are links to it when the bytes are the same for everyone (no per-recipient Delivered-To). */
+ * are links to it when the bytes are the same for everyone (no per-recipient Delivered-To).
+ * With several recipients the new/ directories are synced together at the end, and no target
+ * is 2xx before its directory's fsync returned. */
 static void maildir_deliver(void *state, const struct delivery *delivery, struct target *targets,
 			    size_t count)
 {
 	struct maildir_state *st = state;
 	char source[sizeof(targets[0].ref)] = "";
 	unsigned long long size = 0;
+	bool defer = st->settings.fsync && count > 1;
+	char (*dirs)[MAILDIR_PATH_MAX + 8] = defer ? calloc(count, sizeof(*dirs)) : NULL;
+	struct dir_sync_job *jobs = defer ? calloc(count, sizeof(*jobs)) : NULL;
 
+	if (dirs == NULL || jobs == NULL) {
+		free(dirs); /* out of memory: sync each directory in turn */
+		free(jobs);
+		dirs = NULL;
+		jobs = NULL;
+	}
 	for (size_t i = 0; i < count; i++) {
-		if (source[0] != '\0' && link_one(st, &targets[i], source, size) == 0)
+		char *later = dirs != NULL ? dirs[i] : NULL;
+		if (source[0] != '\0' && link_one(st, &targets[i], source, size, later) == 0)
 			continue;
-		deliver_one(st, delivery, &targets[i]);
+		deliver_one(st, delivery, &targets[i], later);
 		if (!delivery->delivered_to && status_class_of(&targets[i].status) == STATUS_OK &&
 		    source[0] == '\0') {
 			const char *s_eq = strstr(targets[i].ref, ",S=");
@@ -382,6 +432,37 @@ static void maildir_deliver(void *state, const struct delivery *delivery, struct
 			size = s_eq != NULL ? strtoull(s_eq + 3, NULL, 10) : 0;
 		}
 	}
+	if (dirs == NULL)
+		return;
+	/* One job per distinct directory (a user named twice, or a folder, shares one). */
+	size_t njobs = 0;
+	for (size_t i = 0; i < count; i++) {
+		if (dirs[i][0] == '\0')
+			continue; /* failed before the rename: its status says why */
+		size_t j = 0;
+		while (j < njobs && strcmp(jobs[j].dir, dirs[i]) != 0)
+			j++;
+		if (j == njobs)
+			jobs[njobs++].dir = dirs[i];
+	}
+	if (njobs > 0)
+		sync_dirs(jobs, njobs);
+	for (size_t i = 0; i < count; i++) {
+		if (dirs[i][0] == '\0')
+			continue;
+		for (size_t j = 0; j < njobs; j++) {
+			if (strcmp(jobs[j].dir, dirs[i]) != 0 || jobs[j].result == 0)
+				continue;
+			/* In new/ but not known durable: temporary, the client retries. */
+			char file[sizeof(targets[i].ref)];
+			snprintf(file, sizeof(file), "%s", targets[i].ref);
+			status_from_errno(&targets[i].status, jobs[j].error,
+					  "cannot sync mailbox directory");
+			snprintf(targets[i].ref, sizeof(targets[i].ref), "file=%s", file);
+		}
+	}
+	free(dirs);
+	free(jobs);
 }
 
 /* With create = false a recipient without a Maildir is unknown: say so at RCPT. */
