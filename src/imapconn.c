@@ -606,11 +606,23 @@ static struct mailimap_flag_list *build_flags(const char *flags)
 	return list;
 }
 
+static bool literal_plus_ok(struct imapconn *conn, const char *mailbox);
+
 int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flags,
 		    time_t internaldate, const char *data, size_t len, bool overquota_permanent,
 		    struct imap_append_result *res_r, struct status *st_r, char *reason,
 		    size_t reason_size)
 {
+	if (literal_plus_ok(conn, mailbox)) {
+		/* One write and no "+" round trip, and the literal without libetpan's copy. */
+		struct imap_append_item item = { .data = data, .len = len,
+						 .internaldate = internaldate };
+		int r = imapconn_multiappend(conn, mailbox, flags, &item, 1, overquota_permanent,
+					     res_r, st_r, reason, reason_size);
+		res_r->uid = item.uid;
+		return r;
+	}
+
 	struct tm tm;
 	struct mailimap_flag_list *flag_list = build_flags(flags);
 	struct mailimap_date_time *date;
@@ -656,10 +668,10 @@ int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flag
 int mailimap_literal_data_send(mailstream *fd, const char *literal, size_t len,
 			       size_t progr_rate, progress_function *progr_fun);
 
-bool imapconn_can_multiappend(struct imapconn *conn, const char *mailbox)
+/* APPEND written by hand needs LITERAL+ and a mailbox name that fits a quoted string. */
+static bool literal_plus_ok(struct imapconn *conn, const char *mailbox)
 {
-	if (conn->broken || !mailimap_has_extension(conn->imap, "MULTIAPPEND") ||
-	    !mailimap_has_extension(conn->imap, "LITERAL+"))
+	if (conn->broken || !mailimap_has_extension(conn->imap, "LITERAL+"))
 		return false;
 	/* Written as a quoted string: printable ASCII without quote and backslash only (anything
 	 * else needs a literal, which the single APPEND path sends). */
@@ -670,9 +682,53 @@ bool imapconn_can_multiappend(struct imapconn *conn, const char *mailbox)
 	return mailbox[0] != '\0';
 }
 
+bool imapconn_can_multiappend(struct imapconn *conn, const char *mailbox)
+{
+	return mailimap_has_extension(conn->imap, "MULTIAPPEND") &&
+	       literal_plus_ok(conn, mailbox);
+}
+
 static int stream_put(struct imapconn *conn, const char *text, size_t len)
 {
 	return mailstream_write(conn->imap->imap_stream, text, len) == (ssize_t)len ? 0 : -1;
+}
+
+/* Is every CR of data followed by LF and every LF preceded by CR? Then libetpan's conversion
+ * of bare CR and LF to CRLF (a loop over every byte, twice: once to count, once to send; 40%
+ * of lmtpgw's CPU for 5 MB messages) would change nothing, and the bytes go out as they are.
+ * Two memchr a line. */
+static bool crlf_clean(const char *data, size_t len)
+{
+	const char *p = data, *end = data + len;
+
+	while (p < end) {
+		const char *cr = memchr(p, '\r', (size_t)(end - p));
+		const char *stop = cr != NULL ? cr : end;
+		if (memchr(p, '\n', (size_t)(stop - p)) != NULL)
+			return false; /* an LF without its CR */
+		if (cr == NULL)
+			return true;
+		if (cr + 1 >= end || cr[1] != '\n')
+			return false; /* a CR without its LF */
+		p = cr + 2;
+	}
+	return true;
+}
+
+/* The literal's octet count as sent, and the sending: raw when already CRLF-clean. */
+static size_t literal_size(const char *data, size_t len, bool clean)
+{
+	return clean ? len : mailstream_get_data_crlf_size(data, len);
+}
+
+static int literal_send(struct imapconn *conn, const char *data, size_t len, bool clean)
+{
+	if (clean)
+		return len == 0 ? 0 : stream_put(conn, data, len);
+	return mailimap_literal_data_send(conn->imap->imap_stream, data, len, 0, NULL) ==
+			       MAILIMAP_NO_ERROR
+		       ? 0
+		       : -1;
 }
 
 /* The uid-set of APPENDUID ("5:12" or "5,7,9:10"), expanded in order into uids[count]. */
@@ -737,7 +793,8 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 	for (size_t i = 0; i < count; i++) {
 		struct tm tm;
 		gmtime_r(&items[i].internaldate, &tm);
-		size_t size = mailstream_get_data_crlf_size(items[i].data, items[i].len);
+		bool clean = crlf_clean(items[i].data, items[i].len);
+		size_t size = literal_size(items[i].data, items[i].len, clean);
 		/* Each message: SP [flag-list SP] date-time SP literal+ (RFC 3502 3, RFC 7888). */
 		n = snprintf(head, sizeof(head), " %s%s%s\"%02d-%s-%04d %02d:%02d:%02d +0000\" {%zu+}\r\n",
 			     flags[0] ? "(" : "", flags, flags[0] ? ") " : "", tm.tm_mday,
@@ -745,8 +802,7 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 			     tm.tm_sec, size);
 		if (n < 0 || (size_t)n >= sizeof(head) || stream_put(conn, head, (size_t)n) < 0 ||
 		    size > UINT32_MAX ||
-		    mailimap_literal_data_send(imap->imap_stream, items[i].data, items[i].len, 0,
-					       NULL) != MAILIMAP_NO_ERROR)
+		    literal_send(conn, items[i].data, items[i].len, clean) < 0)
 			goto stream_failed;
 	}
 	if (stream_put(conn, "\r\n", 2) < 0 || mailstream_flush(imap->imap_stream) == -1 ||

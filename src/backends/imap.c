@@ -673,6 +673,12 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
  * path, and gets its own answer. A connection lost mid-command leaves every message of the
  * batch in doubt: 451 4.4.2 for each (and, with dedupe, a search before the next attempt).
  */
+/* A message this big goes alone: its bytes cost the server far more than the command does, and
+ * in a batch it would hold back the others behind one server process; alone, concurrent big
+ * messages go up on parallel connections. A batch stops growing past BATCH_BYTES_MAX. */
+#define BATCH_MESSAGE_MAX (1024 * 1024)
+#define BATCH_BYTES_MAX (4 * 1024 * 1024)
+
 struct append_waiter {
 	struct append_waiter *next;
 	struct imap_append_item item;
@@ -805,11 +811,13 @@ static bool append_batched(struct imap_state *st, const char *identity, const ch
 			pthread_cond_wait(&st->batch_done, &st->batch_lock);
 			continue;
 		}
-		/* Lead: take up to max waiters from the head. */
+		/* Lead: take up to max waiters (and about BATCH_BYTES_MAX) from the head. */
 		struct append_waiter *batch = q->head, *last = q->head;
-		size_t count = 1;
-		while (count < max && last->next != NULL) {
+		size_t count = 1, bytes = last->item.len;
+		while (count < max && last->next != NULL &&
+		       bytes + last->next->item.len <= BATCH_BYTES_MAX) {
 			last = last->next;
+			bytes += last->item.len;
 			count++;
 		}
 		q->head = last->next;
@@ -862,6 +870,7 @@ static void deliver_one(struct imap_state *st, const struct delivery *d, struct 
 		struct spool_view view;
 		/* An APPEND of unknown outcome is searched for first: that one goes alone. */
 		if (!(id[0] && uncertain_get(st, id)) &&
+		    prefix_len + spool_size(d->spool) <= BATCH_MESSAGE_MAX &&
 		    spool_view_prefixed(d->spool, prefix, prefix_len, &view) == 0) {
 			bool done = append_batched(st, identity, user, folder, &view, d->received, t,
 						   id);

@@ -272,15 +272,18 @@ class Sink(Server):
 class Lmtpgw(Server):
     """build/lmtpgw -f with one backend ("discard", "maildir" or "imap") for *@bench.test."""
 
-    def __init__(self, work, backend, binary, unix=False, dovecot=None, concurrency=None):
-        self.work = os.path.join(work, "gw-%s%s" % (backend, "-unix" if unix else ""))
+    def __init__(self, work, backend, binary, unix=False, dovecot=None, concurrency=None,
+                 plaintext=False):
+        self.plaintext = plaintext
+        self.work = os.path.join(work, "gw-%s%s%s" % (backend, "-unix" if unix else "",
+                                                     "-plain" if plaintext else ""))
         os.makedirs(self.work)
         self.backend = backend
         self.binary = binary
         self.unix = unix
         self.dc = dovecot
         self.concurrency = concurrency
-        self.label = "gw-%s" % backend
+        self.label = "gw-%s%s" % (backend, "-plain" if plaintext else "")
         self.proc = None
         self.log = os.path.join(self.work, "lmtpgw.log")
         self.spool = os.path.join(self.work, "spool")
@@ -305,6 +308,9 @@ class Lmtpgw(Server):
             # indexing idle[] that other workers changed meanwhile (SIGSEGV in SSL_read under
             # imapconn_close). Servers wait minutes between rounds here: keep them unexpired.
             extra += 'idle_timeout = "1h"; '
+            if self.plaintext:
+                # loopback without TLS, as the Dovecot LMTP peer is: equal footing
+                extra += 'allow_plaintext = true; '
 
             return ('b: { driver = "imap"; url = %s; ca_file = %s; login_mode = "master"; '
                     'login = %s; password_file = %s; %s};'
@@ -313,6 +319,9 @@ class Lmtpgw(Server):
         raise ValueError(self.backend)
 
     def settings(self):
+        if self.plaintext:
+            return ("imap backend as gw-imap but imap:// without TLS (allow_plaintext, "
+                    "loopback): the same footing as Dovecot LMTP over TCP")
         return {"discard": "discard backend",
                 "maildir": "maildir backend, fsync = true (file fsync + rename + fsync of new/),"
                            " concurrency 8 (default)",
@@ -618,16 +627,17 @@ def main():
                       ("gm", n(20000, 0))]),
             # the IMAP pair with fewer messages: APPENDs into one mailbox run ~200/s here
             Workload("W1i", "W1 with the imap backend", 1024, 1, 10, None,
-                     [("dl", n(4000, 0)), ("gi", n(4000, 0))]),
+                     [("dl", n(4000, 0)), ("gi", n(4000, 0)), ("gp", n(4000, 0))]),
             Workload("W1u", "W1 over a unix socket", 1024, 1, 10, None,
                      [("sink_u", n(20000, 0)), ("gd_u", n(20000, 0)), ("dl_u", n(5000, 0)),
                       ("gm_u", n(5000, 0))], unix=True),
             Workload("W2", "64 KB, 5 rcpts, 10 sessions", 65536, 5, 10, None,
                      [("sink", n(4000, 0)), ("gd", n(4000, 0)), ("dl", n(2000, 0)),
-                      ("gm", n(2000, 0)), ("gi", n(2000, 0))]),
+                      ("gm", n(2000, 0)), ("gi", n(2000, 0)), ("gp", n(2000, 0))]),
             Workload("W3", "5 MB, 1 rcpt, 4 sessions", 5 * 1024 * 1024, 1, 4, None,
                      [(LOOP, n(100, 0)), ("sink", n(100, 0)), ("gd", n(100, 0)),
-                      ("dl", n(100, 0)), ("gm", n(100, 0)), ("gi", n(100, 0))]),
+                      ("dl", n(100, 0)), ("gm", n(100, 0)), ("gi", n(100, 0)),
+                      ("gp", n(100, 0))]),
             Workload("W4", "1 KB, 1 rcpt, 1 session (latency)", 1024, 1, 1, None,
                      [("sink", n(5000, 0)), ("gd", n(5000, 0)), ("dl", n(2000, 0)),
                       ("gm", n(2000, 0)), ("gi", n(2000, 0))]),
@@ -659,9 +669,11 @@ def main():
         gd, gd_u = Lmtpgw(work, "discard", a.binary), Lmtpgw(work, "discard", a.binary, unix=True)
         gm, gm_u = Lmtpgw(work, "maildir", a.binary), Lmtpgw(work, "maildir", a.binary, unix=True)
         gi = Lmtpgw(work, "imap", a.binary, dovecot=dc, concurrency=a.imap_concurrency)
+        gp = Lmtpgw(work, "imap", a.binary, dovecot=dc, concurrency=a.imap_concurrency,
+                    plaintext=True)
         dl, dl_u = DovecotLmtp(dc), DovecotLmtp(dc, unix=True)
         byname = {"sink": sink, "sink_u": sink_u, "gd": gd, "gd_u": gd_u, "gm": gm,
-                  "gm_u": gm_u, "gi": gi, "dl": dl, "dl_u": dl_u}
+                  "gm_u": gm_u, "gi": gi, "gp": gp, "dl": dl, "dl_u": dl_u}
         used = set(k for w in wl for k, _ in w.servers)
         servers = [v for k, v in byname.items() if k in used]
         for s in servers:
@@ -671,7 +683,7 @@ def main():
 
         print("lmtpgw benchmark (%s): %d rounds, interleaved; work dir %s"
               % ("quick" if q else "full", rounds, work))
-        for s in (gd, gm, gi):
+        for s in (gd, gm, gi, gp):
             if s in servers:
                 print("  %-13s %s" % (s.label, s.settings()))
         print("  %-13s Dovecot LMTP, mail_location = maildir, mail_fsync = optimized (fsync file,"
@@ -731,6 +743,12 @@ TARGETS = [
     ("W1 IMAP: gw-imap / dovecot-lmtp", "W1i", "gw-imap", "dovecot-lmtp", 0.8),
     ("W2 IMAP: gw-imap / dovecot-lmtp", "W2", "gw-imap", "dovecot-lmtp", 0.8),
     ("W3 IMAP: gw-imap / dovecot-lmtp", "W3", "gw-imap", "dovecot-lmtp", 0.8),
+    ("W1 IMAP plaintext: gw-imap-plain / dovecot-lmtp", "W1i", "gw-imap-plain", "dovecot-lmtp",
+     0.8),
+    ("W2 IMAP plaintext: gw-imap-plain / dovecot-lmtp", "W2", "gw-imap-plain", "dovecot-lmtp",
+     0.8),
+    ("W3 IMAP plaintext: gw-imap-plain / dovecot-lmtp", "W3", "gw-imap-plain", "dovecot-lmtp",
+     0.8),
     ("W2 protocol: gw-discard / smtp-sink", "W2", "gw-discard", "smtp-sink", None),
     ("W3 discard MB/s / loopback MB/s", "W3", "gw-discard", "loopback", 0.5),
     ("W3 maildir MB/s / loopback MB/s", "W3", "gw-maildir", "loopback", 0.5),
@@ -762,11 +780,13 @@ def report(results, rounds, quick):
                 wn, key, rs[0]["msgs"], msg_s, med(rs, "mb_s"), w["sessions"] / msg_s * 1000,
                 cpu_k, cpu_mb, cli_k, "%.1f" % rss if rss else "-"))
     for wn, w in results.items():
-        rs = w["runs"].get("gw-imap")
-        if rs:
-            own = statistics.median(r["own_cpu"] / r["msgs"] * 1000 for r in rs)
-            tot = statistics.median(r["cpu"] / r["msgs"] * 1000 for r in rs)
-            print("%-4s gw-imap cpu/1k split: lmtpgw %.3f s + Dovecot %.3f s" % (wn, own, tot - own))
+        for label in ("gw-imap", "gw-imap-plain"):
+            rs = w["runs"].get(label)
+            if rs:
+                own = statistics.median(r["own_cpu"] / r["msgs"] * 1000 for r in rs)
+                tot = statistics.median(r["cpu"] / r["msgs"] * 1000 for r in rs)
+                print("%-4s %s cpu/1k split: lmtpgw %.3f s + Dovecot %.3f s"
+                      % (wn, label, own, tot - own))
     print()
     print("Ratios (of medians; per-round ratio range in brackets):")
     for title, wn, A, B, target in TARGETS:

@@ -192,3 +192,21 @@ def test_imap_multiappend_one_turns_batching_off():
         finally:
             proxy.stop()
         assert dc.count("alice") == 4
+
+
+def test_imap_literal_bytes_exact_and_bare_line_ends_made_crlf():
+    """A CRLF-clean message goes up byte for byte (sent as it is, no conversion pass); one with
+    a bare LF or a bare CR has them made CRLF, as IMAP requires and libetpan did before."""
+    with dovecot() as dc:
+        with gateway(imap_backend(dc)) as gw:
+            clean = message("clean", body=b"line one\r\n\x80\xff 8-bit\r\n" + b"y" * 998 + b"\r\n")
+            c = gw.session()
+            expect(transaction(c, ["alice@" + DOMAIN], clean)[0], 250, "2.0.0")
+            bare = message("bare", body=b"lf only\nthen cr only\rend\r\n")
+            expect(transaction(c, ["bob@" + DOMAIN], bare)[0], 250, "2.0.0")
+            c.cmd("QUIT")
+        stored = dc.messages("alice")[0].raw
+        assert stored.endswith(clean), stored[-200:]
+        stored = dc.messages("bob")[0].raw
+        assert stored.endswith(message("bare", body=b"lf only\r\nthen cr only\r\nend\r\n")), (
+            stored[-120:])

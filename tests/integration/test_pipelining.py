@@ -118,3 +118,22 @@ def test_many_recipients_pipelined():
             expect(c.reply(), 221, "2.0.0")
         for i in range(n):
             assert len(gw.messages("u%d" % i)) == 1
+
+
+def test_post_data_replies_leave_in_one_write():
+    """The replies of a transaction's recipients, known at once (one Maildir job for all of
+    them), leave in one write: the client's first read after the final dot holds all of them.
+    (Written one by one, the second waited behind Nagle for the client's delayed ACK.)"""
+    rcpts = ["alice", "bob", "carol", "dave", "erin"]
+    with Lmtpgw() as gw:
+        with gw.session() as c:
+            expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+            for who in rcpts:
+                expect(c.cmd("RCPT TO:<%s@example.test>" % who), 250, "2.1.5")
+            expect(c.cmd("DATA"), 354)
+            assert c.buf == b""
+            c.send(b"Subject: one write\r\n\r\nx\r\n.\r\n")
+            first = c.sock.recv(65536)
+            lines = first.split(b"\r\n")[:-1]
+            assert len(lines) == len(rcpts) and all(l.startswith(b"250 2.0.0 ") for l in lines), (
+                "first read after the dot: %r" % first)
