@@ -608,6 +608,25 @@ static struct mailimap_flag_list *build_flags(const char *flags)
 
 static bool literal_plus_ok(struct imapconn *conn, const char *mailbox);
 
+/* The server answered NO to an APPEND: [TRYCREATE] (the caller may create the folder), or the
+ * RFC 5530 code mapped to a reply. Always -1. */
+static int append_refused(struct imapconn *conn, const char *command, const char *mailbox,
+			  const char *what, bool overquota_permanent,
+			  struct imap_append_result *res_r, struct status *st_r, char *reason,
+			  size_t reason_size)
+{
+	const struct mailimap_response_info *info = conn->imap->imap_response_info;
+
+	res_r->trycreate = info != NULL && info->rsp_trycreate;
+	if (res_r->trycreate)
+		status_must(st_r, 451, "4.3.0", "IMAP folder does not exist");
+	else
+		imap_map_append_failure(response_code(conn), overquota_permanent, st_r);
+	snprintf(reason, reason_size, "%s to %s: %s [%s] %.120s", command, mailbox, what,
+		 res_r->trycreate ? "TRYCREATE" : response_code(conn), response_text(conn));
+	return -1;
+}
+
 int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flags,
 		    time_t internaldate, const char *data, size_t len, bool overquota_permanent,
 		    struct imap_append_result *res_r, struct status *st_r, char *reason,
@@ -649,15 +668,10 @@ int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flag
 		conn_fail_stream(conn, st_r, "append", r, reason, reason_size);
 		return -1;
 	}
-	const struct mailimap_response_info *info = conn->imap->imap_response_info;
-	res_r->trycreate = info != NULL && info->rsp_trycreate;
-	if (res_r->trycreate)
-		status_must(st_r, 451, "4.3.0", "IMAP folder does not exist");
-	else
-		imap_map_append_failure(response_code(conn), overquota_permanent, st_r);
-	snprintf(reason, reason_size, "append to %s: error %d [%s] %.120s", mailbox, r,
-		 res_r->trycreate ? "TRYCREATE" : response_code(conn), response_text(conn));
-	return -1;
+	char what[32];
+	snprintf(what, sizeof(what), "error %d", r);
+	return append_refused(conn, "append", mailbox, what, overquota_permanent, res_r, st_r,
+			      reason, reason_size);
 }
 
 /*
@@ -839,16 +853,11 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 		}
 		return 0;
 	}
-	/* NO or BAD: nothing of the batch was stored (RFC 3502 6.3.11: all or none). */
-	const struct mailimap_response_info *info = imap->imap_response_info;
-	res_r->trycreate = info != NULL && info->rsp_trycreate;
-	if (res_r->trycreate)
-		status_must(st_r, 451, "4.3.0", "IMAP folder does not exist");
-	else
-		imap_map_append_failure(response_code(conn), overquota_permanent, st_r);
-	snprintf(reason, reason_size, "multiappend of %zu to %s: [%s] %.120s", count, mailbox,
-		 res_r->trycreate ? "TRYCREATE" : response_code(conn), response_text(conn));
-	return -1;
+	/* NO: nothing of the batch was stored (RFC 3502 6.3.11: all or none). */
+	char what[32];
+	snprintf(what, sizeof(what), "%zu messages", count);
+	return append_refused(conn, "multiappend", mailbox, what, overquota_permanent, res_r,
+			      st_r, reason, reason_size);
 
 stream_failed:
 	/* Lost mid-command: any of the messages may or may not be stored; 4xx, the MTA retries. */

@@ -117,11 +117,13 @@ def no_secrets_in(gw, *secrets):
 class CutProxy:
     """A TCP relay on 127.0.0.1 (fault injection): forwards bytes both ways to (host, port) and
     closes both sockets of a connection once cut_after bytes went from client to server
-    (cut_after None: never)."""
+    (cut_after None: never). delay: seconds each server-to-client chunk is held (a slow
+    server)."""
 
-    def __init__(self, port, cut_after=None):
+    def __init__(self, port, cut_after=None, delay=0):
         self.target = ("127.0.0.1", port)
         self.cut_after = cut_after
+        self.delay = delay
         self.cuts = 0
         self.connections = 0
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -169,6 +171,8 @@ class CutProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if not upstream and self.delay:
+                    time.sleep(self.delay)
                 if upstream and state["cut_after"] is not None:
                     room = state["cut_after"] - state["up"]
                     if len(data) >= room:

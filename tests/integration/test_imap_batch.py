@@ -7,72 +7,15 @@ it and form the next batch whatever the machine's speed. What Dovecot stored is 
 IMAP; lmtpgw's log says which deliveries went in a batch ("batch=N" in the delivery's targets).
 """
 import re
-import socket
 import threading
-import time
 
 from harness import expect
-from test_imap import (DOMAIN, dovecot, gateway, imap_backend, message, transaction)
+from test_imap import (DOMAIN, CutProxy, dovecot, gateway, imap_backend, message, transaction)
 
 
-class SlowServerProxy:
-    """TCP relay on 127.0.0.1 to (127.0.0.1, port) that delays each server-to-client chunk by
-    `delay` seconds (client-to-server bytes pass at once)."""
-
-    def __init__(self, port, delay):
-        self.target = ("127.0.0.1", port)
-        self.delay = delay
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
-        self.socks = []
-        self.stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.stopped:
-            try:
-                client, _ = self.lsock.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            self.socks += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, 0), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, self.delay),
-                             daemon=True).start()
-
-    def _pump(self, src, dst, delay):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if delay:
-                    time.sleep(delay)
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def stop(self):
-        self.stopped = True
-        self.lsock.close()
-        for s in self.socks:
-            try:
-                s.close()
-            except OSError:
-                pass
+def SlowServerProxy(port, delay):
+    """A relay to Dovecot that holds each server-to-client chunk for `delay` seconds."""
+    return CutProxy(port, delay=delay)
 
 
 def slow_backend(dc, proxy, **opts):
