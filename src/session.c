@@ -107,6 +107,7 @@ struct session {
 	bool tls;                       /* the connection is encrypted (STARTTLS or lmtps:) */
 	bool direct;                    /* plain socket: replies may go out with send() */
 	bool hold_output;               /* a batch of replies is being queued: flush at its end */
+	bool defer_flush;               /* session_process() ends with flush_soon(), not a write */
 	size_t out_len;
 	char out[1024];
 	struct event *flush_event;      /* writes replies queued outside session_process() */
@@ -394,14 +395,19 @@ static void delivery_result(void *ctx, size_t index, const struct status *st)
 	s->hold_output = true;
 	flush_replies(s);
 	s->hold_output = held;
-	if (!s->processing && !held && s->state != STATE_READY)
-		flush_soon(s); /* more recipients' results may follow in this loop turn */
+	/* The replies leave once this loop turn's callbacks are done: more recipients' results
+	 * may follow, and the dispatcher finishes its bookkeeping first (a client holding all its
+	 * replies finds no delivery in flight). */
 	if (s->state == STATE_READY && !s->processing) {
 		/* Commands may have been pipelined behind the final dot. */
 		if (!s->eof)
 			bufferevent_enable(s->bev, EV_READ);
+		s->defer_flush = true;
 		session_process(s);
+		return;
 	}
+	if (!s->processing && !held)
+		flush_soon(s);
 }
 
 /* Same reply for every recipient (too big, loop, spool error): no delivery. */
@@ -1308,7 +1314,12 @@ static void session_process(struct session *s)
 		session_free(s);
 		return;
 	}
-	out_flush(s);
+	if (s->defer_flush) {
+		s->defer_flush = false;
+		flush_soon(s);
+	} else {
+		out_flush(s);
+	}
 	if (s->state == STATE_CLOSING && unsent(s) == 0)
 		close_soon(s); /* QUIT and the like: nothing left for the write callback */
 	session_eof_check(s);
@@ -1348,6 +1359,7 @@ static void close_when_flushed(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
 
+	out_flush(s); /* replies still waiting for a flush event leave first */
 	/* Our own output still queued: the write callback frees once it is written, the write
 	 * timeout (timeout_command) if the client stops reading. */
 	if (evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
