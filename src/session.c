@@ -109,10 +109,10 @@ struct session {
 	bool hold_output;               /* a batch of replies is being queued: flush at its end */
 	bool defer_flush;               /* session_process() ends with flush_soon(), not a write */
 	size_t out_len;
-	char out[1024];
+	char out[1024];                 /* replies not yet written: one write per batch */
 	struct event *flush_event;      /* writes replies queued outside session_process() */
 	long long timeout_read_ms;      /* what the bufferevent has now (-1: not set yet) */
-	long long timeout_write_ms;                 /* replies not yet written: one write per batch */
+	long long timeout_write_ms;
 	struct event *close_timer;      /* waits for a STARTTLS filter's bytes to leave */
 	unsigned close_polls;
 	char tls_info[128];             /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once shaken hands */
