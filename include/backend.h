@@ -74,6 +74,9 @@ struct target {
 	struct template_vars vars;     /* filled from the delivery and the recipient */
 	struct status status;          /* the driver's verdict */
 	char ref[160];                 /* for the log: file name, APPENDUID, S3 key+ETag, request id */
+	/* out: this failure is another target's (one lost connection or request for a whole
+	 * batch), so the circuit breaker counts the event once, not once a recipient */
+	bool same_failure;
 };
 
 struct backend_driver {

@@ -331,7 +331,8 @@ static void target_finished(struct dispatch *d, size_t ti)
 				      (double)(now.tv_sec - d->started.tv_sec) +
 					      (double)(now.tv_nsec - d->started.tv_nsec) / 1e9);
 	}
-	breaker_account(&d->cfg->backends[d->target_backend[ti]], &t->status);
+	if (!t->same_failure)
+		breaker_account(&d->cfg->backends[d->target_backend[ti]], &t->status);
 	d->rcpt_pending[ri]--;
 	if (d->rcpt_reported[ri]) {
 		/* Answered 451 4.4.7 at the deadline already. A late success means a copy is stored

@@ -717,6 +717,7 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 		 * have got alone (without each waiting out its own connect timeout after ours). */
 		for (struct append_waiter *w = batch; w != NULL; w = w->next) {
 			w->t->status = failure;
+			w->t->same_failure = w != batch; /* one refused connection */
 			name_recipient(w->t);
 			snprintf(w->t->ref, sizeof(w->t->ref), "user=%s %s", w->user, reason);
 		}
@@ -756,6 +757,7 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 				 w->user, folder, res.uidvalidity, items[i].uid, count);
 		} else if (lost) {
 			t->status = failure;
+			t->same_failure = i > 0; /* one lost connection, one failure for the breaker */
 			name_recipient(t);
 			snprintf(t->ref, sizeof(t->ref), "user=%s %s", w->user, reason);
 		} else {

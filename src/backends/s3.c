@@ -1108,6 +1108,7 @@ static void fail_all(struct target *targets, size_t count, const struct status *
 {
 	for (size_t i = 0; i < count; i++) {
 		targets[i].status = *st;
+		targets[i].same_failure = i > 0; /* one failed request: one event for the breaker */
 		snprintf(targets[i].ref, sizeof(targets[i].ref), "%s key=%s", reason, key);
 	}
 }

@@ -1036,6 +1036,7 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 			 log_esc(esc, reason));
 		for (size_t i = 0; i < n; i++) {
 			tg[i]->status = transport;
+			tg[i]->same_failure = i > 0; /* one failed request: one event for the breaker */
 			status_make(&tg[i]->status, transport.code, transport.enhanced, "<%s> %s",
 				    rcpts[i], transport.text);
 			snprintf(tg[i]->ref, sizeof(tg[i]->ref), "id=%s", id);

@@ -153,3 +153,38 @@ def test_imap_literal_bytes_exact_and_bare_line_ends_made_crlf():
         stored = dc.messages("bob")[0].raw
         assert stored.endswith(message("bare", body=b"lf only\r\nthen cr only\r\nend\r\n")), (
             stored[-120:])
+
+
+def test_imap_multiappend_connection_lost_mid_batch_every_message_deferred():
+    """The connection dies while a MULTIAPPEND is on the wire: the outcome of the whole batch is
+    unknown, so every message of it gets 451 4.4.2 (the MTA retries); Dovecot keeps nothing of
+    an unfinished command, and the retry stores each message once. One lost connection is one
+    failure for the circuit breaker, however many messages it carried: with breaker_failures =
+    2, counting each deferred message would refuse the retry at RCPT (451 4.4.1)."""
+    with dovecot() as dc:
+        proxy = CutProxy(dc.imaps_port, cut_after=600 * 1024, delay=0.3)
+        try:
+            be = imap_backend(dc, url="imaps://127.0.0.1:%d" % proxy.port, breaker_failures=2)
+            with gateway(be) as gw:
+                subjects = ["lost%d" % i for i in range(6)]
+                jobs = [(["alice@" + DOMAIN], message(s, size=200 * 1024)) for s in subjects]
+                replies = parallel_transactions(gw, jobs)
+                deferred = [s for s, r in zip(subjects, replies) if r[0].code == 451]
+                for r in replies:
+                    if r[0].code != 250:
+                        expect(r[0], 451, "4.4.2")
+                assert proxy.cuts >= 1, "the relay never cut"
+                assert len(deferred) >= 2, "a whole batch is in doubt: %s" % replies
+                lost = re.findall(r"multiappend: libetpan error", gw.log())
+                assert len(lost) >= 2, "the deferred messages were one batch: %s" % gw.log()[-2000:]
+                stored = [s for s in subjects if s not in deferred]
+                assert stored_subjects(dc, "alice") == sorted(stored), "a partial batch was kept"
+                # the MTA's retry, now that the server is reachable again
+                proxy.cut_after = None
+                retry = parallel_transactions(
+                    gw, [(["alice@" + DOMAIN], message(s, size=200 * 1024)) for s in deferred])
+                for r in retry:
+                    expect(r[0], 250, "2.0.0")
+        finally:
+            proxy.stop()
+        assert stored_subjects(dc, "alice") == sorted(subjects)
