@@ -704,12 +704,10 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 {
 	char reason[400];
 	struct status failure;
-	struct imapconn *conn = NULL;
-	struct imap_append_item *items = NULL;
 
 	/* A batch of one is appended here too (an APPEND with LITERAL+): leading it holds the
 	 * queue, so the deliveries arriving meanwhile form the next batch. */
-	conn = pool_take(st, identity);
+	struct imapconn *conn = pool_take(st, identity);
 	if (conn == NULL)
 		conn = connect_as(st, identity, &failure, reason, sizeof(reason));
 	if (conn == NULL) {
@@ -723,18 +721,13 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 		}
 		return;
 	}
-	if (!imapconn_can_multiappend(conn, folder)) {
-		if (!imapconn_can_multiappend(conn, "INBOX"))
+	bool can = imapconn_can_multiappend(conn, folder);
+	struct imap_append_item *items = can ? calloc(count, sizeof(*items)) : NULL;
+	if (items == NULL) {
+		/* No MULTIAPPEND here (or no memory for it): each goes alone. */
+		if (!can && !imapconn_can_multiappend(conn, "INBOX"))
 			atomic_store(&st->no_multiappend, true); /* the server, not this folder */
 		pool_give(st, conn);
-		conn = NULL;
-	}
-	if (conn != NULL)
-		items = calloc(count, sizeof(*items));
-	if (items == NULL) {
-		/* No MULTIAPPEND here: each goes alone. */
-		if (conn != NULL)
-			pool_give(st, conn);
 		for (struct append_waiter *w = batch; w != NULL; w = w->next)
 			w->fallback = true;
 		return;
