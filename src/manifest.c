@@ -6,8 +6,11 @@
 #include "manifest.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <openssl/evp.h>
 
 void manifest_time(time_t t, char *buf, size_t size)
 {
@@ -15,6 +18,69 @@ void manifest_time(time_t t, char *buf, size_t size)
 
 	gmtime_r(&t, &tm);
 	strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* One "NAME LEN:VALUE\n" field of the envelope id. */
+static int digest_field(EVP_MD_CTX *md, const char *name, const char *value)
+{
+	char head[48];
+	size_t len = strlen(value);
+	int n = snprintf(head, sizeof(head), "%s %zu:", name, len);
+
+	if (n <= 0 || (size_t)n >= sizeof(head))
+		return -1;
+	if (EVP_DigestUpdate(md, head, (size_t)n) != 1 || EVP_DigestUpdate(md, value, len) != 1 ||
+	    EVP_DigestUpdate(md, "\n", 1) != 1)
+		return -1;
+	return 0;
+}
+
+int manifest_envelope_id(const char *content_sha256, const char *sender,
+			 const char *const *rcpts, size_t count,
+			 char id_r[MANIFEST_ENVELOPE_ID_SIZE])
+{
+	static const char hex[] = "0123456789abcdef";
+	static const char tag[] = "lmtpgw-envelope-v1\n";
+	const char **sorted = malloc((count > 0 ? count : 1) * sizeof(*sorted));
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned char digest[32];
+	unsigned int dlen = 0;
+	int ret = -1;
+
+	if (sorted == NULL || md == NULL)
+		goto out;
+	if (count > 0)
+		memcpy(sorted, rcpts, count * sizeof(*sorted));
+	qsort(sorted, count, sizeof(*sorted), cmp_str);
+	if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+	    EVP_DigestUpdate(md, tag, sizeof(tag) - 1) != 1 ||
+	    digest_field(md, "content", content_sha256 != NULL ? content_sha256 : "") < 0 ||
+	    digest_field(md, "sender", sender != NULL ? sender : "") < 0)
+		goto out;
+	for (size_t i = 0; i < count; i++) {
+		/* a set: RCPT TO the same address twice is one recipient */
+		if (i > 0 && strcmp(sorted[i], sorted[i - 1]) == 0)
+			continue;
+		if (digest_field(md, "rcpt", sorted[i]) < 0)
+			goto out;
+	}
+	if (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != sizeof(digest))
+		goto out;
+	for (size_t i = 0; i < sizeof(digest); i++) {
+		id_r[2 * i] = hex[digest[i] >> 4];
+		id_r[2 * i + 1] = hex[digest[i] & 0x0f];
+	}
+	id_r[2 * sizeof(digest)] = '\0';
+	ret = 0;
+out:
+	EVP_MD_CTX_free(md);
+	free(sorted);
+	return ret;
 }
 
 /* Set key to a string when it is non-empty; a string jansson refuses becomes "?" rather than

@@ -1,6 +1,7 @@
 /*
  * s3 - archive capture: each message written once to an S3-compatible bucket (AWS S3, Ceph
- * RGW, MinIO, Garage, R2, ...), with its envelope as a sidecar manifest.
+ * RGW, MinIO, Garage, R2, ...), with the envelope of every transaction that delivered it as a
+ * sidecar manifest "<key>.manifests/<envelope id>.json".
  *
  * Mode "message" stores one object for all of a transaction's recipients routed here (the
  * driver is a batch driver); mode "recipient" one object per recipient, with its own
@@ -20,8 +21,19 @@
  * any other key it is 451 4.3.0 with the reason in the log, never an overwrite. A retried
  * transaction therefore never creates a second object.
  *
- * A target is ok only after S3 answered 200 to the object's PUT (or to Complete) and, when
- * manifests are on, to the manifest's; everything else is 4xx (design.md guarantees), except
+ * Manifests: one per envelope, not one per object. The same content reaches us in several
+ * transactions (an MTA splits a message above its recipient limit, retries deferred
+ * recipients later, adds always_bcc), and every recipient answered 250 must be named in a
+ * manifest of the object. The manifest key derives from the envelope (content digest, sender,
+ * recipient set: manifest_envelope_id()), so a later transaction with other recipients adds
+ * its own manifest beside the first, and a retry of the same envelope gets 412 for the
+ * manifest too: it is recorded already, ok. Manifests are PUT with If-None-Match: * and the
+ * object's headers (Object Lock retention, legal hold, encryption, class, tags): write-once
+ * like the object.
+ *
+ * A target is ok only after S3 answered 200 to the object's PUT (or to Complete) or 412 for a
+ * content-derived key, and, when manifests are on, 200 or 412 to the PUT of this envelope's
+ * manifest; everything else is 4xx (design.md guarantees), except
  * EntityTooLarge (552 5.3.4). The reference in the log is the key, ETag and version id; S3's
  * error code and request id go to the log on failure.
  *
@@ -108,7 +120,7 @@ static const struct conf_key s3_keys[] = {
 	{ "mode", CONF_STRING, offsetof(struct s3_settings, mode), "message", 1, 0,
 	  "message (one object for all recipients) or recipient (one object each)" },
 	{ "manifest", CONF_BOOL, offsetof(struct s3_settings, manifest), "true", 1, 0,
-	  "store the envelope as JSON in the sidecar object <key>.json" },
+	  "store each transaction's envelope as JSON in <key>.manifests/<envelope id>.json" },
 	{ "storage_class", CONF_STRING, offsetof(struct s3_settings, storage_class), NULL, 1, 0,
 	  "x-amz-storage-class of the objects (e.g. STANDARD_IA, GLACIER_IR)" },
 	{ "sse", CONF_STRING, offsetof(struct s3_settings, sse), NULL, 1, 0,
@@ -1045,18 +1057,49 @@ abort:
 	return result;
 }
 
-/* The sidecar manifest "<key>.json": the envelope plus what was stored. */
-static int put_manifest(struct s3_state *st, const struct delivery *d, struct target *targets,
-			size_t count, const char *key, uint64_t size, const char *obj_hash,
-			const struct s3_result *res, struct sigv4_param *oh, size_t oh_count,
-			struct status *st_r, char *reason, size_t reason_size)
+/* "<key>.manifests/<envelope id>.json" into mkey (S3_KEY_MAX + 1 bytes), checked like an
+ * object key. 0, or -1 with *error_r. */
+static int manifest_key(const struct delivery *d, const struct target *targets, size_t count,
+			const char *key, char *mkey, const char **error_r)
 {
-	char mkey[S3_KEY_MAX + 8], hash[SIGV4_HEX_SHA256_SIZE], b64[48];
+	const char **addrs = malloc((count > 0 ? count : 1) * sizeof(*addrs));
+	char id[MANIFEST_ENVELOPE_ID_SIZE];
+
+	if (addrs == NULL) {
+		*error_r = "out of memory";
+		return -1;
+	}
+	for (size_t i = 0; i < count; i++)
+		addrs[i] = targets[i].rcpt->rcpt;
+	int r = manifest_envelope_id(d->sha256, d->sender, addrs, count, id);
+	free(addrs);
+	if (r < 0) {
+		*error_r = "cannot compute the envelope id";
+		return -1;
+	}
+	int n = snprintf(mkey, S3_KEY_MAX + 1, "%s.manifests/%s.json", key, id);
+	if (n < 0 || n > S3_KEY_MAX) {
+		*error_r = "manifest key (<key>.manifests/<64 hex>.json) longer than 1024 bytes";
+		return -1;
+	}
+	return s3_key_check(mkey, error_r);
+}
+
+/* This transaction's manifest at mkey: the envelope plus what was stored. 0 when it is stored
+ * now or was already (412: a retry of this envelope), -1 otherwise (*st_r, reason). */
+static int put_manifest(struct s3_state *st, const struct delivery *d, struct target *targets,
+			size_t count, const char *key, const char *mkey, uint64_t size,
+			const char *obj_hash, const struct s3_result *res, struct sigv4_param *oh,
+			size_t oh_count, struct status *st_r, char *reason, size_t reason_size)
+{
+	char hash[SIGV4_HEX_SHA256_SIZE], b64[48];
 	struct sigv4_param h[S3_HEADERS_MAX];
 	struct http_response resp;
 	size_t n = 0;
+	const char *slash = strrchr(mkey, '/');
+	char envelope_id[MANIFEST_ENVELOPE_ID_SIZE];
 
-	snprintf(mkey, sizeof(mkey), "%s.json", key);
+	snprintf(envelope_id, sizeof(envelope_id), "%s", slash != NULL ? slash + 1 : "");
 	json_t *m = manifest_build(d, targets, count);
 	json_t *obj = json_object();
 	if (m == NULL || obj == NULL) {
@@ -1064,16 +1107,22 @@ static int put_manifest(struct s3_state *st, const struct delivery *d, struct ta
 		json_decref(obj);
 		goto oom;
 	}
+	json_object_set_new(m, "envelope_id", json_string(envelope_id));
 	json_object_set_new(obj, "bucket", json_string(st->set.bucket));
 	json_object_set_new(obj, "key", json_string(key));
-	json_object_set_new(obj, "size", json_integer((json_int_t)size));
-	json_object_set_new(obj, "sha256", json_string(obj_hash));
-	if (res->etag[0])
-		json_object_set_new(obj, "etag", json_string(res->etag));
-	if (res->version[0])
-		json_object_set_new(obj, "version_id", json_string(res->version));
-	if (res->existed)
+	if (res->existed) {
+		/* An earlier transaction stored the object, with its own trace headers: size, hash
+		 * and ETag of what this one would have stored describe no stored bytes. That
+		 * transaction's manifest has them; the content digest ("sha256") is the same. */
 		json_object_set_new(obj, "already_stored", json_true());
+	} else {
+		json_object_set_new(obj, "size", json_integer((json_int_t)size));
+		json_object_set_new(obj, "sha256", json_string(obj_hash));
+		if (res->etag[0])
+			json_object_set_new(obj, "etag", json_string(res->etag));
+		if (res->version[0])
+			json_object_set_new(obj, "version_id", json_string(res->version));
+	}
 	json_object_set_new(m, "object", obj);
 	char *text = json_dumps(m, JSON_INDENT(2));
 	json_decref(m);
@@ -1082,6 +1131,9 @@ static int put_manifest(struct s3_state *st, const struct delivery *d, struct ta
 	size_t len = strlen(text);
 	sigv4_sha256_hex(text, len, hash);
 	s3_checksum_b64(hash, b64, sizeof(b64));
+	/* The object's headers (its Object Lock retention and legal hold, encryption, storage
+	 * class, tags, metadata): the record of who got the message is kept as long as the
+	 * message. */
 	for (size_t i = 0; i < oh_count && n < S3_HEADERS_MAX - 2; i++)
 		h[n++] = oh[i];
 	h[0] = (struct sigv4_param){ "Content-Type", "application/json" };
@@ -1093,7 +1145,8 @@ static int put_manifest(struct s3_state *st, const struct delivery *d, struct ta
 	free(text);
 	if (ret < 0)
 		return -1;
-	/* 412: a manifest from an earlier delivery of the same content is there: keep it. */
+	/* 412: this envelope's manifest is there (an earlier attempt of this transaction whose
+	 * reply was lost, or the MTA's retry): the recipients are recorded, keep it. */
 	int mapped = s3_answer(st, "PUT manifest", mkey, &resp, st_r, reason, reason_size);
 	http_response_free(&resp);
 	return mapped == 1 ? 0 : mapped;
@@ -1117,7 +1170,8 @@ static void fail_all(struct target *targets, size_t count, const struct status *
 static void store_object(struct s3_state *st, const struct delivery *d, struct target *targets,
 			 size_t count)
 {
-	char key[S3_KEY_MAX + 1], reason[400], obj_hash[SIGV4_HEX_SHA256_SIZE], b64[48];
+	char key[S3_KEY_MAX + 1], mkey[S3_KEY_MAX + 1], reason[400];
+	char obj_hash[SIGV4_HEX_SHA256_SIZE], b64[48];
 	const char *error;
 	struct status status;
 	struct s3_result res = { "", "", false };
@@ -1130,6 +1184,14 @@ static void store_object(struct s3_state *st, const struct delivery *d, struct t
 		status_must(&status, 451, "4.3.0", "Cannot build the archive key");
 		snprintf(reason, sizeof(reason), "key: %s", error);
 		fail_all(targets, count, &status, "-", reason);
+		return;
+	}
+	/* The manifest's key before anything is stored: one that cannot be built must not leave
+	 * an object without its envelope. */
+	if (st->set.manifest && manifest_key(d, targets, count, key, mkey, &error) < 0) {
+		status_must(&status, 451, "4.3.0", "Cannot build the archive key");
+		snprintf(reason, sizeof(reason), "manifest key: %s", error);
+		fail_all(targets, count, &status, key, reason);
 		return;
 	}
 	/* The object: trace headers (with Delivered-To in recipient mode) + content. */
@@ -1183,8 +1245,8 @@ static void store_object(struct s3_state *st, const struct delivery *d, struct t
 		}
 	}
 	if (r == 0 && st->set.manifest)
-		r = put_manifest(st, d, targets, count, key, total, obj_hash, &res, oh, nh, &status,
-				 reason, sizeof(reason));
+		r = put_manifest(st, d, targets, count, key, mkey, total, obj_hash, &res, oh, nh,
+				 &status, reason, sizeof(reason));
 	if (prefix != small && prefix != d->trace)
 		free(prefix);
 	if (r < 0) {
@@ -1232,7 +1294,7 @@ static void s3_explain(void *state, const struct recipient *rcpt,
 	else
 		snprintf(buf, size, "s3://%s/%s (%s mode%s)", st->set.bucket, key,
 			 st->per_recipient ? "recipient" : "message",
-			 st->set.manifest ? ", manifest .json beside it" : "");
+			 st->set.manifest ? ", manifests under <key>.manifests/" : "");
 }
 
 /* HEAD the bucket, signed: proves the endpoint, TLS, the credentials and the bucket. */

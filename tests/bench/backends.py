@@ -18,7 +18,7 @@ for the same number of messages, and the table shows the median of the rounds.
 S3 (server: npm s3rver behind our strict SigV4-verifying front, contrib/test-servers/s3, one
 node process; the same server for both sides, a fresh bucket for every run):
   per message lmtpgw PUTs the object (key %{sha256}.eml, the default) and its envelope
-  manifest (<key>.json), both with If-None-Match: *, x-amz-checksum-sha256, x-amz-meta-*.
+  manifest (<key>.manifests/<envelope id>.json), both with If-None-Match: *, x-amz-checksum-sha256, x-amz-meta-*.
   The plain client PUTs, per message, the same two objects: the same sizes (measured from the
   gw run's objects) and the same header set (copied from the gw run's requests as the front
   logged them; Expect is not copied), SigV4-signed over the real payload hash with botocore's
@@ -44,7 +44,7 @@ S3, the receiver's own count for webhook; keep-alive means about 10), ratio = gw
 
 Every run is verified before it counts: smtp-source exits 0; lmtpgw logged exactly one
 `result=ok` delivery per message and nothing else; for S3 the bucket holds exactly 2 objects
-per message (the .eml and its .json, listed from s3rver directly) and the plain client got 200
+per message (the .eml and its manifest, listed from s3rver directly) and the plain client got 200
 for every PUT; for webhook the receiver got exactly one request per message with a distinct
 webhook-id each and the full body each time.
 
@@ -331,7 +331,9 @@ def plain_main(spec_path):
             body = head + filler[:obj_size - len(head)]
             digest = hashlib.sha256(body).digest()
             key = digest.hex() + ".eml"
-            for k, b, hdrs in ((key, body, obj_headers), (key + ".json", None, man_headers)):
+            # the manifest key has lmtpgw's shape: <key>.manifests/<64 hex envelope id>.json
+            man_key = "%s.manifests/%s.json" % (key, hashlib.sha256(b"envelope %d" % i).hexdigest())
+            for k, b, hdrs in ((key, body, obj_headers), (man_key, None, man_headers)):
                 if b is None:
                     doc = b'{"object":{"key":"%s","n":%d},"pad":"' % (key.encode(), i)
                     b = doc + man_filler[:man_size - len(doc) - 2] + b'"}'
@@ -467,8 +469,9 @@ def list_objects(s3, bucket):
 def check_bucket(s3, bucket, n):
     objs = list_objects(s3, bucket)
     eml = {k: v for k, v in objs.items() if k.endswith(".eml")}
-    man = {k: v for k, v in objs.items() if k.endswith(".eml.json")}
-    if len(eml) != n or len(man) != n or len(objs) != 2 * n or set(k + ".json" for k in eml) != set(man):
+    man = {k: v for k, v in objs.items() if ".eml.manifests/" in k and k.endswith(".json")}
+    if len(eml) != n or len(man) != n or len(objs) != 2 * n or \
+            set(k.split(".manifests/")[0] for k in man) != set(eml):
         raise AssertionError("bucket %s: %d objects, %d .eml, %d manifests; expected %d of each"
                              % (bucket, len(objs), len(eml), len(man), n))
     return statistics.mean(eml.values()), statistics.mean(man.values())
@@ -512,7 +515,7 @@ class S3Case:
         if self.template is None:
             puts = [r for r in reqs if r["method"] == "PUT"]
             obj = [r for r in puts if r["url"].endswith(".eml")][-1]["headers"]
-            mf = [r for r in puts if r["url"].endswith(".eml.json")][-1]["headers"]
+            mf = [r for r in puts if r["url"].endswith(".json")][-1]["headers"]
             drop = ("host", "authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-checksum-sha256",
                     "content-length", "expect", "user-agent", "accept", "connection")
             self.template = {

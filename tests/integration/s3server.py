@@ -9,6 +9,7 @@ loopback for lmtpgw's integration tests.
         s3.get(key)                        # object bytes (from s3rver directly, unsigned)
         s3.head(key)                       # response headers of the object (x-amz-meta-*, ...)
         s3.fail(count=1, status=503, code="SlowDown")   # fault injection on the front
+        s3.fail(count=1, status=500, code="InternalError", match=".manifests/")  # only URLs with it
         s3.cut(after=100000)               # cut the next upload after that many body bytes
         s3.nolock(True)                    # refuse Object Lock headers like a bucket without it
         s3.requests()                      # what the front saw: method, url, headers, status
@@ -197,8 +198,9 @@ class S3Server:
         finally:
             c.close()
 
-    def fail(self, count=1, status=503, code="SlowDown"):
-        self.control("fail", count=count, status=status, code=code)
+    def fail(self, count=1, status=503, code="SlowDown", match=""):
+        """The next count requests (only those whose URL contains match) get status/code."""
+        self.control("fail", count=count, status=status, code=code, match=match)
 
     def cut(self, after):
         self.control("cut", after=after)

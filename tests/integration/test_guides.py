@@ -312,7 +312,8 @@ def test_compliance_archive_recipe():
             with open(msg, "rb") as f:
                 content = f.read() + b"\r\n"
             sha = hashlib.sha256(content).hexdigest()
-            assert objs == [sha + ".eml"] and manifests == [sha + ".eml.json"], s3.keys()
+            assert objs == [sha + ".eml"] and len(manifests) == 1, s3.keys()
+            assert manifests[0].startswith(sha + ".eml.manifests/"), manifests  # the guide's listing
             stored = s3.get(objs[0])
             assert stored.endswith(content) and stored.startswith(b"Return-Path: "), stored[:300]
             man = json.loads(s3.get(manifests[0]))
@@ -361,11 +362,11 @@ def test_compliance_archive_recipe():
         s3.stop()
 
 
-def test_compliance_archive_split_transactions_keep_the_first_envelope():
-    """Documents the current behaviour (docs/guides/compliance-archive.md, "Limits"): when one
-    message reaches lmtpgw in two transactions (Postfix splits above its recipient limit), the
-    second finds the object and its manifest there (412) and keeps them: its recipients are in
-    no manifest, only in the delivery log."""
+def test_compliance_archive_split_transactions_record_every_envelope():
+    """docs/guides/compliance-archive.md, "Who received a message": when one message reaches
+    lmtpgw in two transactions (Postfix splits above its recipient limit, or delivers deferred
+    recipients later), the second finds the object (412) and adds its own manifest under
+    <key>.manifests/; listing that prefix names every recipient."""
     s3 = s3server(bucket="mail-archive", region="eu-central-1")
     d = tempfile.mkdtemp(prefix="guide-s3-")
     try:
@@ -377,9 +378,10 @@ def test_compliance_archive_split_transactions_keep_the_first_envelope():
                                 gw.port, d)
                 assert [c for c, _ in final_replies(out)] == [250], out
             objs, manifests = archived(s3)
-            assert len(objs) == 1 and len(manifests) == 1, s3.keys()
-            man = json.loads(s3.get(manifests[0]))
-            assert [r["address"] for r in man["recipients"]] == ["alice@example.com"], man
+            assert len(objs) == 1 and len(manifests) == 2, s3.keys()
+            assert all(m.startswith(objs[0] + ".manifests/") for m in manifests), manifests
+            named = sorted(a for m in manifests for a in json.loads(s3.get(m))["targets"])
+            assert named == ["alice@example.com", "bob@example.com"], named
             assert gw.grep(r"rcpt=<bob@example\.com> .*already-stored"), gw.log()[-2000:]
     finally:
         s3.stop()

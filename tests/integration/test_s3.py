@@ -7,6 +7,7 @@ s3rver directly and compared byte for byte with what was sent over LMTP.
 import hashlib
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -77,6 +78,26 @@ def objects(s3):
     return [k for k in keys if not k.endswith(".json")], [k for k in keys if k.endswith(".json")]
 
 
+def manifests_by_object(s3):
+    """{object key: [manifest, ...]} over every manifest in the bucket, whatever its key: the
+    manifest names its object in "object"."key"."""
+    out = {}
+    for k in objects(s3)[1]:
+        m = json.loads(s3.get(k))
+        m["_key"] = k
+        out.setdefault(m["object"]["key"], []).append(m)
+    return out
+
+
+def named(manifests):
+    """Every recipient the manifests vouch for (their "targets")."""
+    return sorted(set(a for m in manifests for a in m["targets"]))
+
+
+def manifest_puts(s3):
+    return [q for q in s3.requests() if q["method"] == "PUT" and q["url"].endswith(".json")]
+
+
 def no_secret_in_log(gw, s3):
     log = gw.log()
     assert s3.secret_key not in log, "the secret key appears in lmtpgw's log"
@@ -97,10 +118,12 @@ def test_object_is_the_stored_message_and_manifest_is_complete():
             for r in c.replies(2):
                 expect(r, 250, "2.0.0")
         objs, manifests = objects(s3)
-        assert len(objs) == 1 and manifests == [objs[0] + ".json"], s3.keys()
+        assert len(objs) == 1 and len(manifests) == 1, s3.keys()
         key = objs[0]
         sha = hashlib.sha256(content).hexdigest()
         assert key == "%s.eml" % sha, key  # the default key: content-addressed
+        # one manifest per envelope, under <key>.manifests/ (docs/backends/s3.md)
+        assert re.fullmatch(re.escape(key) + r"\.manifests/[0-9a-f]{64}\.json", manifests[0]), manifests
         stored = s3.get(key)
         split_trace(stored, content)
         m = json.loads(s3.get(manifests[0]))
@@ -153,9 +176,12 @@ def test_recipient_mode_one_object_each():
         assert objs == sorted(["a%%40%s/%s.eml" % (DOMAIN, sha), "b%%2Btag%%40%s/%s.eml" % (DOMAIN, sha),
                                "c%%40%s/%s.eml" % (DOMAIN, sha)]), objs
         assert len(manifests) == 3
+        by_object = manifests_by_object(s3)
         for k in objs:
             split_trace(s3.get(k), content)
-            m = json.loads(s3.get(k + ".json"))
+            assert len(by_object[k]) == 1, by_object
+            m = by_object[k][0]
+            assert m["_key"].startswith(k + ".manifests/"), m["_key"]
             assert len(m["targets"]) == 1 and len(m["recipients"]) == 3, m
 
 
@@ -172,6 +198,74 @@ def test_retry_of_the_same_message_creates_no_second_object():
         assert gw.grep(r"already-stored"), gw.log()[-1500:]
         statuses = [q["status"] for q in s3.requests() if q["method"] == "PUT" and q["url"].endswith(".eml")]
         assert statuses == [200, 412], statuses
+        # the same envelope again: its manifest is there already (412), none is added
+        assert [q["status"] for q in manifest_puts(s3)] == [200, 412], manifest_puts(s3)
+
+
+def test_later_transaction_with_the_same_content_records_its_recipients():
+    """Issue 13 item 2: one message in two LMTP transactions (Postfix splits above its
+    recipient limit, retries deferred recipients, adds always_bcc). Transaction 1 (alice)
+    stores the object; transaction 2, the same content to a Bcc recipient, finds the object
+    (412: already stored) but must still record its envelope, write-once, before its 250.
+    A retry of transaction 2 adds no second manifest; another sender is another envelope."""
+    with s3server() as s3, gateway(s3) as gw:
+        content = message("split")
+        key = hashlib.sha256(content).hexdigest() + ".eml"
+        alice, bcc = "alice@" + DOMAIN, "bcc-audit@" + DOMAIN
+        with gw.session() as c:
+            expect(transaction(c, [alice], content)[0], 250, "2.0.0")
+        with gw.session() as c:
+            r = transaction(c, [bcc], content)[0]
+        expect(r, 250, "2.0.0")
+        assert "already stored" in r.text, r
+        objs, _ = objects(s3)
+        assert objs == [key], s3.keys()
+        by_object = manifests_by_object(s3)
+        assert named(by_object.get(key, [])) == sorted([alice, bcc]), by_object
+        assert len(by_object[key]) == 2, by_object
+        second = [m for m in by_object[key] if m["targets"] == [bcc]][0]
+        assert second["object"].get("already_stored") is True, second
+        assert second["sha256"] == hashlib.sha256(content).hexdigest(), second
+        assert second["mail_from"]["address"] == SENDER, second
+        tx = re.search(r"event=delivery .* tx=(\S+) .*rcpt=<%s>" % re.escape(bcc), gw.log())
+        assert tx and second["transaction"] == tx.group(1), (second, gw.log()[-1500:])
+        assert all(m["_key"].startswith(key + ".manifests/") for m in by_object[key]), by_object
+        keys_before = s3.keys()
+
+        # The MTA retries transaction 2 (say its reply was lost): no second manifest.
+        with gw.session() as c:
+            expect(transaction(c, [bcc], content)[0], 250, "2.0.0")
+        assert s3.keys() == keys_before, s3.keys()
+        assert [q["status"] for q in manifest_puts(s3)] == [200, 200, 412], manifest_puts(s3)
+        assert all(q["headers"].get("if-none-match") == "*" for q in manifest_puts(s3))
+
+        # The same content and recipient from another sender is another envelope.
+        with gw.session() as c:
+            expect(transaction(c, [bcc], content, sender="other@remote.test")[0], 250, "2.0.0")
+        by_object = manifests_by_object(s3)
+        assert sorted(m["mail_from"]["address"] for m in by_object[key]
+                      if m["targets"] == [bcc]) == ["other@remote.test", SENDER], by_object
+        assert objects(s3)[0] == [key], s3.keys()
+
+
+def test_manifest_of_a_later_transaction_is_stored_before_its_250():
+    """The object is there (412) but the transaction's own manifest cannot be written: 4xx,
+    never 250 for a recipient no manifest names. The MTA's retry then records it."""
+    with s3server() as s3, gateway(s3) as gw:
+        content = message("manifest-fails")
+        key = hashlib.sha256(content).hexdigest() + ".eml"
+        alice, carol = "alice@" + DOMAIN, "carol@" + DOMAIN
+        with gw.session() as c:
+            expect(transaction(c, [alice], content)[0], 250, "2.0.0")
+        s3.fail(count=1, status=500, code="InternalError", match=".manifests/")
+        with gw.session() as c:
+            expect(transaction(c, [carol], content)[0], 451, "4.3.0")
+        assert named(manifests_by_object(s3).get(key, [])) == [alice], s3.keys()
+        assert gw.grep(r"event=s3_error op=\"?PUT manifest"), gw.log()[-1500:]
+        with gw.session() as c:
+            expect(transaction(c, [carol], content)[0], 250, "2.0.0")
+        assert named(manifests_by_object(s3)[key]) == [alice, carol], s3.keys()
+        assert objects(s3)[0] == [key], s3.keys()
 
 
 def test_key_without_sha256_that_exists_is_refused_not_overwritten():
@@ -293,6 +387,16 @@ def test_object_lock_encryption_class_and_tags_are_sent():
         assert h.get("x-amz-server-side-encryption") == "AES256", h
         assert h.get("x-amz-storage-class") == "STANDARD_IA", h
         assert h.get("x-amz-tagging") == "archive=mail&team=legal%20ops", h
+        # the manifest is under the same retention as the object it describes: an envelope
+        # that could be deleted would make the archive's Bcc record deletable
+        mput = manifest_puts(s3)
+        assert len(mput) == 1 and mput[0]["status"] == 200, mput
+        mh = mput[0]["headers"]
+        for name in ("x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date",
+                     "x-amz-object-lock-legal-hold", "x-amz-server-side-encryption",
+                     "x-amz-storage-class", "x-amz-tagging"):
+            assert mh.get(name) == h.get(name), (name, mh, h)
+        assert mh.get("content-type") == "application/json" and mh.get("if-none-match") == "*", mh
 
 
 def test_object_lock_refused_by_the_bucket_is_451_430_with_a_clear_log_line():
@@ -317,3 +421,41 @@ def test_config_errors_are_refused_at_load():
         rc, out, err = gw.run_cli("check")
         assert rc != 0 and "chmod 600" in (out + err), (rc, out, err)
         assert s3.secret_key not in out + err
+
+
+# --- a real Postfix splits one message into several LMTP transactions ------------------------
+
+def test_postfix_120_recipients_one_object_every_recipient_in_a_manifest():
+    """Issue 13 item 2 end to end: a real Postfix sends one message to 120 recipients through
+    an S3 route. Its lmtp client sends at most 50 recipients per transaction (set explicitly:
+    the stock default), so lmtpgw sees three transactions of the same content, possibly at
+    once on parallel connections. Afterwards exactly one message object exists and its
+    manifests together name all 120 recipients, each recipient delivered ("sent") once."""
+    try:
+        from postfix import PostfixError, PostfixServer, find_postfix
+        find_postfix()
+    except PostfixError as e:
+        raise Skip(str(e))
+    with s3server() as s3, gateway(s3) as gw:
+        with PostfixServer({DOMAIN: "lmtp:inet:127.0.0.1:%d" % gw.port},
+                           main={"lmtp_destination_recipient_limit": "50",
+                                 "lmtp_line_length_limit": "0"}) as pf:
+            rcpts = ["r%03d@%s" % (i, DOMAIN) for i in range(1, 121)]
+            content = (b"From: <%s>\r\nTo: <list@%s>\r\nSubject: to 120\r\n"
+                       b"Date: Wed, 25 Nov 2026 07:00:00 +0000\r\nMessage-ID: <to120@client.test>"
+                       b"\r\n\r\nhello all\r\n" % (SENDER.encode(), DOMAIN.encode()))
+            assert pf.send(SENDER, rcpts, content) == {}
+            pf.wait_queue_empty(timeout=60)
+            for r in rcpts:
+                assert pf.statuses(r) == ["sent"], pf.delivery_lines(r)
+        txs = set(re.findall(r"event=delivery .* tx=(\S+) .*result=ok", gw.log()))
+        assert len(txs) >= 3, txs               # the split happened: the case under test
+        objs, manifests = objects(s3)
+        assert len(objs) == 1, objs
+        by_object = manifests_by_object(s3)
+        assert list(by_object) == objs, by_object.keys()
+        assert named(by_object[objs[0]]) == rcpts, sorted(set(rcpts) - set(named(by_object[objs[0]])))
+        assert len(manifests) == len(txs), (manifests, txs)   # one per transaction, no duplicate
+        assert all(m["_key"].startswith(objs[0] + ".manifests/") for m in by_object[objs[0]])
+        puts = [q["status"] for q in s3.requests() if q["method"] == "PUT" and q["url"].endswith(".eml")]
+        assert puts.count(200) == 1, puts       # written once; the others found it (412)

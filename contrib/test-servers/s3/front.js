@@ -11,7 +11,8 @@
  *   - x-amz-checksum-sha256 (and Content-MD5) against the body: 400 BadDigest;
  *   - Transfer-Encoding (chunked) 501 NotImplemented; a PUT without Content-Length 411;
  *   - If-None-Match: * on PUT and CompleteMultipartUpload: 412 PreconditionFailed when the key
- *     exists;
+ *     exists; atomic as in S3: conditional writes to one key are serialized here (check and
+ *     store under one per-key lock), so of two concurrent writers exactly one gets 200;
  *   - optional "bucket without Object Lock": Object Lock headers get 400 InvalidRequest.
  * then proxies to s3rver. s3rver runs in this process; both listen on 127.0.0.1.
  *
@@ -22,6 +23,7 @@
  *
  * Control endpoint on the front (not signed; loopback tests only):
  *   POST /_control/fail?count=N&status=503&code=SlowDown   next N S3 requests answer that
+ *        (&match=TEXT: only requests whose URL contains TEXT count and fail)
  *   POST /_control/cut?after=K      the next request carrying a body is cut after K body bytes
  *   POST /_control/nolock?on=1      refuse Object Lock headers (a bucket without Object Lock)
  *   POST /_control/reset            clear faults and the request log
@@ -125,13 +127,33 @@ async function keyExists(k) {
   return r.status === 200;
 }
 
+/* Per-key locks for conditional writes: S3 decides If-None-Match atomically (of concurrent
+ * writers of one key, one wins and the others get 412); s3rver does not, so the front's
+ * check-then-store runs under a lock per bucket/key. */
+const keyLocks = new Map();
+
+async function withKeyLock(name, fn) {
+  const prev = keyLocks.get(name) || Promise.resolve();
+  let release;
+  const mine = new Promise((resolve) => { release = resolve; });
+  const tail = prev.then(() => mine);
+  keyLocks.set(name, tail);
+  await prev;
+  try {
+    return await fn();
+  } finally {
+    release();
+    if (keyLocks.get(name) === tail) keyLocks.delete(name);
+  }
+}
+
 function control(req, res) {
   const u = new URL(req.url, 'http://x');
   const q = u.searchParams;
   let out = { ok: true };
   if (u.pathname === '/_control/fail') {
     state.fail = { count: Number(q.get('count') || 1), status: Number(q.get('status') || 503),
-                   code: q.get('code') || 'SlowDown' };
+                   code: q.get('code') || 'SlowDown', match: q.get('match') || '' };
   } else if (u.pathname === '/_control/cut') {
     state.cut = { after: Number(q.get('after') || 0) };
   } else if (u.pathname === '/_control/nolock') {
@@ -155,7 +177,7 @@ async function handle(req, res, body) {
   if (state.requests.length > 200) state.requests.shift();
   const answer = (status, code, message, extra) => { record.status = status; record.code = code; return s3Error(res, status, code, message, extra); };
 
-  if (state.fail && state.fail.count > 0) {
+  if (state.fail && state.fail.count > 0 && req.url.includes(state.fail.match)) {
     state.fail.count--;
     return answer(state.fail.status, state.fail.code, 'Injected by the test front');
   }
@@ -206,10 +228,19 @@ async function handle(req, res, body) {
   if (h['if-none-match'] !== undefined && (isPut || isComplete)) {
     if (h['if-none-match'] !== '*')
       return answer(501, 'NotImplemented', 'If-None-Match supports only *');
-    if (k.key && await keyExists(k))
-      return answer(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold', '<Condition>If-None-Match</Condition>');
+    if (k.key) {
+      return withKeyLock(k.bucket + '/' + k.key, async () => {
+        if (await keyExists(k))
+          return answer(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold', '<Condition>If-None-Match</Condition>');
+        return forward(req, res, body, isPut, answer, record);
+      });
+    }
   }
+  return forward(req, res, body, isPut, answer, record);
+}
 
+async function forward(req, res, body, isPut, answer, record) {
+  const h = req.headers;
   // To the store. s3rver does not know the conditional or checksum headers: drop them.
   // The front is the authority: s3rver gets an anonymous request (it would refuse access keys
   // it does not know, and checks nothing else).
