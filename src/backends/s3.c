@@ -1057,13 +1057,13 @@ abort:
 	return result;
 }
 
-/* "<key>.manifests/<envelope id>.json" into mkey (S3_KEY_MAX + 1 bytes), checked like an
- * object key. 0, or -1 with *error_r. */
+/* This envelope's id into id_r and "<key>.manifests/<id>.json" into mkey (S3_KEY_MAX + 1
+ * bytes), checked like an object key. 0, or -1 with *error_r. */
 static int manifest_key(const struct delivery *d, const struct target *targets, size_t count,
-			const char *key, char *mkey, const char **error_r)
+			const char *key, char *mkey, char id[MANIFEST_ENVELOPE_ID_SIZE],
+			const char **error_r)
 {
 	const char **addrs = malloc((count > 0 ? count : 1) * sizeof(*addrs));
-	char id[MANIFEST_ENVELOPE_ID_SIZE];
 
 	if (addrs == NULL) {
 		*error_r = "out of memory";
@@ -1085,21 +1085,20 @@ static int manifest_key(const struct delivery *d, const struct target *targets, 
 	return s3_key_check(mkey, error_r);
 }
 
-/* This transaction's manifest at mkey: the envelope plus what was stored. 0 when it is stored
- * now or was already (412: a retry of this envelope), -1 otherwise (*st_r, reason). */
+/* This transaction's manifest at mkey (from manifest_key(), with its envelope_id): the
+ * envelope plus what was stored. 0 when it is stored now or was already (412: a retry of this
+ * envelope), -1 otherwise (*st_r, reason). */
 static int put_manifest(struct s3_state *st, const struct delivery *d, struct target *targets,
-			size_t count, const char *key, const char *mkey, uint64_t size,
-			const char *obj_hash, const struct s3_result *res, struct sigv4_param *oh,
-			size_t oh_count, struct status *st_r, char *reason, size_t reason_size)
+			size_t count, const char *key, const char *mkey, const char *envelope_id,
+			uint64_t size, const char *obj_hash, const struct s3_result *res,
+			struct sigv4_param *oh, size_t oh_count, struct status *st_r, char *reason,
+			size_t reason_size)
 {
 	char hash[SIGV4_HEX_SHA256_SIZE], b64[48];
 	struct sigv4_param h[S3_HEADERS_MAX];
 	struct http_response resp;
 	size_t n = 0;
-	const char *slash = strrchr(mkey, '/');
-	char envelope_id[MANIFEST_ENVELOPE_ID_SIZE];
 
-	snprintf(envelope_id, sizeof(envelope_id), "%s", slash != NULL ? slash + 1 : "");
 	json_t *m = manifest_build(d, targets, count);
 	json_t *obj = json_object();
 	if (m == NULL || obj == NULL) {
@@ -1170,7 +1169,8 @@ static void fail_all(struct target *targets, size_t count, const struct status *
 static void store_object(struct s3_state *st, const struct delivery *d, struct target *targets,
 			 size_t count)
 {
-	char key[S3_KEY_MAX + 1], mkey[S3_KEY_MAX + 1], reason[400];
+	char key[S3_KEY_MAX + 1], mkey[S3_KEY_MAX + 1], envelope_id[MANIFEST_ENVELOPE_ID_SIZE];
+	char reason[400];
 	char obj_hash[SIGV4_HEX_SHA256_SIZE], b64[48];
 	const char *error;
 	struct status status;
@@ -1188,7 +1188,8 @@ static void store_object(struct s3_state *st, const struct delivery *d, struct t
 	}
 	/* The manifest's key before anything is stored: one that cannot be built must not leave
 	 * an object without its envelope. */
-	if (st->set.manifest && manifest_key(d, targets, count, key, mkey, &error) < 0) {
+	if (st->set.manifest &&
+	    manifest_key(d, targets, count, key, mkey, envelope_id, &error) < 0) {
 		status_must(&status, 451, "4.3.0", "Cannot build the archive key");
 		snprintf(reason, sizeof(reason), "manifest key: %s", error);
 		fail_all(targets, count, &status, key, reason);
@@ -1245,8 +1246,8 @@ static void store_object(struct s3_state *st, const struct delivery *d, struct t
 		}
 	}
 	if (r == 0 && st->set.manifest)
-		r = put_manifest(st, d, targets, count, key, mkey, total, obj_hash, &res, oh, nh,
-				 &status, reason, sizeof(reason));
+		r = put_manifest(st, d, targets, count, key, mkey, envelope_id, total, obj_hash,
+				 &res, oh, nh, &status, reason, sizeof(reason));
 	if (prefix != small && prefix != d->trace)
 		free(prefix);
 	if (r < 0) {
