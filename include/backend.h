@@ -2,8 +2,9 @@
  * backend - the driver contract, and the registry of drivers by name.
  *
  * A driver is a const table of functions. It is opened once per configured backend block (with
- * a settings struct filled from its own key table), delivers a message to the targets it owns,
- * and is closed when the configuration that opened it is released. A driver never talks to the
+ * a settings struct filled from its own key table; runtime.c opens it, and keeps it across a
+ * reload that leaves the block unchanged), delivers a message to the targets it owns, and is
+ * closed when the last runtime holding it is released. A driver never talks to the
  * LMTP client and never logs per-recipient results (the dispatcher does): it fills one status
  * and one log reference per target.
  *
@@ -131,17 +132,14 @@ extern const struct conf_key backend_common_keys[];
 
 struct pool;
 
-/* A configured backend: a named block of the configuration file. */
+/* A configured backend: a named block of the configuration file (settings only; what runs is
+ * its backend_runtime, runtime.h). */
 struct backend_instance {
 	char *name;
 	const struct backend_driver *driver;
 	struct backend_common common;
 	void *settings;                /* driver->settings_size bytes, filled from driver->keys */
-	void *state;                   /* from driver->open */
-	struct pool *pool;             /* worker threads, created on first delivery */
-	/* circuit breaker, event-loop thread only */
-	unsigned consecutive_failures;
-	long long down_until_ms;       /* monotonic ms; recipients get 451 4.4.1 at RCPT until then */
+	int line;                      /* of the block in the file, for messages */
 };
 
 /* Fill a recipient's normalised forms from r->addr (quoted dot-strings unquoted, domain

@@ -5,7 +5,8 @@
  * bounds, the offset of its field, and a one-line description. The global keys live in
  * config.c; each driver brings its own table for its backend block (backend.h). Loading fills
  * the structs from the tables, refuses unknown keys, wrong types and values out of bounds with
- * "file:line: message", opens every backend, and builds the router. `lmtpgw -n` prints the
+ * "file:line: message", and builds the router. It opens nothing: drivers, worker pools and
+ * breakers live in the runtime built beside it (runtime.h). `lmtpgw -n` prints the
  * effective configuration from the same tables, and a test checks that every key is documented.
  *
  * A loaded configuration is immutable and reference-counted: a transaction keeps the one it
@@ -116,7 +117,6 @@ struct config {
 
 	/* backends and routes */
 	void *tls_ctx;                 /* SSL_CTX * when tls_cert_file is set */
-	bool need_sha256;              /* some backend uses the content digest */
 	struct cidr *allow;            /* parsed allow_clients; allow_count == 0: everyone */
 	size_t allow_count;
 
@@ -132,12 +132,12 @@ extern const struct conf_key config_global_keys[];
 /* The keys of one `routes` entry (fills struct config_route). */
 extern const struct conf_key config_route_keys[];
 
-/* Load and check path. Opens every backend. Returns a config with refcount 1. (To override a
+/* Load and check path. Returns a config with refcount 1. (To override a
  * key such as `listen` from the command line, use conf_parse_value on the result before use.) */
 struct config *config_load(const char *path, char *error_r, size_t error_size);
 
 struct config *config_ref(struct config *cfg);
-/* Drop one reference; the last one closes the backends and frees everything. */
+/* Drop one reference; the last one frees everything. */
 void config_unref(struct config **cfg);
 
 /* Index of the backend named name, or -1. */

@@ -35,7 +35,6 @@
 #include <unistd.h>
 
 #include "backend.h"
-#include "pool.h"
 #include "router.h"
 
 #define CONF_FIELD(base, key, type) ((type *)(void *)((char *)(base) + (key)->offset))
@@ -739,20 +738,16 @@ static void known_drivers(char *buf, size_t size)
 
 static void backend_release(struct backend_instance *inst)
 {
-	if (inst->pool != NULL)
-		pool_free(&inst->pool);
-	if (inst->driver != NULL) {
-		inst->driver->close(inst->state);
+	if (inst->driver != NULL)
 		conf_release(inst->driver->keys, inst->settings);
-	}
 	conf_release(backend_common_keys, &inst->common);
 	free(inst->settings);
 	free(inst->name);
 	memset(inst, 0, sizeof(*inst));
 }
 
-/* One block of `backends`: common + driver keys, then the driver's open(). inst is filled only
- * on success, so a failure here leaves nothing for config_unref to close. */
+/* One block of `backends`: common + driver keys (the driver is opened by runtime.c). inst is
+ * filled only on success, so a failure here leaves nothing half-filled for config_unref. */
 static int load_backend(struct loader *ld, const config_setting_t *b,
 			struct backend_instance *inst)
 {
@@ -799,16 +794,11 @@ static int load_backend(struct loader *ld, const config_setting_t *b,
 	};
 	if (apply_group(ld, b, tables, 2, section, false, NULL) < 0)
 		goto fail;
-	msg[0] = '\0';
-	if (driver->open(tmp.settings, tmp.name, &tmp.state, msg, sizeof(msg)) < 0) {
-		fail_at(ld, b, "%s: %s", section, msg[0] != '\0' ? msg : "cannot open");
-		goto fail;
-	}
 	tmp.driver = driver;
+	tmp.line = config_setting_source_line(b);
 	*inst = tmp;
 	return 0;
 fail:
-	/* Not opened: release the settings without close(). */
 	conf_release(driver->keys, tmp.settings);
 	conf_release(backend_common_keys, &tmp.common);
 	free(tmp.settings);
@@ -988,11 +978,6 @@ struct config *config_load(const char *path, char *error_r, size_t error_size)
 	    load_routes(&ld, cfg, config_root_setting(&lc)) < 0)
 		goto fail;
 
-	for (size_t i = 0; i < cfg->backend_count; i++) {
-		const struct backend_instance *b = &cfg->backends[i];
-		if (b->driver->uses_sha256 == NULL || b->driver->uses_sha256(b->state))
-			cfg->need_sha256 = true;
-	}
 	config_destroy(&lc);
 	free(dir);
 	return cfg;

@@ -16,6 +16,7 @@
 
 #include "backend.h"
 #include "config.h"
+#include "runtime.h"
 #include "router.h"
 
 extern const struct backend_driver backend_discard;
@@ -54,11 +55,21 @@ static void write_file(const char *path, const char *text)
 	fclose(f);
 }
 
+/* Load text as `lmtpgw check` does: the settings, then every backend's driver opened. */
 static struct config *load_text(const char *text)
 {
 	write_file(conf_path, text);
 	err[0] = '\0';
-	return config_load(conf_path, err, sizeof(err));
+	struct config *cfg = config_load(conf_path, err, sizeof(err));
+	if (cfg == NULL)
+		return NULL;
+	struct runtime *rt = runtime_open(config_ref(cfg), NULL, err, sizeof(err));
+	if (rt == NULL) {
+		config_unref(&cfg);
+		return NULL;
+	}
+	runtime_unref(&rt);
+	return cfg;
 }
 
 /* Loading text must fail with exactly "<conf_path>:<line>: <message>" (line 0: no line). */
@@ -342,7 +353,7 @@ Test(config, minimal_config_and_defaults)
 	cr_expect_str_eq(cfg->backends[0].common.driver, "discard");
 	cr_expect_eq(cfg->backends[0].common.concurrency, 8);
 	cr_expect(!cfg->backends[0].common.soft_bounce);
-	cr_expect_null(cfg->backends[0].pool);
+	cr_expect_eq(cfg->backends[0].line, 1); /* for messages of runtime_open() */
 	cr_expect_eq(config_backend_index(cfg, "sink"), 0);
 	cr_expect_eq(config_backend_index(cfg, "nope"), -1);
 
