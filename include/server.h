@@ -31,6 +31,9 @@ struct server {
 	bool stopping;              /* SIGTERM: no new connections, no new transactions */
 };
 
+/* Log level (unless -d forced debug), syslog facility and format from cfg. */
+void server_apply_log_settings(const struct config *cfg, bool debug_forced);
+
 /* Replace the configuration (SIGHUP). Returns 0, or -1 after logging why the old one stays. */
 int server_reload(struct server *srv);
 

@@ -316,13 +316,7 @@ int main(int argc, char **argv)
 		return rc;
 	}
 
-	if (!debug) {
-		int level = log_level_parse(cfg->log_level);
-		if (level >= 0)
-			log_set_level((enum log_level)level);
-	}
-	log_set_facility(cfg->syslog_facility);
-	log_set_json(strcmp(cfg->log_format, "json") == 0);
+	server_apply_log_settings(cfg, debug);
 	struct server srv = {
 		.rt = rt,
 		.cfg = cfg,

@@ -17,6 +17,14 @@
 #include "log.h"
 #include "router.h"
 
+void server_apply_log_settings(const struct config *cfg, bool debug_forced)
+{
+	if (!debug_forced)
+		log_set_level((enum log_level)cfg->log_level);
+	log_set_facility(config_syslog_facilities[cfg->syslog_facility]);
+	log_set_json(cfg->log_format == CONFIG_LOG_JSON);
+}
+
 int server_reload(struct server *srv)
 {
 	server_notify("RELOADING=1");
@@ -36,11 +44,7 @@ int server_reload(struct server *srv)
 		server_notify("READY=1");
 		return -1;
 	}
-	int level = log_level_parse(cfg->log_level);
-	if (level >= 0 && !srv->debug_forced)
-		log_set_level((enum log_level)level);
-	log_set_facility(cfg->syslog_facility);
-	log_set_json(strcmp(cfg->log_format, "json") == 0);
+	server_apply_log_settings(cfg, srv->debug_forced);
 	bool listen_changed = cfg->listen.count != srv->cfg->listen.count;
 	for (size_t i = 0; !listen_changed && i < cfg->listen.count; i++)
 		listen_changed = strcmp(cfg->listen.items[i], srv->cfg->listen.items[i]) != 0;

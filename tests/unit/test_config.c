@@ -16,6 +16,7 @@
 
 #include "backend.h"
 #include "config.h"
+#include "log.h"
 #include "runtime.h"
 #include "router.h"
 
@@ -342,8 +343,9 @@ Test(config, minimal_config_and_defaults)
 	cr_expect(cfg->lowercase_local_part);
 	cr_expect(!cfg->delivered_to);
 	cr_expect(!cfg->soft_bounce);
-	cr_expect_str_eq(cfg->log_level, "info");
-	cr_expect_str_eq(cfg->syslog_facility, "mail");
+	cr_expect_eq(cfg->log_level, LOG_LEVEL_INFO);
+	cr_expect_str_eq(config_syslog_facilities[cfg->syslog_facility], "mail");
+	cr_expect_eq(cfg->log_format, CONFIG_LOG_TEXT);
 	cr_expect_null(cfg->user);
 	cr_expect_null(cfg->group);
 
@@ -411,8 +413,8 @@ Test(config, values_of_every_type)
 	cr_expect(!cfg->lowercase_local_part);
 	cr_expect(cfg->delivered_to);
 	cr_expect_str_eq(cfg->subaddress_separator, "+-");
-	cr_expect_str_eq(cfg->log_level, "debug");
-	cr_expect_str_eq(cfg->syslog_facility, "local3");
+	cr_expect_eq(cfg->log_level, LOG_LEVEL_DEBUG);
+	cr_expect_str_eq(config_syslog_facilities[cfg->syslog_facility], "local3");
 	cr_assert_eq(cfg->backend_count, 2);
 	cr_expect_eq(cfg->backends[0].common.concurrency, 2);
 	cr_expect(cfg->backends[0].common.soft_bounce);
@@ -541,9 +543,10 @@ Test(config, error_bad_duration)
 Test(config, error_invalid_enumerations)
 {
 	expect_error("log_level = \"verbose\";\n" BACKEND_SINK ROUTE_ALL, 1,
-		     "'log_level' must be error, warn, info or debug (got \"verbose\")");
+		     "'log_level' must be one of: error, warn, info, debug (got \"verbose\")");
 	expect_error("syslog_facility = \"kern\";\n" BACKEND_SINK ROUTE_ALL, 1,
-		     "'syslog_facility' must be mail, daemon, user or local0..local7 (got \"kern\")");
+		     "'syslog_facility' must be one of: mail, daemon, user, local0, local1, local2, "
+		     "local3, local4, local5, local6, local7 (got \"kern\")");
 	expect_error("hostname = \"\";\n" BACKEND_SINK ROUTE_ALL, 1,
 		     "'hostname' must not be empty");
 	expect_error("subaddress_separator = \"\";\n" BACKEND_SINK ROUTE_ALL, 1,
