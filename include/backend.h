@@ -26,23 +26,12 @@
 
 #include "address.h"
 #include "config.h"
+#include "recipient.h"
 #include "envelope.h"
 #include "router.h"
 #include "spool.h"
 #include "status.h"
 #include "template.h"
-
-/* One accepted recipient of a transaction, with its address split for templates. */
-struct recipient {
-	struct address addr;
-	struct rcpt_params params;
-	char rcpt[ADDRESS_PATH_MAX + 1];     /* "local@domain" as routed (lowercased if configured) */
-	char user[ADDRESS_LOCAL_MAX + 3];    /* local part as given, detail included */
-	char local[ADDRESS_LOCAL_MAX + 3];   /* without +detail */
-	char detail[ADDRESS_LOCAL_MAX + 3];  /* after the separator, "" when none */
-	char domain[ADDRESS_DOMAIN_MAX + 1]; /* lowercased */
-	const struct route_rule *rule;       /* the route that matched */
-};
 
 /* The message as every target of one transaction sees it. Read-only for drivers. */
 struct delivery {
@@ -141,11 +130,6 @@ struct backend_instance {
 	void *settings;                /* driver->settings_size bytes, filled from driver->keys */
 	int line;                      /* of the block in the file, for messages */
 };
-
-/* Fill a recipient's normalised forms from r->addr (quoted dot-strings unquoted, domain
- * lowercased, local part lowercased when configured, +detail split off) and route it: sets and
- * returns r->rule, NULL when no route matches. Used at RCPT and by `lmtpgw route`. */
-const struct route_rule *recipient_route(struct recipient *r, const struct config *cfg);
 
 /* Registry: the drivers, NULL-terminated, and lookup by name (NULL when unknown). */
 extern const struct backend_driver *const backend_drivers[];
