@@ -2,8 +2,9 @@
  * backend - the driver contract, and the registry of drivers by name.
  *
  * A driver is a const table of functions. It is opened once per configured backend block (with
- * a settings struct filled from its own key table), delivers a message to the targets it owns,
- * and is closed when the configuration that opened it is released. A driver never talks to the
+ * a settings struct filled from its own key table; runtime.c opens it, and keeps it across a
+ * reload that leaves the block unchanged), delivers a message to the targets it owns, and is
+ * closed when the last runtime holding it is released. A driver never talks to the
  * LMTP client and never logs per-recipient results (the dispatcher does): it fills one status
  * and one log reference per target.
  *
@@ -25,23 +26,12 @@
 
 #include "address.h"
 #include "config.h"
+#include "recipient.h"
 #include "envelope.h"
 #include "router.h"
 #include "spool.h"
 #include "status.h"
 #include "template.h"
-
-/* One accepted recipient of a transaction, with its address split for templates. */
-struct recipient {
-	struct address addr;
-	struct rcpt_params params;
-	char rcpt[ADDRESS_PATH_MAX + 1];     /* "local@domain" as routed (lowercased if configured) */
-	char user[ADDRESS_LOCAL_MAX + 3];    /* local part as given, detail included */
-	char local[ADDRESS_LOCAL_MAX + 3];   /* without +detail */
-	char detail[ADDRESS_LOCAL_MAX + 3];  /* after the separator, "" when none */
-	char domain[ADDRESS_DOMAIN_MAX + 1]; /* lowercased */
-	const struct route_rule *rule;       /* the route that matched */
-};
 
 /* The message as every target of one transaction sees it. Read-only for drivers. */
 struct delivery {
@@ -131,23 +121,15 @@ extern const struct conf_key backend_common_keys[];
 
 struct pool;
 
-/* A configured backend: a named block of the configuration file. */
+/* A configured backend: a named block of the configuration file (settings only; what runs is
+ * its backend_runtime, runtime.h). */
 struct backend_instance {
 	char *name;
 	const struct backend_driver *driver;
 	struct backend_common common;
 	void *settings;                /* driver->settings_size bytes, filled from driver->keys */
-	void *state;                   /* from driver->open */
-	struct pool *pool;             /* worker threads, created on first delivery */
-	/* circuit breaker, event-loop thread only */
-	unsigned consecutive_failures;
-	long long down_until_ms;       /* monotonic ms; recipients get 451 4.4.1 at RCPT until then */
+	int line;                      /* of the block in the file, for messages */
 };
-
-/* Fill a recipient's normalised forms from r->addr (quoted dot-strings unquoted, domain
- * lowercased, local part lowercased when configured, +detail split off) and route it: sets and
- * returns r->rule, NULL when no route matches. Used at RCPT and by `lmtpgw route`. */
-const struct route_rule *recipient_route(struct recipient *r, const struct config *cfg);
 
 /* Registry: the drivers, NULL-terminated, and lookup by name (NULL when unknown). */
 extern const struct backend_driver *const backend_drivers[];

@@ -22,15 +22,17 @@
 #include "backend.h"
 #include "status.h"
 
+struct backend_runtime;
 struct dispatch;
 struct event_base;
+struct runtime;
 
 /* Called on the loop thread once per recipient, in any order. */
 typedef void dispatch_result_fn(void *ctx, size_t rcpt_index, const struct status *reply);
 
 struct dispatch_request {
 	struct event_base *base;       /* for the delivery deadline timer */
-	struct config *cfg;            /* a reference is taken */
+	struct runtime *rt;            /* a reference is taken */
 	struct delivery delivery;      /* trace, sender, ids: copied; spool ownership passes */
 	struct recipient *rcpts;       /* ownership passes (malloc'd array) */
 	size_t rcpt_count;
@@ -54,7 +56,7 @@ unsigned dispatch_unanswered(void);
  * call cb on the loop thread with verify()'s result (0, or -1 and the status). */
 typedef void dispatch_verify_fn(void *ctx, int result, const struct status *st);
 struct dispatch_verify;
-struct dispatch_verify *dispatch_verify_start(struct config *cfg, struct backend_instance *backend,
+struct dispatch_verify *dispatch_verify_start(struct runtime *rt, struct backend_runtime *backend,
 					      const struct recipient *rcpt, dispatch_verify_fn *cb,
 					      void *ctx);
 /* The session went away: no callback; the job frees itself when it finishes. */
@@ -62,6 +64,6 @@ void dispatch_verify_detach(struct dispatch_verify *verify);
 
 /* Circuit breaker: true while the backend is taken as down (after breaker_failures consecutive
  * connection-level failures, for breaker_cooloff); its recipients then get 451 4.4.1 at RCPT. */
-bool dispatch_backend_down(const struct backend_instance *backend);
+bool dispatch_backend_down(const struct backend_runtime *backend);
 
 #endif

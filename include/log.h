@@ -31,9 +31,6 @@ void log_set_json(bool json);
 size_t log_kv_to_json(const char *msg, const char *time, const char *level, char *out,
 		      size_t size);
 
-/* "error", "warn", "info", "debug" -> level; returns -1 for anything else. */
-int log_level_parse(const char *name);
-
 void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -2,7 +2,8 @@
  * server - the process-wide runtime: event base, current configuration, counters, shutdown.
  *
  * One instance, created by main and passed to the listener and every session (no globals).
- * `cfg` is the configuration new transactions take a reference to; SIGHUP replaces it.
+ * `rt` is the runtime (settings and running backends) new transactions take a reference to;
+ * SIGHUP builds a new one, keeping every backend whose settings did not change.
  */
 #ifndef LMTPGW_SERVER_H
 #define LMTPGW_SERVER_H
@@ -10,6 +11,7 @@
 #include <stdbool.h>
 
 #include "config.h"
+#include "runtime.h"
 
 struct event_base;
 struct listener;
@@ -17,7 +19,8 @@ struct session;
 
 struct server {
 	struct event_base *base;
-	struct config *cfg;
+	struct runtime *rt;         /* owned: one reference */
+	const struct config *cfg;   /* rt->cfg, the current settings */
 	const char *config_path;
 	const struct conf_strlist *listen_override; /* --listen, NULL when not given */
 	struct listener *listeners;
@@ -27,6 +30,9 @@ struct server {
 	bool debug_forced;          /* -d: the log level stays debug across reloads */
 	bool stopping;              /* SIGTERM: no new connections, no new transactions */
 };
+
+/* Log level (unless -d forced debug), syslog facility and format from cfg. */
+void server_apply_log_settings(const struct config *cfg, bool debug_forced);
 
 /* Replace the configuration (SIGHUP). Returns 0, or -1 after logging why the old one stays. */
 int server_reload(struct server *srv);

@@ -21,18 +21,20 @@
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
+#include "runtime.h"
 
 struct dispatch;
 
 struct dispatch_job {
 	struct pool_job job;          /* first: the pool hands us back this pointer */
 	struct dispatch *dispatch;
-	struct backend_instance *backend;
+	struct backend_runtime *backend;
 	size_t first, count;          /* targets[first .. first+count) */
 };
 
 struct dispatch {
-	struct config *cfg;
+	struct runtime *rt;           /* a reference: backends as they run */
+	const struct config *cfg;     /* rt->cfg */
 	struct delivery delivery;
 	struct mail_params mail;
 	char *strings;                /* one block holding trace and every string below */
@@ -140,7 +142,8 @@ static void dispatch_free(struct dispatch *d)
 	if (d->deadline != NULL)
 		event_free(d->deadline);
 	free(d->jobs);
-	config_unref(&d->cfg);
+	d->cfg = NULL;
+	runtime_unref(&d->rt);
 	free(d);
 	in_flight--;
 	metrics_deliveries_in_flight(-1);
@@ -254,15 +257,17 @@ static long long now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-bool dispatch_backend_down(const struct backend_instance *b)
+bool dispatch_backend_down(const struct backend_runtime *b)
 {
 	return b->down_until_ms > 0 && now_ms() < b->down_until_ms;
 }
 
 /* Only failures that say "the backend as a whole is unreachable" count: network (x.4.x) and
  * its TLS certificate (4.7.5). A full mailbox says nothing about it. */
-static void breaker_account(struct backend_instance *b, const struct status *st)
+static void breaker_account(struct backend_runtime *b, const struct status *st)
 {
+	const char *name = b->inst->name;
+
 	/* 4.7.0 is left out: a login refused for one unknown user looks the same as a wrong
 	 * admin password, and must not let a few such recipients take the backend down. */
 	bool backend_failure = status_class_of(st) == STATUS_TEMPFAIL &&
@@ -271,8 +276,8 @@ static void breaker_account(struct backend_instance *b, const struct status *st)
 
 	if (!backend_failure) {
 		if (status_class_of(st) == STATUS_OK && b->down_until_ms > 0) {
-			log_info("event=backend_up backend=%s", b->name);
-			metrics_backend_down(b->name, false);
+			log_info("event=backend_up backend=%s", name);
+			metrics_backend_down(name, false);
 			b->down_until_ms = 0;
 		}
 		if (status_class_of(st) == STATUS_OK)
@@ -280,13 +285,13 @@ static void breaker_account(struct backend_instance *b, const struct status *st)
 		return;
 	}
 	b->consecutive_failures++;
-	if (b->common.breaker_failures > 0 &&
-	    b->consecutive_failures >= (unsigned)b->common.breaker_failures &&
+	if (b->inst->common.breaker_failures > 0 &&
+	    b->consecutive_failures >= (unsigned)b->inst->common.breaker_failures &&
 	    !dispatch_backend_down(b)) {
-		b->down_until_ms = now_ms() + b->common.breaker_cooloff_ms;
-		metrics_backend_down(b->name, true);
+		b->down_until_ms = now_ms() + b->inst->common.breaker_cooloff_ms;
+		metrics_backend_down(name, true);
 		log_warn("event=backend_down backend=%s failures=%u cooloff_ms=%lld last=\"%d %s\"",
-			 b->name, b->consecutive_failures, b->common.breaker_cooloff_ms, st->code,
+			 name, b->consecutive_failures, b->inst->common.breaker_cooloff_ms, st->code,
 			 st->enhanced);
 	}
 }
@@ -332,7 +337,7 @@ static void target_finished(struct dispatch *d, size_t ti)
 					      (double)(now.tv_nsec - d->started.tv_nsec) / 1e9);
 	}
 	if (!t->same_failure)
-		breaker_account(&d->cfg->backends[d->target_backend[ti]], &t->status);
+		breaker_account(d->rt->backends[d->target_backend[ti]], &t->status);
 	d->rcpt_pending[ri]--;
 	if (d->rcpt_reported[ri]) {
 		/* Answered 451 4.4.7 at the deadline already. A late success means a copy is stored
@@ -372,8 +377,8 @@ static void job_run(struct pool_job *pj)
 	struct dispatch_job *job = (struct dispatch_job *)pj;
 	struct dispatch *d = job->dispatch;
 
-	job->backend->driver->deliver(job->backend->state, &d->delivery, d->targets + job->first,
-				      job->count);
+	job->backend->inst->driver->deliver(job->backend->state, &d->delivery,
+					    d->targets + job->first, job->count);
 }
 
 static void job_done(struct pool_job *pj)
@@ -462,23 +467,10 @@ static void build_targets(struct dispatch *d)
 	d->rcpt_target_start[d->rcpt_count] = pos;
 }
 
-/* A backend's workers, started on first use. */
-static struct pool *backend_pool(struct backend_instance *b)
-{
-	if (b->pool == NULL) {
-		char name[80];
-		snprintf(name, sizeof(name), "backend-%s", b->name);
-		b->pool = pool_new(name, (unsigned)b->common.concurrency);
-		if (b->pool == NULL)
-			abort();
-	}
-	return b->pool;
-}
-
 struct dispatch_verify {
 	struct pool_job job;          /* first: the pool hands us back this pointer */
-	struct config *cfg;
-	struct backend_instance *backend;
+	struct runtime *rt;           /* a reference: keeps backend open */
+	struct backend_runtime *backend;
 	struct recipient rcpt;
 	int result;
 	struct status status;
@@ -490,7 +482,7 @@ static void verify_run(struct pool_job *pj)
 {
 	struct dispatch_verify *v = (struct dispatch_verify *)pj;
 
-	v->result = v->backend->driver->verify(v->backend->state, &v->rcpt, &v->status);
+	v->result = v->backend->inst->driver->verify(v->backend->state, &v->rcpt, &v->status);
 }
 
 static void verify_done(struct pool_job *pj)
@@ -499,11 +491,11 @@ static void verify_done(struct pool_job *pj)
 
 	if (v->cb != NULL)
 		v->cb(v->ctx, v->result, &v->status);
-	config_unref(&v->cfg);
+	runtime_unref(&v->rt);
 	free(v);
 }
 
-struct dispatch_verify *dispatch_verify_start(struct config *cfg, struct backend_instance *backend,
+struct dispatch_verify *dispatch_verify_start(struct runtime *rt, struct backend_runtime *backend,
 					      const struct recipient *rcpt, dispatch_verify_fn *cb,
 					      void *ctx)
 {
@@ -511,12 +503,12 @@ struct dispatch_verify *dispatch_verify_start(struct config *cfg, struct backend
 
 	v->job.run = verify_run;
 	v->job.done = verify_done;
-	v->cfg = config_ref(cfg);
+	v->rt = runtime_ref(rt);
 	v->backend = backend;
 	v->rcpt = *rcpt;
 	v->cb = cb;
 	v->ctx = ctx;
-	pool_submit(backend_pool(backend), &v->job);
+	pool_submit(backend_runtime_pool(backend), &v->job);
 	return v;
 }
 
@@ -535,7 +527,8 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 	in_flight++;
 	metrics_deliveries_in_flight(1);
 	clock_gettime(CLOCK_MONOTONIC, &d->started);
-	d->cfg = config_ref(req->cfg);
+	d->rt = runtime_ref(req->rt);
+	d->cfg = d->rt->cfg;
 	d->cb = cb;
 	d->ctx = ctx;
 	d->delivery = req->delivery;
@@ -577,9 +570,9 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 	/* One job per backend for batch drivers, one per target otherwise. */
 	d->jobs = xcalloc(d->target_count, sizeof(*d->jobs));
 	for (size_t t = 0; t < d->target_count;) {
-		struct backend_instance *b = &d->cfg->backends[d->target_backend[t]];
+		struct backend_runtime *b = d->rt->backends[d->target_backend[t]];
 		size_t count = 1;
-		if (b->driver->batch) {
+		if (b->inst->driver->batch) {
 			while (t + count < d->target_count &&
 			       d->target_backend[t + count] == d->target_backend[t])
 				count++;
@@ -600,13 +593,13 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 	struct dispatch_job *jobs = d->jobs;
 	for (size_t j = 0; j < job_count; j++) {
 		struct dispatch_job *job = &jobs[j];
-		struct backend_instance *b = job->backend;
-		if (b->driver->inline_deliver) {
+		struct backend_runtime *b = job->backend;
+		if (b->inst->driver->inline_deliver) {
 			job_run(&job->job);
 			job_done(&job->job); /* may free d on the last job */
 			continue;
 		}
-		pool_submit(backend_pool(b), &job->job);
+		pool_submit(backend_runtime_pool(b), &job->job);
 	}
 	d->jobs_pending--;
 	if (job_count > 0 && d->jobs_pending == 0 && d->rcpts_pending == 0) {

@@ -171,17 +171,6 @@ enum log_level log_get_level(void)
 	return (enum log_level)atomic_load(&current_level);
 }
 
-int log_level_parse(const char *name)
-{
-	if (name == NULL)
-		return -1;
-	for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
-		if (strcasecmp(name, level_names[i]) == 0)
-			return (int)i;
-	}
-	return -1;
-}
-
 /* "2026-11-25T07:00:00.123Z " into buf (at least 32 bytes); returns its length. The date and
  * time part is formatted once a second per thread (strftime costs more than the rest of a
  * line); only the milliseconds are new for each line. */

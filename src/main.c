@@ -33,6 +33,7 @@
 #include "metrics.h"
 #include "pool.h"
 #include "router.h"
+#include "runtime.h"
 #include "server.h"
 #include "session.h"
 
@@ -133,8 +134,9 @@ static int drop_privileges(const struct config *cfg)
 }
 
 /* lmtpgw route ADDRESS...: the rule that matches, and where each backend would deliver. */
-static int cmd_route(struct config *cfg, int argc, char **argv)
+static int cmd_route(const struct runtime *rt, int argc, char **argv)
 {
+	const struct config *cfg = rt->cfg;
 	int rc = 0;
 
 	for (int i = 0; i < argc; i++) {
@@ -170,7 +172,8 @@ static int cmd_route(struct config *cfg, int argc, char **argv)
 			const struct backend_instance *b = &cfg->backends[r.rule->targets[k]];
 			char where[1024] = "";
 			if (b->driver->explain != NULL)
-				b->driver->explain(b->state, &r, &vars, where, sizeof(where));
+				b->driver->explain(rt->backends[r.rule->targets[k]]->state, &r, &vars,
+						   where, sizeof(where));
 			printf("  -> %s (driver %s)%s%s\n", b->name, b->driver->name,
 			       where[0] ? ": " : "", where);
 		}
@@ -179,8 +182,9 @@ static int cmd_route(struct config *cfg, int argc, char **argv)
 }
 
 /* lmtpgw check --probe: reach every backend the way a delivery would. */
-static int cmd_probe(struct config *cfg)
+static int cmd_probe(const struct runtime *rt)
 {
+	const struct config *cfg = rt->cfg;
 	int rc = 0;
 
 	for (size_t i = 0; i < cfg->backend_count; i++) {
@@ -189,7 +193,7 @@ static int cmd_probe(struct config *cfg)
 		int r = 0;
 
 		if (b->driver->probe != NULL)
-			r = b->driver->probe(b->state, result, sizeof(result));
+			r = b->driver->probe(rt->backends[i]->state, result, sizeof(result));
 		else
 			snprintf(result, sizeof(result), "no probe for this driver");
 		printf("%-4s %s (%s): %s\n", r == 0 ? "ok" : "FAIL", b->name, b->driver->name, result);
@@ -266,9 +270,17 @@ int main(int argc, char **argv)
 		free(listen.items);
 		return 78; /* EX_CONFIG */
 	}
+	/* Open every backend now, so a driver that refuses its settings fails `check`, `-n` and
+	 * the start alike. */
+	struct runtime *rt = runtime_open(cfg, NULL, error, sizeof(error));
+	if (rt == NULL) {
+		fprintf(stderr, "lmtpgw: %s\n", error);
+		free(listen.items);
+		return 78; /* EX_CONFIG */
+	}
 	if (print_config) {
 		config_print(stdout, cfg);
-		config_unref(&cfg);
+		runtime_unref(&rt);
 		free(listen.items);
 		return 0;
 	}
@@ -279,39 +291,34 @@ int main(int argc, char **argv)
 				probe = true;
 			} else {
 				fprintf(stderr, "usage: lmtpgw [-c FILE] check [--probe]\n");
-				config_unref(&cfg);
+				runtime_unref(&rt);
 				free(listen.items);
 				return 64;
 			}
 		}
 		printf("%s: OK (%zu backends, %zu routes)\n", config_path, cfg->backend_count,
 		       router_rule_count(cfg->router));
-		int rc = probe ? cmd_probe(cfg) : 0;
-		config_unref(&cfg);
+		int rc = probe ? cmd_probe(rt) : 0;
+		runtime_unref(&rt);
 		free(listen.items);
 		return rc;
 	}
 	if (verb != NULL) {
 		if (optind + 1 >= argc) {
 			fprintf(stderr, "usage: lmtpgw route ADDRESS...\n");
-			config_unref(&cfg);
+			runtime_unref(&rt);
 			free(listen.items);
 			return 64;
 		}
-		int rc = cmd_route(cfg, argc - optind - 1, argv + optind + 1);
-		config_unref(&cfg);
+		int rc = cmd_route(rt, argc - optind - 1, argv + optind + 1);
+		runtime_unref(&rt);
 		free(listen.items);
 		return rc;
 	}
 
-	if (!debug) {
-		int level = log_level_parse(cfg->log_level);
-		if (level >= 0)
-			log_set_level((enum log_level)level);
-	}
-	log_set_facility(cfg->syslog_facility);
-	log_set_json(strcmp(cfg->log_format, "json") == 0);
+	server_apply_log_settings(cfg, debug);
 	struct server srv = {
+		.rt = rt,
 		.cfg = cfg,
 		.config_path = config_path,
 		.listen_override = listen.count > 0 ? &listen : NULL,
@@ -379,7 +386,8 @@ int main(int argc, char **argv)
 		pool_completion_shutdown();
 		_exit(0);
 	}
-	config_unref(&srv.cfg);
+	srv.cfg = NULL;
+	runtime_unref(&srv.rt);
 	pool_completion_shutdown();
 	event_base_free(srv.base);
 	free(listen.items);

@@ -17,6 +17,14 @@
 #include "log.h"
 #include "router.h"
 
+void server_apply_log_settings(const struct config *cfg, bool debug_forced)
+{
+	if (!debug_forced)
+		log_set_level((enum log_level)cfg->log_level);
+	log_set_facility(config_syslog_facilities[cfg->syslog_facility]);
+	log_set_json(cfg->log_format == CONFIG_LOG_JSON);
+}
+
 int server_reload(struct server *srv)
 {
 	server_notify("RELOADING=1");
@@ -28,22 +36,29 @@ int server_reload(struct server *srv)
 		server_notify("READY=1");
 		return -1;
 	}
-	int level = log_level_parse(cfg->log_level);
-	if (level >= 0 && !srv->debug_forced)
-		log_set_level((enum log_level)level);
-	log_set_facility(cfg->syslog_facility);
-	log_set_json(strcmp(cfg->log_format, "json") == 0);
+	/* Open what changed before committing to the new settings: a backend that cannot open
+	 * keeps the old configuration in place, as a syntax error does. */
+	struct runtime *rt = runtime_open(cfg, srv->rt, error, sizeof(error));
+	if (rt == NULL) {
+		log_error("event=reload_failed error=\"%s\" action=keeping_old_configuration", error);
+		server_notify("READY=1");
+		return -1;
+	}
+	server_apply_log_settings(cfg, srv->debug_forced);
 	bool listen_changed = cfg->listen.count != srv->cfg->listen.count;
 	for (size_t i = 0; !listen_changed && i < cfg->listen.count; i++)
 		listen_changed = strcmp(cfg->listen.items[i], srv->cfg->listen.items[i]) != 0;
 	if (listen_changed && srv->listen_override == NULL)
 		log_warn("event=reload_listen_changed action=restart_needed_to_rebind");
-	/* Transactions in flight keep their reference to the old configuration. */
-	config_unref(&srv->cfg);
-	srv->cfg = cfg;
+	/* Transactions in flight keep their reference to the old runtime; backends it shares with
+	 * the new one stay open, the others close when its last transaction ends. */
+	runtime_unref(&srv->rt);
+	srv->rt = rt;
+	srv->cfg = rt->cfg;
 	server_notify("READY=1");
-	log_info("event=reloaded config=%s backends=%zu routes=%zu", srv->config_path,
-		 cfg->backend_count, router_rule_count(cfg->router));
+	log_info("event=reloaded config=%s backends=%zu kept=%zu opened=%zu routes=%zu",
+		 srv->config_path, cfg->backend_count, rt->kept, rt->opened,
+		 router_rule_count(cfg->router));
 	return 0;
 }
 

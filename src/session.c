@@ -40,6 +40,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "router.h"
+#include "runtime.h"
 #include "server.h"
 #include "spool.h"
 #include "status.h"
@@ -62,7 +63,8 @@ enum session_state {
 
 struct transaction {
 	char id[40];
-	struct config *cfg;             /* the configuration this transaction started with */
+	struct runtime *rt;             /* the runtime (settings + backends) it started with */
+	const struct config *cfg;       /* rt->cfg */
 	struct address from;
 	char from_str[ADDRESS_PATH_MAX + 1];
 	struct mail_params mail;
@@ -306,7 +308,8 @@ static void tx_free(struct transaction **txp)
 	*txp = NULL;
 	spool_free(&tx->spool);
 	free(tx->rcpts);
-	config_unref(&tx->cfg);
+	tx->cfg = NULL;
+	runtime_unref(&tx->rt);
 	free(tx);
 }
 
@@ -331,7 +334,7 @@ static int tx_start_spool(struct session *s)
 			      (uint64_t)cfg->max_message_size);
 	if (tx->spool == NULL)
 		return -1;
-	if (!cfg->need_sha256)
+	if (!tx->rt->need_sha256)
 		spool_skip_digest(tx->spool);
 	data_decoder_init(&tx->decoder);
 	header_scan_init(&tx->headers);
@@ -494,7 +497,7 @@ static void end_of_message(struct session *s)
 	char trace[2048];
 	struct dispatch_request req = {
 		.base = s->srv->base,
-		.cfg = tx->cfg,
+		.rt = tx->rt,
 		.delivery = {
 			.spool = tx->spool,
 			.trace = trace,
@@ -643,7 +646,8 @@ static void cmd_mail(struct session *s, char *args)
 		reply(s, 451, "4.3.0", "Local error in processing");
 		return;
 	}
-	tx->cfg = config_ref(s->srv->cfg);
+	tx->rt = runtime_ref(s->srv->rt);
+	tx->cfg = tx->rt->cfg;
 	tx->from = from;
 	tx->mail = params;
 	address_format(&from, tx->from_str, sizeof(tx->from_str));
@@ -660,7 +664,8 @@ static void rcpt_verified(void *ctx, int result, const struct status *st)
 {
 	struct session *s = ctx;
 	struct transaction *tx = s->tx;
-	struct backend_instance *b = &tx->cfg->backends[s->pending_rcpt.rule->targets[s->pending_k]];
+	const struct backend_instance *b =
+		&tx->cfg->backends[s->pending_rcpt.rule->targets[s->pending_k]];
 
 	s->verify = NULL;
 	s->state = STATE_MAIL;
@@ -688,8 +693,9 @@ static void rcpt_check(struct session *s, const struct recipient *r, size_t from
 	struct status st;
 
 	for (size_t k = from; k < r->rule->target_count; k++) {
-		struct backend_instance *b = &tx->cfg->backends[r->rule->targets[k]];
-		if (dispatch_backend_down(b)) {
+		const struct backend_instance *b = &tx->cfg->backends[r->rule->targets[k]];
+		struct backend_runtime *br = tx->rt->backends[r->rule->targets[k]];
+		if (dispatch_backend_down(br)) {
 			/* Circuit breaker open: say so now instead of after DATA. */
 			reply(s, 451, "4.4.1", "<%s> backend %s temporarily unavailable", r->rcpt, b->name);
 			return;
@@ -701,10 +707,10 @@ static void rcpt_check(struct session *s, const struct recipient *r, size_t from
 			s->pending_k = k;
 			s->state = STATE_VERIFYING;
 			timeouts_for_state(s);
-			s->verify = dispatch_verify_start(tx->cfg, b, r, rcpt_verified, s);
+			s->verify = dispatch_verify_start(tx->rt, br, r, rcpt_verified, s);
 			return;
 		}
-		if (b->driver->verify(b->state, r, &st) < 0) {
+		if (b->driver->verify(br->state, r, &st) < 0) {
 			if (status_class_of(&st) == STATUS_PERMFAIL &&
 			    (tx->cfg->soft_bounce || b->common.soft_bounce))
 				status_soft_bounce(&st);

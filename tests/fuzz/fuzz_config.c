@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "runtime.h"
 #include "log.h"
 #include "fuzz.h"
 
@@ -80,6 +81,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(strncmp(error, path, strlen(path)) == 0);
 		return 0;
 	}
+	/* Open the drivers too, as `lmtpgw check` does: their open() parses settings. */
+	struct runtime *rt = runtime_open(config_ref(cfg), NULL, error, sizeof(error));
+	if (rt == NULL)
+		FUZZ_CHECK(strncmp(error, path, strlen(path)) == 0);
+	runtime_unref(&rt);
 	config_print(devnull, cfg);
 	size_t len1;
 	char *text1 = print_to_string(cfg, &len1);

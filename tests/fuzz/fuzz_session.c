@@ -191,11 +191,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 	char error[1024];
 	srv.config_path = conf_path;
-	srv.cfg = config_load(conf_path, error, sizeof(error));
-	if (srv.cfg == NULL) {
+	struct config *cfg = config_load(conf_path, error, sizeof(error));
+	srv.rt = cfg != NULL ? runtime_open(cfg, NULL, error, sizeof(error)) : NULL;
+	if (srv.rt == NULL) {
 		fprintf(stderr, "fuzz_session: %s\n", error);
 		abort();
 	}
+	srv.cfg = srv.rt->cfg;
 	srv.base = event_base_new();
 	if (srv.base == NULL || pool_completion_init(srv.base) < 0)
 		abort();

@@ -105,6 +105,30 @@ def test_docs_every_table_key_documented():
     check_documented(source_keys(), "from the conf_key tables in src/")
 
 
+# "name = "word"; # one of: a, b, c" — an enum key in `lmtpgw -n` output, with its allowed words.
+ENUM_LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=.*;\s*# one of: (.+)$')
+
+
+def test_docs_enum_words_documented():
+    """Each allowed word of an enum key (listed once, in its conf_key row, and printed by -n)
+    appears as `word` in that key's row of docs/configuration.md."""
+    exe = os.path.join(BUILD, "lmtpgw")
+    p = subprocess.run([exe, "-n", "-c", os.path.join(ROOT, "conf", "lmtpgw.conf")],
+                       capture_output=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    md = read(CONF_MD)
+    enums = [ENUM_LINE.match(l) for l in p.stdout.decode().splitlines()]
+    enums = [(m.group(1), [w.strip() for w in m.group(2).split(",")]) for m in enums if m]
+    assert any(k == "log_level" for k, _ in enums), "no enum key found in `lmtpgw -n`"
+    missing = []
+    for key, words in enums:
+        row = re.search(r"^\|\s*`%s`\s*\|.*$" % re.escape(key), md, re.M)
+        for w in words:
+            if row is None or "`%s`" % w not in row.group(0):
+                missing.append("%s: `%s`" % (key, w))
+    assert not missing, "enum words not in docs/configuration.md:\n  " + "\n  ".join(missing)
+
+
 def test_docs_readme_two_commands():
     text = read(os.path.join(ROOT, "README.md"))
     for command in ("make run", "make check"):

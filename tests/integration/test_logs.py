@@ -50,4 +50,4 @@ def test_bad_log_format_refused():
     from harness import binary
     gw = Lmtpgw(config={"log_format": "xml"})
     p = subprocess.run([binary(), "-c", gw.conf_path, "check"], capture_output=True, text=True)
-    assert p.returncode != 0 and "'log_format' must be text or json" in p.stderr, p.stderr
+    assert p.returncode != 0 and "'log_format' must be one of: text, json" in p.stderr, p.stderr

@@ -16,6 +16,8 @@
 
 #include "backend.h"
 #include "config.h"
+#include "log.h"
+#include "runtime.h"
 #include "router.h"
 
 extern const struct backend_driver backend_discard;
@@ -54,11 +56,21 @@ static void write_file(const char *path, const char *text)
 	fclose(f);
 }
 
+/* Load text as `lmtpgw check` does: the settings, then every backend's driver opened. */
 static struct config *load_text(const char *text)
 {
 	write_file(conf_path, text);
 	err[0] = '\0';
-	return config_load(conf_path, err, sizeof(err));
+	struct config *cfg = config_load(conf_path, err, sizeof(err));
+	if (cfg == NULL)
+		return NULL;
+	struct runtime *rt = runtime_open(config_ref(cfg), NULL, err, sizeof(err));
+	if (rt == NULL) {
+		config_unref(&cfg);
+		return NULL;
+	}
+	runtime_unref(&rt);
+	return cfg;
 }
 
 /* Loading text must fail with exactly "<conf_path>:<line>: <message>" (line 0: no line). */
@@ -331,8 +343,9 @@ Test(config, minimal_config_and_defaults)
 	cr_expect(cfg->lowercase_local_part);
 	cr_expect(!cfg->delivered_to);
 	cr_expect(!cfg->soft_bounce);
-	cr_expect_str_eq(cfg->log_level, "info");
-	cr_expect_str_eq(cfg->syslog_facility, "mail");
+	cr_expect_eq(cfg->log_level, LOG_LEVEL_INFO);
+	cr_expect_str_eq(config_syslog_facilities[cfg->syslog_facility], "mail");
+	cr_expect_eq(cfg->log_format, CONFIG_LOG_TEXT);
 	cr_expect_null(cfg->user);
 	cr_expect_null(cfg->group);
 
@@ -342,7 +355,7 @@ Test(config, minimal_config_and_defaults)
 	cr_expect_str_eq(cfg->backends[0].common.driver, "discard");
 	cr_expect_eq(cfg->backends[0].common.concurrency, 8);
 	cr_expect(!cfg->backends[0].common.soft_bounce);
-	cr_expect_null(cfg->backends[0].pool);
+	cr_expect_eq(cfg->backends[0].line, 1); /* for messages of runtime_open() */
 	cr_expect_eq(config_backend_index(cfg, "sink"), 0);
 	cr_expect_eq(config_backend_index(cfg, "nope"), -1);
 
@@ -400,8 +413,8 @@ Test(config, values_of_every_type)
 	cr_expect(!cfg->lowercase_local_part);
 	cr_expect(cfg->delivered_to);
 	cr_expect_str_eq(cfg->subaddress_separator, "+-");
-	cr_expect_str_eq(cfg->log_level, "debug");
-	cr_expect_str_eq(cfg->syslog_facility, "local3");
+	cr_expect_eq(cfg->log_level, LOG_LEVEL_DEBUG);
+	cr_expect_str_eq(config_syslog_facilities[cfg->syslog_facility], "local3");
 	cr_assert_eq(cfg->backend_count, 2);
 	cr_expect_eq(cfg->backends[0].common.concurrency, 2);
 	cr_expect(cfg->backends[0].common.soft_bounce);
@@ -530,9 +543,10 @@ Test(config, error_bad_duration)
 Test(config, error_invalid_enumerations)
 {
 	expect_error("log_level = \"verbose\";\n" BACKEND_SINK ROUTE_ALL, 1,
-		     "'log_level' must be error, warn, info or debug (got \"verbose\")");
+		     "'log_level' must be one of: error, warn, info, debug (got \"verbose\")");
 	expect_error("syslog_facility = \"kern\";\n" BACKEND_SINK ROUTE_ALL, 1,
-		     "'syslog_facility' must be mail, daemon, user or local0..local7 (got \"kern\")");
+		     "'syslog_facility' must be one of: mail, daemon, user, local0, local1, local2, "
+		     "local3, local4, local5, local6, local7 (got \"kern\")");
 	expect_error("hostname = \"\";\n" BACKEND_SINK ROUTE_ALL, 1,
 		     "'hostname' must not be empty");
 	expect_error("subaddress_separator = \"\";\n" BACKEND_SINK ROUTE_ALL, 1,

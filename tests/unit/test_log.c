@@ -83,19 +83,6 @@ Test(log, esc_short_form)
 	cr_assert_eq(strlen(dst), 100, "100 bytes fit without \"...\"");
 }
 
-Test(log, level_parse)
-{
-	cr_assert_eq(log_level_parse("error"), LOG_LEVEL_ERROR);
-	cr_assert_eq(log_level_parse("warn"), LOG_LEVEL_WARN);
-	cr_assert_eq(log_level_parse("info"), LOG_LEVEL_INFO);
-	cr_assert_eq(log_level_parse("debug"), LOG_LEVEL_DEBUG);
-	cr_assert_eq(log_level_parse("DEBUG"), LOG_LEVEL_DEBUG);
-	cr_assert_eq(log_level_parse("warning"), -1);
-	cr_assert_eq(log_level_parse(""), -1);
-	cr_assert_eq(log_level_parse("info "), -1);
-	cr_assert_eq(log_level_parse(NULL), -1);
-}
-
 Test(log, default_level_is_info)
 {
 	cr_assert_eq(log_get_level(), LOG_LEVEL_INFO);
