@@ -40,6 +40,131 @@ def deliver(gw, rcpts, content=CONTENT):
         return send_message(c, "s@example.test", rcpts, content)
 
 
+# --- a receiver that cuts its answer ---------------------------------------------------------
+
+class CutReceiver:
+    """Reads each request completely, answers with `answer` (bytes) and closes the connection.
+    `answer` may be a function of the request head (bytes) returning the bytes to write."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.requests = []          # (head, body) of every request read completely
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d/hook" % self.port
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        try:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            while len(body) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                body += chunk
+            self.requests.append((head, body))
+            out = self.answer(head) if callable(self.answer) else self.answer
+            conn.sendall(out)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping = True
+        self.sock.close()
+        return False
+
+
+# (answer written after reading the request, the reply the recipient must get)
+CUT_ANSWERS = [
+    # cut inside the header block: no blank line ever came
+    (b"HTTP/1.1 200 OK\r\n", 451, "4.4.2"),
+    (b"HTTP/1.1 200 OK\r\nContent-Ty", 451, "4.4.2"),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n", 451, "4.4.2"),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n", 451, "4.4.2"),
+    (b"HTTP/1.1 200", 451, "4.4.2"),
+    # headers complete, body short of its framing
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\nonly part", 451, "4.4.2"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", 451, "4.4.2"),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 90\r\n\r\n"
+     b'{"results":[{"rcpt":"alice@example.test","code":250}', 451, "4.4.2"),
+    # complete answers: these are 2xx
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 250, "2.0.0"),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", 250, "2.0.0"),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nclose-delimited body", 250, "2.0.0"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 250,
+     "2.0.0"),
+]
+
+
+def test_answer_cut_inside_headers_or_body_is_not_2xx():
+    """Each answer above from a receiver that then closes: only a complete one may give 250."""
+    current = {}
+    with CutReceiver(lambda head: current["answer"]) as r:
+        # breaker off: a run of 4.4.2 would otherwise open it and refuse at RCPT
+        with gateway(r.url, format="raw", breaker_failures=0) as gw:
+            with gw.session() as c:
+                for answer, code, enh in CUT_ANSWERS:
+                    current["answer"] = answer
+                    rep = send_message(c, "s@example.test", ["alice@example.test"], CONTENT)[0]
+                    assert rep.code == code and rep.enhanced == enh, (answer, str(rep))
+            assert gw.grep(r"event=webhook-failed.*(cut|header|incomplete)"), \
+                "the cause must reach the log"
+        assert len(r.requests) == len(CUT_ANSWERS), "every request was read completely"
+
+
+# --- the same gap on the S3 path ----------------------------------------------------------------
+
+def test_s3_put_answer_cut_inside_headers_is_not_2xx():
+    """The S3 backend's PUTs go through the same http.c: a 200 status line and a close must not
+    count as stored. The fake answers every request (HEAD, PUT) that way."""
+    d = os.path.join(tempfile.mkdtemp(prefix="s3cut-"), "creds")
+    with open(d, "w") as f:
+        f.write("AKIDEXAMPLE\nwJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY\n")
+    os.chmod(d, 0o600)
+    for answer in (b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\r\nETag: \"abc\"\r\nContent-Le"):
+        with CutReceiver(answer) as r:
+            s3 = ("archive: { driver = \"s3\"; endpoint = \"http://127.0.0.1:%d\"; "
+                  "allow_http = true; bucket = \"mail\"; region = \"us-east-1\"; "
+                  "credentials_file = %s; timeout = \"5s\"; };" % (r.port, conf_value(d)))
+            with Lmtpgw(backends=s3, routes=[("*@example.test", ["archive"])]) as gw:
+                rep = deliver(gw, ["alice@example.test"])[0]
+                assert rep.code == 451 and rep.enhanced == "4.4.2", (answer, str(rep))
+            assert r.requests, "the fake must have been asked"
+
+
 # --- contradictory verdicts ------------------------------------------------------------------
 
 def test_contradictory_verdicts_for_one_recipient_are_doubt():
@@ -79,5 +204,3 @@ def test_contradictory_verdicts_for_one_recipient_are_doubt():
             assert gw.grep(r"event=webhook-results-differ .*rcpt=<e@example.test>")
             assert gw.grep(r"event=webhook-result-unknown-rcpt .*rcpt=<stranger@example.test>")
         assert len(r.requests) == 1
-
-
