@@ -3,8 +3,9 @@
  *
  * One request per message for every target of this backend in the transaction (mode
  * "message"; targets whose URL template expands differently get one request per URL), or one
- * per recipient (mode "recipient", made one after another by the worker that holds the
- * transaction). The body is, by format:
+ * per recipient (mode "recipient"). The dispatcher hands each request to deliver() as its own
+ * pool job (webhook_request_key), so a transaction's requests run concurrently within the
+ * backend's concurrency, each bounded by its own timeout. The body is, by format:
  *   raw          the message (trace headers + content) as message/rfc822, envelope in
  *                X-Lmtpgw-* headers; streamed from the spool with a known length
  *   multipart    multipart/form-data: part "envelope" (JSON, manifest.h) + part "message"
@@ -1189,6 +1190,20 @@ out:
 	free(done);
 }
 
+/* The request a target goes into: its URL (mode message), or none shared (mode recipient).
+ * The dispatcher runs each request as its own job, concurrently (backend.h); deliver() still
+ * groups by URL itself, for callers that hand it a whole batch. */
+static int webhook_request_key(void *state, const struct target *target, char *key, size_t size)
+{
+	struct webhook_state *st = state;
+	const char *error;
+
+	if (st->per_recipient)
+		return -1;
+	/* A URL that cannot be built fails alone in deliver(). */
+	return template_expand(st->url, &target->vars, TEMPLATE_URL, key, size, &error) < 0 ? -1 : 0;
+}
+
 static void webhook_explain(void *state, const struct recipient *rcpt,
 			    const struct template_vars *vars, char *buf, size_t size)
 {
@@ -1234,4 +1249,5 @@ const struct backend_driver backend_webhook = {
 	.probe = webhook_probe,
 	.explain = webhook_explain,
 	.batch = true,
+	.request_key = webhook_request_key,
 };

@@ -204,3 +204,43 @@ def test_contradictory_verdicts_for_one_recipient_are_doubt():
             assert gw.grep(r"event=webhook-results-differ .*rcpt=<e@example.test>")
             assert gw.grep(r"event=webhook-result-unknown-rcpt .*rcpt=<stranger@example.test>")
         assert len(r.requests) == 1
+
+
+# --- requests to different URLs run concurrently -----------------------------------------------
+
+def test_requests_to_different_urls_run_concurrently():
+    """Three recipients, one URL each, at a receiver that never answers: with timeout 3 s and
+    delivery_deadline 6 s each must get 451 4.4.2 after about 3 s (one timeout), not 451 4.4.7
+    at the deadline (three timeouts one after another)."""
+    with Receiver(rule=lambda req: {"status": 200, "delay": 20}) as r:
+        url = r.url.replace("/hook", "/hook/%{local}")
+        # the backend's default concurrency (8)
+        with gateway(url, config={"delivery_deadline": "6s"}, timeout="3s") as gw:
+            with gw.session() as c:
+                rcpts = ["a@example.test", "b@example.test", "c@example.test"]
+                expect(c.cmd("MAIL FROM:<s@example.test>"), 250)
+                for rc in rcpts:
+                    expect(c.cmd("RCPT TO:<%s>" % rc), 250)
+                expect(c.cmd("DATA"), 354)
+                t0 = time.time()
+                c.send(CONTENT + b".\r\n")
+                for rc in rcpts:
+                    rep = c.reply()
+                    took = time.time() - t0
+                    expect(rep, 451, "4.4.2")
+                    assert 2.5 < took < 5.0, "%s answered after %.1f s" % (rc, took)
+        assert sorted(q.path for q in r.requests) == ["/hook/a", "/hook/b", "/hook/c"]
+
+
+def test_concurrent_requests_stay_within_the_backend_concurrency():
+    """With concurrency = 1 the same three requests run one at a time: the limit holds (here the
+    deadline answers the ones that could not start in time)."""
+    with Receiver(rule=lambda req: {"status": 200, "delay": 20}) as r:
+        url = r.url.replace("/hook", "/hook/%{local}")
+        with gateway(url, config={"delivery_deadline": "5s"}, timeout="2s",
+                     concurrency=1) as gw:
+            rcpts = ["a@example.test", "b@example.test", "c@example.test"]
+            reps = deliver(gw, rcpts)
+            expect(reps[0], 451, "4.4.2")
+            expect(reps[1], 451, "4.4.2")
+            expect(reps[2], 451, "4.4.7")
