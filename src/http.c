@@ -286,15 +286,21 @@ void http_map_curl_error(int code, struct status *st_r)
  * announced: Content-Length fully received (curl checks this itself and says
  * CURLE_PARTIAL_FILE; checked again here, as it is the guarantee), chunked terminated by the
  * zero chunk (curl fails the transfer otherwise), or delimited by the close once the headers
- * were complete. Returns NULL when complete, else why not. */
+ * were complete. HTTP/2 and later frame every answer (a stream not ended by the server is an
+ * error curl reports), so the header check is for HTTP/1.x. Returns NULL when complete, else
+ * why not. */
 static const char *answer_complete(CURL *h, const struct transfer *t, const char *method)
 {
-	long status = 0;
+	long status = 0, version = 0;
 	curl_off_t length = -1;
 
-	if (!t->headers_ended)
+	curl_easy_getinfo(h, CURLINFO_HTTP_VERSION, &version);
+	bool http1 = version == CURL_HTTP_VERSION_1_0 || version == CURL_HTTP_VERSION_1_1;
+	if (http1 && !t->headers_ended)
 		return "answer cut inside its header block";
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+	if (status < 200)
+		return "no final answer (only an interim 1xx)";
 	if (strcmp(method, "HEAD") == 0 || status == 204 || status == 304)
 		return NULL; /* no body whatever Content-Length says */
 	if (curl_easy_getinfo(h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) == CURLE_OK &&
@@ -411,7 +417,7 @@ int http_perform(struct http_client *client, const struct http_request *req,
 		status_must(st_r, 451, "4.4.2", "Connection to backend lost (answer incomplete)");
 		snprintf(reason, reason_size, "%s %s: %s (HTTP %ld)", req->method, req->url,
 			 incomplete, resp->status);
-		resp->status = 0;
+		http_response_free(resp); /* what came of it is not an answer */
 		return -1;
 	}
 	if (rc != CURLE_OK) {
@@ -423,7 +429,9 @@ int http_perform(struct http_client *client, const struct http_request *req,
 			snprintf(reason, reason_size, "%s %s: %s", req->method, req->url,
 				 errbuf[0] ? errbuf : curl_easy_strerror(rc));
 		}
-		resp->status = 0;
+		/* Headers may have come before the failure: free them here, as callers do not
+		 * free the response of a failed request. */
+		http_response_free(resp);
 		return -1;
 	}
 	return 0;

@@ -233,11 +233,12 @@ def test_requests_to_different_urls_run_concurrently():
 
 
 def test_concurrent_requests_stay_within_the_backend_concurrency():
-    """With concurrency = 1 the same three requests run one at a time: the limit holds (here the
-    deadline answers the ones that could not start in time)."""
+    """With concurrency = 1 the same three requests run one at a time: the limit holds. Each
+    recipient is answered when its own request ends (a at ~2 s, b at ~4 s); c's request would
+    end at 6 s, after the deadline."""
     with Receiver(rule=lambda req: {"status": 200, "delay": 20}) as r:
         url = r.url.replace("/hook", "/hook/%{local}")
-        with gateway(url, config={"delivery_deadline": "5s"}, timeout="2s",
+        with gateway(url, config={"delivery_deadline": "5800ms"}, timeout="2s",
                      concurrency=1) as gw:
             rcpts = ["a@example.test", "b@example.test", "c@example.test"]
             reps = deliver(gw, rcpts)
