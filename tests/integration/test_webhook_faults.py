@@ -245,3 +245,22 @@ def test_concurrent_requests_stay_within_the_backend_concurrency():
             expect(reps[0], 451, "4.4.2")
             expect(reps[1], 451, "4.4.2")
             expect(reps[2], 451, "4.4.7")
+
+
+def test_interleaved_urls_keep_one_request_per_url_and_replies_in_order():
+    """a+x, b+y, c+x, d+y: two requests (x: a and c; y: b and d), concurrently; every reply is
+    its own recipient's verdict, in RCPT order, though the dispatcher regrouped the targets."""
+    def rule(req):
+        rcpts = req.headers["X-Lmtpgw-Recipients"].split(", ")
+        return {"status": 200, "json": {"results": [
+            {"rcpt": rc, "code": 250, "text": "%s via %s" % (rc, req.path)} for rc in rcpts]}}
+    with Receiver(rule=rule) as r:
+        with gateway(r.url.replace("/hook", "/hook/%{detail}")) as gw:
+            rcpts = ["a+x@example.test", "b+y@example.test", "c+x@example.test",
+                     "d+y@example.test"]
+            reps = deliver(gw, rcpts)
+            for rc, rep in zip(rcpts, reps):
+                expect(rep, 250, "2.0.0", text="%s via /hook/%s" % (rc, rc[2]))
+        got = sorted((q.path, q.headers["X-Lmtpgw-Recipients"]) for q in r.requests)
+        assert got == [("/hook/x", "a+x@example.test, c+x@example.test"),
+                       ("/hook/y", "b+y@example.test, d+y@example.test")], got
