@@ -425,7 +425,8 @@ static void split_jobs(struct dispatch *d, const struct backend_instance *b, siz
 	bool *starts = xcalloc(count, sizeof(*starts));
 	char *key = xcalloc(1, REQUEST_KEY_MAX);
 	for (size_t i = 0; i < count; i++) {
-		if (b->driver->request_key(b->state, &d->targets[first + i], key, REQUEST_KEY_MAX) == 0 &&
+		const struct target *t = &d->targets[first + i];
+		if (b->driver->request_key(b->state, t, key, REQUEST_KEY_MAX) == 0 &&
 		    (keys[i] = strdup(key)) == NULL)
 			abort(); /* out of memory while holding a message, as xcalloc */
 	}
