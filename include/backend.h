@@ -105,6 +105,14 @@ struct backend_driver {
 	/* deliver() takes all of a transaction's targets of this backend in one call; otherwise
 	 * the dispatcher calls it once per target, concurrently. */
 	bool batch;
+	/* Optional, for batch drivers whose one call may make several independent requests (the
+	 * webhook: one request per distinct URL, or per recipient): the request a target goes
+	 * into, as a key written to key (e.g. the expanded URL). 0: written; -1: the target is a
+	 * request of its own. The dispatcher gives each distinct key its own deliver() call and
+	 * pool job, so the requests run concurrently within the backend's concurrency instead of
+	 * one after another (where their timeouts would add up). Runs on the loop thread: quick,
+	 * no I/O. */
+	int (*request_key)(void *state, const struct target *target, char *key, size_t size);
 	/* Default of `concurrency` for this driver; 0: the common default (8). */
 	unsigned default_concurrency;
 };

@@ -70,7 +70,11 @@ struct http_response {
 	double seconds;
 };
 
-/* 0: an HTTP response arrived (any status). -1: transport failure, *st_r and reason set. */
+/* 0: a complete HTTP response arrived (any status): its header block ended and its body
+ * matched its framing (Content-Length, chunked, or close-delimited after complete headers).
+ * -1: transport failure, *st_r and reason set, *resp empty (freeing it is allowed, not needed);
+ * an answer cut inside its header block or body is such a failure, 451 4.4.2, even when it
+ * began with a 2xx status line. */
 int http_perform(struct http_client *client, const struct http_request *req,
 		 struct http_response *resp, struct status *st_r, char *reason, size_t reason_size);
 void http_response_free(struct http_response *resp);

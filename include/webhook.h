@@ -22,7 +22,10 @@
  * A JSON body {"results":[{"rcpt":..,"code":..,"status":"x.y.z","text":..}]} sets each listed
  * recipient's reply; each entry is validated (status_make: code and enhanced class agree; a 2xx
  * only within an HTTP 2xx); an invalid entry, or a recipient the results leave out, gets
- * 451 4.3.0. A JSON body that does not parse, or was cut at max_response, gives 451 4.3.0 to
+ * 451 4.3.0. A recipient named more than once: entries of different classes contradict each
+ * other (451 4.3.0, logged); entries of one class give the first one's reply (a different code
+ * within the class is logged). Entries naming recipients not in the request are ignored and
+ * logged. A JSON body that does not parse, or was cut at max_response, gives 451 4.3.0 to
  * everyone (any doubt is temporary). A text/plain body becomes the reply text (sanitized,
  * truncated).
  *
@@ -72,6 +75,7 @@ struct webhook_answer {
 	bool truncated;             /* more than max_response bytes came */
 	const char *retry_after;    /* Retry-After header value, or NULL */
 	const char *ref;            /* reference for 2xx texts (response id or webhook-id) */
+	const char *backend;        /* for log lines (NULL: "-") */
 };
 
 /* One status per recipient (rcpts[i] -> st_r[i]). */

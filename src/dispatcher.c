@@ -4,8 +4,10 @@
  * A dispatch owns everything a delivery reads (spool, trace, recipients) from dispatch_start()
  * until its last target has finished, so a client that hangs up mid-delivery cannot pull memory
  * from under a worker. Targets are laid out grouped by backend, so a batch driver gets its
- * targets as one contiguous array. All bookkeeping happens on the loop thread: workers only
- * run driver->deliver() on their own targets.
+ * targets as one contiguous array; where its driver names the request each target goes into
+ * (request_key), each request gets its own contiguous run and its own pool job. All
+ * bookkeeping happens on the loop thread: workers only run driver->deliver() on their own
+ * targets.
  */
 #include "dispatcher.h"
 
@@ -59,6 +61,7 @@ struct dispatch {
 	unsigned *rcpt_pending;       /* unfinished targets per recipient */
 	bool *rcpt_reported;          /* reply given (normally, or at the deadline) */
 	bool *target_done;            /* loop-side copy: the worker finished this target */
+	bool *target_job_start;       /* a deliver() call (one pool job) starts at this target */
 	struct event *deadline;
 	size_t *rcpt_targets;         /* per recipient: its target indexes, rcpt_target_start[i].. */
 	size_t *rcpt_target_start;
@@ -124,6 +127,8 @@ static void copy_strings(struct dispatch *d, const struct dispatch_request *req)
 		p += lens[i] + 1;
 	}
 }
+
+#define REQUEST_KEY_MAX 4096 /* a driver's request key (a URL) */
 
 static void *xcalloc(size_t n, size_t size)
 {
@@ -392,19 +397,84 @@ static void job_done(struct pool_job *pj)
 	maybe_free(d);
 }
 
+/* Mark where the deliver() calls of one backend's targets [first, end) start, reordering them
+ * so that the targets of one request sit together.
+ *
+ * A batch driver used to get all its targets in one call, so a webhook transaction with three
+ * URLs made three requests one after another on one worker and their timeouts added up (three
+ * recipients at a hanging receiver hit the delivery deadline instead of one timeout each). Two
+ * ways to run them at once: a curl multi handle inside the worker, or one pool job per request.
+ * Jobs on the pool are the cleaner one: the pool's size is the backend's concurrency limit, so
+ * the requests are bounded by it with no second counter (a multi handle would open any number
+ * of connections from one worker); each request's recipients are answered when that request
+ * ends, not when the slowest of the transaction does; and drivers stay plain blocking code, as
+ * design.md wants. The cost is one key per target, computed here on the loop thread. */
+static void split_jobs(struct dispatch *d, const struct backend_runtime *br, size_t first,
+		       size_t end)
+{
+	const struct backend_instance *b = br->inst;
+	size_t count = end - first;
+
+	if (count == 0)
+		return;
+	if (!b->driver->batch) {
+		for (size_t i = first; i < end; i++)
+			d->target_job_start[i] = true;
+		return;
+	}
+	d->target_job_start[first] = true;
+	if (b->driver->request_key == NULL || count == 1)
+		return;
+	char **keys = xcalloc(count, sizeof(*keys));
+	struct target *ordered = xcalloc(count, sizeof(*ordered));
+	bool *placed = xcalloc(count, sizeof(*placed));
+	bool *starts = xcalloc(count, sizeof(*starts));
+	char *key = xcalloc(1, REQUEST_KEY_MAX);
+	for (size_t i = 0; i < count; i++) {
+		const struct target *t = &d->targets[first + i];
+		if (b->driver->request_key(br->state, t, key, REQUEST_KEY_MAX) == 0 &&
+		    (keys[i] = strdup(key)) == NULL)
+			abort(); /* out of memory while holding a message, as xcalloc */
+	}
+	/* Groups in the order of their first target; within a group, the original order. */
+	size_t o = 0;
+	for (size_t i = 0; i < count; i++) {
+		if (placed[i])
+			continue;
+		starts[o] = true;
+		ordered[o++] = d->targets[first + i];
+		placed[i] = true;
+		for (size_t j = i + 1; keys[i] != NULL && j < count; j++) {
+			if (!placed[j] && keys[j] != NULL && strcmp(keys[i], keys[j]) == 0) {
+				ordered[o++] = d->targets[first + j];
+				placed[j] = true;
+			}
+		}
+	}
+	memcpy(&d->targets[first], ordered, count * sizeof(*ordered));
+	memcpy(&d->target_job_start[first], starts, count * sizeof(*starts));
+	for (size_t i = 0; i < count; i++)
+		free(keys[i]);
+	free(keys);
+	free(ordered);
+	free(placed);
+	free(starts);
+	free(key);
+}
+
 static void build_targets(struct dispatch *d)
 {
 	size_t total = 0;
 
 	for (size_t i = 0; i < d->rcpt_count; i++)
 		total += d->rcpts[i].rule->target_count;
-	/* Seven arrays in one zeroed block, each aligned for any type. */
+	/* Eight arrays in one zeroed block, each aligned for any type. */
 	size_t rcpts = d->rcpt_count;
 	size_t sizes[] = {
 		total * sizeof(*d->targets), total * sizeof(*d->target_backend),
 		rcpts * sizeof(*d->rcpt_pending), rcpts * sizeof(*d->rcpt_reported),
 		total * sizeof(*d->target_done), total * sizeof(*d->rcpt_targets),
-		(rcpts + 1) * sizeof(*d->rcpt_target_start),
+		(rcpts + 1) * sizeof(*d->rcpt_target_start), total * sizeof(*d->target_job_start),
 	};
 	size_t offsets[sizeof(sizes) / sizeof(sizes[0])], block = 0;
 	const size_t align = _Alignof(max_align_t);
@@ -421,10 +491,12 @@ static void build_targets(struct dispatch *d)
 	d->target_done = (bool *)(void *)(base + offsets[4]);
 	d->rcpt_targets = (size_t *)(void *)(base + offsets[5]);
 	d->rcpt_target_start = (size_t *)(void *)(base + offsets[6]);
+	d->target_job_start = (bool *)(void *)(base + offsets[7]);
 
 	/* Grouped by backend, so a batch call gets a contiguous slice. */
 	size_t n = 0;
 	for (unsigned b = 0; b < d->cfg->backend_count; b++) {
+		size_t first = n;
 		for (size_t i = 0; i < d->rcpt_count; i++) {
 			const struct route_rule *rule = d->rcpts[i].rule;
 			for (size_t k = 0; k < rule->target_count; k++) {
@@ -443,6 +515,7 @@ static void build_targets(struct dispatch *d)
 				n++;
 			}
 		}
+		split_jobs(d, d->rt->backends[b], first, n);
 	}
 	d->target_count = n;
 	/* Per recipient index, in the route's backend order. */
@@ -567,16 +640,14 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 		if (d->deadline != NULL)
 			evtimer_add(d->deadline, &tv);
 	}
-	/* One job per backend for batch drivers, one per target otherwise. */
+	/* One job per request of a batch driver (per backend when it makes one request), one per
+	 * target otherwise: split_jobs() marked where each starts. */
 	d->jobs = xcalloc(d->target_count, sizeof(*d->jobs));
 	for (size_t t = 0; t < d->target_count;) {
 		struct backend_runtime *b = d->rt->backends[d->target_backend[t]];
 		size_t count = 1;
-		if (b->inst->driver->batch) {
-			while (t + count < d->target_count &&
-			       d->target_backend[t + count] == d->target_backend[t])
-				count++;
-		}
+		while (t + count < d->target_count && !d->target_job_start[t + count])
+			count++;
 		struct dispatch_job *job = &d->jobs[d->job_count++];
 		job->job.run = job_run;
 		job->job.done = job_done;

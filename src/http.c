@@ -124,6 +124,9 @@ struct transfer {
 	const char *body;
 	size_t body_len, body_pos;
 	bool read_error;
+	/* Framing of the last response, checked after curl says CURLE_OK (see answer_complete). */
+	bool headers_ended;           /* its empty line came */
+	uint64_t body_received;       /* body bytes curl handed us for it */
 };
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
@@ -133,6 +136,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 	size_t room = t->max > t->resp->body_len ? t->max - t->resp->body_len : 0;
 	size_t keep = len < room ? len : room;
 
+	t->body_received += len;
 	if (keep > 0) {
 		char *body = realloc(t->resp->body, t->resp->body_len + keep + 1);
 		if (body == NULL)
@@ -161,6 +165,12 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 			free(resp->header_values[i]);
 		}
 		resp->header_count = 0;
+		t->headers_ended = false;
+		t->body_received = 0;
+		return len;
+	}
+	if ((len == 2 && data[0] == '\r' && data[1] == '\n') || (len == 1 && data[0] == '\n')) {
+		t->headers_ended = true;
 		return len;
 	}
 	if (colon == NULL || resp->header_count >= HTTP_MAX_HEADERS)
@@ -270,6 +280,35 @@ void http_map_curl_error(int code, struct status *st_r)
 	}
 }
 
+/* curl 7.88 returns CURLE_OK for an answer cut inside its header block ("HTTP/1.1 200 OK\r\n"
+ * and a close): it takes the close as the end of a close-delimited response. An answer counts
+ * only when its header block ended (the empty line came) and its body matched the framing it
+ * announced: Content-Length fully received (curl checks this itself and says
+ * CURLE_PARTIAL_FILE; checked again here, as it is the guarantee), chunked terminated by the
+ * zero chunk (curl fails the transfer otherwise), or delimited by the close once the headers
+ * were complete. HTTP/2 and later frame every answer (a stream not ended by the server is an
+ * error curl reports), so the header check is for HTTP/1.x. Returns NULL when complete, else
+ * why not. */
+static const char *answer_complete(CURL *h, const struct transfer *t, const char *method)
+{
+	long status = 0, version = 0;
+	curl_off_t length = -1;
+
+	curl_easy_getinfo(h, CURLINFO_HTTP_VERSION, &version);
+	bool http1 = version == CURL_HTTP_VERSION_1_0 || version == CURL_HTTP_VERSION_1_1;
+	if (http1 && !t->headers_ended)
+		return "answer cut inside its header block";
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+	if (status < 200)
+		return "no final answer (only an interim 1xx)";
+	if (strcmp(method, "HEAD") == 0 || status == 204 || status == 304)
+		return NULL; /* no body whatever Content-Length says */
+	if (curl_easy_getinfo(h, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) == CURLE_OK &&
+	    length >= 0 && (uint64_t)length != t->body_received)
+		return "answer body shorter or longer than its Content-Length";
+	return NULL;
+}
+
 int http_perform(struct http_client *client, const struct http_request *req,
 		 struct http_response *resp, struct status *st_r, char *reason, size_t reason_size)
 {
@@ -365,8 +404,22 @@ int http_perform(struct http_client *client, const struct http_request *req,
 	CURLcode rc = curl_easy_perform(h);
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
 	curl_easy_getinfo(h, CURLINFO_TOTAL_TIME, &resp->seconds);
+	const char *incomplete = rc == CURLE_OK ? answer_complete(h, &t, req->method) : NULL;
+	if (incomplete != NULL) {
+		/* The connection must not go back to curl's cache: drop the handle with it. */
+		curl_easy_cleanup(h);
+		h = NULL;
+	}
 	curl_slist_free_all(headers);
-	handle_give(client, h);
+	if (h != NULL)
+		handle_give(client, h);
+	if (incomplete != NULL) {
+		status_must(st_r, 451, "4.4.2", "Connection to backend lost (answer incomplete)");
+		snprintf(reason, reason_size, "%s %s: %s (HTTP %ld)", req->method, req->url,
+			 incomplete, resp->status);
+		http_response_free(resp); /* what came of it is not an answer */
+		return -1;
+	}
 	if (rc != CURLE_OK) {
 		if (t.read_error) {
 			status_must(st_r, 451, "4.3.0", "Local error reading the message");
@@ -376,7 +429,9 @@ int http_perform(struct http_client *client, const struct http_request *req,
 			snprintf(reason, reason_size, "%s %s: %s", req->method, req->url,
 				 errbuf[0] ? errbuf : curl_easy_strerror(rc));
 		}
-		resp->status = 0;
+		/* Headers may have come before the failure: free them here, as callers do not
+		 * free the response of a failed request. */
+		http_response_free(resp);
 		return -1;
 	}
 	return 0;

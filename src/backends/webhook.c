@@ -3,8 +3,9 @@
  *
  * One request per message for every target of this backend in the transaction (mode
  * "message"; targets whose URL template expands differently get one request per URL), or one
- * per recipient (mode "recipient", made one after another by the worker that holds the
- * transaction). The body is, by format:
+ * per recipient (mode "recipient"). The dispatcher hands each request to deliver() as its own
+ * pool job (webhook_request_key), so a transaction's requests run concurrently within the
+ * backend's concurrency, each bounded by its own timeout. The body is, by format:
  *   raw          the message (trace headers + content) as message/rfc822, envelope in
  *                X-Lmtpgw-* headers; streamed from the spool with a known length
  *   multipart    multipart/form-data: part "envelope" (JSON, manifest.h) + part "message"
@@ -414,6 +415,91 @@ static bool rcpt_equal(const char *given, const char *rcpt)
 	return strcasecmp(given, rcpt) == 0;
 }
 
+/* One recipient's verdict from every results entry naming it. The receiver may name a recipient
+ * twice (a list built from two sources, a retry merged in): entries that agree on the class
+ * (stored / temporary / permanent) agree on what the MTA must do, so the first one's reply is
+ * used (a different code or enhanced code within the class is logged). Entries of different
+ * classes contradict each other: the receiver itself does not know, and a doubt is temporary
+ * (451 4.3.0), whichever came first. Any invalid entry naming the recipient is doubt too. */
+static void map_rcpt_results(const struct webhook_answer *a, json_t *results, const char *rcpt,
+			     struct status *st)
+{
+	size_t k, found = 0;
+	json_t *e;
+	bool invalid = false, contradiction = false, differs = false;
+	struct status first = { 0 }, other;
+
+	json_array_foreach(results, k, e) {
+		json_t *r = json_object_get(e, "rcpt");
+		if (!json_is_string(r) || !rcpt_equal(json_string_value(r), rcpt))
+			continue;
+		struct status *into = found == 0 ? &first : &other;
+		found++;
+		if (map_result(e, a->http_status, rcpt, a->ref, into) < 0) {
+			invalid = true;
+			continue;
+		}
+		if (found == 1 || invalid)
+			continue;
+		if (status_class_of(&other) != status_class_of(&first))
+			contradiction = true;
+		else if (other.code != first.code || strcmp(other.enhanced, first.enhanced) != 0)
+			differs = true;
+	}
+	char esc[LOG_ESC_SIZE];
+	if (found == 0) {
+		status_make(st, 451, "4.3.0",
+			    "<%s> webhook answer (HTTP %ld) has no result for this recipient", rcpt,
+			    a->http_status);
+	} else if (invalid) {
+		status_make(st, 451, "4.3.0", "<%s> webhook result invalid (HTTP %ld)", rcpt,
+			    a->http_status);
+	} else if (contradiction) {
+		log_warn("backend=%s event=webhook-results-contradict id=%s rcpt=<%s> entries=%zu",
+			 a->backend ? a->backend : "-", a->ref ? a->ref : "-", log_esc(esc, rcpt),
+			 found);
+		status_make(st, 451, "4.3.0",
+			    "<%s> webhook results contradict each other (HTTP %ld)", rcpt,
+			    a->http_status);
+	} else {
+		if (differs)
+			log_info("backend=%s event=webhook-results-differ id=%s rcpt=<%s> entries=%zu "
+				 "used=\"%d %s\"",
+				 a->backend ? a->backend : "-", a->ref ? a->ref : "-",
+				 log_esc(esc, rcpt), found, first.code, first.enhanced);
+		*st = first;
+	}
+}
+
+static void map_results(const struct webhook_answer *a, json_t *results,
+			const char *const *rcpts, size_t count, struct status *st)
+{
+	if (!json_is_array(results)) {
+		for (size_t i = 0; i < count; i++)
+			status_make(&st[i], 451, "4.3.0", "<%s> webhook results malformed (HTTP %ld)",
+				    rcpts[i], a->http_status);
+		return;
+	}
+	for (size_t i = 0; i < count; i++)
+		map_rcpt_results(a, results, rcpts[i], &st[i]);
+	/* Entries for recipients this request did not carry: nothing to apply them to, but a
+	 * receiver that answers for someone else is worth an admin's look. */
+	size_t k;
+	json_t *e;
+	json_array_foreach(results, k, e) {
+		json_t *r = json_object_get(e, "rcpt");
+		bool ours = false;
+		for (size_t i = 0; json_is_string(r) && !ours && i < count; i++)
+			ours = rcpt_equal(json_string_value(r), rcpts[i]);
+		if (!ours) {
+			char esc[LOG_ESC_SIZE];
+			log_warn("backend=%s event=webhook-result-unknown-rcpt id=%s rcpt=<%s>",
+				 a->backend ? a->backend : "-", a->ref ? a->ref : "-",
+				 json_is_string(r) ? log_esc(esc, json_string_value(r)) : "?");
+		}
+	}
+}
+
 void webhook_map_answer(const struct webhook_answer *a, const char *const *rcpts, size_t count,
 			struct status *st)
 {
@@ -438,31 +524,7 @@ void webhook_map_answer(const struct webhook_answer *a, const char *const *rcpts
 			webhook_sanitize_text(json_string_value(jtext), json_string_length(jtext),
 					      text, sizeof(text));
 		if (results != NULL) {
-			bool valid = json_is_array(results);
-			for (size_t i = 0; i < count; i++) {
-				json_t *found = NULL;
-				size_t k;
-				json_t *e;
-				json_array_foreach(valid ? results : NULL, k, e) {
-					json_t *r = json_object_get(e, "rcpt");
-					if (json_is_string(r) && rcpt_equal(json_string_value(r), rcpts[i])) {
-						found = e;
-						break;
-					}
-				}
-				if (!valid)
-					status_make(&st[i], 451, "4.3.0",
-						    "<%s> webhook results malformed (HTTP %ld)", rcpts[i],
-						    a->http_status);
-				else if (found == NULL)
-					status_make(&st[i], 451, "4.3.0",
-						    "<%s> webhook answer (HTTP %ld) has no result for "
-						    "this recipient", rcpts[i], a->http_status);
-				else if (map_result(found, a->http_status, rcpts[i], a->ref, &st[i]) < 0)
-					status_make(&st[i], 451, "4.3.0",
-						    "<%s> webhook result invalid (HTTP %ld)", rcpts[i],
-						    a->http_status);
-			}
+			map_results(a, results, rcpts, count, st);
 			json_decref(root);
 			return;
 		}
@@ -1060,6 +1122,7 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 		.truncated = resp.truncated,
 		.retry_after = http_response_header(&resp, "retry-after"),
 		.ref = ref,
+		.backend = st->name,
 	};
 	webhook_map_answer(&ans, rcpts, n, results);
 	for (size_t i = 0; i < n; i++) {
@@ -1127,6 +1190,20 @@ out:
 	free(done);
 }
 
+/* The request a target goes into: its URL (mode message), or none shared (mode recipient).
+ * The dispatcher runs each request as its own job, concurrently (backend.h); deliver() still
+ * groups by URL itself, for callers that hand it a whole batch. */
+static int webhook_request_key(void *state, const struct target *target, char *key, size_t size)
+{
+	struct webhook_state *st = state;
+	const char *error;
+
+	if (st->per_recipient)
+		return -1;
+	/* A URL that cannot be built fails alone in deliver(). */
+	return template_expand(st->url, &target->vars, TEMPLATE_URL, key, size, &error) < 0 ? -1 : 0;
+}
+
 static void webhook_explain(void *state, const struct recipient *rcpt,
 			    const struct template_vars *vars, char *buf, size_t size)
 {
@@ -1172,4 +1249,5 @@ const struct backend_driver backend_webhook = {
 	.probe = webhook_probe,
 	.explain = webhook_explain,
 	.batch = true,
+	.request_key = webhook_request_key,
 };
