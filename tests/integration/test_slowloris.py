@@ -97,10 +97,10 @@ def test_over_long_line_drip_closed():
 
 def test_commands_in_time_keep_the_session():
     """Complete commands within timeout_command each: the session lives on past it."""
-    with Lmtpgw(config={"timeout_command": "1s"}) as gw:
+    with Lmtpgw(config={"timeout_command": "2s"}) as gw:
         with gw.session() as c:
-            for _ in range(4):
-                time.sleep(0.6)
+            for _ in range(4):                     # 3.6 s in all
+                time.sleep(0.9)
                 expect(c.cmd("NOOP"), 250, "2.0.0")
 
 
