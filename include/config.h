@@ -47,6 +47,8 @@ struct config {
 	char *unix_socket_group;
 	long long unix_socket_mode;    /* octal in the file: 0660 */
 	long long max_connections;
+	long long max_connections_per_client; /* 0: no limit */
+	struct conf_strlist trusted_networks;
 	long long max_message_size;
 	long long max_recipients;
 	long long max_command_line;
@@ -55,6 +57,7 @@ struct config {
 	long long timeout_greeting_ms;
 	long long timeout_command_ms;
 	long long timeout_data_ms;
+	long long min_data_rate;       /* bytes/s during DATA and BDAT; 0: idle timeout only */
 	long long delivery_deadline_ms;
 	long long spool_memory_max;
 	char *spool_dir;
@@ -82,6 +85,8 @@ struct config {
 	void *tls_ctx;                 /* SSL_CTX * when tls_cert_file is set */
 	struct cidr *allow;            /* parsed allow_clients; allow_count == 0: everyone */
 	size_t allow_count;
+	struct cidr *trusted;          /* parsed trusted_networks */
+	size_t trusted_count;
 
 	struct backend_instance *backends; /* backend_count entries */
 	size_t backend_count;

@@ -7,7 +7,9 @@
  * certificate is configured). allow_clients limits who may connect over TCP. Sockets passed by
  * systemd (LISTEN_PID/LISTEN_FDS) are used in addition to the configured ones; when any are
  * passed and the configuration lists none beyond the default, only they are used.
- * Over max_connections a new client gets "421 4.3.2" and is closed.
+ * Over max_connections a new client gets "421 4.3.2" and is closed; a client address that has
+ * max_connections_per_client open already gets "421 4.7.0", unless it is in trusted_networks or
+ * comes over a unix socket (those peers are trusted: the socket's mode decides who connects).
  *
  * Error contract: listeners_open() returns 0 or -1 with a message in error_r.
  */

@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "runtime.h"
+#include "peers.h"
 
 struct event_base;
 struct listener;
@@ -26,6 +27,7 @@ struct server {
 	struct listener *listeners;
 	struct session *sessions;   /* every open session (doubly linked) */
 	unsigned connections;
+	struct peers peers;         /* connections per client address (max_connections_per_client) */
 	unsigned long long session_seq;
 	bool debug_forced;          /* -d: the log level stays debug across reloads */
 	bool stopping;              /* SIGTERM: no new connections, no new transactions */

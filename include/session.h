@@ -16,9 +16,11 @@ struct server;
 struct session;
 
 /* Take over fd (connected, any family). peer is a printable description for logs and the
- * Received header ("127.0.0.1:40000", "unix"). */
+ * Received header ("127.0.0.1:40000", "unix"); peer_ip the address alone, which the session
+ * counts in srv->peers while it lives. trusted: the peer is in trusted_networks or on a unix
+ * socket (it may send XFORWARD). */
 struct session *session_new(struct server *srv, int fd, const char *peer, const char *peer_ip,
-			    bool implicit_tls);
+			    bool implicit_tls, bool trusted);
 
 /* SIGTERM: idle sessions get 421 and are closed; busy ones finish their transaction first and
  * get 421 at their next command. */

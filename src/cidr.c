@@ -70,3 +70,12 @@ bool cidr_match(const struct cidr *net, const struct sockaddr *sa)
 	}
 	return false;
 }
+
+bool cidr_list_match(const struct cidr *nets, size_t count, const struct sockaddr *sa)
+{
+	for (size_t i = 0; i < count; i++) {
+		if (cidr_match(&nets[i], sa))
+			return true;
+	}
+	return false;
+}

@@ -60,6 +60,13 @@ const struct conf_key config_global_keys[] = {
 	  "permissions of the unix sockets, as an octal string: \"0660\"" },
 	{ "max_connections", CONF_INT, offsetof(struct config, max_connections), "1000", 1, 1000000,
 	  "concurrent LMTP connections; one more gets 421 4.3.2 and is closed" },
+	{ "max_connections_per_client", CONF_INT,
+	  offsetof(struct config, max_connections_per_client), "100", 0, 1000000,
+	  "concurrent connections from one client IP address; one more gets 421 4.7.0 and is "
+	  "closed; 0: no limit (trusted_networks and unix sockets are exempt)" },
+	{ "trusted_networks", CONF_STRING_LIST, offsetof(struct config, trusted_networks), NULL, 1,
+	  0, "networks of the MTAs that feed lmtpgw (\"192.0.2.0/24\", \"::1\", ...): exempt from "
+	  "max_connections_per_client and allowed to send XFORWARD; unix sockets always are" },
 	{ "max_message_size", CONF_SIZE, offsetof(struct config, max_message_size), "50M", 1024,
 	  1024 * GIB, "largest message accepted (advertised as SIZE; larger gets 552 5.3.4)" },
 	{ "max_recipients", CONF_INT, offsetof(struct config, max_recipients), "1000", 1, 100000,
@@ -71,15 +78,22 @@ const struct conf_key config_global_keys[] = {
 	{ "max_received_headers", CONF_INT, offsetof(struct config, max_received_headers), "100", 1,
 	  1000, "Received: headers in a message beyond which it is refused as a mail loop" },
 	{ "timeout_greeting", CONF_DURATION, offsetof(struct config, timeout_greeting_ms), "5m", 100,
-	  86400000, "idle time allowed after our greeting until LHLO" },
+	  86400000, "time the LHLO line (and any line before it) has to arrive complete, counted from the "
+	  "greeting or the previous line; trickled bytes do not extend it" },
 	{ "timeout_command", CONF_DURATION, offsetof(struct config, timeout_command_ms), "5m", 100,
-	  86400000, "idle time allowed waiting for the next command (RFC 5321 4.5.3.2: 5 min)" },
+	  86400000, "time each command line has to arrive complete, counted from the previous line or reply "
+	  "(RFC 5321 4.5.3.2: 5 min); trickled bytes do not extend it" },
 	{ "delivery_deadline", CONF_DURATION, offsetof(struct config, delivery_deadline_ms), "300s",
 	  1000, 3600000,
 	  "longest wait for the backends after the final dot; then 451 4.4.7 (keep it well under "
 	  "the MTA's end-of-data timeout: Postfix waits 600s)" },
 	{ "timeout_data", CONF_DURATION, offsetof(struct config, timeout_data_ms), "3m", 100,
-	  86400000, "idle time allowed between two blocks of message data (RFC 5321: 3 min)" },
+	  86400000, "DATA/BDAT deadline: the time allowed before the first data and the most the deadline "
+	  "may lie ahead as min_data_rate extends it (RFC 5321: 3 min)" },
+	{ "min_data_rate", CONF_INT, offsetof(struct config, min_data_rate), "500", 0, 1000000000,
+	  "bytes per second a client must keep up during DATA and BDAT: each byte received adds "
+	  "1/rate s to the phase's deadline, which never lies more than timeout_data ahead; 0: "
+	  "timeout_data is an idle timeout only" },
 	{ "spool_memory_max", CONF_SIZE, offsetof(struct config, spool_memory_max), "1M", 0, GIB,
 	  "message bytes kept in memory before the spool moves to an unlinked file in spool_dir" },
 	{ "spool_dir", CONF_STRING, offsetof(struct config, spool_dir), "/tmp", 1, 0,
@@ -137,6 +151,26 @@ const struct conf_key config_route_keys[] = {
 };
 
 
+/* A list of "10.0.0.0/8", "::1" ... into *nets_r (NULL when the list is empty). */
+static int parse_networks(struct conf_loader *ld, const config_setting_t *root, const char *key,
+			  const struct conf_strlist *list, struct cidr **nets_r, size_t *count_r)
+{
+	if (list->count == 0)
+		return 0;
+	*nets_r = calloc(list->count, sizeof(**nets_r));
+	if (*nets_r == NULL)
+		abort();
+	for (size_t i = 0; i < list->count; i++) {
+		if (cidr_parse(list->items[i], &(*nets_r)[i]) < 0)
+			return conf_fail_at(ld, config_setting_get_member(root, key),
+				       "'%s': \"%.60s\" is not an address or network "
+				       "(e.g. \"10.0.0.0/8\", \"::1\")",
+				       key, list->items[i]);
+		(*count_r)++;
+	}
+	return 0;
+}
+
 static int check_globals(struct conf_loader *ld, struct config *cfg, const config_setting_t *root)
 {
 	if (cfg->hostname == NULL) {
@@ -155,19 +189,11 @@ static int check_globals(struct conf_loader *ld, struct config *cfg, const confi
 	if (cfg->subaddress_separator[0] == '\0')
 		return conf_fail_at(ld, config_setting_get_member(root, "subaddress_separator"),
 			       "'subaddress_separator' must not be empty");
-	if (cfg->allow_clients.count > 0) {
-		cfg->allow = calloc(cfg->allow_clients.count, sizeof(*cfg->allow));
-		if (cfg->allow == NULL)
-			abort();
-		for (size_t i = 0; i < cfg->allow_clients.count; i++) {
-			if (cidr_parse(cfg->allow_clients.items[i], &cfg->allow[i]) < 0)
-				return conf_fail_at(ld, config_setting_get_member(root, "allow_clients"),
-					       "'allow_clients': \"%.60s\" is not an address or network "
-					       "(e.g. \"10.0.0.0/8\", \"::1\")",
-					       cfg->allow_clients.items[i]);
-			cfg->allow_count++;
-		}
-	}
+	if (parse_networks(ld, root, "allow_clients", &cfg->allow_clients, &cfg->allow,
+			   &cfg->allow_count) < 0 ||
+	    parse_networks(ld, root, "trusted_networks", &cfg->trusted_networks, &cfg->trusted,
+			   &cfg->trusted_count) < 0)
+		return -1;
 	if (cfg->tls_cert_file != NULL || cfg->tls_key_file != NULL) {
 		char error[512];
 		cfg->tls_ctx = tls_server_context_new(cfg->tls_cert_file, cfg->tls_key_file,
@@ -480,6 +506,7 @@ void config_unref(struct config **cfgp)
 	if (cfg->tls_ctx != NULL)
 		tls_context_free(cfg->tls_ctx);
 	free(cfg->allow);
+	free(cfg->trusted);
 	conf_release(config_global_keys, cfg);
 	free(cfg->path);
 	free(cfg);

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
+#include "reply.h"
 #include "runtime.h"
 
 struct dispatch;
@@ -212,6 +213,7 @@ static void log_recipient(struct dispatch *d, size_t ri, const struct status *re
 {
 	char targets[1024] = "", esc_rcpt[LOG_ESC_SIZE], esc_from[LOG_ESC_SIZE];
 	char esc_targets[1400], esc_text[LOG_ESC_SIZE], esc_qid[LOG_ESC_SIZE];
+	char xclient[LOG_ESC_SIZE] = "", esc_xname[LOG_ESC_SIZE], esc_xaddr[LOG_ESC_SIZE];
 	size_t len = 0;
 	struct timespec now;
 
@@ -239,10 +241,16 @@ static void log_recipient(struct dispatch *d, size_t ri, const struct status *re
 		delay_ms = 0;
 	log_escape(esc_targets, sizeof(esc_targets), targets, strlen(targets), sizeof(targets));
 	log_escape(esc_text, sizeof(esc_text), reply->text, strlen(reply->text), 200);
-	log_info("event=delivery session=%s tx=%s%s%s client=%s from=<%s> rcpt=<%s> result=%s "
+	/* client= is the peer that connected to us; what an XFORWARD said stands beside it, so a
+	 * forged XFORWARD cannot hide who sent the mail. */
+	if (d->xforward_name[0] || d->xforward_addr[0])
+		format(xclient, sizeof(xclient), " xforward_client=%s[%s]",
+		       d->xforward_name[0] ? log_esc(esc_xname, d->xforward_name) : "unknown",
+		       d->xforward_addr[0] ? log_esc(esc_xaddr, d->xforward_addr) : "unknown");
+	log_info("event=delivery session=%s tx=%s%s%s client=%s%s from=<%s> rcpt=<%s> result=%s "
 		 "reply=\"%d %s %s\" targets=\"%s\" size=%llu delay=%lld.%s%lld",
 		 d->session_id, d->txid, d->queue_id[0] ? " qid=" : "",
-		 d->queue_id[0] ? log_esc(esc_qid, d->queue_id) : "", d->client,
+		 d->queue_id[0] ? log_esc(esc_qid, d->queue_id) : "", d->client, xclient,
 		 log_esc(esc_from, d->sender), log_esc(esc_rcpt, d->rcpts[ri].rcpt),
 		 class_name(reply), reply->code, reply->enhanced, esc_text, esc_targets,
 		 (unsigned long long)spool_size(d->delivery.spool), delay_ms / 1000,
@@ -321,7 +329,8 @@ static void report_recipient(struct dispatch *d, size_t ri)
 		d->cb(d->ctx, ri, &reply);
 }
 
-/* A target's verdict is in: apply soft bounce, and report its recipient when complete. */
+/* A target's verdict is in: apply the reply policy (soft bounce), and report its recipient
+ * when complete. */
 static void target_finished(struct dispatch *d, size_t ti)
 {
 	struct target *t = &d->targets[ti];
@@ -331,8 +340,7 @@ static void target_finished(struct dispatch *d, size_t ti)
 	if (t->status.code == 0)
 		status_must(&t->status, 451, "4.3.0", "<%s> internal error: backend %s gave no result",
 			    t->rcpt->rcpt, b->name);
-	if (status_class_of(&t->status) == STATUS_PERMFAIL && (d->cfg->soft_bounce || b->common.soft_bounce))
-		status_soft_bounce(&t->status);
+	reply_policy_final(d->cfg, b, &t->status);
 	d->target_done[ti] = true;
 	{
 		struct timespec now;

@@ -95,6 +95,27 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sock
 			return;
 		}
 	}
+	/* Unix socket peers are the local MTA (the socket's mode decides who may connect), and all
+	 * look alike ("unix"): they are trusted, and a per-client cap would be a global one. */
+	bool trusted = sa->sa_family == AF_UNIX ||
+		       cidr_list_match(srv->cfg->trusted, srv->cfg->trusted_count, sa);
+	if (!trusted && srv->cfg->max_connections_per_client > 0 &&
+	    peers_count(&srv->peers, ip) >= (unsigned long long)srv->cfg->max_connections_per_client) {
+		/* One client must not take every slot (slow senders, a flood): the others, the real
+		 * MTA first, still get in. Policy, so 4.7.0 (Postfix's anvil says the same). */
+		char buf[300];
+		int n = snprintf(buf, sizeof(buf),
+				 "421 4.7.0 %s Too many connections from your address, try again later\r\n",
+				 srv->cfg->hostname);
+		metrics_connection_refused();
+		if (n > 0 && send(fd, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1,
+				  MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+			log_debug("event=refuse_send_failed error=\"%s\"", strerror(errno));
+		log_warn("event=connection_refused client=%s reason=max_connections_per_client "
+			 "limit=%lld", peer, srv->cfg->max_connections_per_client);
+		close(fd);
+		return;
+	}
 	if (l->tls && srv->cfg->tls_ctx == NULL) {
 		log_error("event=connection_refused client=%s reason=no_tls_certificate", peer);
 		close(fd);
@@ -120,7 +141,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sock
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	}
-	session_new(srv, fd, peer, ip, l->tls);
+	session_new(srv, fd, peer, ip, l->tls, trusted);
 }
 
 static void on_accept_error(struct evconnlistener *ev, void *arg)

@@ -39,6 +39,8 @@
 #include "format.h"
 #include "log.h"
 #include "metrics.h"
+#include "peers.h"
+#include "reply.h"
 #include "router.h"
 #include "runtime.h"
 #include "server.h"
@@ -106,6 +108,8 @@ struct session {
 	char xf_name[80];
 	char xf_addr[80];
 	bool is_unix;
+	bool trusted;                   /* in trusted_networks or on a unix socket: XFORWARD allowed */
+	bool peer_counted;              /* counted in srv->peers */
 	bool tls;                       /* the connection is encrypted (STARTTLS or lmtps:) */
 	bool direct;                    /* plain socket: replies may go out with send() */
 	bool hold_output;               /* a batch of replies is being queued: flush at its end */
@@ -113,8 +117,16 @@ struct session {
 	size_t out_len;
 	char out[1024];                 /* replies not yet written: one write per batch */
 	struct event *flush_event;      /* writes replies queued outside session_process() */
-	long long timeout_read_ms;      /* what the bufferevent has now (-1: not set yet) */
-	long long timeout_write_ms;
+	long long timeout_write_ms;     /* what the bufferevent has now (-1: not set yet) */
+	/* The deadline of the current phase: a command line, or a DATA/BDAT phase. Unlike the
+	 * bufferevent's idle timeout, bytes that arrive do not push it back (slowloris): only a
+	 * complete command line, or data at min_data_rate, does. */
+	struct event *deadline_timer;
+	long long deadline_us;          /* CLOCK_MONOTONIC microseconds; 0: none */
+	long long deadline_armed_us;    /* when the timer fires; earlier is fine, it re-arms */
+	const char *deadline_phase;     /* "greeting", "command" or "data", for the log */
+	long long phase_started_us;
+	uint64_t phase_bytes;           /* bytes received in the current DATA/BDAT phase */
 	struct event *close_timer;      /* waits for a STARTTLS filter's bytes to leave */
 	unsigned close_polls;
 	char tls_info[128];             /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once shaken hands */
@@ -248,51 +260,132 @@ static void close_soon(struct session *s)
 	}
 }
 
+static void deadline_clear(struct session *s);
+
 /* Queue a last reply and close once it is written. */
 static void reply_and_close(struct session *s, int code, const char *enhanced, const char *text)
 {
 	reply(s, code, enhanced, "%s %s", s->srv->cfg->hostname, text);
 	s->state = STATE_CLOSING;
 	bufferevent_disable(s->bev, EV_READ);
+	deadline_clear(s); /* the write timeout covers a client that does not read this */
 	out_flush(s);
 	close_soon(s);
 }
 
 /* --- timeouts --- */
 
-static void set_read_timeout(struct session *s, long long ms)
+/*
+ * Reads have no idle timeout: every phase in which the client owes us bytes has a deadline.
+ * A command line must be complete within timeout_command (timeout_greeting before LHLO) of the
+ * previous line or reply, however its bytes trickle in. A DATA or BDAT phase starts with
+ * timeout_data; each byte received adds 1/min_data_rate s, and the deadline never lies more than
+ * timeout_data ahead (Postfix's smtpd_per_request_deadline with smtpd_min_data_rate). While the
+ * client waits for us (a verification, a delivery) there is none. Writes keep an idle timeout
+ * (timeout_command): a client that stops reading its replies is dropped.
+ */
+static long long mono_us(void)
 {
-	struct timeval rtv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void deadline_arm(struct session *s, long long at_us)
+{
+	long long left = at_us - mono_us();
+	struct timeval tv;
+
+	if (left < 0)
+		left = 0;
+	tv.tv_sec = (time_t)(left / 1000000);
+	tv.tv_usec = (suseconds_t)(left % 1000000);
+	s->deadline_armed_us = at_us;
+	evtimer_add(s->deadline_timer, &tv);
+}
+
+/* Set the deadline. A later one needs no timer change (the timer, when it fires early, sees
+ * the new deadline and waits on): one evtimer_add per timeout period, not per command. */
+static void deadline_set(struct session *s, const char *phase, long long at_us)
+{
+	s->deadline_us = at_us;
+	s->deadline_phase = phase;
+	if (s->deadline_armed_us != 0 && s->deadline_armed_us <= at_us &&
+	    evtimer_pending(s->deadline_timer, NULL))
+		return;
+	deadline_arm(s, at_us);
+}
+
+static void deadline_clear(struct session *s)
+{
+	s->deadline_us = 0;
+	s->deadline_armed_us = 0;
+	evtimer_del(s->deadline_timer);
+}
+
+/* A complete command line was read: the next one has its full time again. */
+static void deadline_next_command(struct session *s)
+{
+	const struct config *cfg = s->srv->cfg;
+	bool greeting = s->state == STATE_FRESH;
+
+	deadline_set(s, greeting ? "greeting" : "command",
+		     mono_us() + (greeting ? cfg->timeout_greeting_ms : cfg->timeout_command_ms) * 1000);
+}
+
+/* n bytes of DATA/BDAT arrived: credit them at min_data_rate, up to timeout_data ahead. */
+static void deadline_data_received(struct session *s, size_t n)
+{
+	const struct config *cfg = s->srv->cfg;
+	long long now = mono_us(), cap = now + cfg->timeout_data_ms * 1000, at;
+
+	if (n == 0)
+		return;
+	s->phase_bytes += n;
+	if (cfg->min_data_rate > 0) {
+		at = s->deadline_us + (long long)n * 1000000 / cfg->min_data_rate;
+		if (at > cap)
+			at = cap;
+	} else {
+		at = cap; /* no minimum rate: an idle timeout */
+	}
+	deadline_set(s, "data", at);
+}
+
+static void set_write_timeout(struct session *s)
+{
 	long long wms = s->srv->cfg->timeout_command_ms;
 	struct timeval wtv = { .tv_sec = wms / 1000, .tv_usec = (wms % 1000) * 1000 };
 
-	/* Setting timeouts re-adds both events: only when they change (a few times a message). */
-	if (ms == s->timeout_read_ms && wms == s->timeout_write_ms)
+	/* Setting timeouts re-adds the events: only when the value changes (a reload). */
+	if (wms == s->timeout_write_ms)
 		return;
-	s->timeout_read_ms = ms;
 	s->timeout_write_ms = wms;
-	bufferevent_set_timeouts(s->bev, ms > 0 ? &rtv : NULL, &wtv);
+	bufferevent_set_timeouts(s->bev, NULL, &wtv);
 }
 
 static void timeouts_for_state(struct session *s)
 {
 	const struct config *cfg = s->srv->cfg;
 
+	set_write_timeout(s);
 	switch (s->state) {
-	case STATE_FRESH:
-		set_read_timeout(s, cfg->timeout_greeting_ms);
-		break;
 	case STATE_DATA:
 	case STATE_BDAT:
-		set_read_timeout(s, cfg->timeout_data_ms);
+		s->phase_started_us = mono_us();
+		s->phase_bytes = 0;
+		deadline_set(s, "data", s->phase_started_us + cfg->timeout_data_ms * 1000);
 		break;
 	case STATE_VERIFYING:
 	case STATE_DELIVERING:
-		/* The client waits for us: its silence is no fault (style.md item 12). */
-		set_read_timeout(s, 0);
+	case STATE_CLOSING:
+		/* The client waits for us: its silence is no fault (style.md item 12). Closing:
+		 * reads are off, the write timeout covers a client that does not read. */
+		deadline_clear(s);
 		break;
 	default:
-		set_read_timeout(s, cfg->timeout_command_ms);
+		deadline_next_command(s);
 		break;
 	}
 }
@@ -356,6 +449,67 @@ static int spool_sink(void *ctx, const char *data, size_t len)
 		tx->spool_errno = errno;
 	}
 	return 0;
+}
+
+/* --- refusals --- */
+
+static const char *result_name(const struct status *st)
+{
+	return status_class_of(st) == STATUS_PERMFAIL ? "permfail" : "tempfail";
+}
+
+/*
+ * One line per refused recipient, with the fields and names of the delivery line
+ * (dispatcher.c), so that a grep for rcpt=<...> tells what became of every recipient:
+ *   event=refused stage=rcpt session= tx= [qid=] client= [xforward_client=] from=<> rcpt=<>
+ *   result= reply="..." [backend=]
+ * stage is "rcpt" (refused at RCPT) or "data" (refused after the message, before any
+ * delivery). A RCPT too malformed to have an address is logged with its argument as arg="...".
+ */
+static void log_refusal(struct session *s, const char *stage, const char *rcpt, const char *arg,
+			const struct backend_instance *backend, const struct status *st)
+{
+	const struct transaction *tx = s->tx;
+	char esc_rcpt[LOG_ESC_SIZE], esc_from[LOG_ESC_SIZE], esc_text[LOG_ESC_SIZE];
+	char esc_qid[LOG_ESC_SIZE], esc_xf[LOG_ESC_SIZE], esc_arg[LOG_ESC_SIZE];
+
+	if (log_get_level() < LOG_LEVEL_INFO)
+		return; /* nothing would be written: do not build the line */
+	log_escape(esc_text, sizeof(esc_text), st->text, strlen(st->text), 200);
+	if (rcpt != NULL)
+		format(esc_arg, sizeof(esc_arg), "rcpt=<%s>", log_esc(esc_rcpt, rcpt));
+	else
+		format(esc_arg, sizeof(esc_arg), "arg=\"%s\"", log_esc(esc_rcpt, arg ? arg : ""));
+	log_info("event=refused stage=%s session=%s tx=%s%s%s client=%s%s%s from=<%s> %s "
+		 "result=%s reply=\"%d %s %s\"%s%s",
+		 stage, s->id, tx != NULL ? tx->id : "-", s->xf_ident[0] ? " qid=" : "",
+		 s->xf_ident[0] ? log_esc(esc_qid, s->xf_ident) : "", s->peer,
+		 s->xf_client[0] ? " xforward_client=" : "",
+		 s->xf_client[0] ? log_esc(esc_xf, s->xf_client) : "",
+		 tx != NULL ? log_esc(esc_from, tx->from_str) : "", esc_arg, result_name(st),
+		 st->code, st->enhanced, esc_text, backend != NULL ? " backend=" : "",
+		 backend != NULL ? backend->name : "");
+}
+
+/* A recipient refused at RCPT (no route, a verification, the breaker, a limit): the reply
+ * policy, the reply, the log line. */
+static void rcpt_refuse(struct session *s, const char *rcpt, const struct backend_instance *backend,
+			struct status *st)
+{
+	reply_policy_final(s->tx->cfg, backend, st);
+	reply_status(s, st);
+	log_refusal(s, "rcpt", rcpt, NULL, backend, st);
+}
+
+/* A message refused by the session itself (too big, at MAIL or at a BDAT chunk). */
+static void reply_refusal(struct session *s, const struct config *cfg, int code,
+			  const char *enhanced, const char *text)
+{
+	struct status st;
+
+	status_must(&st, code, enhanced, "%s", text);
+	reply_policy_final(cfg, NULL, &st);
+	reply_status(s, &st);
 }
 
 /* --- post-DATA replies --- */
@@ -422,12 +576,10 @@ static void reply_all_recipients(struct session *s, int code, const char *enhanc
 	for (size_t i = 0; i < tx->rcpt_count; i++) {
 		struct status st;
 		status_make(&st, code, enhanced, "<%s> %s [%s]", tx->rcpts[i].rcpt, text, tx->id);
-		if (tx->cfg->soft_bounce)
-			status_soft_bounce(&st);
+		reply_policy_final(tx->cfg, NULL, &st);
 		reply_status(s, &st);
+		log_refusal(s, "data", tx->rcpts[i].rcpt, NULL, NULL, &st);
 	}
-	log_info("session=%s tx=%s event=rejected recipients=%zu reply=\"%d %s %s\"", s->id,
-		 tx->id, tx->rcpt_count, code, enhanced, text);
 	session_reset_tx(s);
 }
 
@@ -517,7 +669,7 @@ static void end_of_message(struct session *s)
 		},
 		.rcpts = tx->rcpts,
 		.rcpt_count = tx->rcpt_count,
-		.client = s->xf_client[0] ? s->xf_client : s->peer,
+		.client = s->peer, /* the XFORWARD client is logged beside it */
 		.queue_id = s->xf_ident,
 	};
 	size_t count = tx->rcpt_count;
@@ -554,6 +706,14 @@ static void end_of_message(struct session *s)
 }
 
 /* --- commands --- */
+
+/* XFORWARD (Postfix) lets the client put another client's name in our logs and archives:
+ * only with `xforward` on, and only for peers we trust (trusted_networks, unix sockets), as
+ * Postfix's smtpd_authorized_xforward_hosts. Others are not offered it and get 550 5.7.0. */
+static bool xforward_allowed(const struct session *s)
+{
+	return s->srv->cfg->xforward && s->trusted;
+}
 
 struct command {
 	const char *verb;
@@ -600,7 +760,7 @@ static void cmd_lhlo(struct session *s, char *args)
 	lines[n++] = "SMTPUTF8";
 	if (cfg->tls_ctx != NULL && !s->tls && !s->is_unix)
 		lines[n++] = "STARTTLS";
-	if (cfg->xforward)
+	if (xforward_allowed(s))
 		lines[n++] = "XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE";
 	/* RFC 3461: a server offering DSN must send "delivered" notices when asked; lmtpgw sends
 	 * no mail, so DSN is offered only when the admin says the store or the MTA covers it. */
@@ -635,9 +795,10 @@ static void cmd_mail(struct session *s, char *args)
 	}
 	if (envelope_parse_mail(args ? args : "", (uint64_t)s->srv->cfg->max_message_size, &from,
 				&params, &st) < 0) {
-		/* Soft bounce covers refusals of mail, not protocol errors (those stay 5xx). */
-		if (st.code == 552 && s->srv->cfg->soft_bounce)
-			status_soft_bounce(&st);
+		/* 552 (SIZE= over the limit) refuses the message; the rest are syntax errors, which
+		 * the reply policy leaves alone (reply.h). */
+		if (st.code == 552)
+			reply_policy_final(s->srv->cfg, NULL, &st);
 		reply_status(s, &st);
 		return;
 	}
@@ -672,10 +833,7 @@ static void rcpt_verified(void *ctx, int result, const struct status *st)
 	timeouts_for_state(s);
 	if (result < 0) {
 		struct status reply_st = *st;
-		if (status_class_of(&reply_st) == STATUS_PERMFAIL &&
-		    (tx->cfg->soft_bounce || b->common.soft_bounce))
-			status_soft_bounce(&reply_st);
-		reply_status(s, &reply_st);
+		rcpt_refuse(s, s->pending_rcpt.rcpt, b, &reply_st);
 	} else {
 		struct recipient r = s->pending_rcpt;
 		rcpt_check(s, &r, s->pending_k + 1);
@@ -697,7 +855,9 @@ static void rcpt_check(struct session *s, const struct recipient *r, size_t from
 		struct backend_runtime *br = tx->rt->backends[r->rule->targets[k]];
 		if (dispatch_backend_down(br)) {
 			/* Circuit breaker open: say so now instead of after DATA. */
-			reply(s, 451, "4.4.1", "<%s> backend %s temporarily unavailable", r->rcpt, b->name);
+			status_must(&st, 451, "4.4.1", "<%s> backend %s temporarily unavailable", r->rcpt,
+				    b->name);
+			rcpt_refuse(s, r->rcpt, b, &st);
 			return;
 		}
 		if (b->driver->verify == NULL)
@@ -711,10 +871,7 @@ static void rcpt_check(struct session *s, const struct recipient *r, size_t from
 			return;
 		}
 		if (b->driver->verify(br->state, r, &st) < 0) {
-			if (status_class_of(&st) == STATUS_PERMFAIL &&
-			    (tx->cfg->soft_bounce || b->common.soft_bounce))
-				status_soft_bounce(&st);
-			reply_status(s, &st);
+			rcpt_refuse(s, r->rcpt, b, &st);
 			return;
 		}
 	}
@@ -722,7 +879,8 @@ static void rcpt_check(struct session *s, const struct recipient *r, size_t from
 		size_t cap = tx->rcpt_cap ? tx->rcpt_cap * 2 : 8;
 		struct recipient *n = realloc(tx->rcpts, cap * sizeof(*n));
 		if (n == NULL) {
-			reply(s, 452, "4.3.0", "Local error in processing");
+			status_must(&st, 452, "4.3.0", "<%s> Local error in processing", r->rcpt);
+			rcpt_refuse(s, r->rcpt, NULL, &st);
 			return;
 		}
 		tx->rcpts = n;
@@ -744,19 +902,22 @@ static void cmd_rcpt(struct session *s, char *args)
 	}
 	memset(&r, 0, sizeof(r));
 	if (envelope_parse_rcpt(args ? args : "", tx->mail.smtputf8, &r.addr, &r.params, &st) < 0) {
+		/* A syntax error: no reply policy (reply.h), but the MTA bounces this recipient. */
 		reply_status(s, &st);
+		log_refusal(s, "rcpt", NULL, args, NULL, &st);
 		return;
 	}
 	if (tx->rcpt_count >= (size_t)tx->cfg->max_recipients) {
-		reply(s, 452, "4.5.3", "Too many recipients");
+		char given[ADDRESS_PATH_MAX + 1];
+		address_format(&r.addr, given, sizeof(given));
+		status_must(&st, 452, "4.5.3", "Too many recipients");
+		rcpt_refuse(s, given, NULL, &st);
 		return;
 	}
 	r.rule = recipient_route(&r, tx->cfg);
 	if (r.rule == NULL) {
 		status_must(&st, 550, "5.1.1", "<%s> User unknown (no route)", r.rcpt);
-		if (tx->cfg->soft_bounce)
-			status_soft_bounce(&st);
-		reply_status(s, &st);
+		rcpt_refuse(s, r.rcpt, NULL, &st);
 		return;
 	}
 	rcpt_check(s, &r, 0);
@@ -894,7 +1055,7 @@ static void bdat_chunk_done(struct session *s)
 		if (tx->bdat_last)
 			reply_all_recipients(s, 552, "5.3.4", "Message too big for system");
 		else
-			reply(s, 552, "5.3.4", "Message too big for system");
+			reply_refusal(s, tx->cfg, 552, "5.3.4", "Message too big for system");
 		return;
 	}
 	if (tx->bdat_last) {
@@ -903,7 +1064,7 @@ static void bdat_chunk_done(struct session *s)
 	}
 	if (spool_too_big(tx->spool)) {
 		tx->bdat_failed = true;
-		reply(s, 552, "5.3.4", "Message too big for system");
+		reply_refusal(s, tx->cfg, 552, "5.3.4", "Message too big for system");
 		return;
 	}
 	reply(s, 250, "2.0.0", "%" PRIu64 " octets received", spool_received(tx->spool));
@@ -940,9 +1101,14 @@ static int xtext_decode(const char *in, char *out, size_t size)
 static void cmd_xforward(struct session *s, char *args)
 {
 	char ident[sizeof(s->xf_ident)] = "", name[80] = "", addr[80] = "";
+	bool has_ident = false, has_name = false, has_addr = false;
 
-	if (!s->srv->cfg->xforward) {
+	if (!xforward_allowed(s)) {
+		/* Postfix refuses the same way (smtpd_authorized_xforward_hosts). */
 		reply(s, 550, "5.7.0", "XFORWARD not permitted");
+		if (s->srv->cfg->xforward)
+			log_info("session=%s event=xforward_refused client=%s reason=not_trusted",
+				 s->id, s->peer);
 		return;
 	}
 	if (s->state != STATE_READY) {
@@ -964,24 +1130,29 @@ static void cmd_xforward(struct session *s, char *args)
 		}
 		*eq = '\0';
 		if (strcasecmp(tok, "IDENT") == 0)
-			snprintf(ident, sizeof(ident), "%s", value);
+			has_ident = snprintf(ident, sizeof(ident), "%s", value) >= 0;
 		else if (strcasecmp(tok, "NAME") == 0)
-			snprintf(name, sizeof(name), "%s", value);
+			has_name = snprintf(name, sizeof(name), "%s", value) >= 0;
 		else if (strcasecmp(tok, "ADDR") == 0)
-			snprintf(addr, sizeof(addr), "%s", value);
+			has_addr = snprintf(addr, sizeof(addr), "%s", value) >= 0;
 		else if (strcasecmp(tok, "PORT") != 0 && strcasecmp(tok, "PROTO") != 0 &&
 			 strcasecmp(tok, "HELO") != 0 && strcasecmp(tok, "SOURCE") != 0) {
 			reply(s, 501, "5.5.4", "Unknown XFORWARD attribute");
 			return;
 		}
 	}
-	if (ident[0] && strcmp(ident, "[UNAVAILABLE]") != 0 && strcmp(ident, "[TEMPUNAVAIL]") != 0)
+	/* Attributes accumulate over several XFORWARD commands (Postfix sends the client in one
+	 * and IDENT in another): set only those this one names. */
+	if (has_ident && ident[0] && strcmp(ident, "[UNAVAILABLE]") != 0 &&
+	    strcmp(ident, "[TEMPUNAVAIL]") != 0)
 		snprintf(s->xf_ident, sizeof(s->xf_ident), "%s", ident);
-	snprintf(s->xf_name, sizeof(s->xf_name), "%s", name);
-	snprintf(s->xf_addr, sizeof(s->xf_addr), "%s", addr);
-	if (name[0] || addr[0])
-		snprintf(s->xf_client, sizeof(s->xf_client), "%s[%s]", name[0] ? name : "unknown",
-			 addr[0] ? addr : "unknown");
+	if (has_name)
+		snprintf(s->xf_name, sizeof(s->xf_name), "%s", name);
+	if (has_addr)
+		snprintf(s->xf_addr, sizeof(s->xf_addr), "%s", addr);
+	if (s->xf_name[0] || s->xf_addr[0])
+		snprintf(s->xf_client, sizeof(s->xf_client), "%s[%s]",
+			 s->xf_name[0] ? s->xf_name : "unknown", s->xf_addr[0] ? s->xf_addr : "unknown");
 	reply(s, 250, "2.0.0", "OK");
 }
 
@@ -995,7 +1166,7 @@ static void session_attach(struct session *s, struct bufferevent *bev)
 	s->bev = bev;
 	bufferevent_setcb(bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(bev, EV_READ, 0, SESSION_INPUT_HIGH);
-	s->timeout_read_ms = s->timeout_write_ms = -1; /* a new bufferevent has none */
+	s->timeout_write_ms = -1; /* a new bufferevent has none */
 	timeouts_for_state(s);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
@@ -1079,7 +1250,7 @@ static void cmd_vrfy(struct session *s, char *args)
 static void cmd_help(struct session *s, char *args)
 {
 	reply(s, 214, "2.0.0", "Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT%s",
-	      s->srv->cfg->xforward ? " XFORWARD" : "");
+	      xforward_allowed(s) ? " XFORWARD" : "");
 }
 
 static void cmd_quit(struct session *s, char *args)
@@ -1159,8 +1330,10 @@ static bool data_feed(struct session *s, struct evbuffer *in)
 		consumed += (size_t)used;
 	}
 	evbuffer_drain(in, consumed);
-	if (!tx->decoder.done)
+	if (!tx->decoder.done) {
+		deadline_data_received(s, consumed);
 		return consumed > 0;
+	}
 	s->state = STATE_MAIL;
 	end_of_message(s);
 	return true;
@@ -1169,6 +1342,7 @@ static bool data_feed(struct session *s, struct evbuffer *in)
 static bool bdat_feed(struct session *s, struct evbuffer *in)
 {
 	struct transaction *tx = s->tx;
+	size_t received = 0;
 
 	while (tx->bdat_left > 0 && evbuffer_get_length(in) > 0) {
 		struct evbuffer_iovec vec[16];
@@ -1184,9 +1358,12 @@ static bool bdat_feed(struct session *s, struct evbuffer *in)
 			consumed += take;
 		}
 		evbuffer_drain(in, consumed);
+		received += consumed;
 	}
-	if (tx->bdat_left > 0)
+	if (tx->bdat_left > 0) {
+		deadline_data_received(s, received);
 		return false;
+	}
 	bdat_chunk_done(s);
 	return true;
 }
@@ -1204,6 +1381,7 @@ static bool command_feed(struct session *s, struct evbuffer *in)
 		}
 		evbuffer_drain(in, (size_t)eol.pos + 1);
 		s->skipping = false;
+		deadline_next_command(s);
 		reply(s, 500, "5.5.2", "Line too long");
 		return true;
 	}
@@ -1218,6 +1396,7 @@ static bool command_feed(struct session *s, struct evbuffer *in)
 	size_t len = (size_t)eol.pos; /* without the LF */
 	if (len + 1 > s->line_max) { /* the limit counts CRLF (RFC 5321 4.5.3.1.4) */
 		evbuffer_drain(in, len + 1);
+		deadline_next_command(s);
 		reply(s, 500, "5.5.2", "Line too long");
 		return true;
 	}
@@ -1230,6 +1409,9 @@ static bool command_feed(struct session *s, struct evbuffer *in)
 		log_debug("session=%s event=command line=\"%s\"", s->id,
 			  log_escape(esc, sizeof(esc), s->line, len, 200));
 	}
+	/* The next line's time starts now; a handler that changes the phase (DATA, BDAT, a
+	 * verification) sets that phase's deadline instead. */
+	deadline_next_command(s);
 	handle_line(s, s->line, len);
 	return true;
 }
@@ -1398,6 +1580,34 @@ static void on_write(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* The current phase's deadline passed (or the timer fired early for a deadline moved on). */
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	long long now = mono_us();
+
+	if (s->deadline_us == 0 || s->state == STATE_CLOSING)
+		return;
+	if (now < s->deadline_us) {
+		deadline_arm(s, s->deadline_us);
+		return;
+	}
+	if (strcmp(s->deadline_phase, "data") == 0) {
+		long long rate = s->srv->cfg->min_data_rate;
+		log_info("session=%s tx=%s event=timeout phase=data bytes=%llu elapsed_ms=%lld "
+			 "min_data_rate=%lld stored=none",
+			 s->id, s->tx != NULL ? s->tx->id : "-", (unsigned long long)s->phase_bytes,
+			 (now - s->phase_started_us) / 1000, rate);
+	} else {
+		/* A partial line still waiting means a client trickling bytes (slowloris). */
+		log_info("session=%s event=timeout phase=%s pending_bytes=%zu", s->id,
+			 s->deadline_phase, evbuffer_get_length(bufferevent_get_input(s->bev)));
+	}
+	/* RFC 5321 4.5.3.2: close with 421; a transaction in progress is dropped whole. */
+	session_reset_tx(s);
+	reply_and_close(s, 421, "4.4.2", "Timeout, closing connection");
+}
+
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
@@ -1422,7 +1632,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 	}
 
 	if (what & BEV_EVENT_TIMEOUT) {
-		log_info("session=%s event=timeout state=%d", s->id, (int)s->state);
+		/* Only writes have an idle timeout: the client does not read our replies. */
+		log_info("session=%s event=timeout phase=write state=%d", s->id, (int)s->state);
 		if (s->state == STATE_CLOSING) {
 			session_free(s);
 			return;
@@ -1483,6 +1694,10 @@ static void session_free(struct session *s)
 		s->next->prev = s->prev;
 	if (s->close_timer != NULL)
 		event_free(s->close_timer);
+	if (s->deadline_timer != NULL)
+		event_free(s->deadline_timer);
+	if (s->peer_counted)
+		peers_remove(&srv->peers, s->peer_ip);
 	if (s->flush_event != NULL)
 		event_free(s->flush_event);
 	bufferevent_free(s->bev);
@@ -1495,7 +1710,7 @@ static void session_free(struct session *s)
 }
 
 struct session *session_new(struct server *srv, int fd, const char *peer, const char *peer_ip,
-			    bool implicit_tls)
+			    bool implicit_tls, bool trusted)
 {
 	struct session *s = calloc(1, sizeof(*s));
 
@@ -1522,13 +1737,17 @@ struct session *session_new(struct server *srv, int fd, const char *peer, const 
 		s->direct = true;
 	}
 	s->close_timer = evtimer_new(srv->base, close_when_flushed, s);
-	if (s->line == NULL || s->bev == NULL || s->close_timer == NULL) {
+	s->deadline_timer = evtimer_new(srv->base, on_deadline, s);
+	if (s->line == NULL || s->bev == NULL || s->close_timer == NULL ||
+	    s->deadline_timer == NULL) {
 		if (s->bev != NULL)
 			bufferevent_free(s->bev);
 		else
 			close(fd);
 		if (s->close_timer != NULL)
 			event_free(s->close_timer);
+		if (s->deadline_timer != NULL)
+			event_free(s->deadline_timer);
 		free(s->line);
 		free(s);
 		return NULL;
@@ -1541,6 +1760,8 @@ struct session *session_new(struct server *srv, int fd, const char *peer, const 
 		 seq & 0xffff);
 	snprintf(s->peer, sizeof(s->peer), "%s", peer);
 	snprintf(s->peer_ip, sizeof(s->peer_ip), "%s", peer_ip);
+	s->peer_counted = peers_add(&srv->peers, s->peer_ip);
+	s->trusted = trusted;
 	s->state = STATE_FRESH;
 	s->next = srv->sessions;
 	if (srv->sessions != NULL)

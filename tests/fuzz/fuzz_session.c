@@ -250,7 +250,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
 		abort();
 	memset(&rx, 0, sizeof(rx));
-	struct session *s = session_new(&srv, sv[0], "127.0.0.1:40000", "127.0.0.1", false);
+	struct session *s = session_new(&srv, sv[0], "127.0.0.1:40000", "127.0.0.1", false, true);
 	FUZZ_CHECK(s != NULL);
 	pump(sv[1], sv[0]);
 

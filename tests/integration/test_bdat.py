@@ -156,3 +156,29 @@ def test_bdat_over_size_limit():
             assert r.code in (552, 503, 554) and r.enhanced and r.enhanced[0] == "5", r
             expect(c.cmd("NOOP"), 250, "2.0.0")
         assert gw.all_files() == [], gw.all_files()
+
+
+def test_bdat_over_size_limit_soft_bounce():
+    """soft_bounce = true: a message too big is refused with 452 4.3.4 whichever way it comes —
+    DATA, a BDAT chunk that is not the last (the case that once got 552 5.3.4), the chunks after
+    it, and BDAT LAST — and MAIL SIZE= too big gets 452 as well. Nothing is stored."""
+    with Lmtpgw(config={"max_message_size": "4K", "soft_bounce": True}) as gw:
+        with gw.session() as c:
+            expect(c.cmd("MAIL FROM:<s@example.test> SIZE=9999"), 452, "4.3.4")
+            # DATA: the reference behaviour
+            expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+            expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+            expect(c.cmd("DATA"), 354)
+            c.send(b"Subject: big\r\n\r\n" + b"x" * 5000 + b"\r\n.\r\n")
+            expect(c.reply(), 452, "4.3.4")
+            # BDAT: a chunk that alone passes the limit, not the last one
+            expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+            expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+            bdat(c, b"c" * 5000)
+            expect(c.reply(), 452, "4.3.4")
+            bdat(c, b"d" * 10)                 # the client goes on regardless
+            expect(c.reply(), 452, "4.3.4")
+            bdat(c, b"e" * 10, last=True)
+            expect(c.reply(), 452, "4.3.4")
+            expect(c.cmd("NOOP"), 250, "2.0.0")
+        assert gw.all_files() == [], gw.all_files()

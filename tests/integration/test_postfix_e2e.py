@@ -296,9 +296,10 @@ def test_postfix_defaults_would_mangle():
 
 
 def test_postfix_xforward_passes_queue_id():
-    """lmtpgw xforward = true + lmtp_send_xforward_command = yes: lmtpgw's delivery line carries
-    qid=<Postfix queue id> and Postfix's own client as client=."""
-    gw = Lmtpgw(config={"xforward": True})
+    """lmtpgw xforward = true + lmtp_send_xforward_command = yes, Postfix's address in
+    trusted_networks: lmtpgw's delivery line carries qid=<Postfix queue id>, Postfix's own
+    client as xforward_client= and Postfix itself (the peer) as client=."""
+    gw = Lmtpgw(config={"xforward": True, "trusted_networks": ["127.0.0.1"]})
     with gw, postfix(gw) as pf:
         assert pf.send(SENDER, ["alice@" + DOMAIN, "bob@" + DOMAIN], message("xforward")) == {}
         pf.wait_status("alice@" + DOMAIN, "sent")
@@ -308,7 +309,8 @@ def test_postfix_xforward_passes_queue_id():
             lines = deliveries(gw, r)
             assert len(lines) == 1, gw.log()[-2000:]
             assert " qid=%s " % qid in lines[0], (qid, lines[0])
-            assert " client=localhost[127.0.0.1]" in lines[0], lines[0]
+            assert re.search(r" client=\[127\.0\.0\.1\]:\d+ xforward_client=localhost\[127\.0\.0\.1\] ",
+                             lines[0]), lines[0]
 
 
 def test_postfix_recipient_limit_splits_transactions():

@@ -310,7 +310,7 @@ Test(config, every_table_documented_with_parsing_defaults)
 	size_t n = 0;
 	for (const struct conf_key *k = config_global_keys; k->name != NULL; k++)
 		n++;
-	cr_expect_eq(n, 36, "a global key was added or removed: update struct config, docs and this count");
+	cr_expect_eq(n, 39, "a global key was added or removed: update struct config, docs and this count");
 }
 
 /* --- loading ------------------------------------------------------------------------------- */
@@ -337,6 +337,10 @@ Test(config, minimal_config_and_defaults)
 	cr_expect_eq(cfg->timeout_greeting_ms, 300000);
 	cr_expect_eq(cfg->timeout_command_ms, 300000);
 	cr_expect_eq(cfg->timeout_data_ms, 180000);
+	cr_expect_eq(cfg->min_data_rate, 500);
+	cr_expect_eq(cfg->max_connections_per_client, 100);
+	cr_expect_eq(cfg->trusted_networks.count, 0);
+	cr_expect_eq(cfg->trusted_count, 0);
 	cr_expect_eq(cfg->spool_memory_max, 1024 * 1024);
 	cr_expect_str_eq(cfg->spool_dir, "/tmp");
 	cr_expect_str_eq(cfg->subaddress_separator, "+");
@@ -709,4 +713,20 @@ Test(config, shipped_default_config_loads)
 	free(second);
 	config_unref(&again);
 	config_unref(&cfg);
+}
+
+Test(config, trusted_networks_parsed_and_checked)
+{
+	struct config *cfg = load_text("trusted_networks = [ \"192.0.2.0/24\", \"::1\" ];\n"
+				       "max_connections_per_client = 0;\nmin_data_rate = 0;\n"
+				       BACKEND_SINK ROUTE_ALL);
+
+	cr_assert_not_null(cfg, "%s", err);
+	cr_expect_eq(cfg->trusted_count, 2);
+	cr_expect_eq(cfg->max_connections_per_client, 0);
+	cr_expect_eq(cfg->min_data_rate, 0);
+	config_unref(&cfg);
+	expect_error("\ntrusted_networks = [ \"192.0.2.0/33\" ];\n" BACKEND_SINK ROUTE_ALL, 2,
+		     "'trusted_networks': \"192.0.2.0/33\" is not an address or network "
+		     "(e.g. \"10.0.0.0/8\", \"::1\")");
 }
