@@ -110,6 +110,17 @@ def unpacked(name, packages):
         return root
 
 
+class cache_lock:
+    """with cache_lock(): ... -- one test run at a time prepares something in the cache."""
+    def __enter__(self):
+        self.f = open(os.path.join(cache_dir(), ".prepare.lock"), "w")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
 def system_user(name, group=None, user_group=False):
     """Create the system user (and group) when missing; returns its pwd entry. A parallel run
     that creates it first is fine."""

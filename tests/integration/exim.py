@@ -38,12 +38,19 @@ def binary():
     root = debpkg.unpacked("exim", PACKAGES)
     debpkg.system_user(EXIM_USER, user_group=True)
     libdir = os.path.join(root, "usr", "lib", "x86_64-linux-gnu")
+    with debpkg.cache_lock():
+        return _patched(root, libdir)
+
+
+def _patched(root, libdir):
     out_dir = os.path.join(debpkg.cache_dir(), "exim-bin")
     out = os.path.join(out_dir, "exim4")
     stamp = out + ".rpath"
+    with open(os.path.join(debpkg.cache_dir(), "exim.unpacked")) as f:
+        want = libdir + "\n" + f.read()          # redone when the package changes
     try:
         with open(stamp) as f:
-            if f.read() == libdir and os.stat(out).st_mode & 0o4000:
+            if f.read() == want and os.stat(out).st_mode & 0o4000:
                 return out
     except OSError:
         pass
@@ -58,7 +65,7 @@ def binary():
     os.chmod(tmp, 0o4755)
     os.rename(tmp, out)
     with open(stamp, "w") as f:
-        f.write(libdir)
+        f.write(want)
     return out
 
 

@@ -79,7 +79,8 @@ class OpenSmtpd:
         self.root = debpkg.unpacked("opensmtpd", PACKAGES)
         for user in ("opensmtpd", "opensmtpq"):
             debpkg.system_user(user, user_group=True)
-        self.smtpctl_path = self._setgid_smtpctl()
+        with debpkg.cache_lock():
+            self.smtpctl_path = self._setgid_smtpctl()
         self.tmpdir = tempfile.mkdtemp(prefix="lmtpgw-opensmtpd-")
         os.chmod(self.tmpdir, 0o755)
         d = self.tmpdir

@@ -160,7 +160,8 @@ def test_matrix_postfix():
 
 def test_matrix_exim():
     from exim import EximInstance
-    from test_exim import contrib_parts, crlf
+    from test_exim import contrib_parts, crlf, exim_user
+    exim_user()
     with stores() as (backends, routes, check):
         gw = gateway(backends, routes, socket_group="Debian-exim")
         with gw:
