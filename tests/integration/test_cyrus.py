@@ -176,3 +176,35 @@ def test_cyrus_starttls_verified_against_test_ca():
             r = transaction(c, ["alice@" + DOMAIN], message("trusted"))
             expect(r[0], 250, "2.0.0")
         assert cy.subjects("alice") == ["trusted"]
+
+
+def test_cyrus_multiappend_batches_and_over_quota_batch_split():
+    """Concurrent deliveries to one INBOX leave as MULTIAPPEND batches behind a slow relay,
+    each with its own APPENDUID; a batch Cyrus refuses over carol's quota ("NO Over quota")
+    goes again one by one: the big one 452 4.2.2, the others stored."""
+    from test_imap import CutProxy
+    from test_imap_batch import batch_sizes, parallel_transactions
+    with cyrus() as cy:
+        proxy = CutProxy(cy.imap_port, delay=0.3)
+        try:
+            be = backend(cy, url="imap://127.0.0.1:%d" % proxy.port)
+            with gateway(be) as gw:
+                subjects = ["batch%d" % i for i in range(6)]
+                replies = parallel_transactions(
+                    gw, [(["alice@" + DOMAIN], message(s)) for s in subjects])
+                uids = set()
+                for r in replies:
+                    expect(r[0], 250, "2.0.0")
+                    uids.add(r[0].text.split(" uid ")[1].split(")")[0])
+                assert len(uids) == 6, replies
+                sizes = batch_sizes(gw.log())
+                assert max(sizes) >= 2, "no MULTIAPPEND batch: %s" % sizes
+                jobs = [(["carol@" + DOMAIN], message("small%d" % i)) for i in range(4)]
+                jobs.insert(2, (["carol@" + DOMAIN], message("big", size=100 * 1024)))
+                replies = parallel_transactions(gw, jobs)
+                for i, r in enumerate(replies):
+                    expect(r[0], *((452, "4.2.2") if i == 2 else (250, "2.0.0")))
+        finally:
+            proxy.stop()
+        assert sorted(cy.subjects("alice")) == sorted(subjects)
+        assert sorted(cy.subjects("carol")) == ["small%d" % i for i in range(4)]
