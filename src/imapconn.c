@@ -630,7 +630,6 @@ static int append_refused(struct imapconn *conn, const char *command, const char
 			  size_t reason_size)
 {
 	const struct mailimap_response_info *info = conn->imap->imap_response_info;
-
 	const char *code = response_code(conn);
 
 	res_r->trycreate = info != NULL && info->rsp_trycreate;
