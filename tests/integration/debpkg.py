@@ -155,3 +155,22 @@ def system_group(name):
         return grp.getgrnam(name)
     except KeyError:
         raise Unavailable("groupadd %s failed: %s" % (name, r.stderr.decode("utf-8", "replace")))
+
+
+def prefetch():
+    """Download and unpack every interop package set now (contrib/test-servers/setup.sh, run
+    by `make check`), so a first run's download does not count against a test's time limit.
+    Best effort: what fails here is reported by the test that needs it."""
+    import cyrus
+    import exim
+    import opensmtpd
+    for name, packages in (("cyrus", cyrus.PACKAGES), ("exim", exim.PACKAGES),
+                           ("opensmtpd", opensmtpd.PACKAGES)):
+        try:
+            unpacked(name, packages)
+        except Unavailable as e:
+            print("debpkg: %s not prepared (its tests will say why): %s" % (name, e))
+
+
+if __name__ == "__main__":
+    prefetch()
