@@ -108,6 +108,11 @@ int imapconn_create(struct imapconn *conn, const char *mailbox, bool subscribe, 
 int imapconn_find_header(struct imapconn *conn, const char *mailbox, const char *name,
 			 const char *value, uint32_t *uid_r, char *reason, size_t reason_size);
 
+/* Does LIST "" mailbox name an existing mailbox? 1 yes, 0 no, -1 could not tell (reason set).
+ * mailbox must hold no LIST wildcard. */
+int imapconn_folder_exists(struct imapconn *conn, const char *mailbox, char *reason,
+			   size_t reason_size);
+
 /* NOOP as a health check of an idle connection. */
 int imapconn_noop(struct imapconn *conn);
 
@@ -121,5 +126,9 @@ time_t imapconn_last_used(const struct imapconn *conn);
 
 /* Map an IMAP response code (RFC 5530) of a failed APPEND to a reply; exposed for tests. */
 void imap_map_append_failure(const char *code, bool overquota_permanent, struct status *st_r);
+
+/* True for a response text that means over quota without saying so in a code (Cyrus's bare
+ * "Over quota"); exposed for tests. */
+bool imap_text_means_overquota(const char *text);
 
 #endif

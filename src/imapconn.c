@@ -608,6 +608,20 @@ static struct mailimap_flag_list *build_flags(const char *flags)
 
 static bool literal_plus_ok(struct imapconn *conn, const char *mailbox);
 
+/*
+ * Cyrus IMAP (checked with 3.6.1) refuses an APPEND over quota with a bare "NO Over quota": no
+ * [OVERQUOTA] code (RFC 5530). Only that exact text, the whole of the response text, counts:
+ * anything longer or different stays "refused" (451 4.3.0), never a guess towards a bounce.
+ */
+bool imap_text_means_overquota(const char *text)
+{
+	size_t len = strlen(text);
+
+	while (len > 0 && (text[len - 1] == ' ' || text[len - 1] == '\r' || text[len - 1] == '\n'))
+		len--;
+	return len == strlen("Over quota") && strncasecmp(text, "Over quota", len) == 0;
+}
+
 /* The server answered NO to an APPEND: [TRYCREATE] (the caller may create the folder), or the
  * RFC 5530 code mapped to a reply. Always -1. */
 static int append_refused(struct imapconn *conn, const char *command, const char *mailbox,
@@ -616,14 +630,17 @@ static int append_refused(struct imapconn *conn, const char *command, const char
 			  size_t reason_size)
 {
 	const struct mailimap_response_info *info = conn->imap->imap_response_info;
+	const char *code = response_code(conn);
 
 	res_r->trycreate = info != NULL && info->rsp_trycreate;
+	if (code[0] == '\0' && imap_text_means_overquota(response_text(conn)))
+		code = "OVERQUOTA";
 	if (res_r->trycreate)
 		status_must(st_r, 451, "4.3.0", "IMAP folder does not exist");
 	else
-		imap_map_append_failure(response_code(conn), overquota_permanent, st_r);
+		imap_map_append_failure(code, overquota_permanent, st_r);
 	snprintf(reason, reason_size, "%s to %s: %s [%s] %.120s", command, mailbox, what,
-		 res_r->trycreate ? "TRYCREATE" : response_code(conn), response_text(conn));
+		 res_r->trycreate ? "TRYCREATE" : code, response_text(conn));
 	return -1;
 }
 
@@ -924,6 +941,26 @@ int imapconn_find_header(struct imapconn *conn, const char *mailbox, const char 
 	if (result != NULL)
 		mailimap_search_result_free(result);
 	/* Leave the selected state: APPEND works in either, and a later EXAMINE replaces it. */
+	return found;
+}
+
+int imapconn_folder_exists(struct imapconn *conn, const char *mailbox, char *reason,
+			   size_t reason_size)
+{
+	clist *list = NULL;
+	int r = mailimap_list(conn->imap, "", mailbox, &list);
+
+	if (r != MAILIMAP_NO_ERROR) {
+		if (stream_error(r))
+			conn->broken = true;
+		snprintf(reason, reason_size, "list %s: error %d [%s] %.120s", mailbox, r,
+			 response_code(conn), response_text(conn));
+		return -1;
+	}
+	conn->last_used = time(NULL);
+	int found = list != NULL && clist_begin(list) != NULL;
+	if (list != NULL)
+		mailimap_list_result_free(list);
 	return found;
 }
 

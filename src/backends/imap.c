@@ -100,9 +100,10 @@ static const struct conf_key imap_keys[] = {
 	{ "unknown_user_permanent", CONF_BOOL,
 	  offsetof(struct imap_settings, unknown_user_permanent), "false", 1, 0,
 	  "master login: take [AUTHORIZATIONFAILED] (admin accepted, user refused) as an unknown "
-	  "user, 550 5.1.1; otherwise 451 4.7.0" },
+	  "user, 550 5.1.1; otherwise 451 4.7.0. An account without INBOX: 550 5.1.1, else 450 4.1.1" },
 	{ "verify_recipients", CONF_BOOL, offsetof(struct imap_settings, verify_recipients), "false",
-	  1, 0, "log in as each new recipient at RCPT time, so an unknown user is refused there "
+	  1, 0, "log in as each new recipient at RCPT time and check its INBOX exists, so an "
+	  "unknown user is refused there "
 	  "(with unknown_user_permanent: 550 5.1.1); the connection then serves the delivery" },
 	{ "verify_cache", CONF_DURATION, offsetof(struct imap_settings, verify_cache), "60s", 0,
 	  86400000, "how long a verification result is remembered" },
@@ -572,6 +573,49 @@ static size_t build_prefix(struct imap_state *st, const struct delivery *d, stru
 	return prefix_len;
 }
 
+/*
+ * The reply for an account that has no INBOX: the user does not exist. Cyrus (3.6) accepts a
+ * proxy login as any authorization id, answers APPEND INBOX with [TRYCREATE], and lets that
+ * user CREATE INBOX: creating it would give every typo and every dictionary attack a mailbox.
+ */
+static void no_such_account(const struct imap_state *st, struct status *status)
+{
+	if (st->set.unknown_user_permanent)
+		status_must(status, 550, "5.1.1", "no such IMAP user");
+	else
+		status_must(status, 450, "4.1.1", "no INBOX for this IMAP user");
+}
+
+/*
+ * After a [TRYCREATE]: may a folder be created here? The account's INBOX is never created,
+ * and no other folder either unless the INBOX exists (one LIST, only on [TRYCREATE]). True
+ * when nothing may be created, with *status set: no such user, or 451 4.3.0 when the LIST
+ * failed. A shared login is one known account: its folders are created as before.
+ */
+static bool account_missing(const struct imap_state *st, struct imapconn *conn,
+			    const char *folder, struct status *status, char *reason,
+			    size_t reason_size)
+{
+	if (st->login_kind == LOGIN_SHARED)
+		return false;
+	int exists = strcasecmp(folder, "INBOX") == 0
+			     ? 0
+			     : imapconn_folder_exists(conn, "INBOX", reason, reason_size);
+	if (exists == 1)
+		return false;
+	if (exists < 0) {
+		if (imapconn_broken(conn))
+			status_must(status, 451, "4.4.2", "Connection to IMAP server lost");
+		else
+			status_must(status, 451, "4.3.0", "IMAP folder does not exist");
+		return true;
+	}
+	no_such_account(st, status);
+	snprintf(reason, reason_size, "no INBOX: [TRYCREATE] for %.200s, nothing created",
+		 folder);
+	return true;
+}
+
 /* One APPEND of one message, with [TRYCREATE] handling and the dedupe check. */
 static void deliver_single(struct imap_state *st, const struct delivery *d, struct target *t,
 			   const char *user, char *folder, size_t folder_size)
@@ -620,7 +664,10 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 	struct imap_append_result res;
 	int r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
 				st->set.overquota_permanent, &res, &t->status, reason, sizeof(reason));
-	if (r < 0 && res.trycreate && !imapconn_broken(conn)) {
+	if (r < 0 && res.trycreate && !imapconn_broken(conn) &&
+	    account_missing(st, conn, folder, &t->status, reason, sizeof(reason))) {
+		/* Nothing is created for an account that has no INBOX (see account_missing). */
+	} else if (r < 0 && res.trycreate && !imapconn_broken(conn)) {
 		char create_reason[300] = "";
 		int created = st->set.create_folders
 				      ? imapconn_create(conn, folder, st->set.subscribe, create_reason,
@@ -640,6 +687,21 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 			r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
 					    st->set.overquota_permanent, &res, &t->status, reason,
 					    sizeof(reason));
+			if (r < 0 && res.trycreate && !imapconn_broken(conn))
+				account_missing(st, conn, folder, &t->status, reason,
+						sizeof(reason));
+		}
+	} else if (r < 0 && !imapconn_broken(conn) && st->login_kind != LOGIN_SHARED &&
+		   t->status.code == 451 && strcmp(t->status.enhanced, "4.3.0") == 0 &&
+		   strcasecmp(folder, "INBOX") != 0) {
+		/* A refusal without a code for another folder than INBOX: Cyrus answers "NO
+		 * Mailbox does not exist" (no [TRYCREATE]) for a folder of a user it does not
+		 * know. With no INBOX the answer is "no such user"; otherwise it stands. */
+		char list_reason[200];
+		if (imapconn_folder_exists(conn, "INBOX", list_reason, sizeof(list_reason)) == 0) {
+			no_such_account(st, &t->status);
+			size_t used = strlen(reason);
+			snprintf(reason + used, sizeof(reason) - used, "; no INBOX");
 		}
 	}
 	spool_view_release(&view);
@@ -978,9 +1040,19 @@ static int imap_verify(void *state, const struct recipient *rcpt, struct status 
 	if (conn == NULL)
 		conn = connect_as(st, user, &status, reason, sizeof(reason));
 	exists = conn != NULL;
-	if (conn != NULL)
+	if (conn != NULL) {
+		/* A login is not enough: Cyrus lets a proxy login act as any user, existing or
+		 * not. The account exists when its INBOX does. */
+		int inbox = imapconn_folder_exists(conn, "INBOX", reason, sizeof(reason));
 		pool_give(st, conn);
-	else if (status_class_of(&status) != STATUS_PERMFAIL)
+		if (inbox < 0)
+			return 0; /* not known either way */
+		if (inbox == 0) {
+			no_such_account(st, &status);
+			exists = false;
+		}
+	}
+	if (!exists && status_class_of(&status) != STATUS_PERMFAIL)
 		return 0; /* not known either way: accept, the delivery decides */
 	pthread_mutex_lock(&st->lock);
 	v = verified_slot(st, user);

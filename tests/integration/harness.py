@@ -54,7 +54,8 @@ def kill_all():
             pass
     # Test servers a timed-out test may have left (imported lazily: not every test needs them).
     import sys
-    for name in ("dovecot", "s3server", "webhook_receiver", "postfix"):
+    for name in ("dovecot", "s3server", "webhook_receiver", "postfix", "cyrus", "exim",
+                 "opensmtpd"):
         mod = sys.modules.get(name)
         if mod is not None and hasattr(mod, "kill_all"):
             try:
