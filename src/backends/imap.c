@@ -340,7 +340,8 @@ static void imap_close(void *state)
 
 /* --- connection pool --- */
 
-static struct imapconn *pool_take(struct imap_state *st, const char *identity)
+/* An idle connection of identity, checked, with deadline as its budget; NULL when none. */
+static struct imapconn *pool_take(struct imap_state *st, const char *identity, int64_t deadline)
 {
 	struct imapconn *found = NULL, *expired_list[64];
 	size_t expired_count = 0;
@@ -368,7 +369,10 @@ static struct imapconn *pool_take(struct imap_state *st, const char *identity)
 		imapconn_close(&expired_list[i]);
 	/* A connection idle for a while may have been dropped by the server: check first, so a
 	 * dead one costs a reconnect instead of an APPEND of unknown outcome. A server that said
-	 * BYE (or closed) while we were idle is caught at once by a readable socket. */
+	 * BYE (or closed) while we were idle is caught at once by a readable socket. The check
+	 * spends the attempt's budget: a stalled server is not given a second timeout after it. */
+	if (found != NULL)
+		imapconn_set_deadline(found, deadline);
 	if (found != NULL && (now - imapconn_last_used(found) >= 5 || imapconn_peer_spoke(found)) &&
 	    imapconn_noop(found) < 0)
 		imapconn_close(&found);
@@ -383,6 +387,7 @@ static void pool_give(struct imap_state *st, struct imapconn *conn)
 		imapconn_close(&conn);
 		return;
 	}
+	imapconn_set_deadline(conn, 0); /* idle: the next attempt sets its own */
 	pthread_mutex_lock(&st->lock);
 	if (st->idle_count >= (size_t)st->set.max_idle) {
 		/* Full: drop the oldest (first) to keep the most recently used. */
@@ -413,10 +418,10 @@ static const char *user_password(const struct imap_state *st, const char *user)
 	return NULL;
 }
 
-static struct imapconn *connect_as(struct imap_state *st, const char *identity,
+static struct imapconn *connect_as(struct imap_state *st, const char *identity, int64_t deadline,
 				   struct status *status, char *reason, size_t reason_size)
 {
-	struct imapconn *conn = imapconn_open(&st->ep, status, reason, reason_size);
+	struct imapconn *conn = imapconn_open(&st->ep, deadline, status, reason, reason_size);
 
 	if (conn == NULL)
 		return NULL;
@@ -578,9 +583,12 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 {
 	char reason[400], prefix[4096], id[65];
 	const char *identity = st->login_kind == LOGIN_SHARED ? st->login : user;
-	struct imapconn *conn = pool_take(st, identity);
+	/* One budget for the whole attempt: pool check, connect, login, APPEND, CREATE, ... */
+	int64_t deadline = imap_deadline_after((int)st->set.timeout);
+	struct imapconn *conn = pool_take(st, identity, deadline);
+	bool pooled = conn != NULL;
 	if (conn == NULL) {
-		conn = connect_as(st, identity, &t->status, reason, sizeof(reason));
+		conn = connect_as(st, identity, deadline, &t->status, reason, sizeof(reason));
 		if (conn == NULL) {
 			name_recipient(t);
 			snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
@@ -620,6 +628,21 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 	struct imap_append_result res;
 	int r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
 				st->set.overquota_permanent, &res, &t->status, reason, sizeof(reason));
+	if (r < 0 && pooled && imapconn_broken(conn) && !imapconn_literal_started(conn)) {
+		/* A pooled connection found dead before any message byte went out: nothing can
+		 * have been stored. Replace it and send again, once. */
+		imapconn_close(&conn);
+		conn = connect_as(st, identity, deadline, &t->status, reason, sizeof(reason));
+		if (conn == NULL) {
+			spool_view_release(&view);
+			name_recipient(t);
+			snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
+			return;
+		}
+		r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
+				    st->set.overquota_permanent, &res, &t->status, reason,
+				    sizeof(reason));
+	}
 	if (r < 0 && res.trycreate && !imapconn_broken(conn)) {
 		char create_reason[300] = "";
 		int created = st->set.create_folders
@@ -685,6 +708,7 @@ struct append_waiter {
 	struct target *t;
 	const char *user;             /* for the log (a shared login has many users) */
 	const char *id;               /* dedupe id, or "" */
+	int64_t deadline;             /* this delivery's budget, from when it queued */
 	bool done;                    /* result in t (or fallback set): the waiter may go */
 	bool fallback;                /* deliver alone through deliver_single() */
 };
@@ -707,9 +731,16 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 
 	/* A batch of one is appended here too (an APPEND with LITERAL+): leading it holds the
 	 * queue, so the deliveries arriving meanwhile form the next batch. */
-	struct imapconn *conn = pool_take(st, identity);
+	/* One budget for the batch: that of its oldest member, whose time waiting in the queue
+	 * (behind a batch a stalled server held up) counts. */
+	int64_t deadline = batch->deadline;
+	for (struct append_waiter *w = batch->next; w != NULL; w = w->next)
+		if (w->deadline < deadline)
+			deadline = w->deadline;
+	struct imapconn *conn = pool_take(st, identity, deadline);
+	bool pooled = conn != NULL;
 	if (conn == NULL)
-		conn = connect_as(st, identity, &failure, reason, sizeof(reason));
+		conn = connect_as(st, identity, deadline, &failure, reason, sizeof(reason));
 	if (conn == NULL) {
 		/* Server down or login refused: the same answer for every waiter, as each would
 		 * have got alone (without each waiting out its own connect timeout after ours). */
@@ -739,7 +770,20 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 	int r = imapconn_multiappend(conn, folder, st->flags, items, count,
 				     st->set.overquota_permanent, &res, &failure, reason,
 				     sizeof(reason));
-	bool lost = r < 0 && !res.refused && imapconn_broken(conn);
+	if (r < 0 && pooled && !res.refused && imapconn_broken(conn) &&
+	    !imapconn_literal_started(conn)) {
+		/* A pooled connection found dead before any message byte went out: nothing can
+		 * have been stored. Replace it and send again, once (on failure to reconnect,
+		 * every waiter gets that failure). */
+		imapconn_close(&conn);
+		conn = connect_as(st, identity, deadline, &failure, reason, sizeof(reason));
+		if (conn != NULL)
+			r = imapconn_multiappend(conn, folder, st->flags, items, count,
+						 st->set.overquota_permanent, &res, &failure,
+						 reason, sizeof(reason));
+	}
+	bool lost = r < 0 && !res.refused && (conn == NULL || imapconn_broken(conn));
+	bool doubt = lost && conn != NULL; /* no new connection: nothing of the retry was sent */
 	i = 0;
 	for (struct append_waiter *w = batch; w != NULL; w = w->next, i++) {
 		struct target *t = w->t;
@@ -757,7 +801,7 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 			w->fallback = true;
 		}
 		if (w->id[0] && !w->fallback)
-			uncertain_set(st, w->id, lost);
+			uncertain_set(st, w->id, doubt);
 	}
 	free(items);
 	pool_give(st, conn);
@@ -774,6 +818,7 @@ static bool append_batched(struct imap_state *st, const char *identity, const ch
 		.t = t,
 		.user = user,
 		.id = id,
+		.deadline = imap_deadline_after((int)st->set.timeout),
 	};
 	size_t max = (size_t)st->set.multiappend;
 	struct append_queue *q;
@@ -919,7 +964,8 @@ static int imap_probe(void *state, char *result, size_t size)
 	struct imap_state *st = state;
 	struct status status;
 	char reason[400] = "";
-	struct imapconn *conn = imapconn_open(&st->ep, &status, reason, sizeof(reason));
+	struct imapconn *conn = imapconn_open(&st->ep, imap_deadline_after((int)st->set.timeout),
+					      &status, reason, sizeof(reason));
 
 	if (conn == NULL) {
 		snprintf(result, size, "%d %s: %s", status.code, status.enhanced, reason);
@@ -973,10 +1019,11 @@ static int imap_verify(void *state, const struct recipient *rcpt, struct status 
 		status_must(st_r, 550, "5.1.1", "<%s> no such IMAP user", rcpt->rcpt);
 		return -1;
 	}
-	struct imapconn *conn = pool_take(st, user);
+	int64_t deadline = imap_deadline_after((int)st->set.timeout);
+	struct imapconn *conn = pool_take(st, user, deadline);
 	struct status status;
 	if (conn == NULL)
-		conn = connect_as(st, user, &status, reason, sizeof(reason));
+		conn = connect_as(st, user, deadline, &status, reason, sizeof(reason));
 	exists = conn != NULL;
 	if (conn != NULL)
 		pool_give(st, conn);
