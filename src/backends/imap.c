@@ -94,7 +94,8 @@ static const struct conf_key imap_keys[] = {
 	{ "subscribe", CONF_BOOL, offsetof(struct imap_settings, subscribe), "true", 1, 0,
 	  "subscribe to folders we create" },
 	{ "fallback_to_inbox", CONF_BOOL, offsetof(struct imap_settings, fallback_to_inbox), "true",
-	  1, 0, "when a folder cannot be created, deliver into INBOX" },
+	  1, 0, "when the server refuses the folder, or the +detail cannot name one, deliver into "
+	  "INBOX" },
 	{ "overquota_permanent", CONF_BOOL, offsetof(struct imap_settings, overquota_permanent),
 	  "false", 1, 0, "answer [OVERQUOTA] with 552 5.2.2 (bounce) instead of 452 4.2.2" },
 	{ "unknown_user_permanent", CONF_BOOL,
@@ -110,7 +111,8 @@ static const struct conf_key imap_keys[] = {
 	  "add an X-Lmtpgw-Id header; after an APPEND of unknown outcome, search for it before "
 	  "appending the same message again" },
 	{ "timeout", CONF_DURATION, offsetof(struct imap_settings, timeout), "30s", 1000, 600000,
-	  "connect and per-read/write timeout" },
+	  "budget of one delivery attempt (connect, login, APPEND, ...) and per-read/write "
+	  "timeout" },
 	{ "idle_timeout", CONF_DURATION, offsetof(struct imap_settings, idle_timeout), "60s", 0,
 	  3600000, "close pooled connections idle longer than this" },
 	{ "max_idle", CONF_INT, offsetof(struct imap_settings, max_idle), "16", 0, 1024,
@@ -577,11 +579,27 @@ static size_t build_prefix(struct imap_state *st, const struct delivery *d, stru
 	return prefix_len;
 }
 
+/* Did the server refuse the folder rather than the message or the moment? Quota, size and
+ * "try again later" answers are kept: INBOX would get the same, or the folder may work later. */
+static bool folder_refused(const struct imap_append_result *res)
+{
+	static const char *const not_the_folder[] = { "OVERQUOTA", "LIMIT", "TOOBIG", "INUSE",
+						      "UNAVAILABLE", "SERVERBUG", "EXPUNGEISSUE" };
+
+	if (res->trycreate)
+		return true;
+	for (size_t i = 0; i < sizeof(not_the_folder) / sizeof(not_the_folder[0]); i++) {
+		if (strcasecmp(res->code, not_the_folder[i]) == 0)
+			return false;
+	}
+	return true;
+}
+
 /* One APPEND of one message, with [TRYCREATE] handling and the dedupe check. */
 static void deliver_single(struct imap_state *st, const struct delivery *d, struct target *t,
 			   const char *user, char *folder, size_t folder_size)
 {
-	char reason[400], prefix[4096], id[65];
+	char reason[400], prefix[4096], id[65], refused[512] = "";
 	const char *identity = st->login_kind == LOGIN_SHARED ? st->login : user;
 	/* One budget for the whole attempt: pool check, connect, login, APPEND, CREATE, ... */
 	int64_t deadline = imap_deadline_after((int)st->set.timeout);
@@ -665,6 +683,17 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 					    sizeof(reason));
 		}
 	}
+	if (r < 0 && st->set.fallback_to_inbox && !imapconn_broken(conn) &&
+	    strcasecmp(folder, "INBOX") != 0 && folder_refused(&res)) {
+		/* The server will not take mail into this folder, whatever it said ([CANNOT] for a
+		 * name it refuses, [TRYCREATE] again after CREATE, no code at all, ...). A folder
+		 * answer that will not change by itself must not defer the message for ever. */
+		snprintf(refused, sizeof(refused), "%s", folder);
+		snprintf(folder, folder_size, "INBOX");
+		r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
+				    st->set.overquota_permanent, &res, &t->status, reason,
+				    sizeof(reason));
+	}
 	spool_view_release(&view);
 	if (id[0]) {
 		/* A lost connection mid-APPEND leaves the outcome unknown: check next time. */
@@ -676,8 +705,8 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 	} else {
 		status_must(&t->status, 250, "2.0.0", "<%s> stored (%s uid %u/%u)", t->rcpt->rcpt,
 			    st->name, res.uidvalidity, res.uid);
-		snprintf(t->ref, sizeof(t->ref), "user=%s folder=%s uid=%u/%u", user, folder,
-			 res.uidvalidity, res.uid);
+		snprintf(t->ref, sizeof(t->ref), "user=%s folder=%s uid=%u/%u%s%s", user, folder,
+			 res.uidvalidity, res.uid, refused[0] ? " refused_folder=" : "", refused);
 	}
 	pool_give(st, conn);
 }
@@ -889,16 +918,51 @@ static bool append_batched(struct imap_state *st, const char *identity, const ch
 	return !me.fallback;
 }
 
+/*
+ * Can a +detail name a folder? Not when it holds IMAP list wildcards ("*", "%": a folder named
+ * so cannot be listed or selected reliably), control characters, bytes that are not UTF-8, or
+ * an empty hierarchy level: a leading, trailing or doubled "." or "/" (the two hierarchy
+ * separators servers use; a single one between names makes a subfolder, "lists.linux").
+ * Everything else goes to the server, in modified UTF-7.
+ */
+static bool detail_usable(const char *detail)
+{
+	char encoded[512];
+	bool level_empty = true; /* at the start, and just after a separator */
+
+	for (const unsigned char *p = (const unsigned char *)detail; *p != '\0'; p++) {
+		if (*p < 0x20 || *p == 0x7f || *p == '*' || *p == '%')
+			return false;
+		bool separator = *p == '.' || *p == '/';
+		if (separator && level_empty)
+			return false;
+		level_empty = separator;
+	}
+	return !level_empty && imap_mutf7_encode(detail, encoded, sizeof(encoded)) == 0;
+}
+
 static void deliver_one(struct imap_state *st, const struct delivery *d, struct target *t)
 {
-	char user[256], folder[512], prefix[4096], id[65];
+	char user[256], name[512], folder[512], prefix[4096], id[65];
 	const char *error;
 	bool use_detail = st->set.folder_from_detail && t->rcpt->detail[0] != '\0';
+	bool detail_refused = use_detail && template_uses(st->detail_tmpl, "detail") &&
+			      !detail_usable(t->rcpt->detail);
 
+	if (detail_refused && !st->set.fallback_to_inbox) {
+		/* This address can never name a folder: a bounce, not retries for days. */
+		status_must(&t->status, 550, "5.1.1", "<%s> +detail not usable as an IMAP folder name",
+			    t->rcpt->rcpt);
+		snprintf(t->ref, sizeof(t->ref), "detail refused");
+		return;
+	}
 	if (template_expand(st->user_tmpl, &t->vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0 ||
-	    template_expand(use_detail ? st->detail_tmpl : st->folder_tmpl, &t->vars, TEMPLATE_RAW,
-			    folder, sizeof(folder), &error) < 0 ||
-	    user[0] == '\0' || folder[0] == '\0') {
+	    (detail_refused ? snprintf(name, sizeof(name), "INBOX") < 0 :
+	     template_expand(use_detail ? st->detail_tmpl : st->folder_tmpl, &t->vars,
+			     TEMPLATE_RAW, name, sizeof(name), &error) < 0) ||
+	    user[0] == '\0' || name[0] == '\0' ||
+	    /* RFC 3501 5.1.3: mailbox names go to the server in modified UTF-7 */
+	    imap_mutf7_encode(name, folder, sizeof(folder)) < 0) {
 		status_must(&t->status, 451, "4.3.0", "<%s> cannot resolve IMAP user or folder",
 			    t->rcpt->rcpt);
 		snprintf(t->ref, sizeof(t->ref), "template");
