@@ -646,7 +646,8 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 	struct imap_append_result res;
 	int r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
 				st->set.overquota_permanent, &res, &t->status, reason, sizeof(reason));
-	if (r < 0 && pooled && imapconn_broken(conn) && !imapconn_literal_started(conn)) {
+	if (r < 0 && pooled && imapconn_broken(conn) && !imapconn_literal_started(conn) &&
+	    imap_deadline_after(0) < deadline) {
 		/* A pooled connection found dead before any message byte went out: nothing can
 		 * have been stored. Replace it and send again, once. */
 		imapconn_close(&conn);
@@ -750,22 +751,18 @@ struct append_queue {
 	size_t pending;
 	unsigned leaders;             /* batches of this queue being appended now */
 	unsigned members;             /* waiters inside append_batched() for this queue */
+	bool last_lost;               /* the last batch lost its connection (or none was had) */
 };
 
-static void run_batch(struct imap_state *st, const char *identity, const char *folder,
-		      struct append_waiter *batch, size_t count)
+/* Append one batch within deadline; true when the server was lost (or not reached). */
+static bool run_batch(struct imap_state *st, const char *identity, const char *folder,
+		      struct append_waiter *batch, size_t count, int64_t deadline)
 {
 	char reason[400];
 	struct status failure;
 
 	/* A batch of one is appended here too (an APPEND with LITERAL+): leading it holds the
 	 * queue, so the deliveries arriving meanwhile form the next batch. */
-	/* One budget for the batch: that of its oldest member, whose time waiting in the queue
-	 * (behind a batch a stalled server held up) counts. */
-	int64_t deadline = batch->deadline;
-	for (struct append_waiter *w = batch->next; w != NULL; w = w->next)
-		if (w->deadline < deadline)
-			deadline = w->deadline;
 	struct imapconn *conn = pool_take(st, identity, deadline);
 	bool pooled = conn != NULL;
 	if (conn == NULL)
@@ -779,7 +776,8 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 			name_recipient(w->t);
 			snprintf(w->t->ref, sizeof(w->t->ref), "user=%s %s", w->user, reason);
 		}
-		return;
+		/* lost: unreachable, timed out, cut (4.4.x); a refused login is an answer */
+		return strncmp(failure.enhanced, "4.4.", 4) == 0;
 	}
 	bool can = imapconn_can_multiappend(conn, folder);
 	struct imap_append_item *items = can ? calloc(count, sizeof(*items)) : NULL;
@@ -790,7 +788,7 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 		pool_give(st, conn);
 		for (struct append_waiter *w = batch; w != NULL; w = w->next)
 			w->fallback = true;
-		return;
+		return false;
 	}
 	size_t i = 0;
 	for (struct append_waiter *w = batch; w != NULL; w = w->next)
@@ -800,7 +798,7 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 				     st->set.overquota_permanent, &res, &failure, reason,
 				     sizeof(reason));
 	if (r < 0 && pooled && !res.refused && imapconn_broken(conn) &&
-	    !imapconn_literal_started(conn)) {
+	    !imapconn_literal_started(conn) && imap_deadline_after(0) < deadline) {
 		/* A pooled connection found dead before any message byte went out: nothing can
 		 * have been stored. Replace it and send again, once (on failure to reconnect,
 		 * every waiter gets that failure). */
@@ -834,6 +832,7 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 	}
 	free(items);
 	pool_give(st, conn);
+	return lost;
 }
 
 /* Queue one mapped message for the account's folder; returns when it has a result (true) or
@@ -895,11 +894,21 @@ static bool append_batched(struct imap_state *st, const char *identity, const ch
 		last->next = NULL;
 		q->pending -= count;
 		q->leaders++;
+		/* One budget for the batch. After a batch that lost the server (a stall, say), the
+		 * time its members already waited in the queue counts: each gets its answer about
+		 * one timeout after it arrived, not one more timeout per batch ahead of it. After a
+		 * good batch the server is working: a fresh budget, however long the wait was. */
+		int64_t deadline = imap_deadline_after((int)st->set.timeout);
+		for (struct append_waiter *w = batch; q->last_lost && w != NULL; w = w->next) {
+			if (w->deadline < deadline)
+				deadline = w->deadline;
+		}
 		pthread_mutex_unlock(&st->batch_lock);
 
-		run_batch(st, identity, folder, batch, count);
+		bool lost = run_batch(st, identity, folder, batch, count, deadline);
 
 		pthread_mutex_lock(&st->batch_lock);
+		q->last_lost = lost;
 		q->leaders--;
 		for (struct append_waiter *w = batch, *next; w != NULL; w = next) {
 			next = w->next; /* w may leave as soon as it is done and we unlock */
