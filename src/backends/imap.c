@@ -950,13 +950,42 @@ static bool detail_usable(const char *detail)
 	return !level_empty && imap_mutf7_encode(detail, encoded, sizeof(encoded)) == 0;
 }
 
+/* A recipient's folder as sent to the server (modified UTF-7, RFC 3501 5.1.3) into folder:
+ * detail_folder or folder expanded, or INBOX when the +detail cannot name a folder
+ * (*detail_refused_r; without fallback_to_inbox the caller refuses the recipient). -1 with
+ * *error_r when a template fails or the name is empty or too long. */
+static int folder_of(const struct imap_state *st, const struct recipient *rcpt,
+		     const struct template_vars *vars, char *folder, size_t size,
+		     bool *detail_refused_r, const char **error_r)
+{
+	char name[512];
+	bool use_detail = st->set.folder_from_detail && rcpt->detail[0] != '\0';
+
+	*detail_refused_r = use_detail && template_uses(st->detail_tmpl, "detail") &&
+			    !detail_usable(rcpt->detail);
+	if (*detail_refused_r)
+		snprintf(name, sizeof(name), "INBOX");
+	else if (template_expand(use_detail ? st->detail_tmpl : st->folder_tmpl, vars,
+				 TEMPLATE_RAW, name, sizeof(name), error_r) < 0)
+		return -1;
+	if (name[0] == '\0') {
+		*error_r = "empty folder name";
+		return -1;
+	}
+	if (imap_mutf7_encode(name, folder, size) < 0) {
+		*error_r = "folder name too long in modified UTF-7";
+		return -1;
+	}
+	return 0;
+}
+
 static void deliver_one(struct imap_state *st, const struct delivery *d, struct target *t)
 {
-	char user[256], name[512], folder[512], prefix[4096], id[65];
+	char user[256], folder[512], prefix[4096], id[65];
 	const char *error;
-	bool use_detail = st->set.folder_from_detail && t->rcpt->detail[0] != '\0';
-	bool detail_refused = use_detail && template_uses(st->detail_tmpl, "detail") &&
-			      !detail_usable(t->rcpt->detail);
+	bool detail_refused;
+	int resolved = folder_of(st, t->rcpt, &t->vars, folder, sizeof(folder), &detail_refused,
+				 &error);
 
 	if (detail_refused && !st->set.fallback_to_inbox) {
 		/* This address can never name a folder: a bounce, not retries for days. */
@@ -965,13 +994,9 @@ static void deliver_one(struct imap_state *st, const struct delivery *d, struct 
 		snprintf(t->ref, sizeof(t->ref), "detail refused");
 		return;
 	}
-	if (template_expand(st->user_tmpl, &t->vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0 ||
-	    (detail_refused ? snprintf(name, sizeof(name), "INBOX") < 0 :
-	     template_expand(use_detail ? st->detail_tmpl : st->folder_tmpl, &t->vars,
-			     TEMPLATE_RAW, name, sizeof(name), &error) < 0) ||
-	    user[0] == '\0' || name[0] == '\0' ||
-	    /* RFC 3501 5.1.3: mailbox names go to the server in modified UTF-7 */
-	    imap_mutf7_encode(name, folder, sizeof(folder)) < 0) {
+	if (resolved < 0 ||
+	    template_expand(st->user_tmpl, &t->vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0 ||
+	    user[0] == '\0') {
 		status_must(&t->status, 451, "4.3.0", "<%s> cannot resolve IMAP user or folder",
 			    t->rcpt->rcpt);
 		snprintf(t->ref, sizeof(t->ref), "template");
@@ -1014,17 +1039,21 @@ static void imap_explain(void *state, const struct recipient *rcpt,
 {
 	struct imap_state *st = state;
 	char user[256], folder[512];
-	const char *error;
-	bool use_detail = st->set.folder_from_detail && rcpt->detail[0] != '\0';
+	const char *error = "";
+	bool detail_refused;
 
 	if (template_expand(st->user_tmpl, vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0 ||
-	    template_expand(use_detail ? st->detail_tmpl : st->folder_tmpl, vars, TEMPLATE_RAW,
-			    folder, sizeof(folder), &error) < 0) {
+	    folder_of(st, rcpt, vars, folder, sizeof(folder), &detail_refused, &error) < 0) {
 		snprintf(buf, size, "template: %s", error);
 		return;
 	}
-	snprintf(buf, size, "imap %s:%s user=%s folder=%s login=%s", st->ep.host, st->ep.port,
+	if (detail_refused && !st->set.fallback_to_inbox) {
+		snprintf(buf, size, "imap: 550 5.1.1, +detail not usable as an IMAP folder name");
+		return;
+	}
+	snprintf(buf, size, "imap %s:%s user=%s folder=%s%s login=%s", st->ep.host, st->ep.port,
 		 st->login_kind == LOGIN_SHARED ? st->login : user, folder,
+		 detail_refused ? " (+detail not usable as a folder name)" : "",
 		 st->login_kind == LOGIN_MASTER ? "master" :
 		 st->login_kind == LOGIN_USER ? "own password" : "shared account");
 }
