@@ -96,7 +96,9 @@ def test_imap_stalled_server_one_timeout_then_recovers():
     long enough to be checked with NOOP. Three deliveries arrive during the stall: each answers
     451 after about one timeout -- not NOOP's timeout plus the reconnect's, and not one timeout
     more for each delivery queued behind another for the same folder (before the fix: 6 s
-    alone, 12 s for the third, with timeout = 3 s). After SIGCONT deliveries get 250 again."""
+    alone, 12 s for the third, with timeout = 3 s). After SIGCONT deliveries get 250 again; a
+    second stall met by the APPEND on a just-used connection also costs one timeout (6 s
+    before the fix)."""
     with dovecot() as dc:
         with gateway(imap_backend(dc, timeout="%ds" % TIMEOUT_S)) as gw:
             for r, _ in _concurrent(gw, 3, "before"):
@@ -114,6 +116,16 @@ def test_imap_stalled_server_one_timeout_then_recovers():
                         took, TIMEOUT_S, [(str(r), round(t, 1)) for r, t in stalled])
             for r, _ in _concurrent(gw, 3, "after"):
                 expect(r, 250, "2.0.0")
+            # stalled again at once: the pooled connections were just used (no NOOP check),
+            # the APPEND itself meets the stall; still one timeout
+            _stop_all(dc, signal.SIGSTOP)
+            try:
+                again = _concurrent(gw, 1, "again")
+            finally:
+                _stop_all(dc, signal.SIGCONT)
+            expect(again[0][0], 451)
+            assert again[0][1] < TIMEOUT_S + 1.0, \
+                "a stalled APPEND took %.1f s for timeout = %d s" % (again[0][1], TIMEOUT_S)
         subjects = b"".join(m.raw for m in dc.messages("alice"))
         for i in range(3):
             assert b"Subject: after-%d" % i in subjects, "after-%d not stored" % i
