@@ -685,10 +685,14 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 		}
 	}
 	if (r < 0 && st->set.fallback_to_inbox && !imapconn_broken(conn) &&
-	    strcasecmp(folder, "INBOX") != 0 && folder_refused(&res)) {
+	    strcasecmp(folder, "INBOX") != 0 && folder_refused(&res) &&
+	    t->status.code == 451 && (strcmp(t->status.enhanced, "4.3.0") == 0 ||
+				      strcmp(t->status.enhanced, "4.7.1") == 0)) {
 		/* The server will not take mail into this folder, whatever it said ([CANNOT] for a
 		 * name it refuses, [TRYCREATE] again after CREATE, no code at all, ...). A folder
-		 * answer that will not change by itself must not defer the message for ever. */
+		 * answer that will not change by itself must not defer the message for ever. Only
+		 * a folder verdict (451 4.3.0, 4.7.1 for NOPERM) is replaced: a verdict about the
+		 * account or the message set above (no such user, over quota) stands. */
 		snprintf(refused, sizeof(refused), "%s", folder);
 		snprintf(folder, folder_size, "INBOX");
 		r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
