@@ -697,7 +697,6 @@ static int append_refused(struct imapconn *conn, const char *command, const char
 	const struct mailimap_response_info *info = conn->imap->imap_response_info;
 
 	res_r->trycreate = info != NULL && info->rsp_trycreate;
-	snprintf(res_r->code, sizeof(res_r->code), "%s", response_code(conn));
 	if (res_r->trycreate)
 		status_must(st_r, 451, "4.3.0", "IMAP folder does not exist");
 	else
@@ -755,8 +754,10 @@ int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flag
 	}
 	char what[32];
 	snprintf(what, sizeof(what), "error %d", r);
-	return append_refused(conn, "append", mailbox, what, overquota_permanent, res_r, st_r,
-			      reason, reason_size);
+	int refused = append_refused(conn, "append", mailbox, what, overquota_permanent, res_r,
+				     st_r, reason, reason_size);
+	snprintf(res_r->code, sizeof(res_r->code), "%s", response_code(conn));
+	return refused;
 }
 
 /*
@@ -949,8 +950,10 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 	/* NO: nothing of the batch was stored (RFC 3502 6.3.11: all or none). */
 	char what[32];
 	snprintf(what, sizeof(what), "%zu messages", count);
-	return append_refused(conn, "multiappend", mailbox, what, overquota_permanent, res_r,
-			      st_r, reason, reason_size);
+	int refused = append_refused(conn, "multiappend", mailbox, what, overquota_permanent,
+				     res_r, st_r, reason, reason_size);
+	snprintf(res_r->code, sizeof(res_r->code), "%s", response_code(conn));
+	return refused;
 
 stream_failed:
 	/* Lost mid-command: any of the messages may or may not be stored; 4xx, the MTA retries. */
