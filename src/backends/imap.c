@@ -548,6 +548,22 @@ static bool uncertain_get(struct imap_state *st, const char *id)
 	return hit;
 }
 
+/* Did the server refuse the folder rather than the message or the moment? Quota, size and
+ * "try again later" answers are kept: INBOX would get the same, or the folder may work later. */
+static bool folder_refused(const struct imap_append_result *res)
+{
+	static const char *const not_the_folder[] = { "OVERQUOTA", "LIMIT", "TOOBIG", "INUSE",
+						      "UNAVAILABLE", "SERVERBUG", "EXPUNGEISSUE" };
+
+	if (res->trycreate)
+		return true;
+	for (size_t i = 0; i < sizeof(not_the_folder) / sizeof(not_the_folder[0]); i++) {
+		if (strcasecmp(res->code, not_the_folder[i]) == 0)
+			return false;
+	}
+	return true;
+}
+
 /* Replies name the recipient, like every other driver's: "<rcpt> text". */
 static void name_recipient(struct target *t)
 {
@@ -577,22 +593,6 @@ static size_t build_prefix(struct imap_state *st, const struct delivery *d, stru
 			prefix_len += (size_t)n;
 	}
 	return prefix_len;
-}
-
-/* Did the server refuse the folder rather than the message or the moment? Quota, size and
- * "try again later" answers are kept: INBOX would get the same, or the folder may work later. */
-static bool folder_refused(const struct imap_append_result *res)
-{
-	static const char *const not_the_folder[] = { "OVERQUOTA", "LIMIT", "TOOBIG", "INUSE",
-						      "UNAVAILABLE", "SERVERBUG", "EXPUNGEISSUE" };
-
-	if (res->trycreate)
-		return true;
-	for (size_t i = 0; i < sizeof(not_the_folder) / sizeof(not_the_folder[0]); i++) {
-		if (strcasecmp(res->code, not_the_folder[i]) == 0)
-			return false;
-	}
-	return true;
 }
 
 /* One APPEND of one message, with [TRYCREATE] handling and the dedupe check. */
