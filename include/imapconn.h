@@ -44,10 +44,21 @@ void imap_tls_context_free(void *ssl_ctx);
 
 struct imapconn;
 
+/* A deadline (CLOCK_MONOTONIC milliseconds) timeout_ms from now: the budget of one delivery
+ * attempt, for imapconn_open and imapconn_set_deadline. */
+int64_t imap_deadline_after(int timeout_ms);
+
 /* Connect, secure, read the greeting. NULL on failure with *st_r (451 4.4.1 refused or
- * unreachable, 451 4.4.2 lost, 451 4.7.5 certificate not trusted, ...) and reason. */
-struct imapconn *imapconn_open(const struct imap_endpoint *ep, struct status *st_r,
-			       char *reason, size_t reason_size);
+ * unreachable, 451 4.4.2 lost, 451 4.7.5 certificate not trusted, ...) and reason. Every
+ * read and write waits at most ep->timeout_ms and never past deadline_ms (0: no deadline);
+ * the deadline stays with the connection until imapconn_set_deadline changes it. */
+struct imapconn *imapconn_open(const struct imap_endpoint *ep, int64_t deadline_ms,
+			       struct status *st_r, char *reason, size_t reason_size);
+
+/* The budget of the next commands (0: only the per-read/write timeout). While a message
+ * literal is being written, each write that made progress pushes the deadline to one timeout
+ * after it, so a big message is bounded by inactivity rather than by the budget. */
+void imapconn_set_deadline(struct imapconn *conn, int64_t deadline_ms);
 void imapconn_close(struct imapconn **conn);
 
 enum imap_login_mode {
@@ -66,6 +77,7 @@ struct imap_append_result {
 	uint32_t uidvalidity;
 	uint32_t uid;
 	bool trycreate;             /* the server said [TRYCREATE] */
+	char code[32];              /* the response code of a NO (RFC 5530 atom), or "" */
 	bool refused;               /* MULTIAPPEND: a tagged BAD (nothing stored; the connection
 	                             * is not reused, so imapconn_broken() is true too) */
 };
@@ -120,9 +132,19 @@ int imapconn_noop(struct imapconn *conn);
  * closed): the connection must be checked with NOOP before reuse. */
 bool imapconn_peer_spoke(const struct imapconn *conn);
 
+/* Did the last APPEND (or MULTIAPPEND) begin to send message bytes? When it failed before,
+ * the server cannot have stored anything: the command may be retried on another connection. */
+bool imapconn_literal_started(const struct imapconn *conn);
+
 bool imapconn_broken(const struct imapconn *conn);
 const char *imapconn_login_user(const struct imapconn *conn);
 time_t imapconn_last_used(const struct imapconn *conn);
+
+/* Encode a UTF-8 mailbox name in modified UTF-7 (RFC 3501 5.1.3): printable US-ASCII stands
+ * for itself ("&" becomes "&-"), anything else goes as UTF-16 in modified base64 between "&"
+ * and "-". 0, or -1 when utf8 is not well-formed UTF-8 or the result (with its NUL) does not
+ * fit out_size. */
+int imap_mutf7_encode(const char *utf8, char *out, size_t out_size);
 
 /* Map an IMAP response code (RFC 5530) of a failed APPEND to a reply; exposed for tests. */
 void imap_map_append_failure(const char *code, bool overquota_permanent, struct status *st_r);

@@ -29,10 +29,26 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+/*
+ * Time allowed for I/O. Every read and write waits at most timeout_ms, and never past
+ * deadline_ms (CLOCK_MONOTONIC milliseconds; 0: no deadline) -- the budget of one delivery
+ * attempt, so a stalled server costs the attempt one timeout, not one per step (NOOP check,
+ * connect, greeting, login, APPEND, CREATE, ...). While a message literal is being sent
+ * (extend_on_write), each write that made progress moves the deadline to timeout_ms after it:
+ * a big message on a slow link is bounded by inactivity, not by a total.
+ */
+struct io_clock {
+	int timeout_ms;
+	int64_t deadline_ms;
+	bool extend_on_write;
+};
+
 struct imapconn {
 	mailimap *imap;
 	int fd;
 	bool broken;
+	bool literal_started;       /* the last APPEND began to send message bytes */
+	struct io_clock clock;
 	char user[256];
 	time_t last_used;
 };
@@ -147,11 +163,65 @@ void imap_tls_context_free(void *ssl_ctx)
 	SSL_CTX_free(ssl_ctx);
 }
 
+/* --- time --- */
+
+static int64_t monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t imap_deadline_after(int timeout_ms)
+{
+	return monotonic_ms() + timeout_ms;
+}
+
+/* Milliseconds the next I/O may wait; 0 when the deadline has passed. */
+static int clock_remaining(const struct io_clock *c)
+{
+	int64_t wait = c->timeout_ms;
+
+	if (c->deadline_ms != 0) {
+		int64_t left = c->deadline_ms - monotonic_ms();
+		if (left < wait)
+			wait = left;
+	}
+	return wait > 0 ? (int)wait : 0;
+}
+
+/* Set the socket's read and write timeouts to what the clock allows; -1 (ETIMEDOUT) when
+ * nothing is left. A zero timeval would mean "wait for ever": never set it. */
+static int clock_arm(int fd, const struct io_clock *c)
+{
+	int wait = clock_remaining(c);
+
+	if (wait <= 0) {
+		errno = ETIMEDOUT;
+		return -1;
+	}
+	struct timeval tv = { .tv_sec = wait / 1000, .tv_usec = (wait % 1000) * 1000 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	return 0;
+}
+
+static void clock_progress(struct io_clock *c)
+{
+	if (c->extend_on_write && c->deadline_ms != 0) {
+		int64_t later = monotonic_ms() + c->timeout_ms;
+		if (later > c->deadline_ms)
+			c->deadline_ms = later;
+	}
+}
+
 /* --- transport: a mailstream low driver over a socket or an SSL session --- */
 
 struct transport {
 	int fd;
 	SSL *ssl;
+	struct io_clock *clock;     /* the connection's */
 };
 
 static struct transport *low_transport(mailstream_low *low)
@@ -164,6 +234,8 @@ static ssize_t low_read(mailstream_low *low, void *buf, size_t count)
 	struct transport *t = low_transport(low);
 
 	for (;;) {
+		if (clock_arm(t->fd, t->clock) < 0)
+			return -1;
 		if (t->ssl != NULL) {
 			int n = SSL_read(t->ssl, buf, count > INT32_MAX ? INT32_MAX : (int)count);
 			if (n > 0)
@@ -187,10 +259,14 @@ static ssize_t low_write(mailstream_low *low, const void *buf, size_t count)
 	struct transport *t = low_transport(low);
 
 	for (;;) {
+		if (clock_arm(t->fd, t->clock) < 0)
+			return -1;
 		if (t->ssl != NULL) {
 			int n = SSL_write(t->ssl, buf, count > INT32_MAX ? INT32_MAX : (int)count);
-			if (n > 0)
+			if (n > 0) {
+				clock_progress(t->clock);
 				return n;
+			}
 			if (SSL_get_error(t->ssl, n) == SSL_ERROR_SYSCALL && errno == EINTR)
 				continue;
 			return -1;
@@ -198,6 +274,8 @@ static ssize_t low_write(mailstream_low *low, const void *buf, size_t count)
 		ssize_t n = send(t->fd, buf, count, MSG_NOSIGNAL);
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n > 0)
+			clock_progress(t->clock);
 		return n;
 	}
 }
@@ -263,13 +341,14 @@ static mailstream_low_driver transport_driver = {
 	.mailstream_interrupt_idle = low_idle_noop,
 };
 
-static mailstream_low *transport_new(int fd, SSL *ssl)
+static mailstream_low *transport_new(int fd, SSL *ssl, struct io_clock *clock)
 {
 	struct transport *t = calloc(1, sizeof(*t));
 	if (t == NULL)
 		return NULL;
 	t->fd = fd;
 	t->ssl = ssl;
+	t->clock = clock;
 	mailstream_low *low = mailstream_low_new(t, &transport_driver);
 	if (low == NULL)
 		free(t);
@@ -278,8 +357,8 @@ static mailstream_low *transport_new(int fd, SSL *ssl)
 
 /* --- connect --- */
 
-static int connect_socket(const struct imap_endpoint *ep, struct status *st_r, char *reason,
-			  size_t reason_size)
+static int connect_socket(const struct imap_endpoint *ep, const struct io_clock *clock,
+			  struct status *st_r, char *reason, size_t reason_size)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res, *ai;
 	int gai = getaddrinfo(ep->host, ep->port, &hints, &res);
@@ -304,7 +383,8 @@ static int connect_socket(const struct imap_endpoint *ep, struct status *st_r, c
 			continue;
 		}
 		struct pollfd pfd = { .fd = fd, .events = POLLOUT };
-		int pr = poll(&pfd, 1, ep->timeout_ms);
+		int wait = clock_remaining(clock);
+		int pr = wait > 0 ? poll(&pfd, 1, wait) : 0;
 		int soerr = 0;
 		socklen_t len = sizeof(soerr);
 		if (pr <= 0) {
@@ -327,16 +407,13 @@ static int connect_socket(const struct imap_endpoint *ep, struct status *st_r, c
 			 strerror(last_errno));
 		return -1;
 	}
-	/* Blocking from here on, with timeouts on every read and write. */
+	/* Blocking from here on, with timeouts on every read and write (clock_arm). */
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-	struct timeval tv = { .tv_sec = ep->timeout_ms / 1000, .tv_usec = (ep->timeout_ms % 1000) * 1000 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	return fd;
 }
 
-static SSL *tls_handshake(const struct imap_endpoint *ep, int fd, struct status *st_r,
-			  char *reason, size_t reason_size)
+static SSL *tls_handshake(const struct imap_endpoint *ep, int fd, const struct io_clock *clock,
+			  struct status *st_r, char *reason, size_t reason_size)
 {
 	SSL *ssl = SSL_new(ep->ssl_ctx);
 	struct in_addr a4;
@@ -356,7 +433,7 @@ static SSL *tls_handshake(const struct imap_endpoint *ep, int fd, struct status 
 		SSL_set1_host(ssl, ep->host);
 	}
 	SSL_set_fd(ssl, fd);
-	if (SSL_connect(ssl) != 1) {
+	if (clock_arm(fd, clock) < 0 || SSL_connect(ssl) != 1) {
 		long verify = SSL_get_verify_result(ssl);
 		if (verify != X509_V_OK) {
 			status_must(st_r, 451, "4.7.5", "IMAP server certificate not trusted");
@@ -383,8 +460,8 @@ static void conn_fail_stream(struct imapconn *conn, struct status *st_r, const c
 	snprintf(reason, reason_size, "%s: libetpan error %d", what, r);
 }
 
-struct imapconn *imapconn_open(const struct imap_endpoint *ep, struct status *st_r,
-			       char *reason, size_t reason_size)
+struct imapconn *imapconn_open(const struct imap_endpoint *ep, int64_t deadline_ms,
+			       struct status *st_r, char *reason, size_t reason_size)
 {
 	struct imapconn *conn = calloc(1, sizeof(*conn));
 	SSL *ssl = NULL;
@@ -396,20 +473,22 @@ struct imapconn *imapconn_open(const struct imap_endpoint *ep, struct status *st
 		snprintf(reason, reason_size, "out of memory");
 		return NULL;
 	}
-	conn->fd = connect_socket(ep, st_r, reason, reason_size);
+	conn->clock.timeout_ms = ep->timeout_ms;
+	conn->clock.deadline_ms = deadline_ms;
+	conn->fd = connect_socket(ep, &conn->clock, st_r, reason, reason_size);
 	if (conn->fd < 0) {
 		free(conn);
 		return NULL;
 	}
 	if (ep->security == IMAP_TLS_IMPLICIT) {
-		ssl = tls_handshake(ep, conn->fd, st_r, reason, reason_size);
+		ssl = tls_handshake(ep, conn->fd, &conn->clock, st_r, reason, reason_size);
 		if (ssl == NULL) {
 			close(conn->fd);
 			free(conn);
 			return NULL;
 		}
 	}
-	low = transport_new(conn->fd, ssl);
+	low = transport_new(conn->fd, ssl, &conn->clock);
 	stream = low ? mailstream_new(low, 16384) : NULL;
 	conn->imap = mailimap_new(0, NULL);
 	if (low == NULL || stream == NULL || conn->imap == NULL) {
@@ -456,13 +535,13 @@ struct imapconn *imapconn_open(const struct imap_endpoint *ep, struct status *st
 			imapconn_close(&conn);
 			return NULL;
 		}
-		ssl = tls_handshake(ep, conn->fd, st_r, reason, reason_size);
+		ssl = tls_handshake(ep, conn->fd, &conn->clock, st_r, reason, reason_size);
 		if (ssl == NULL) {
 			imapconn_close(&conn);
 			return NULL;
 		}
 		mailstream_low *old = mailstream_get_low(conn->imap->imap_stream);
-		mailstream_low *tls = transport_new(conn->fd, ssl);
+		mailstream_low *tls = transport_new(conn->fd, ssl, &conn->clock);
 		if (tls == NULL) {
 			SSL_free(ssl);
 			status_must(st_r, 451, "4.3.0", "Local error in processing");
@@ -668,8 +747,13 @@ int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flag
 	gmtime_r(&internaldate, &tm);
 	date = mailimap_date_time_new(tm.tm_mday, tm.tm_mon + 1, tm.tm_year + 1900, tm.tm_hour,
 				      tm.tm_min, tm.tm_sec, 0);
+	/* libetpan sends the literal itself: from here on we cannot tell what reached the server,
+	 * and each write of it is progress. */
+	conn->literal_started = true;
+	conn->clock.extend_on_write = true;
 	int r = mailimap_uidplus_append(conn->imap, mailbox, flag_list, date, data, len,
 					&uidvalidity, &uid);
+	conn->clock.extend_on_write = false;
 	if (flag_list != NULL)
 		mailimap_flag_list_free(flag_list);
 	if (date != NULL)
@@ -687,8 +771,10 @@ int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flag
 	}
 	char what[32];
 	snprintf(what, sizeof(what), "error %d", r);
-	return append_refused(conn, "append", mailbox, what, overquota_permanent, res_r, st_r,
-			      reason, reason_size);
+	int refused = append_refused(conn, "append", mailbox, what, overquota_permanent, res_r,
+				     st_r, reason, reason_size);
+	snprintf(res_r->code, sizeof(res_r->code), "%s", response_code(conn));
+	return refused;
 }
 
 /*
@@ -814,6 +900,7 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 	int r;
 
 	memset(res_r, 0, sizeof(*res_r));
+	conn->literal_started = false;
 	for (size_t i = 0; i < count; i++)
 		items[i].uid = 0;
 	r = mailimap_send_current_tag(imap);
@@ -832,12 +919,19 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 			     months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
 			     tm.tm_sec, size);
 		if (n < 0 || (size_t)n >= sizeof(head) || stream_put(conn, head, (size_t)n) < 0 ||
-		    size > UINT32_MAX ||
-		    literal_send(conn, items[i].data, items[i].len, clean) < 0)
+		    size > UINT32_MAX)
+			goto stream_failed;
+		/* From the first message byte on, a failure leaves the outcome unknown; until
+		 * then the server cannot have stored anything (imapconn_literal_started). */
+		conn->literal_started = true;
+		conn->clock.extend_on_write = true;
+		if (literal_send(conn, items[i].data, items[i].len, clean) < 0)
 			goto stream_failed;
 	}
-	if (stream_put(conn, "\r\n", 2) < 0 || mailstream_flush(imap->imap_stream) == -1 ||
-	    mailimap_read_line(imap) == NULL)
+	if (stream_put(conn, "\r\n", 2) < 0 || mailstream_flush(imap->imap_stream) == -1)
+		goto stream_failed;
+	conn->clock.extend_on_write = false;
+	if (mailimap_read_line(imap) == NULL)
 		goto stream_failed;
 	r = mailimap_parse_response(imap, &response);
 	conn->last_used = time(NULL);
@@ -873,11 +967,14 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 	/* NO: nothing of the batch was stored (RFC 3502 6.3.11: all or none). */
 	char what[32];
 	snprintf(what, sizeof(what), "%zu messages", count);
-	return append_refused(conn, "multiappend", mailbox, what, overquota_permanent, res_r,
-			      st_r, reason, reason_size);
+	int refused = append_refused(conn, "multiappend", mailbox, what, overquota_permanent,
+				     res_r, st_r, reason, reason_size);
+	snprintf(res_r->code, sizeof(res_r->code), "%s", response_code(conn));
+	return refused;
 
 stream_failed:
 	/* Lost mid-command: any of the messages may or may not be stored; 4xx, the MTA retries. */
+	conn->clock.extend_on_write = false;
 	conn_fail_stream(conn, st_r, "multiappend", MAILIMAP_ERROR_STREAM, reason, reason_size);
 	return -1;
 }
@@ -985,6 +1082,16 @@ bool imapconn_peer_spoke(const struct imapconn *conn)
 	return poll(&pfd, 1, 0) != 0;
 }
 
+void imapconn_set_deadline(struct imapconn *conn, int64_t deadline_ms)
+{
+	conn->clock.deadline_ms = deadline_ms;
+}
+
+bool imapconn_literal_started(const struct imapconn *conn)
+{
+	return conn->literal_started;
+}
+
 bool imapconn_broken(const struct imapconn *conn)
 {
 	return conn->broken;
@@ -998,4 +1105,105 @@ const char *imapconn_login_user(const struct imapconn *conn)
 time_t imapconn_last_used(const struct imapconn *conn)
 {
 	return conn->last_used;
+}
+
+/* --- mailbox names: modified UTF-7 (RFC 3501 5.1.3) --- */
+
+/* Next code point of the UTF-8 text at *p (advanced past it), or -1 when the bytes there are
+ * not well-formed UTF-8 (overlong forms, surrogates and values past U+10FFFF included). */
+static long utf8_next(const unsigned char **p)
+{
+	const unsigned char *s = *p;
+	long cp;
+	int more;
+
+	if (s[0] < 0x80) {
+		*p = s + 1;
+		return s[0];
+	}
+	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		cp = s[0] & 0x1f;
+		more = 1;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		cp = s[0] & 0x0f;
+		more = 2;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		cp = s[0] & 0x07;
+		more = 3;
+	} else {
+		return -1;
+	}
+	for (int i = 1; i <= more; i++) {
+		if ((s[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
+			return -1;
+		cp = (cp << 6) | (s[i] & 0x3f);
+	}
+	if ((more == 2 && cp < 0x800) || (more == 3 && cp < 0x10000) || cp > 0x10ffff ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return -1;
+	*p = s + more + 1;
+	return cp;
+}
+
+int imap_mutf7_encode(const char *utf8, char *out, size_t out_size)
+{
+	/* RFC 3501 5.1.3: RFC 2152's base64 with ',' for '/', no padding. */
+	static const char b64[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
+	const unsigned char *p = (const unsigned char *)utf8;
+	size_t n = 0;
+
+#define MUTF7_PUT(c)                          \
+	do {                                  \
+		if (n + 1 >= out_size)        \
+			return -1;            \
+		out[n++] = (char)(c);         \
+	} while (0)
+
+	if (out_size == 0)
+		return -1;
+	while (*p != '\0') {
+		if (*p >= 0x20 && *p <= 0x7e) {
+			/* printable US-ASCII stands for itself; "&" is written "&-" */
+			MUTF7_PUT(*p);
+			if (*p == '&')
+				MUTF7_PUT('-');
+			p++;
+			continue;
+		}
+		/* A run of everything else: UTF-16 in modified base64 between "&" and "-". */
+		uint32_t bits = 0;
+		int nbits = 0;
+		MUTF7_PUT('&');
+		while (*p != '\0' && !(*p >= 0x20 && *p <= 0x7e)) {
+			long cp = utf8_next(&p);
+			if (cp < 0)
+				return -1;
+			uint16_t units[2];
+			int count = 1;
+			if (cp >= 0x10000) {
+				cp -= 0x10000;
+				units[0] = (uint16_t)(0xd800 | (cp >> 10));
+				units[1] = (uint16_t)(0xdc00 | (cp & 0x3ff));
+				count = 2;
+			} else {
+				units[0] = (uint16_t)cp;
+			}
+			for (int u = 0; u < count; u++) {
+				bits = (bits << 16) | units[u];
+				nbits += 16;
+				while (nbits >= 6) {
+					nbits -= 6;
+					MUTF7_PUT(b64[(bits >> nbits) & 0x3f]);
+				}
+				bits &= (1u << nbits) - 1; /* keep only what is not written yet */
+			}
+		}
+		if (nbits > 0)
+			MUTF7_PUT(b64[(bits << (6 - nbits)) & 0x3f]); /* zero-padded last sextet */
+		MUTF7_PUT('-');
+	}
+	out[n] = '\0';
+	return 0;
+#undef MUTF7_PUT
 }

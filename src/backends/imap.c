@@ -94,7 +94,8 @@ static const struct conf_key imap_keys[] = {
 	{ "subscribe", CONF_BOOL, offsetof(struct imap_settings, subscribe), "true", 1, 0,
 	  "subscribe to folders we create" },
 	{ "fallback_to_inbox", CONF_BOOL, offsetof(struct imap_settings, fallback_to_inbox), "true",
-	  1, 0, "when a folder cannot be created, deliver into INBOX" },
+	  1, 0, "when the server refuses the folder, or the +detail cannot name one, deliver into "
+	  "INBOX" },
 	{ "overquota_permanent", CONF_BOOL, offsetof(struct imap_settings, overquota_permanent),
 	  "false", 1, 0, "answer [OVERQUOTA] with 552 5.2.2 (bounce) instead of 452 4.2.2" },
 	{ "unknown_user_permanent", CONF_BOOL,
@@ -111,7 +112,8 @@ static const struct conf_key imap_keys[] = {
 	  "add an X-Lmtpgw-Id header; after an APPEND of unknown outcome, search for it before "
 	  "appending the same message again" },
 	{ "timeout", CONF_DURATION, offsetof(struct imap_settings, timeout), "30s", 1000, 600000,
-	  "connect and per-read/write timeout" },
+	  "budget of one delivery attempt (connect, login, APPEND, ...) and per-read/write "
+	  "timeout" },
 	{ "idle_timeout", CONF_DURATION, offsetof(struct imap_settings, idle_timeout), "60s", 0,
 	  3600000, "close pooled connections idle longer than this" },
 	{ "max_idle", CONF_INT, offsetof(struct imap_settings, max_idle), "16", 0, 1024,
@@ -341,7 +343,8 @@ static void imap_close(void *state)
 
 /* --- connection pool --- */
 
-static struct imapconn *pool_take(struct imap_state *st, const char *identity)
+/* An idle connection of identity, checked, with deadline as its budget; NULL when none. */
+static struct imapconn *pool_take(struct imap_state *st, const char *identity, int64_t deadline)
 {
 	struct imapconn *found = NULL, *expired_list[64];
 	size_t expired_count = 0;
@@ -369,7 +372,10 @@ static struct imapconn *pool_take(struct imap_state *st, const char *identity)
 		imapconn_close(&expired_list[i]);
 	/* A connection idle for a while may have been dropped by the server: check first, so a
 	 * dead one costs a reconnect instead of an APPEND of unknown outcome. A server that said
-	 * BYE (or closed) while we were idle is caught at once by a readable socket. */
+	 * BYE (or closed) while we were idle is caught at once by a readable socket. The check
+	 * spends the attempt's budget: a stalled server is not given a second timeout after it. */
+	if (found != NULL)
+		imapconn_set_deadline(found, deadline);
 	if (found != NULL && (now - imapconn_last_used(found) >= 5 || imapconn_peer_spoke(found)) &&
 	    imapconn_noop(found) < 0)
 		imapconn_close(&found);
@@ -384,6 +390,7 @@ static void pool_give(struct imap_state *st, struct imapconn *conn)
 		imapconn_close(&conn);
 		return;
 	}
+	imapconn_set_deadline(conn, 0); /* idle: the next attempt sets its own */
 	pthread_mutex_lock(&st->lock);
 	if (st->idle_count >= (size_t)st->set.max_idle) {
 		/* Full: drop the oldest (first) to keep the most recently used. */
@@ -414,10 +421,10 @@ static const char *user_password(const struct imap_state *st, const char *user)
 	return NULL;
 }
 
-static struct imapconn *connect_as(struct imap_state *st, const char *identity,
+static struct imapconn *connect_as(struct imap_state *st, const char *identity, int64_t deadline,
 				   struct status *status, char *reason, size_t reason_size)
 {
-	struct imapconn *conn = imapconn_open(&st->ep, status, reason, reason_size);
+	struct imapconn *conn = imapconn_open(&st->ep, deadline, status, reason, reason_size);
 
 	if (conn == NULL)
 		return NULL;
@@ -542,6 +549,22 @@ static bool uncertain_get(struct imap_state *st, const char *id)
 	return hit;
 }
 
+/* Did the server refuse the folder rather than the message or the moment? Quota, size and
+ * "try again later" answers are kept: INBOX would get the same, or the folder may work later. */
+static bool folder_refused(const struct imap_append_result *res)
+{
+	static const char *const not_the_folder[] = { "OVERQUOTA", "LIMIT", "TOOBIG", "INUSE",
+						      "UNAVAILABLE", "SERVERBUG", "EXPUNGEISSUE" };
+
+	if (res->trycreate)
+		return true;
+	for (size_t i = 0; i < sizeof(not_the_folder) / sizeof(not_the_folder[0]); i++) {
+		if (strcasecmp(res->code, not_the_folder[i]) == 0)
+			return false;
+	}
+	return true;
+}
+
 /* Replies name the recipient, like every other driver's: "<rcpt> text". */
 static void name_recipient(struct target *t)
 {
@@ -620,11 +643,14 @@ static bool account_missing(const struct imap_state *st, struct imapconn *conn,
 static void deliver_single(struct imap_state *st, const struct delivery *d, struct target *t,
 			   const char *user, char *folder, size_t folder_size)
 {
-	char reason[400], prefix[4096], id[65];
+	char reason[400], prefix[4096], id[65], refused[512] = "";
 	const char *identity = st->login_kind == LOGIN_SHARED ? st->login : user;
-	struct imapconn *conn = pool_take(st, identity);
+	/* One budget for the whole attempt: pool check, connect, login, APPEND, CREATE, ... */
+	int64_t deadline = imap_deadline_after((int)st->set.timeout);
+	struct imapconn *conn = pool_take(st, identity, deadline);
+	bool pooled = conn != NULL;
 	if (conn == NULL) {
-		conn = connect_as(st, identity, &t->status, reason, sizeof(reason));
+		conn = connect_as(st, identity, deadline, &t->status, reason, sizeof(reason));
 		if (conn == NULL) {
 			name_recipient(t);
 			snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
@@ -664,6 +690,22 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 	struct imap_append_result res;
 	int r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
 				st->set.overquota_permanent, &res, &t->status, reason, sizeof(reason));
+	if (r < 0 && pooled && imapconn_broken(conn) && !imapconn_literal_started(conn) &&
+	    imap_deadline_after(0) < deadline) {
+		/* A pooled connection found dead before any message byte went out: nothing can
+		 * have been stored. Replace it and send again, once. */
+		imapconn_close(&conn);
+		conn = connect_as(st, identity, deadline, &t->status, reason, sizeof(reason));
+		if (conn == NULL) {
+			spool_view_release(&view);
+			name_recipient(t);
+			snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
+			return;
+		}
+		r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
+				    st->set.overquota_permanent, &res, &t->status, reason,
+				    sizeof(reason));
+	}
 	if (r < 0 && res.trycreate && !imapconn_broken(conn) &&
 	    account_missing(st, conn, folder, &t->status, reason, sizeof(reason))) {
 		/* Nothing is created for an account that has no INBOX (see account_missing). */
@@ -704,6 +746,21 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 			snprintf(reason + used, sizeof(reason) - used, "; no INBOX");
 		}
 	}
+	if (r < 0 && st->set.fallback_to_inbox && !imapconn_broken(conn) &&
+	    strcasecmp(folder, "INBOX") != 0 && folder_refused(&res) &&
+	    t->status.code == 451 && (strcmp(t->status.enhanced, "4.3.0") == 0 ||
+				      strcmp(t->status.enhanced, "4.7.1") == 0)) {
+		/* The server will not take mail into this folder, whatever it said ([CANNOT] for a
+		 * name it refuses, [TRYCREATE] again after CREATE, no code at all, ...). A folder
+		 * answer that will not change by itself must not defer the message for ever. Only
+		 * a folder verdict (451 4.3.0, 4.7.1 for NOPERM) is replaced: a verdict about the
+		 * account or the message set above (no such user, over quota) stands. */
+		snprintf(refused, sizeof(refused), "%s", folder);
+		snprintf(folder, folder_size, "INBOX");
+		r = imapconn_append(conn, folder, st->flags, d->received, view.data, view.len,
+				    st->set.overquota_permanent, &res, &t->status, reason,
+				    sizeof(reason));
+	}
 	spool_view_release(&view);
 	if (id[0]) {
 		/* A lost connection mid-APPEND leaves the outcome unknown: check next time. */
@@ -715,8 +772,8 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 	} else {
 		status_must(&t->status, 250, "2.0.0", "<%s> stored (%s uid %u/%u)", t->rcpt->rcpt,
 			    st->name, res.uidvalidity, res.uid);
-		snprintf(t->ref, sizeof(t->ref), "user=%s folder=%s uid=%u/%u", user, folder,
-			 res.uidvalidity, res.uid);
+		snprintf(t->ref, sizeof(t->ref), "user=%s folder=%s uid=%u/%u%s%s", user, folder,
+			 res.uidvalidity, res.uid, refused[0] ? " refused_folder=" : "", refused);
 	}
 	pool_give(st, conn);
 }
@@ -747,6 +804,7 @@ struct append_waiter {
 	struct target *t;
 	const char *user;             /* for the log (a shared login has many users) */
 	const char *id;               /* dedupe id, or "" */
+	int64_t deadline;             /* this delivery's budget, from when it queued */
 	bool done;                    /* result in t (or fallback set): the waiter may go */
 	bool fallback;                /* deliver alone through deliver_single() */
 };
@@ -759,19 +817,22 @@ struct append_queue {
 	size_t pending;
 	unsigned leaders;             /* batches of this queue being appended now */
 	unsigned members;             /* waiters inside append_batched() for this queue */
+	bool last_lost;               /* the last batch lost its connection (or none was had) */
 };
 
-static void run_batch(struct imap_state *st, const char *identity, const char *folder,
-		      struct append_waiter *batch, size_t count)
+/* Append one batch within deadline; true when the server was lost (or not reached). */
+static bool run_batch(struct imap_state *st, const char *identity, const char *folder,
+		      struct append_waiter *batch, size_t count, int64_t deadline)
 {
 	char reason[400];
 	struct status failure;
 
 	/* A batch of one is appended here too (an APPEND with LITERAL+): leading it holds the
 	 * queue, so the deliveries arriving meanwhile form the next batch. */
-	struct imapconn *conn = pool_take(st, identity);
+	struct imapconn *conn = pool_take(st, identity, deadline);
+	bool pooled = conn != NULL;
 	if (conn == NULL)
-		conn = connect_as(st, identity, &failure, reason, sizeof(reason));
+		conn = connect_as(st, identity, deadline, &failure, reason, sizeof(reason));
 	if (conn == NULL) {
 		/* Server down or login refused: the same answer for every waiter, as each would
 		 * have got alone (without each waiting out its own connect timeout after ours). */
@@ -781,7 +842,8 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 			name_recipient(w->t);
 			snprintf(w->t->ref, sizeof(w->t->ref), "user=%s %s", w->user, reason);
 		}
-		return;
+		/* lost: unreachable, timed out, cut (4.4.x); a refused login is an answer */
+		return strncmp(failure.enhanced, "4.4.", 4) == 0;
 	}
 	bool can = imapconn_can_multiappend(conn, folder);
 	struct imap_append_item *items = can ? calloc(count, sizeof(*items)) : NULL;
@@ -792,7 +854,7 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 		pool_give(st, conn);
 		for (struct append_waiter *w = batch; w != NULL; w = w->next)
 			w->fallback = true;
-		return;
+		return false;
 	}
 	size_t i = 0;
 	for (struct append_waiter *w = batch; w != NULL; w = w->next)
@@ -801,7 +863,20 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 	int r = imapconn_multiappend(conn, folder, st->flags, items, count,
 				     st->set.overquota_permanent, &res, &failure, reason,
 				     sizeof(reason));
-	bool lost = r < 0 && !res.refused && imapconn_broken(conn);
+	if (r < 0 && pooled && !res.refused && imapconn_broken(conn) &&
+	    !imapconn_literal_started(conn) && imap_deadline_after(0) < deadline) {
+		/* A pooled connection found dead before any message byte went out: nothing can
+		 * have been stored. Replace it and send again, once (on failure to reconnect,
+		 * every waiter gets that failure). */
+		imapconn_close(&conn);
+		conn = connect_as(st, identity, deadline, &failure, reason, sizeof(reason));
+		if (conn != NULL)
+			r = imapconn_multiappend(conn, folder, st->flags, items, count,
+						 st->set.overquota_permanent, &res, &failure,
+						 reason, sizeof(reason));
+	}
+	bool lost = r < 0 && !res.refused && (conn == NULL || imapconn_broken(conn));
+	bool doubt = lost && conn != NULL; /* no new connection: nothing of the retry was sent */
 	i = 0;
 	for (struct append_waiter *w = batch; w != NULL; w = w->next, i++) {
 		struct target *t = w->t;
@@ -819,10 +894,11 @@ static void run_batch(struct imap_state *st, const char *identity, const char *f
 			w->fallback = true;
 		}
 		if (w->id[0] && !w->fallback)
-			uncertain_set(st, w->id, lost);
+			uncertain_set(st, w->id, doubt);
 	}
 	free(items);
 	pool_give(st, conn);
+	return lost;
 }
 
 /* Queue one mapped message for the account's folder; returns when it has a result (true) or
@@ -836,6 +912,7 @@ static bool append_batched(struct imap_state *st, const char *identity, const ch
 		.t = t,
 		.user = user,
 		.id = id,
+		.deadline = imap_deadline_after((int)st->set.timeout),
 	};
 	size_t max = (size_t)st->set.multiappend;
 	struct append_queue *q;
@@ -883,11 +960,21 @@ static bool append_batched(struct imap_state *st, const char *identity, const ch
 		last->next = NULL;
 		q->pending -= count;
 		q->leaders++;
+		/* One budget for the batch. After a batch that lost the server (a stall, say), the
+		 * time its members already waited in the queue counts: each gets its answer about
+		 * one timeout after it arrived, not one more timeout per batch ahead of it. After a
+		 * good batch the server is working: a fresh budget, however long the wait was. */
+		int64_t deadline = imap_deadline_after((int)st->set.timeout);
+		for (struct append_waiter *w = batch; q->last_lost && w != NULL; w = w->next) {
+			if (w->deadline < deadline)
+				deadline = w->deadline;
+		}
 		pthread_mutex_unlock(&st->batch_lock);
 
-		run_batch(st, identity, folder, batch, count);
+		bool lost = run_batch(st, identity, folder, batch, count, deadline);
 
 		pthread_mutex_lock(&st->batch_lock);
+		q->last_lost = lost;
 		q->leaders--;
 		for (struct append_waiter *w = batch, *next; w != NULL; w = next) {
 			next = w->next; /* w may leave as soon as it is done and we unlock */
@@ -906,16 +993,76 @@ static bool append_batched(struct imap_state *st, const char *identity, const ch
 	return !me.fallback;
 }
 
+/*
+ * Can a +detail name a folder? Not when it holds IMAP list wildcards ("*", "%": a folder named
+ * so cannot be listed or selected reliably), control characters, bytes that are not UTF-8, or
+ * an empty hierarchy level: a leading, trailing or doubled "." or "/" (the two hierarchy
+ * separators servers use; a single one between names makes a subfolder, "lists.linux").
+ * Everything else goes to the server, in modified UTF-7.
+ */
+static bool detail_usable(const char *detail)
+{
+	char encoded[512];
+	bool level_empty = true; /* at the start, and just after a separator */
+
+	for (const unsigned char *p = (const unsigned char *)detail; *p != '\0'; p++) {
+		if (*p < 0x20 || *p == 0x7f || *p == '*' || *p == '%')
+			return false;
+		bool separator = *p == '.' || *p == '/';
+		if (separator && level_empty)
+			return false;
+		level_empty = separator;
+	}
+	return !level_empty && imap_mutf7_encode(detail, encoded, sizeof(encoded)) == 0;
+}
+
+/* A recipient's folder as sent to the server (modified UTF-7, RFC 3501 5.1.3) into folder:
+ * detail_folder or folder expanded, or INBOX when the +detail cannot name a folder
+ * (*detail_refused_r; without fallback_to_inbox the caller refuses the recipient). -1 with
+ * *error_r when a template fails or the name is empty or too long. */
+static int folder_of(const struct imap_state *st, const struct recipient *rcpt,
+		     const struct template_vars *vars, char *folder, size_t size,
+		     bool *detail_refused_r, const char **error_r)
+{
+	char name[512];
+	bool use_detail = st->set.folder_from_detail && rcpt->detail[0] != '\0';
+
+	*detail_refused_r = use_detail && template_uses(st->detail_tmpl, "detail") &&
+			    !detail_usable(rcpt->detail);
+	if (*detail_refused_r)
+		snprintf(name, sizeof(name), "INBOX");
+	else if (template_expand(use_detail ? st->detail_tmpl : st->folder_tmpl, vars,
+				 TEMPLATE_RAW, name, sizeof(name), error_r) < 0)
+		return -1;
+	if (name[0] == '\0') {
+		*error_r = "empty folder name";
+		return -1;
+	}
+	if (imap_mutf7_encode(name, folder, size) < 0) {
+		*error_r = "folder name too long in modified UTF-7";
+		return -1;
+	}
+	return 0;
+}
+
 static void deliver_one(struct imap_state *st, const struct delivery *d, struct target *t)
 {
 	char user[256], folder[512], prefix[4096], id[65];
 	const char *error;
-	bool use_detail = st->set.folder_from_detail && t->rcpt->detail[0] != '\0';
+	bool detail_refused;
+	int resolved = folder_of(st, t->rcpt, &t->vars, folder, sizeof(folder), &detail_refused,
+				 &error);
 
-	if (template_expand(st->user_tmpl, &t->vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0 ||
-	    template_expand(use_detail ? st->detail_tmpl : st->folder_tmpl, &t->vars, TEMPLATE_RAW,
-			    folder, sizeof(folder), &error) < 0 ||
-	    user[0] == '\0' || folder[0] == '\0') {
+	if (detail_refused && !st->set.fallback_to_inbox) {
+		/* This address can never name a folder: a bounce, not retries for days. */
+		status_must(&t->status, 550, "5.1.1", "<%s> +detail not usable as an IMAP folder name",
+			    t->rcpt->rcpt);
+		snprintf(t->ref, sizeof(t->ref), "detail refused");
+		return;
+	}
+	if (resolved < 0 ||
+	    template_expand(st->user_tmpl, &t->vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0 ||
+	    user[0] == '\0') {
 		status_must(&t->status, 451, "4.3.0", "<%s> cannot resolve IMAP user or folder",
 			    t->rcpt->rcpt);
 		snprintf(t->ref, sizeof(t->ref), "template");
@@ -958,17 +1105,21 @@ static void imap_explain(void *state, const struct recipient *rcpt,
 {
 	struct imap_state *st = state;
 	char user[256], folder[512];
-	const char *error;
-	bool use_detail = st->set.folder_from_detail && rcpt->detail[0] != '\0';
+	const char *error = "";
+	bool detail_refused;
 
 	if (template_expand(st->user_tmpl, vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0 ||
-	    template_expand(use_detail ? st->detail_tmpl : st->folder_tmpl, vars, TEMPLATE_RAW,
-			    folder, sizeof(folder), &error) < 0) {
+	    folder_of(st, rcpt, vars, folder, sizeof(folder), &detail_refused, &error) < 0) {
 		snprintf(buf, size, "template: %s", error);
 		return;
 	}
-	snprintf(buf, size, "imap %s:%s user=%s folder=%s login=%s", st->ep.host, st->ep.port,
+	if (detail_refused && !st->set.fallback_to_inbox) {
+		snprintf(buf, size, "imap: 550 5.1.1, +detail not usable as an IMAP folder name");
+		return;
+	}
+	snprintf(buf, size, "imap %s:%s user=%s folder=%s%s login=%s", st->ep.host, st->ep.port,
 		 st->login_kind == LOGIN_SHARED ? st->login : user, folder,
+		 detail_refused ? " (+detail not usable as a folder name)" : "",
 		 st->login_kind == LOGIN_MASTER ? "master" :
 		 st->login_kind == LOGIN_USER ? "own password" : "shared account");
 }
@@ -981,7 +1132,8 @@ static int imap_probe(void *state, char *result, size_t size)
 	struct imap_state *st = state;
 	struct status status;
 	char reason[400] = "";
-	struct imapconn *conn = imapconn_open(&st->ep, &status, reason, sizeof(reason));
+	struct imapconn *conn = imapconn_open(&st->ep, imap_deadline_after((int)st->set.timeout),
+					      &status, reason, sizeof(reason));
 
 	if (conn == NULL) {
 		snprintf(result, size, "%d %s: %s", status.code, status.enhanced, reason);
@@ -1035,10 +1187,11 @@ static int imap_verify(void *state, const struct recipient *rcpt, struct status 
 		status_must(st_r, 550, "5.1.1", "<%s> no such IMAP user", rcpt->rcpt);
 		return -1;
 	}
-	struct imapconn *conn = pool_take(st, user);
+	int64_t deadline = imap_deadline_after((int)st->set.timeout);
+	struct imapconn *conn = pool_take(st, user, deadline);
 	struct status status;
 	if (conn == NULL)
-		conn = connect_as(st, user, &status, reason, sizeof(reason));
+		conn = connect_as(st, user, deadline, &status, reason, sizeof(reason));
 	exists = conn != NULL;
 	if (conn != NULL) {
 		/* A login is not enough: Cyrus lets a proxy login act as any user, existing or

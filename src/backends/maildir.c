@@ -5,7 +5,8 @@
  * trace headers and the content, fsync the file, rename it into new/, fsync new/. Only then is
  * the target ok (design.md: 2xx only after durable storage). With folder_from_detail,
  * "bob+lists@x" goes to the Maildir++ folder ".lists" of bob's Maildir. Directories are created
- * on demand (create = true); with create = false a missing Maildir is refused at RCPT time.
+ * on demand (create = true), each new directory fsynced with its parent before any 2xx; with
+ * create = false a missing Maildir is refused at RCPT time.
  *
  * Unique names follow the Maildir spec and Dovecot: "SECONDS.MUSECPpidQcounter.host,S=size".
  */
@@ -101,9 +102,12 @@ static void maildir_close(void *state)
 	free(st);
 }
 
-/* mkdir -p, keeping existing directories as they are. */
-static int make_dirs(char *path, mode_t mode)
+/* mkdir -p, keeping existing directories as they are. *created_r: the length of the prefix of
+ * path naming the first directory this call created (every deeper one was created too), or 0
+ * when path existed whole. */
+static int make_dirs(char *path, mode_t mode, size_t *created_r)
 {
+	*created_r = 0;
 	for (char *p = path + 1; *p; p++) {
 		if (*p != '/')
 			continue;
@@ -112,9 +116,14 @@ static int make_dirs(char *path, mode_t mode)
 		*p = '/';
 		if (r < 0 && errno != EEXIST)
 			return -1;
+		if (r == 0 && *created_r == 0)
+			*created_r = (size_t)(p - path);
 	}
-	if (mkdir(path, mode) < 0 && errno != EEXIST)
+	int r = mkdir(path, mode);
+	if (r < 0 && errno != EEXIST)
 		return -1;
+	if (r == 0 && *created_r == 0)
+		*created_r = strlen(path);
 	return 0;
 }
 
@@ -234,35 +243,130 @@ static int target_dir(const struct maildir_state *st, const struct target *t, ch
 	return 0;
 }
 
+/*
+ * A new directory survives a crash only once its parent was fsynced after the mkdir (the entry
+ * lives in the parent), and tmp/ new/ cur/ only once the Maildir itself was. So creating a
+ * Maildir fsyncs every directory created and the parent of each, up to the first directory
+ * that already existed, before the delivery can answer 2xx. The 2xx of a message renamed into
+ * an existing new/ must not overtake the fsyncs of a concurrent creation of that new/: creation
+ * holds mailbox_create_lock for writing from the first mkdir to the last fsync, and the check
+ * "does new/ exist?" holds it for reading, so it sees new/ either absent or durable.
+ * Creation is rare (once per mailbox), the check a stat: the lock costs nothing measurable.
+ * Writers are preferred, so a stream of checks cannot hold a creation back.
+ */
+static pthread_rwlock_t mailbox_create_lock = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+
+/* fsync the directories made durable by a creation: the parent of path[0..created), then every
+ * directory from path[0..created) down to path itself. */
+static int fsync_created_chain(const char *path, size_t created)
+{
+	char dir[MAILDIR_PATH_MAX];
+	size_t len = strlen(path);
+
+	if (len >= sizeof(dir))
+		return -1;
+	memcpy(dir, path, len + 1);
+	/* the parent of the first directory created: it already existed */
+	char *slash = NULL;
+	for (size_t i = created; i-- > 0;) {
+		if (dir[i] == '/') {
+			slash = dir + i;
+			break;
+		}
+	}
+	int r;
+	if (slash == NULL) {
+		r = fsync_dir(".");
+	} else if (slash == dir) {
+		r = fsync_dir("/");
+	} else {
+		*slash = '\0';
+		r = fsync_dir(dir);
+		*slash = '/';
+	}
+	if (r < 0)
+		return -1;
+	/* each directory created, shallowest first */
+	for (size_t i = created; i <= len; i++) {
+		if (i < len && dir[i] != '/')
+			continue;
+		if (i < len && i > 0 && dir[i - 1] == '/')
+			continue; /* "a//b": one directory */
+		dir[i] = '\0';
+		r = fsync_dir(dir);
+		if (i < len)
+			dir[i] = '/';
+		if (r < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int create_maildir(const struct maildir_state *st, char *dir, bool is_folder)
+{
+	char sub[MAILDIR_PATH_MAX + 32];
+	static const char *const subdirs[] = { "tmp", "new", "cur" };
+	mode_t mode = (mode_t)st->settings.dir_mode;
+	bool sub_created[3] = { false, false, false };
+	bool dir_changed = false;
+	size_t created;
+
+	if (make_dirs(dir, mode, &created) < 0)
+		return -1;
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(sub, sizeof(sub), "%s/%s", dir, subdirs[i]);
+		if (mkdir(sub, mode) < 0) {
+			if (errno != EEXIST)
+				return -1;
+		} else {
+			sub_created[i] = dir_changed = true;
+		}
+	}
+	if (is_folder) {
+		/* Maildir++ marks folders with an empty maildirfolder file. */
+		snprintf(sub, sizeof(sub), "%s/maildirfolder", dir);
+		int fd = open(sub, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+			      (mode_t)st->settings.file_mode);
+		if (fd >= 0) {
+			close(fd);
+			dir_changed = true;
+		}
+	}
+	if (!st->settings.fsync)
+		return 0;
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(sub, sizeof(sub), "%s/%s", dir, subdirs[i]);
+		if (sub_created[i] && fsync_dir(sub) < 0)
+			return -1;
+	}
+	if (created > 0)
+		return fsync_created_chain(dir, created); /* ends with dir itself */
+	if (dir_changed)
+		return fsync_dir(dir);
+	return 0;
+}
+
 static int ensure_maildir(const struct maildir_state *st, char *dir, bool is_folder)
 {
 	char sub[MAILDIR_PATH_MAX + 8];
-	static const char *const subdirs[] = { "tmp", "new", "cur" };
-	mode_t mode = (mode_t)st->settings.dir_mode;
+	struct stat sb;
 
 	snprintf(sub, sizeof(sub), "%s/new", dir);
-	struct stat sb;
-	if (stat(sub, &sb) == 0)
+	pthread_rwlock_rdlock(&mailbox_create_lock);
+	int found = stat(sub, &sb);
+	pthread_rwlock_unlock(&mailbox_create_lock);
+	if (found == 0)
 		return 0;
 	if (!st->settings.create) {
 		errno = ENOENT;
 		return -1;
 	}
-	if (make_dirs(dir, mode) < 0)
-		return -1;
-	for (size_t i = 0; i < 3; i++) {
-		snprintf(sub, sizeof(sub), "%s/%s", dir, subdirs[i]);
-		if (mkdir(sub, mode) < 0 && errno != EEXIST)
-			return -1;
-	}
-	if (is_folder) {
-		/* Maildir++ marks folders with an empty maildirfolder file. */
-		snprintf(sub, sizeof(sub), "%s/maildirfolder", dir);
-		int fd = open(sub, O_WRONLY | O_CREAT | O_CLOEXEC, (mode_t)st->settings.file_mode);
-		if (fd >= 0)
-			close(fd);
-	}
-	return 0;
+	pthread_rwlock_wrlock(&mailbox_create_lock);
+	int r = create_maildir(st, dir, is_folder);
+	int saved = errno;
+	pthread_rwlock_unlock(&mailbox_create_lock);
+	errno = saved;
+	return r;
 }
 
 /* Write one copy. With sync_later, new/ is not fsynced here: its path goes to sync_later and
