@@ -455,7 +455,7 @@ static void map_rcpt_results(const struct webhook_answer *a, json_t *results, co
 		status_make(st, 451, "4.3.0", "<%s> webhook result invalid (HTTP %ld)", rcpt,
 			    a->http_status);
 	} else if (contradiction) {
-		log_warn("backend=%s event=webhook-results-contradict id=%s rcpt=<%s> entries=%zu",
+		log_warn("backend=%s event=webhook_results_contradict id=%s rcpt=<%s> entries=%zu",
 			 a->backend ? a->backend : "-", a->ref ? a->ref : "-", log_esc(esc, rcpt),
 			 found);
 		status_make(st, 451, "4.3.0",
@@ -463,7 +463,7 @@ static void map_rcpt_results(const struct webhook_answer *a, json_t *results, co
 			    a->http_status);
 	} else {
 		if (differs)
-			log_info("backend=%s event=webhook-results-differ id=%s rcpt=<%s> entries=%zu "
+			log_info("backend=%s event=webhook_results_differ id=%s rcpt=<%s> entries=%zu "
 				 "used=\"%d %s\"",
 				 a->backend ? a->backend : "-", a->ref ? a->ref : "-",
 				 log_esc(esc, rcpt), found, first.code, first.enhanced);
@@ -493,7 +493,7 @@ static void map_results(const struct webhook_answer *a, json_t *results,
 			ours = rcpt_equal(json_string_value(r), rcpts[i]);
 		if (!ours) {
 			char esc[LOG_ESC_SIZE];
-			log_warn("backend=%s event=webhook-result-unknown-rcpt id=%s rcpt=<%s>",
+			log_warn("backend=%s event=webhook_result_unknown_rcpt id=%s rcpt=<%s>",
 				 a->backend ? a->backend : "-", a->ref ? a->ref : "-",
 				 json_is_string(r) ? log_esc(esc, json_string_value(r)) : "?");
 		}
@@ -1007,7 +1007,7 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 							 sizeof(err));
 			if (parsed == NULL || (parsed_text = json_open_text(parsed)) == NULL) {
 				json_decref(parsed);
-				log_warn("backend=%s event=webhook-parse id=%s error=\"%s\"", st->name,
+				log_warn("backend=%s event=webhook_parse id=%s error=\"%s\"", st->name,
 					 id, err);
 				fail_all(tg, n, "MIME parse failed", 451, "4.3.0",
 					 "Local error in processing");
@@ -1094,7 +1094,7 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 	struct status transport;
 	if (http_perform(st->http, &req, &resp, &transport, reason, sizeof(reason)) < 0) {
 		char esc[LOG_ESC_SIZE];
-		log_warn("backend=%s event=webhook-failed id=%s error=\"%s\"", st->name, id,
+		log_warn("backend=%s event=webhook_failed id=%s error=\"%s\"", st->name, id,
 			 log_esc(esc, reason));
 		for (size_t i = 0; i < n; i++) {
 			tg[i]->status = transport;
