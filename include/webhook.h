@@ -62,10 +62,6 @@ int webhook_signer_update_reader(struct webhook_signer *s, struct spool_reader *
 /* "v1,SIG1 v1,SIG2" into out; frees the signer. */
 int webhook_signer_finish(struct webhook_signer **s, char *out, size_t size);
 
-/* Base64 (RFC 4648, padded, no line breaks) of len bytes into out (>= 4*((len+2)/3)+1);
- * returns the encoded length. */
-size_t webhook_base64(const void *data, size_t len, char *out);
-
 /* The receiver's answer, as http.c delivered it. */
 struct webhook_answer {
 	long http_status;

@@ -54,6 +54,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "base64.h"
 #include "http.h"
 #include "log.h"
 #include "manifest.h"
@@ -343,8 +344,7 @@ int s3_checksum_b64(const char *hex, char *out, size_t size)
 		char b[3] = { hex[2 * i], hex[2 * i + 1], 0 };
 		bin[i] = (unsigned char)strtoul(b, NULL, 16);
 	}
-	if (EVP_EncodeBlock((unsigned char *)out, bin, 32) != 44)
-		return -1;
+	base64_encode(bin, sizeof(bin), out);
 	return 0;
 }
 

@@ -21,6 +21,7 @@
  */
 #include "backend.h"
 #include "webhook.h"
+#include "base64.h"
 #include "secret.h"
 
 #include <ctype.h>
@@ -45,23 +46,6 @@
 
 /* --- pure parts (webhook.h) --------------------------------------------------------------- */
 
-size_t webhook_base64(const void *data, size_t len, char *out)
-{
-	/* EVP_EncodeBlock takes an int length: encode in blocks (multiple of 3 bytes). */
-	const unsigned char *in = data;
-	size_t done = 0, out_len = 0;
-
-	while (done < len) {
-		size_t n = len - done;
-		if (n > (size_t)3 * 1024 * 1024)
-			n = (size_t)3 * 1024 * 1024;
-		out_len += (size_t)EVP_EncodeBlock((unsigned char *)out + out_len, in + done, (int)n);
-		done += n;
-	}
-	out[out_len] = '\0';
-	return out_len;
-}
-
 int webhook_secret_decode(const char *text, unsigned char **key_r, size_t *key_len_r)
 {
 	size_t len = strlen(text);
@@ -74,26 +58,12 @@ int webhook_secret_decode(const char *text, unsigned char **key_r, size_t *key_l
 	if (len > 6 && strncmp(text, "whsec_", 6) == 0) {
 		const char *b64 = text + 6;
 		size_t b64_len = len - 6;
-		if (b64_len % 4 != 0 || b64_len > 4096)
+		if (b64_len > 4096)
 			return -1;
-		for (size_t i = 0; i < b64_len; i++) {
-			unsigned char c = (unsigned char)b64[i];
-			if (!(isalnum(c) || c == '+' || c == '/' || (c == '=' && i >= b64_len - 2)))
-				return -1;
-		}
 		unsigned char *key = malloc(b64_len);
 		if (key == NULL)
 			return -1;
-		int n = EVP_DecodeBlock(key, (const unsigned char *)b64, (int)b64_len);
-		if (n < 0) {
-			free(key);
-			return -1;
-		}
-		/* EVP_DecodeBlock counts the padding as zero bytes. */
-		if (b64[b64_len - 1] == '=')
-			n--;
-		if (b64[b64_len - 2] == '=')
-			n--;
+		ssize_t n = base64_decode(b64, b64_len, key);
 		if (n <= 0) {
 			explicit_bzero(key, b64_len);
 			free(key);
@@ -248,7 +218,7 @@ int webhook_signer_finish(struct webhook_signer **sp, char *out, size_t size)
 			ret = -1;
 			break;
 		}
-		webhook_base64(mac, mac_len, b64);
+		base64_encode(mac, mac_len, b64);
 		int n = snprintf(out + len, size - len, "%sv1,%s", i ? " " : "", b64);
 		if (n < 0 || (size_t)n >= size - len) {
 			ret = -1;
@@ -729,7 +699,7 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 				goto fail;
 			}
 			size_t n = (size_t)snprintf(st->authorization, cap, "Authorization: Basic ");
-			webhook_base64(line, len, st->authorization + n);
+			base64_encode(line, len, st->authorization + n);
 		}
 		secret_free_bytes(line, len);
 		for (const char *p = st->authorization; *p; p++) {
@@ -839,10 +809,10 @@ static void buf_str(struct buf *b, const char *s)
 
 static void buf_base64(struct buf *b, const void *data, size_t len)
 {
-	buf_reserve(b, 4 * ((len + 2) / 3) + 1);
+	buf_reserve(b, base64_encoded_size(len));
 	if (b->failed)
 		return;
-	b->len += webhook_base64(data, len, b->data + b->len);
+	b->len += base64_encode(data, len, b->data + b->len);
 }
 
 /* "a@x, b@y" for a header value; NULL on allocation failure. */

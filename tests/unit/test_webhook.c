@@ -89,18 +89,6 @@ Test(webhook, event_id_sorted_and_stable)
 	cr_assert_str_neq(a, c);
 }
 
-Test(webhook, base64)
-{
-	char out[16];
-
-	cr_assert_eq(webhook_base64("", 0, out), 0);
-	cr_assert_str_eq(out, "");
-	cr_assert_eq(webhook_base64("f", 1, out), 4);
-	cr_assert_str_eq(out, "Zg==");
-	webhook_base64("foobar", 6, out);
-	cr_assert_str_eq(out, "Zm9vYmFy");
-}
-
 static void map(long http, const char *ct, const char *body, struct status *st, size_t n,
 		const char *const *rcpts)
 {
