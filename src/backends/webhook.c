@@ -5,25 +5,16 @@
  * "message"; targets whose URL template expands differently get one request per URL), or one
  * per recipient (mode "recipient"). The dispatcher hands each request to deliver() as its own
  * pool job (webhook_request_key), so a transaction's requests run concurrently within the
- * backend's concurrency, each bounded by its own timeout. The body is, by format:
- *   raw          the message (trace headers + content) as message/rfc822, envelope in
- *                X-Lmtpgw-* headers; streamed from the spool with a known length
- *   multipart    multipart/form-data: part "envelope" (JSON, manifest.h) + part "message"
- *                (message/rfc822 file); streamed as head + spool + tail
- *   json         {"envelope": {...}, "message": "BASE64"}          (built in memory)
- *   json-parsed  {"envelope": {...}, "headers": [...], "subject": ..., "text": ..., "html": ...,
- *                 "attachments": [...], "message": "BASE64"}       (built in memory, mime_json.h)
- * Streamed bodies are read twice: once for the HMAC, once by curl.
+ * backend's concurrency, each bounded by its own timeout. The body is the message as
+ * message/rfc822, multipart/form-data, or JSON with or without the parsed MIME structure
+ * (format; webhook_body.h), signed per Standard Webhooks (webhook_sign.h). Streamed bodies are
+ * read twice: once for the HMAC, once by curl.
  *
- * The answer becomes each recipient's status (webhook_answer.h); 2xx only on the receiver's 2xx, any
- * doubt 4xx. Secrets (signing keys, bearer token, basic auth) are read from files at open
- * (refused when group or others may read them), never logged, and wiped at close.
+ * The answer becomes each recipient's status (webhook_answer.h); 2xx only on the receiver's
+ * 2xx, any doubt 4xx. Secrets (signing keys, bearer token, basic auth) are read from files at
+ * open (refused when group or others may read them), never logged, and wiped at close.
  */
 #include "backend.h"
-#include "webhook_answer.h"
-#include "webhook_sign.h"
-#include "base64.h"
-#include "secret.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -35,12 +26,14 @@
 #include <time.h>
 
 #include <curl/curl.h>
-#include <jansson.h>
 
+#include "base64.h"
 #include "http.h"
 #include "log.h"
-#include "manifest.h"
-#include "mime_json.h"
+#include "secret.h"
+#include "webhook_answer.h"
+#include "webhook_body.h"
+#include "webhook_sign.h"
 
 /* --- the driver --------------------------------------------------------------------------- */
 
@@ -98,8 +91,6 @@ static const struct conf_key webhook_keys[] = {
 	  1LL << 30, "json-parsed: attachments larger than this are listed without content" },
 	{ NULL, 0, 0, NULL, 0, 0, NULL },
 };
-
-enum webhook_format { FORMAT_RAW, FORMAT_JSON, FORMAT_JSON_PARSED, FORMAT_MULTIPART };
 
 struct webhook_key {
 	unsigned char *bytes;
@@ -173,13 +164,13 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 		goto fail;
 	}
 	if (strcmp(set->format, "raw") == 0)
-		st->format = FORMAT_RAW;
+		st->format = WEBHOOK_FORMAT_RAW;
 	else if (strcmp(set->format, "json") == 0)
-		st->format = FORMAT_JSON;
+		st->format = WEBHOOK_FORMAT_JSON;
 	else if (strcmp(set->format, "json-parsed") == 0)
-		st->format = FORMAT_JSON_PARSED;
+		st->format = WEBHOOK_FORMAT_JSON_PARSED;
 	else if (strcmp(set->format, "multipart") == 0)
-		st->format = FORMAT_MULTIPART;
+		st->format = WEBHOOK_FORMAT_MULTIPART;
 	else {
 		snprintf(error_r, error_size, "format must be raw, json, json-parsed or multipart");
 		goto fail;
@@ -305,68 +296,23 @@ static void webhook_close(void *state)
 	free(st);
 }
 
-/* One request: a growable string for the in-memory formats. */
-struct buf {
-	char *data;
-	size_t len, cap;
-	bool failed;
-};
+/* --- one request ------------------------------------------------------------------------- */
 
-static void buf_reserve(struct buf *b, size_t more)
+/* "X-Lmtpgw-Recipients: a@x, b@y"; NULL on allocation failure. */
+static char *recipients_header(const char *const *rcpts, size_t n)
 {
-	if (b->failed || b->len + more + 1 <= b->cap)
-		return;
-	size_t cap = b->cap ? b->cap : 1024;
-	while (cap < b->len + more + 1)
-		cap *= 2;
-	char *n = realloc(b->data, cap);
-	if (n == NULL) {
-		b->failed = true;
-		return;
-	}
-	b->data = n;
-	b->cap = cap;
-}
+	static const char name[] = "X-Lmtpgw-Recipients: ";
+	size_t size = sizeof(name), len;
 
-static void buf_add(struct buf *b, const void *data, size_t len)
-{
-	buf_reserve(b, len);
-	if (b->failed)
-		return;
-	memcpy(b->data + b->len, data, len);
-	b->len += len;
-	b->data[b->len] = '\0';
-}
-
-static void buf_str(struct buf *b, const char *s)
-{
-	buf_add(b, s, strlen(s));
-}
-
-static void buf_base64(struct buf *b, const void *data, size_t len)
-{
-	buf_reserve(b, base64_encoded_size(len));
-	if (b->failed)
-		return;
-	b->len += base64_encode(data, len, b->data + b->len);
-}
-
-/* "a@x, b@y" for a header value; NULL on allocation failure. */
-static char *join_rcpts(const char *const *rcpts, size_t n)
-{
-	struct buf b = { 0 };
-
-	buf_str(&b, "");
-	for (size_t i = 0; i < n; i++) {
-		if (i)
-			buf_str(&b, ", ");
-		buf_str(&b, rcpts[i]);
-	}
-	if (b.failed) {
-		free(b.data);
+	for (size_t i = 0; i < n; i++)
+		size += strlen(rcpts[i]) + 2;
+	char *h = malloc(size);
+	if (h == NULL)
 		return NULL;
-	}
-	return b.data;
+	len = (size_t)snprintf(h, size, "%s", name);
+	for (size_t i = 0; i < n; i++)
+		len += (size_t)snprintf(h + len, size - len, "%s%s", i ? ", " : "", rcpts[i]);
+	return h;
 }
 
 static int add_line(struct curl_slist **list, const char *line)
@@ -399,205 +345,80 @@ static void fail_all(struct target **tg, size_t n, const char *ref, int code, co
 	}
 }
 
-/* The JSON text of an object, without its closing brace, for splicing. */
-static char *json_open_text(json_t *obj)
+/* The webhook-signature value over exactly the bytes sent, into sig ("" without secrets). */
+static int sign_body(const struct webhook_state *st, const char *id, long long ts,
+		     struct webhook_body *body, char *sig, size_t size)
 {
-	char *text = json_dumps(obj, JSON_COMPACT);
+	const unsigned char *keys[2] = { st->keys[0].bytes, st->keys[1].bytes };
+	size_t lens[2] = { st->keys[0].len, st->keys[1].len };
 
-	if (text == NULL)
-		return NULL;
-	size_t len = strlen(text);
-	if (len < 2 || text[len - 1] != '}') {
-		free(text);
-		return NULL;
-	}
-	text[len - 1] = '\0';
-	return text;
+	sig[0] = '\0';
+	if (st->key_count == 0)
+		return 0;
+	struct webhook_signer *signer = webhook_signer_new(keys, lens, st->key_count, id, ts);
+	if (signer == NULL)
+		return -1;
+	int r = body->streamed ? webhook_signer_update_reader(signer, &body->reader)
+			       : webhook_signer_update(signer, body->data, body->len);
+	/* finish frees the signer, so it runs whatever the update said */
+	if (webhook_signer_finish(&signer, sig, size) < 0 || r < 0)
+		return -1;
+	return 0;
 }
 
-static void deliver_request(struct webhook_state *st, const struct delivery *d,
-			    struct target **tg, size_t n, const char *url)
+/* Every header of the request: content type, Standard Webhooks, envelope, authorization and
+ * the configured extra headers. */
+static int request_headers(const struct webhook_state *st, const struct delivery *d,
+			   const char *const *rcpts, size_t n, const struct webhook_body *body,
+			   const char *id, long long ts, const char *sig,
+			   struct curl_slist **headers)
 {
-	const char **rcpts = calloc(n, sizeof(*rcpts));
-	struct target *tcopy = calloc(n, sizeof(*tcopy));
-	struct status *results = calloc(n, sizeof(*results));
-	char id[WEBHOOK_ID_SIZE] = "msg_?";
-	char prefix[2048], reason[512], sig[2 * WEBHOOK_SIG_SIZE + 8] = "";
-	struct curl_slist *headers = NULL;
-	struct spool_reader reader;
-	struct spool_view view = { 0 };
-	bool have_view = false;
-	struct buf body = { 0 }, head = { 0 }, tail = { 0 };
-	char *env_text = NULL, *rcpt_list = NULL, *parsed_text = NULL;
-	json_t *env = NULL;
-	struct http_response resp = { 0 };
-	struct webhook_signer *signer = NULL;
-	const char *content_type = NULL;
-	long long ts = (long long)time(NULL);
-
-	if (rcpts == NULL || tcopy == NULL || results == NULL) {
-		fail_all(tg, n, "out of memory", 451, "4.3.0", "Local error in processing");
-		goto out;
-	}
-	for (size_t i = 0; i < n; i++) {
-		rcpts[i] = tg[i]->rcpt->rcpt;
-		tcopy[i] = *tg[i];
-	}
-	if (webhook_event_id(d->sha256, rcpts, n, id) < 0) {
-		fail_all(tg, n, "id failed", 451, "4.3.0", "Local error in processing");
-		goto out;
-	}
-	/* The trace headers: with one recipient, its own (Delivered-To when configured); a
-	 * request for several carries the shared trace only. */
-	size_t prefix_len;
-	if (n == 1) {
-		prefix_len = delivery_prefix(d, tg[0], prefix, sizeof(prefix));
-	} else {
-		prefix_len = (size_t)snprintf(prefix, sizeof(prefix), "%.*s", (int)d->trace_len,
-					      d->trace);
-	}
-	if (prefix_len >= sizeof(prefix))
-		prefix_len = sizeof(prefix) - 1;
-
-	if (st->format != FORMAT_RAW) {
-		env = manifest_build(d, tcopy, n);
-		if (env == NULL || (env_text = json_dumps(env, JSON_COMPACT)) == NULL) {
-			fail_all(tg, n, "envelope failed", 451, "4.3.0", "Local error in processing");
-			goto out;
-		}
-	}
-	spool_reader_init(&reader, d->spool, prefix, prefix_len);
-	bool streamed = false;
-	char boundary[64];
-	switch (st->format) {
-	case FORMAT_RAW:
-		content_type = "Content-Type: message/rfc822";
-		streamed = true;
-		break;
-	case FORMAT_MULTIPART:
-		snprintf(boundary, sizeof(boundary), "lmtpgw-%.40s", id + 4);
-		buf_str(&head, "--");
-		buf_str(&head, boundary);
-		buf_str(&head, "\r\nContent-Disposition: form-data; name=\"envelope\"\r\n"
-			       "Content-Type: application/json\r\n\r\n");
-		buf_str(&head, env_text);
-		buf_str(&head, "\r\n--");
-		buf_str(&head, boundary);
-		buf_str(&head, "\r\nContent-Disposition: form-data; name=\"message\"; "
-			       "filename=\"message.eml\"\r\nContent-Type: message/rfc822\r\n\r\n");
-		buf_add(&head, prefix, prefix_len);
-		buf_str(&tail, "\r\n--");
-		buf_str(&tail, boundary);
-		buf_str(&tail, "--\r\n");
-		if (head.failed || tail.failed) {
-			fail_all(tg, n, "out of memory", 451, "4.3.0", "Local error in processing");
-			goto out;
-		}
-		spool_reader_init(&reader, d->spool, head.data, head.len);
-		spool_reader_set_suffix(&reader, tail.data, tail.len);
-		streamed = true;
-		break;
-	case FORMAT_JSON:
-	case FORMAT_JSON_PARSED:
-		if (spool_view_prefixed(d->spool, prefix, prefix_len, &view) < 0) {
-			fail_all(tg, n, "spool map failed", 451, "4.3.0", "Local error in processing");
-			goto out;
-		}
-		have_view = true;
-		buf_str(&body, "{\"envelope\":");
-		buf_str(&body, env_text);
-		if (st->format == FORMAT_JSON_PARSED) {
-			char err[200] = "";
-			json_t *parsed = mime_json_parse(view.data, view.len,
-							 (size_t)st->set.attachment_max, err,
-							 sizeof(err));
-			if (parsed == NULL || (parsed_text = json_open_text(parsed)) == NULL) {
-				json_decref(parsed);
-				log_warn("backend=%s event=webhook_parse id=%s error=\"%s\"", st->name,
-					 id, err);
-				fail_all(tg, n, "MIME parse failed", 451, "4.3.0",
-					 "Local error in processing");
-				goto out;
-			}
-			json_decref(parsed);
-			if (parsed_text[1] != '\0') {
-				buf_str(&body, ",");
-				buf_str(&body, parsed_text + 1); /* without its '{' */
-			}
-		}
-		buf_str(&body, ",\"message\":\"");
-		buf_base64(&body, view.data, view.len);
-		buf_str(&body, "\"}");
-		if (body.failed) {
-			fail_all(tg, n, "out of memory", 451, "4.3.0", "Local error in processing");
-			goto out;
-		}
-		content_type = "Content-Type: application/json";
-		/* the base64 copy is made: the mapping is no longer needed */
-		spool_view_release(&view);
-		have_view = false;
-		break;
-	}
-
-	/* Signature over exactly the bytes sent. */
-	if (st->key_count > 0) {
-		const unsigned char *keys[2] = { st->keys[0].bytes, st->keys[1].bytes };
-		size_t lens[2] = { st->keys[0].len, st->keys[1].len };
-		signer = webhook_signer_new(keys, lens, st->key_count, id, ts);
-		int r = signer == NULL ? -1
-			: streamed      ? webhook_signer_update_reader(signer, &reader)
-					: webhook_signer_update(signer, body.data, body.len);
-		if (r < 0 || webhook_signer_finish(&signer, sig, sizeof(sig)) < 0) {
-			fail_all(tg, n, "signing failed", 451, "4.3.0", "Local error in processing");
-			goto out;
-		}
-	}
-
-	rcpt_list = join_rcpts(rcpts, n);
 	char sender[ADDRESS_PATH_MAX + 1], session[128];
+	char *rcpt_header = recipients_header(rcpts, n);
+	int hr = 0;
+
 	header_safe(d->sender ? d->sender : "", sender, sizeof(sender));
 	header_safe(d->session_id ? d->session_id : "", session, sizeof(session));
-	char *rcpt_header = rcpt_list ? malloc(strlen(rcpt_list) + 32) : NULL;
-	if (rcpt_header != NULL)
-		sprintf(rcpt_header, "X-Lmtpgw-Recipients: %s", rcpt_list);
-	int hr = 0;
-	if (st->format == FORMAT_MULTIPART)
-		hr |= http_header_add(&headers, "Content-Type: multipart/form-data; boundary=%s",
-				      boundary);
-	else
-		hr |= add_line(&headers, content_type);
-	hr |= http_header_add(&headers, "User-Agent: lmtpgw");
-	hr |= http_header_add(&headers, "webhook-id: %s", id);
-	hr |= http_header_add(&headers, "webhook-timestamp: %lld", ts);
+	hr |= http_header_add(headers, "Content-Type: %s", body->content_type);
+	hr |= http_header_add(headers, "User-Agent: lmtpgw");
+	hr |= http_header_add(headers, "webhook-id: %s", id);
+	hr |= http_header_add(headers, "webhook-timestamp: %lld", ts);
 	if (sig[0] != '\0')
-		hr |= http_header_add(&headers, "webhook-signature: %s", sig);
-	hr |= http_header_add(&headers, "Idempotency-Key: %s", id);
-	hr |= http_header_add(&headers, "X-Lmtpgw-Sender: %s", sender);
-	hr |= rcpt_header ? add_line(&headers, rcpt_header) : -1;
-	hr |= http_header_add(&headers, "X-Lmtpgw-Session: %s", session);
-	hr |= http_header_add(&headers, "X-Lmtpgw-Sha256: %s", d->sha256);
-	hr |= http_header_add(&headers, "X-Lmtpgw-Size: %llu",
+		hr |= http_header_add(headers, "webhook-signature: %s", sig);
+	hr |= http_header_add(headers, "Idempotency-Key: %s", id);
+	hr |= http_header_add(headers, "X-Lmtpgw-Sender: %s", sender);
+	hr |= rcpt_header ? add_line(headers, rcpt_header) : -1;
+	hr |= http_header_add(headers, "X-Lmtpgw-Session: %s", session);
+	hr |= http_header_add(headers, "X-Lmtpgw-Sha256: %s", d->sha256);
+	hr |= http_header_add(headers, "X-Lmtpgw-Size: %llu",
 			      (unsigned long long)spool_size(d->spool));
 	if (st->authorization != NULL)
-		hr |= add_line(&headers, st->authorization);
+		hr |= add_line(headers, st->authorization);
 	for (size_t i = 0; i < st->set.headers.count; i++)
-		hr |= add_line(&headers, st->set.headers.items[i]);
+		hr |= add_line(headers, st->set.headers.items[i]);
 	free(rcpt_header);
-	if (hr != 0) {
-		fail_all(tg, n, "headers failed", 451, "4.3.0", "Local error in processing");
-		goto out;
-	}
+	return hr != 0 ? -1 : 0;
+}
 
+/* POST the request and give every target its status: from the answer (webhook_answer.h), or
+ * the transport failure. results: room for n statuses. */
+static void post_request(struct webhook_state *st, struct target **tg, size_t n,
+			 const char *const *rcpts, const char *url, struct curl_slist *headers,
+			 struct webhook_body *body, const char *id, struct status *results)
+{
 	struct http_request req = {
 		.method = "POST",
 		.url = url,
 		.headers = headers,
-		.body = streamed ? NULL : body.data,
-		.body_len = streamed ? 0 : body.len,
-		.reader = streamed ? &reader : NULL,
+		.body = body->streamed ? NULL : body->data,
+		.body_len = body->streamed ? 0 : body->len,
+		.reader = body->streamed ? &body->reader : NULL,
 		.response_max = (size_t)st->set.max_response,
 	};
+	struct http_response resp = { 0 };
 	struct status transport;
+	char reason[512];
+
 	if (http_perform(st->http, &req, &resp, &transport, reason, sizeof(reason)) < 0) {
 		char esc[LOG_ESC_SIZE];
 		log_warn("backend=%s event=webhook_failed id=%s error=\"%s\"", st->name, id,
@@ -609,7 +430,7 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 				    rcpts[i], transport.text);
 			snprintf(tg[i]->ref, sizeof(tg[i]->ref), "id=%s", id);
 		}
-		goto out;
+		return;
 	}
 	/* A reference for the log and the 2xx text: the receiver's id when it gives one. */
 	char ref[96];
@@ -637,19 +458,53 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 			 rid ? " ref=" : "", rid ? ref : "");
 	}
 	http_response_free(&resp);
+}
+
+/* One request for tg[0..n), all to url: id, body, signature, headers, POST, answer. */
+static void deliver_request(struct webhook_state *st, const struct delivery *d,
+			    struct target **tg, size_t n, const char *url)
+{
+	const char **rcpts = calloc(n, sizeof(*rcpts));
+	struct status *results = calloc(n, sizeof(*results));
+	char id[WEBHOOK_ID_SIZE] = "msg_?", sig[2 * WEBHOOK_SIG_SIZE + 8], mime_error[200];
+	struct webhook_body body = { 0 };
+	struct curl_slist *headers = NULL;
+	const char *error;
+	long long ts = (long long)time(NULL);
+
+	if (rcpts == NULL || results == NULL) {
+		fail_all(tg, n, "out of memory", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++)
+		rcpts[i] = tg[i]->rcpt->rcpt;
+	if (webhook_event_id(d->sha256, rcpts, n, id) < 0) {
+		fail_all(tg, n, "id failed", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	if (webhook_body_build(st->format, d, tg, n, id, (size_t)st->set.attachment_max, &body,
+			       &error, mime_error, sizeof(mime_error)) < 0) {
+		if (mime_error[0] != '\0') {
+			char esc[LOG_ESC_SIZE];
+			log_warn("backend=%s event=webhook_parse id=%s error=\"%s\"", st->name, id,
+				 log_esc(esc, mime_error));
+		}
+		fail_all(tg, n, error, 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	if (sign_body(st, id, ts, &body, sig, sizeof(sig)) < 0) {
+		fail_all(tg, n, "signing failed", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	if (request_headers(st, d, rcpts, n, &body, id, ts, sig, &headers) < 0) {
+		fail_all(tg, n, "headers failed", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	post_request(st, tg, n, rcpts, url, headers, &body, id, results);
 out:
-	if (have_view)
-		spool_view_release(&view);
+	webhook_body_free(&body);
 	http_headers_free(&headers);
-	json_decref(env);
-	free(env_text);
-	free(parsed_text);
-	free(rcpt_list);
-	free(body.data);
-	free(head.data);
-	free(tail.data);
 	free(rcpts);
-	free(tcopy);
 	free(results);
 }
 
