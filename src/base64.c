@@ -23,7 +23,8 @@ size_t base64_encode(const void *data, size_t len, char *out)
 
 	while (done < len) {
 		size_t n = len - done < BASE64_BLOCK ? len - done : BASE64_BLOCK;
-		out_len += (size_t)EVP_EncodeBlock((unsigned char *)out + out_len, in + done, (int)n);
+		out_len += (size_t)EVP_EncodeBlock((unsigned char *)out + out_len, in + done,
+						   (int)n);
 		done += n;
 	}
 	out[out_len] = '\0';

@@ -8,7 +8,8 @@
 #include <string.h>
 
 #include "backend.h"
-#include "s3.h"
+#include "s3_answer.h"
+#include "s3_fields.h"
 
 static void mapped(long http, const char *code, int want_code, const char *want_enh)
 {
