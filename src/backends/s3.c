@@ -54,19 +54,19 @@ struct s3_settings {
 	bool allow_http;
 	char *region;
 	char *bucket;
-	char *addressing;
+	int addressing;                /* enum s3_addressing */
 	char *ca_file;
 	char *access_key_file;
 	char *secret_key_file;
 	char *credentials_file;
 	char *session_token_file;
 	char *key;
-	char *mode;
+	int mode;                      /* enum s3_mode */
 	bool manifest;
 	char *storage_class;
-	char *sse;
+	int sse;                       /* enum s3_sse */
 	char *sse_kms_key_id;
-	char *object_lock_mode;
+	int object_lock_mode;          /* enum s3_object_lock */
 	long long retention_days;
 	bool legal_hold;
 	struct conf_strlist tags;
@@ -75,6 +75,18 @@ struct s3_settings {
 	long long timeout;
 	long long connect_timeout;
 };
+
+enum s3_addressing { S3_ADDRESSING_PATH, S3_ADDRESSING_VIRTUAL };
+enum s3_mode { S3_MODE_MESSAGE, S3_MODE_RECIPIENT };
+enum s3_sse { S3_SSE_NONE, S3_SSE_AES256, S3_SSE_KMS };
+enum s3_object_lock { S3_LOCK_NONE, S3_LOCK_GOVERNANCE, S3_LOCK_COMPLIANCE };
+
+/* The allowed words of the enum keys, in the order of their C enums. sse and object_lock_mode
+ * are optional: "none" (the default) sends no header. The other words are sent as written. */
+static const char *const s3_addressing_words[] = { "path", "virtual", NULL };
+static const char *const s3_mode_words[] = { "message", "recipient", NULL };
+static const char *const s3_sse_words[] = { "none", "AES256", "aws:kms", NULL };
+static const char *const s3_object_lock_words[] = { "none", "GOVERNANCE", "COMPLIANCE", NULL };
 
 static const struct conf_key s3_keys[] = {
 	{ "endpoint", CONF_STRING, offsetof(struct s3_settings, endpoint), NULL, 1, 0,
@@ -85,8 +97,9 @@ static const struct conf_key s3_keys[] = {
 	  "region in the SigV4 scope (\"us-east-1\" for most S3-compatible stores)" },
 	{ "bucket", CONF_STRING, offsetof(struct s3_settings, bucket), NULL, 1, 0,
 	  "bucket the objects are written to" },
-	{ "addressing", CONF_STRING, offsetof(struct s3_settings, addressing), "path", 1, 0,
-	  "path (https://host/bucket/key) or virtual (https://bucket.host/key)" },
+	{ "addressing", CONF_ENUM, offsetof(struct s3_settings, addressing), "path", 0, 0,
+	  "path (https://host/bucket/key) or virtual (https://bucket.host/key)",
+	  s3_addressing_words },
 	{ "ca_file", CONF_STRING, offsetof(struct s3_settings, ca_file), NULL, 1, 0,
 	  "PEM file of CA certificates to verify the endpoint (default: the system store)" },
 	{ "access_key_file", CONF_STRING, offsetof(struct s3_settings, access_key_file), NULL, 1, 0,
@@ -99,18 +112,20 @@ static const struct conf_key s3_keys[] = {
 	  1, 0, "file holding a session token (temporary credentials), optional" },
 	{ "key", CONF_STRING, offsetof(struct s3_settings, key), "%{sha256}.eml",
 	  1, 0, "object key (template; values are percent-encoded)" },
-	{ "mode", CONF_STRING, offsetof(struct s3_settings, mode), "message", 1, 0,
-	  "message (one object for all recipients) or recipient (one object each)" },
+	{ "mode", CONF_ENUM, offsetof(struct s3_settings, mode), "message", 0, 0,
+	  "message (one object for all recipients) or recipient (one object each)",
+	  s3_mode_words },
 	{ "manifest", CONF_BOOL, offsetof(struct s3_settings, manifest), "true", 1, 0,
 	  "store each transaction's envelope as JSON in <key>.manifests/<envelope id>.json" },
 	{ "storage_class", CONF_STRING, offsetof(struct s3_settings, storage_class), NULL, 1, 0,
 	  "x-amz-storage-class of the objects (e.g. STANDARD_IA, GLACIER_IR)" },
-	{ "sse", CONF_STRING, offsetof(struct s3_settings, sse), NULL, 1, 0,
-	  "server-side encryption: AES256 or aws:kms" },
+	{ "sse", CONF_ENUM, offsetof(struct s3_settings, sse), "none", 0, 0,
+	  "server-side encryption: none (the bucket's default), AES256 or aws:kms", s3_sse_words },
 	{ "sse_kms_key_id", CONF_STRING, offsetof(struct s3_settings, sse_kms_key_id), NULL, 1, 0,
 	  "KMS key id or ARN for sse = aws:kms (default: the bucket's key)" },
-	{ "object_lock_mode", CONF_STRING, offsetof(struct s3_settings, object_lock_mode), NULL, 1,
-	  0, "Object Lock retention mode: GOVERNANCE or COMPLIANCE (needs retention_days)" },
+	{ "object_lock_mode", CONF_ENUM, offsetof(struct s3_settings, object_lock_mode), "none", 0,
+	  0, "Object Lock retention mode: none, GOVERNANCE or COMPLIANCE (needs retention_days)",
+	  s3_object_lock_words },
 	{ "retention_days", CONF_INT, offsetof(struct s3_settings, retention_days), "0", 0, 36500,
 	  "Object Lock retain-until date: days after the message was received" },
 	{ "legal_hold", CONF_BOOL, offsetof(struct s3_settings, legal_hold), "false", 1, 0,
@@ -149,11 +164,61 @@ static bool template_uses_recipient(const struct template *t)
 	       template_uses(t, "detail") || template_uses(t, "domain");
 }
 
+/* The object key: a template whose recipient variables agree with the mode. */
+static int check_key_template(struct s3_state *st, char *error_r, size_t error_size)
+{
+	const char *error;
+
+	if (template_compile(st->set.key, &st->key_tmpl, &error) < 0) {
+		snprintf(error_r, error_size, "key: %s", error);
+		return -1;
+	}
+	st->key_has_sha256 = template_uses(st->key_tmpl, "sha256");
+	if (!st->per_recipient && template_uses_recipient(st->key_tmpl)) {
+		snprintf(error_r, error_size,
+			 "key: mode message stores one object for all recipients; a recipient "
+			 "variable (%%{rcpt}, %%{local}, ...) needs mode = \"recipient\"");
+		return -1;
+	}
+	if (st->per_recipient && !template_uses(st->key_tmpl, "rcpt") &&
+	    !(template_uses(st->key_tmpl, "local") && template_uses(st->key_tmpl, "domain")) &&
+	    !(template_uses(st->key_tmpl, "user") && template_uses(st->key_tmpl, "domain"))) {
+		snprintf(error_r, error_size,
+			 "key: mode recipient needs %%{rcpt} (or %%{local} and %%{domain}) in the "
+			 "key, or every recipient would get the same object");
+		return -1;
+	}
+	return 0;
+}
+
+/* The options sent as object headers: encryption, Object Lock, storage class. */
+static int check_object_options(const struct s3_settings *set, char *error_r, size_t error_size)
+{
+	if (set->sse_kms_key_id != NULL && set->sse != S3_SSE_KMS) {
+		snprintf(error_r, error_size, "sse_kms_key_id needs sse = \"aws:kms\"");
+		return -1;
+	}
+	if (set->object_lock_mode != S3_LOCK_NONE && set->retention_days <= 0) {
+		snprintf(error_r, error_size, "object_lock_mode needs retention_days > 0");
+		return -1;
+	}
+	if (set->object_lock_mode == S3_LOCK_NONE && set->retention_days > 0) {
+		snprintf(error_r, error_size, "retention_days needs object_lock_mode");
+		return -1;
+	}
+	if ((set->storage_class != NULL && !s3_token_ok(set->storage_class)) ||
+	    (set->sse_kms_key_id != NULL && !s3_token_ok(set->sse_kms_key_id))) {
+		snprintf(error_r, error_size,
+			 "storage_class / sse_kms_key_id: no spaces or non-ASCII allowed");
+		return -1;
+	}
+	return 0;
+}
+
 static int s3_open(const void *settings, const char *instance_name, void **state_r,
 		   char *error_r, size_t error_size)
 {
 	const struct s3_settings *set = settings;
-	const char *error;
 	struct s3_state *st = calloc(1, sizeof(*st));
 
 	if (st == NULL) {
@@ -174,12 +239,7 @@ static int s3_open(const void *settings, const char *instance_name, void **state
 			 "bucket: 3 to 63 characters of a-z, 0-9, '-' and '.' (S3 naming rules)");
 		goto fail;
 	}
-	if (strcmp(set->addressing, "virtual") == 0) {
-		st->client.virtual_host = true;
-	} else if (strcmp(set->addressing, "path") != 0) {
-		snprintf(error_r, error_size, "addressing must be path or virtual");
-		goto fail;
-	}
+	st->client.virtual_host = set->addressing == S3_ADDRESSING_VIRTUAL;
 	if (set->region[0] == '\0' || strpbrk(set->region, "/ \t") != NULL) {
 		snprintf(error_r, error_size, "region: not a region name");
 		goto fail;
@@ -187,60 +247,10 @@ static int s3_open(const void *settings, const char *instance_name, void **state
 	if (s3_client_endpoint(&st->client, set->endpoint, set->allow_http, error_r,
 			       error_size) < 0)
 		goto fail;
-	if (strcmp(set->mode, "recipient") == 0) {
-		st->per_recipient = true;
-	} else if (strcmp(set->mode, "message") != 0) {
-		snprintf(error_r, error_size, "mode must be message or recipient");
+	st->per_recipient = set->mode == S3_MODE_RECIPIENT;
+	if (check_key_template(st, error_r, error_size) < 0 ||
+	    check_object_options(set, error_r, error_size) < 0)
 		goto fail;
-	}
-	if (template_compile(set->key, &st->key_tmpl, &error) < 0) {
-		snprintf(error_r, error_size, "key: %s", error);
-		goto fail;
-	}
-	st->key_has_sha256 = template_uses(st->key_tmpl, "sha256");
-	if (!st->per_recipient && template_uses_recipient(st->key_tmpl)) {
-		snprintf(error_r, error_size,
-			 "key: mode message stores one object for all recipients; a recipient "
-			 "variable (%%{rcpt}, %%{local}, ...) needs mode = \"recipient\"");
-		goto fail;
-	}
-	if (st->per_recipient && !template_uses(st->key_tmpl, "rcpt") &&
-	    !(template_uses(st->key_tmpl, "local") && template_uses(st->key_tmpl, "domain")) &&
-	    !(template_uses(st->key_tmpl, "user") && template_uses(st->key_tmpl, "domain"))) {
-		snprintf(error_r, error_size,
-			 "key: mode recipient needs %%{rcpt} (or %%{local} and %%{domain}) in the "
-			 "key, or every recipient would get the same object");
-		goto fail;
-	}
-	if (set->sse != NULL && strcmp(set->sse, "AES256") != 0 && strcmp(set->sse, "aws:kms") != 0) {
-		snprintf(error_r, error_size, "sse must be AES256 or aws:kms");
-		goto fail;
-	}
-	if (set->sse_kms_key_id != NULL && (set->sse == NULL || strcmp(set->sse, "aws:kms") != 0)) {
-		snprintf(error_r, error_size, "sse_kms_key_id needs sse = \"aws:kms\"");
-		goto fail;
-	}
-	if (set->object_lock_mode != NULL) {
-		if (strcmp(set->object_lock_mode, "GOVERNANCE") != 0 &&
-		    strcmp(set->object_lock_mode, "COMPLIANCE") != 0) {
-			snprintf(error_r, error_size,
-				 "object_lock_mode must be GOVERNANCE or COMPLIANCE");
-			goto fail;
-		}
-		if (set->retention_days <= 0) {
-			snprintf(error_r, error_size, "object_lock_mode needs retention_days > 0");
-			goto fail;
-		}
-	} else if (set->retention_days > 0) {
-		snprintf(error_r, error_size, "retention_days needs object_lock_mode");
-		goto fail;
-	}
-	if ((set->storage_class != NULL && !s3_token_ok(set->storage_class)) ||
-	    (set->sse_kms_key_id != NULL && !s3_token_ok(set->sse_kms_key_id))) {
-		snprintf(error_r, error_size,
-			 "storage_class / sse_kms_key_id: no spaces or non-ASCII allowed");
-		goto fail;
-	}
 	if (s3_tagging(&set->tags, &st->tagging, error_r, error_size) < 0)
 		goto fail;
 	struct s3_credential_files files = {
@@ -310,18 +320,26 @@ static size_t add_object_headers(struct s3_state *st, const struct delivery *d, 
 	}
 	if (st->set.storage_class != NULL)
 		h[n++] = (struct sigv4_param){ "x-amz-storage-class", st->set.storage_class };
-	if (st->set.sse != NULL) {
-		h[n++] = (struct sigv4_param){ "x-amz-server-side-encryption", st->set.sse };
+	switch ((enum s3_sse)st->set.sse) {
+	case S3_SSE_NONE:
+		break;
+	case S3_SSE_AES256:
+		h[n++] = (struct sigv4_param){ "x-amz-server-side-encryption", "AES256" };
+		break;
+	case S3_SSE_KMS:
+		h[n++] = (struct sigv4_param){ "x-amz-server-side-encryption", "aws:kms" };
 		if (st->set.sse_kms_key_id != NULL)
 			h[n++] = (struct sigv4_param){ "x-amz-server-side-encryption-aws-kms-key-id",
 						       st->set.sse_kms_key_id };
+		break;
 	}
-	if (st->set.object_lock_mode != NULL) {
+	if (st->set.object_lock_mode != S3_LOCK_NONE) {
 		/* Retain-until counts from the time the message was received, so a retry asks
 		 * for the same date. */
 		manifest_time(d->received + (time_t)st->set.retention_days * 86400, oh->retain,
 			      sizeof(oh->retain));
-		h[n++] = (struct sigv4_param){ "x-amz-object-lock-mode", st->set.object_lock_mode };
+		h[n++] = (struct sigv4_param){ "x-amz-object-lock-mode",
+					       s3_object_lock_words[st->set.object_lock_mode] };
 		h[n++] = (struct sigv4_param){ "x-amz-object-lock-retain-until-date", oh->retain };
 	}
 	if (st->set.legal_hold)

@@ -44,8 +44,8 @@ struct webhook_settings {
 	char *client_cert_file;
 	char *client_key_file;
 	bool follow_redirects;
-	char *format;
-	char *mode;
+	int format;                    /* enum webhook_format */
+	int mode;                      /* enum webhook_mode */
 	struct conf_strlist secret_files;
 	char *bearer_token_file;
 	char *basic_auth_file;
@@ -55,6 +55,16 @@ struct webhook_settings {
 	long long max_response;
 	long long attachment_max;
 };
+
+/* One request for all of a transaction's targets with the same URL, or one per recipient. */
+enum webhook_mode { WEBHOOK_MODE_MESSAGE, WEBHOOK_MODE_RECIPIENT };
+
+/* The allowed words of the enum keys, in the order of their C enums. */
+static const char *const webhook_format_words[] = { "raw", "json", "json-parsed", "multipart",
+						    NULL };
+static const char *const webhook_mode_words[] = { "message", "recipient", NULL };
+_Static_assert(sizeof(webhook_format_words) / sizeof(webhook_format_words[0]) ==
+		       WEBHOOK_FORMAT_MULTIPART + 2, "one word per enum webhook_format");
 
 static const struct conf_key webhook_keys[] = {
 	{ "url", CONF_STRING, offsetof(struct webhook_settings, url), NULL, 1, 0,
@@ -69,10 +79,11 @@ static const struct conf_key webhook_keys[] = {
 	  0, "PEM private key of client_cert_file; not readable by others" },
 	{ "follow_redirects", CONF_BOOL, offsetof(struct webhook_settings, follow_redirects),
 	  "false", 1, 0, "follow up to 5 redirects (same schemes as url); otherwise 3xx is 451" },
-	{ "format", CONF_STRING, offsetof(struct webhook_settings, format), "json", 1, 0,
-	  "body: raw, json, json-parsed or multipart" },
-	{ "mode", CONF_STRING, offsetof(struct webhook_settings, mode), "message", 1, 0,
-	  "message (one request for all recipients) or recipient (one request each)" },
+	{ "format", CONF_ENUM, offsetof(struct webhook_settings, format), "json", 0, 0,
+	  "body: raw, json, json-parsed or multipart", webhook_format_words },
+	{ "mode", CONF_ENUM, offsetof(struct webhook_settings, mode), "message", 0, 0,
+	  "message (one request for all recipients) or recipient (one request each)",
+	  webhook_mode_words },
 	{ "secret_files", CONF_STRING_LIST, offsetof(struct webhook_settings, secret_files), NULL, 1,
 	  0, "1 or 2 files with Standard Webhooks signing secrets (whsec_BASE64 or raw)" },
 	{ "bearer_token_file", CONF_STRING, offsetof(struct webhook_settings, bearer_token_file),
@@ -163,26 +174,8 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 		snprintf(error_r, error_size, "url: %s", error);
 		goto fail;
 	}
-	if (strcmp(set->format, "raw") == 0)
-		st->format = WEBHOOK_FORMAT_RAW;
-	else if (strcmp(set->format, "json") == 0)
-		st->format = WEBHOOK_FORMAT_JSON;
-	else if (strcmp(set->format, "json-parsed") == 0)
-		st->format = WEBHOOK_FORMAT_JSON_PARSED;
-	else if (strcmp(set->format, "multipart") == 0)
-		st->format = WEBHOOK_FORMAT_MULTIPART;
-	else {
-		snprintf(error_r, error_size, "format must be raw, json, json-parsed or multipart");
-		goto fail;
-	}
-	if (strcmp(set->mode, "message") == 0)
-		st->per_recipient = false;
-	else if (strcmp(set->mode, "recipient") == 0)
-		st->per_recipient = true;
-	else {
-		snprintf(error_r, error_size, "mode must be message or recipient");
-		goto fail;
-	}
+	st->format = (enum webhook_format)set->format;
+	st->per_recipient = set->mode == WEBHOOK_MODE_RECIPIENT;
 	if (set->secret_files.count > 2) {
 		snprintf(error_r, error_size, "secret_files: at most 2 (the current and the next)");
 		goto fail;
@@ -575,8 +568,8 @@ static void webhook_explain(void *state, const struct recipient *rcpt,
 	if (template_expand(st->url, vars, TEMPLATE_URL, url, sizeof(url), &error) < 0)
 		snprintf(buf, size, "url: %s", error);
 	else
-		snprintf(buf, size, "POST %s (format %s, mode %s)", url, st->set.format,
-			 st->set.mode);
+		snprintf(buf, size, "POST %s (format %s, mode %s)", url,
+			 webhook_format_words[st->set.format], webhook_mode_words[st->set.mode]);
 }
 
 /* Any HTTP answer to a HEAD of the URL's fixed part proves the receiver is reachable and its
