@@ -10,6 +10,19 @@
 #include "s3_fields.h"
 #include "secret.h"
 
+/* The access key from line access_line of access_path, the secret key from line secret_line
+ * of secret_path. */
+static int read_key_pair(struct s3_credentials *cred, const char *access_path, int access_line,
+			 const char *secret_path, int secret_line, char *error_r,
+			 size_t error_size)
+{
+	cred->access_key = secret_read_line(access_path, access_line, error_r, error_size);
+	if (cred->access_key == NULL)
+		return -1;
+	cred->secret_key = secret_read_line(secret_path, secret_line, error_r, error_size);
+	return cred->secret_key == NULL ? -1 : 0;
+}
+
 int s3_credentials_load(const struct s3_credential_files *files, struct s3_credentials *cred,
 			char *error_r, size_t error_size)
 {
@@ -19,22 +32,16 @@ int s3_credentials_load(const struct s3_credential_files *files, struct s3_crede
 				 "credentials_file excludes access_key_file and secret_key_file");
 			return -1;
 		}
-		cred->access_key = secret_read_line(files->credentials_file, 0, error_r, error_size);
-		if (cred->access_key == NULL)
-			return -1;
-		cred->secret_key = secret_read_line(files->credentials_file, 1, error_r, error_size);
-		if (cred->secret_key == NULL)
+		if (read_key_pair(cred, files->credentials_file, 0, files->credentials_file, 1,
+				  error_r, error_size) < 0)
 			return -1;
 	} else if (files->access_key_file != NULL || files->secret_key_file != NULL) {
 		if (files->access_key_file == NULL || files->secret_key_file == NULL) {
 			snprintf(error_r, error_size, "access_key_file and secret_key_file go together");
 			return -1;
 		}
-		cred->access_key = secret_read_line(files->access_key_file, 0, error_r, error_size);
-		if (cred->access_key == NULL)
-			return -1;
-		cred->secret_key = secret_read_line(files->secret_key_file, 0, error_r, error_size);
-		if (cred->secret_key == NULL)
+		if (read_key_pair(cred, files->access_key_file, 0, files->secret_key_file, 0, error_r,
+				  error_size) < 0)
 			return -1;
 	} else {
 		const char *ak = getenv("AWS_ACCESS_KEY_ID"), *sk = getenv("AWS_SECRET_ACCESS_KEY");

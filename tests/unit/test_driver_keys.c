@@ -27,49 +27,46 @@ static void settings_free(const struct backend_driver *d, void *set)
 	free(set);
 }
 
-static void refused(const char *driver, const char *key, const char *word, const char *message)
+/* An enum key, a word it refuses and the start of the message; or (message NULL) a word that
+ * is its default. */
+static const struct enum_case {
+	const char *driver, *key, *word, *message;
+} enum_cases[] = {
+	{ "webhook", "format", "xml", "'format' must be one of: raw, json, json-parsed, multipart" },
+	{ "webhook", "format", "JSON", "'format' must be one of" },
+	{ "webhook", "mode", "batch", "'mode' must be one of: message, recipient" },
+	{ "webhook", "format", "json", NULL },
+	{ "webhook", "mode", "message", NULL },
+	{ "s3", "sse", "DES", "'sse' must be one of: none, AES256, aws:kms" },
+	{ "s3", "sse", "aes256", "'sse' must be one of" },
+	{ "s3", "object_lock_mode", "governance",
+	  "'object_lock_mode' must be one of: none, GOVERNANCE, COMPLIANCE" },
+	{ "s3", "addressing", "host", "'addressing' must be one of: path, virtual" },
+	{ "s3", "mode", "object", "'mode' must be one of: message, recipient" },
+	{ "s3", "sse", "none", NULL },
+	{ "s3", "object_lock_mode", "none", NULL },
+	{ "s3", "addressing", "path", NULL },
+	{ "s3", "mode", "message", NULL },
+};
+
+Test(driver_keys, enums)
 {
-	const struct backend_driver *d;
-	void *set = settings_new(&d, driver);
-	const struct conf_key *k = conf_key_find(d->keys, key);
-	char e[256];
+	for (size_t i = 0; i < sizeof(enum_cases) / sizeof(enum_cases[0]); i++) {
+		const struct enum_case *c = &enum_cases[i];
+		const struct backend_driver *d;
+		void *set = settings_new(&d, c->driver);
+		const struct conf_key *k = conf_key_find(d->keys, c->key);
+		char e[256];
 
-	cr_assert_not_null(k, "no key %s", key);
-	cr_assert_eq(k->type, CONF_ENUM, "%s is not an enum key", key);
-	cr_assert_eq(conf_parse_value(k, word, set, e, sizeof(e)), -1, "%s = %s", key, word);
-	cr_assert(strstr(e, message) != NULL, "%s", e);
-	settings_free(d, set);
-}
-
-static void defaults_to(const char *driver, const char *key, const char *word)
-{
-	const struct backend_driver *d;
-	void *set = settings_new(&d, driver);
-
-	cr_assert_str_eq(conf_enum_word(conf_key_find(d->keys, key), set), word, "%s", key);
-	settings_free(d, set);
-}
-
-Test(driver_keys, webhook_enums)
-{
-	refused("webhook", "format", "xml",
-		"'format' must be one of: raw, json, json-parsed, multipart");
-	refused("webhook", "format", "JSON", "'format' must be one of");
-	refused("webhook", "mode", "batch", "'mode' must be one of: message, recipient");
-	defaults_to("webhook", "format", "json");
-	defaults_to("webhook", "mode", "message");
-}
-
-Test(driver_keys, s3_enums)
-{
-	refused("s3", "sse", "DES", "'sse' must be one of: none, AES256, aws:kms");
-	refused("s3", "sse", "aes256", "'sse' must be one of");
-	refused("s3", "object_lock_mode", "governance",
-		"'object_lock_mode' must be one of: none, GOVERNANCE, COMPLIANCE");
-	refused("s3", "addressing", "host", "'addressing' must be one of: path, virtual");
-	refused("s3", "mode", "object", "'mode' must be one of: message, recipient");
-	defaults_to("s3", "sse", "none");
-	defaults_to("s3", "object_lock_mode", "none");
-	defaults_to("s3", "addressing", "path");
-	defaults_to("s3", "mode", "message");
+		cr_assert_not_null(k, "%s: no key %s", c->driver, c->key);
+		cr_assert_eq(k->type, CONF_ENUM, "%s: %s is not an enum key", c->driver, c->key);
+		if (c->message == NULL) {
+			cr_assert_str_eq(conf_enum_word(k, set), c->word, "%s %s", c->driver, c->key);
+		} else {
+			cr_assert_eq(conf_parse_value(k, c->word, set, e, sizeof(e)), -1, "%s = %s",
+				     c->key, c->word);
+			cr_assert(strstr(e, c->message) != NULL, "%s", e);
+		}
+		settings_free(d, set);
+	}
 }
