@@ -147,6 +147,114 @@ static bool header_line_ok(const char *h)
 	return true;
 }
 
+/* The Standard Webhooks signing secrets: the current one and, while rotating, the next. */
+static int load_signing_keys(struct webhook_state *st, char *error_r, size_t error_size)
+{
+	const struct conf_strlist *files = &st->set.secret_files;
+
+	if (files->count > 2) {
+		snprintf(error_r, error_size, "secret_files: at most 2 (the current and the next)");
+		return -1;
+	}
+	for (size_t i = 0; i < files->count; i++) {
+		char *text = secret_read_file(files->items[i], error_r, error_size);
+		if (text == NULL)
+			return -1;
+		int r = webhook_secret_decode(text, &st->keys[i].bytes, &st->keys[i].len);
+		secret_free_bytes(text, strlen(text));
+		if (r < 0) {
+			snprintf(error_r, error_size, "%s: not a usable secret (whsec_BASE64 or raw)",
+				 files->items[i]);
+			return -1;
+		}
+		st->key_count++;
+	}
+	return 0;
+}
+
+/* The Authorization header line from bearer_token_file or basic_auth_file (one at most). */
+static int load_authorization(struct webhook_state *st, char *error_r, size_t error_size)
+{
+	const struct webhook_settings *set = &st->set;
+
+	if (set->bearer_token_file != NULL && set->basic_auth_file != NULL) {
+		snprintf(error_r, error_size, "bearer_token_file and basic_auth_file exclude each other");
+		return -1;
+	}
+	if (set->bearer_token_file == NULL && set->basic_auth_file == NULL)
+		return 0;
+	const char *path = set->bearer_token_file ? set->bearer_token_file : set->basic_auth_file;
+	char *line = secret_read_line(path, 0, error_r, error_size);
+	if (line == NULL)
+		return -1;
+	size_t len = strlen(line);
+	size_t cap = len * 2 + 64;
+	st->authorization = malloc(cap);
+	if (st->authorization == NULL) {
+		secret_free_bytes(line, len);
+		snprintf(error_r, error_size, "out of memory");
+		return -1;
+	}
+	if (set->bearer_token_file != NULL) {
+		snprintf(st->authorization, cap, "Authorization: Bearer %s", line);
+	} else {
+		if (strchr(line, ':') == NULL) {
+			secret_free_bytes(line, len);
+			snprintf(error_r, error_size, "%s: expected user:password", path);
+			return -1;
+		}
+		size_t n = (size_t)snprintf(st->authorization, cap, "Authorization: Basic ");
+		base64_encode(line, len, st->authorization + n);
+	}
+	secret_free_bytes(line, len);
+	for (const char *p = st->authorization; *p; p++) {
+		if ((unsigned char)*p < ' ' || (unsigned char)*p == 0x7f) {
+			snprintf(error_r, error_size, "%s: control characters in the secret", path);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int check_extra_headers(const struct conf_strlist *headers, char *error_r,
+			       size_t error_size)
+{
+	for (size_t i = 0; i < headers->count; i++) {
+		if (!header_line_ok(headers->items[i])) {
+			snprintf(error_r, error_size,
+				 "headers: \"%.60s\" is not a \"Name: value\" line we may send",
+				 headers->items[i]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Mutual TLS: the key file private to us, and its certificate given. */
+static int check_client_key(const struct webhook_settings *set, char *error_r,
+			    size_t error_size)
+{
+	struct stat sb;
+
+	if (set->client_key_file == NULL)
+		return 0;
+	if (stat(set->client_key_file, &sb) < 0) {
+		snprintf(error_r, error_size, "%s: %s", set->client_key_file, strerror(errno));
+		return -1;
+	}
+	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+		snprintf(error_r, error_size,
+			 "%s: key file must not be accessible by group or others (chmod 600)",
+			 set->client_key_file);
+		return -1;
+	}
+	if (set->client_cert_file == NULL) {
+		snprintf(error_r, error_size, "client_key_file needs client_cert_file");
+		return -1;
+	}
+	return 0;
+}
+
 static int webhook_open(const void *settings, const char *instance_name, void **state_r,
 			char *error_r, size_t error_size)
 {
@@ -176,85 +284,11 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 	}
 	st->format = (enum webhook_format)set->format;
 	st->per_recipient = set->mode == WEBHOOK_MODE_RECIPIENT;
-	if (set->secret_files.count > 2) {
-		snprintf(error_r, error_size, "secret_files: at most 2 (the current and the next)");
+	if (load_signing_keys(st, error_r, error_size) < 0 ||
+	    load_authorization(st, error_r, error_size) < 0 ||
+	    check_extra_headers(&set->headers, error_r, error_size) < 0 ||
+	    check_client_key(set, error_r, error_size) < 0)
 		goto fail;
-	}
-	for (size_t i = 0; i < set->secret_files.count; i++) {
-		char *text = secret_read_file(set->secret_files.items[i], error_r, error_size);
-		if (text == NULL)
-			goto fail;
-		int r = webhook_secret_decode(text, &st->keys[i].bytes, &st->keys[i].len);
-		secret_free_bytes(text, strlen(text));
-		if (r < 0) {
-			snprintf(error_r, error_size, "%s: not a usable secret (whsec_BASE64 or raw)",
-				 set->secret_files.items[i]);
-			goto fail;
-		}
-		st->key_count++;
-	}
-	if (set->bearer_token_file != NULL && set->basic_auth_file != NULL) {
-		snprintf(error_r, error_size, "bearer_token_file and basic_auth_file exclude each other");
-		goto fail;
-	}
-	if (set->bearer_token_file != NULL || set->basic_auth_file != NULL) {
-		const char *path = set->bearer_token_file ? set->bearer_token_file : set->basic_auth_file;
-		char *line = secret_read_line(path, 0, error_r, error_size);
-		if (line == NULL)
-			goto fail;
-		size_t len = strlen(line);
-		size_t cap = len * 2 + 64;
-		st->authorization = malloc(cap);
-		if (st->authorization == NULL) {
-			secret_free_bytes(line, len);
-			snprintf(error_r, error_size, "out of memory");
-			goto fail;
-		}
-		if (set->bearer_token_file != NULL) {
-			snprintf(st->authorization, cap, "Authorization: Bearer %s", line);
-		} else {
-			if (strchr(line, ':') == NULL) {
-				secret_free_bytes(line, len);
-				snprintf(error_r, error_size, "%s: expected user:password", path);
-				goto fail;
-			}
-			size_t n = (size_t)snprintf(st->authorization, cap, "Authorization: Basic ");
-			base64_encode(line, len, st->authorization + n);
-		}
-		secret_free_bytes(line, len);
-		for (const char *p = st->authorization; *p; p++) {
-			if ((unsigned char)*p < ' ' || (unsigned char)*p == 0x7f) {
-				snprintf(error_r, error_size, "%s: control characters in the secret",
-					 path);
-				goto fail;
-			}
-		}
-	}
-	for (size_t i = 0; i < set->headers.count; i++) {
-		if (!header_line_ok(set->headers.items[i])) {
-			snprintf(error_r, error_size,
-				 "headers: \"%.60s\" is not a \"Name: value\" line we may send",
-				 set->headers.items[i]);
-			goto fail;
-		}
-	}
-	if (set->client_key_file != NULL) {
-		struct stat sb;
-		if (stat(set->client_key_file, &sb) < 0) {
-			snprintf(error_r, error_size, "%s: %s", set->client_key_file, strerror(errno));
-			goto fail;
-		}
-		if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-			snprintf(error_r, error_size,
-				 "%s: key file must not be accessible by group or others (chmod 600)",
-				 set->client_key_file);
-			goto fail;
-		}
-	}
-	if (set->client_key_file != NULL && set->client_cert_file == NULL) {
-		snprintf(error_r, error_size, "client_key_file needs client_cert_file");
-		goto fail;
-	}
 	struct http_options ho = {
 		.ca_file = set->ca_file,
 		.connect_timeout_ms = (long)set->connect_timeout,
