@@ -38,7 +38,59 @@ _live = []                                # running Lmtpgw instances (run-tests.
 
 
 class Skip(Exception):
-    """Raised by a test that cannot run here (reported as SKIP, counted as passed)."""
+    """Raised by a test that cannot run here (reported as SKIP and counted as skipped, never as
+    passed). real_server is None for a plain skip (no IPv6 loopback, no man-db, ...)."""
+    real_server = None
+
+
+# The suites that exercise a real server or a real client instead of our own code. A green CI
+# must mean they ran: run-tests.py fails a test that skips one of them when CI=true.
+REAL_SERVER_SUITES = ("dovecot", "s3", "webhook", "postfix", "lmtp-clients")
+
+
+class RealServerMissing(Skip):
+    """A skip because a real server this test needs is not installed here (Dovecot, the S3
+    server's node modules, Postfix, ...). Skipped locally; a failure when CI=true."""
+
+    def __init__(self, suite, why):
+        if suite not in REAL_SERVER_SUITES:
+            raise ValueError("unknown real-server suite %r" % suite)
+        super().__init__("%s not available: %s" % (suite, why))
+        self.real_server = suite
+
+
+def require_dovecot(lmtp=False):
+    """Raise RealServerMissing("dovecot") unless Dovecot (and with lmtp, its LMTP) is here."""
+    from dovecot import DovecotError, find_dovecot
+    try:
+        path = find_dovecot()
+    except DovecotError as e:
+        raise RealServerMissing("dovecot", str(e))
+    if lmtp:
+        lmtpd = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(path))),
+                             "lib", "dovecot", "lmtp")
+        if not os.access(lmtpd, os.X_OK):
+            raise RealServerMissing("dovecot", "no %s (apt-get install dovecot-lmtpd)" % lmtpd)
+
+
+def require_postfix():
+    """Raise RealServerMissing("postfix") unless a private Postfix can be started here."""
+    from postfix import PostfixError, find_postfix
+    try:
+        find_postfix()
+    except PostfixError as e:
+        raise RealServerMissing("postfix", str(e))
+
+
+def start_s3server(**kw):
+    """A started S3Server, or RealServerMissing("s3") when node or its modules are missing.
+    Any other failure to start is the test's failure, not a skip."""
+    from s3server import S3Server, S3Unavailable
+    s = S3Server(**kw)
+    try:
+        return s.start()
+    except S3Unavailable as e:
+        raise RealServerMissing("s3", str(e))
 
 
 def binary():

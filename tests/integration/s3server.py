@@ -15,7 +15,7 @@ loopback for lmtpgw's integration tests.
     # leaving the block stops node by PID and removes the temp dir
 
 Needs node and contrib/test-servers/s3/node_modules (`make check` runs the npm set-up; or
-`cd contrib/test-servers/s3 && npm ci`); raises Skip-able S3Unavailable otherwise.
+`cd contrib/test-servers/s3 && npm ci`); raises S3Unavailable otherwise (harness.start_s3server turns it into a RealServerMissing skip).
 python3 stdlib only.
 """
 import atexit
