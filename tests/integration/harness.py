@@ -93,6 +93,36 @@ def start_s3server(**kw):
         raise RealServerMissing("s3", str(e))
 
 
+def _traversable_by_all(path):
+    """True when every directory from / down to path lets other users pass (o+x)."""
+    path = os.path.realpath(path)
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def shared_tmp_base():
+    """Where to make temp dirs that processes of other users must reach (Dovecot's mail
+    processes, Postfix, `make install` as nobody): the usual temp dir unless TMPDIR points into
+    a directory they cannot enter (pam_tmpdir's /tmp/user/UID, a 0700 home), then /tmp."""
+    base = tempfile.gettempdir()
+    return base if _traversable_by_all(base) else "/tmp"
+
+
+def shared_mkdtemp(prefix):
+    """mkdtemp under shared_tmp_base(), mode 0755: other users may traverse it, not write."""
+    d = tempfile.mkdtemp(prefix=prefix, dir=shared_tmp_base())
+    os.chmod(d, 0o755)
+    return d
+
+
 def binary():
     return os.path.join(BUILD, "lmtpgw")
 
@@ -394,7 +424,9 @@ class Lmtpgw:
 
     def __init__(self, config=None, local=None, backends="", routes=None, listen=None,
                  debug=False):
-        self.dir = tempfile.mkdtemp(prefix="lmtpgw-it-")
+        # 0700 itself, but under a base other users can traverse: a test may open it (0755)
+        # for a Postfix or Dovecot process to reach a socket inside.
+        self.dir = tempfile.mkdtemp(prefix="lmtpgw-it-", dir=shared_tmp_base())
         self.maildir_root = os.path.join(self.dir, "mail")
         self.spool = os.path.join(self.dir, "spool")
         os.makedirs(self.spool)
