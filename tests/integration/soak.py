@@ -302,7 +302,7 @@ class MaildirFaults:
         self.thread.join()
 
 
-def run(messages=2000, sessions=8, seed=1, min_faults=3, verbose=True):
+def run(messages=2000, sessions=8, seed=1, min_faults=3, fault_every=16, verbose=True):
     rng = random.Random(seed)
     plan = []
     domains = sorted(ROUTES)
@@ -318,9 +318,9 @@ def run(messages=2000, sessions=8, seed=1, min_faults=3, verbose=True):
         stack.callback(s3.stop)
         hook = stack.enter_context(Receiver(rule=lambda req: {"status": 200}))
         proxies = {
-            "inbox": RequestFaultProxy("inbox", dc.imaps_port, seed=seed),
-            "archive": RequestFaultProxy("archive", s3.front_port, seed=seed),
-            "hook": RequestFaultProxy("hook", hook.port, seed=seed),
+            "inbox": RequestFaultProxy("inbox", dc.imaps_port, every=fault_every, seed=seed),
+            "archive": RequestFaultProxy("archive", s3.front_port, every=fault_every, seed=seed),
+            "hook": RequestFaultProxy("hook", hook.port, every=fault_every, seed=seed),
         }
         gw = Lmtpgw(routes=[("*@" + dom, backends) for dom, backends in sorted(ROUTES.items())],
                     config={"delivery_deadline": "20s"})
