@@ -21,6 +21,9 @@
 #include <time.h>
 
 #include "status.h"
+/* Mailbox names passed to the functions below are already modified UTF-7 (imap_mutf7.h); the
+ * header is included here for the driver, which encodes them. */
+#include "imap_mutf7.h"
 
 enum imap_security { IMAP_TLS_IMPLICIT, IMAP_TLS_STARTTLS, IMAP_PLAINTEXT };
 
@@ -139,12 +142,6 @@ bool imapconn_literal_started(const struct imapconn *conn);
 bool imapconn_broken(const struct imapconn *conn);
 const char *imapconn_login_user(const struct imapconn *conn);
 time_t imapconn_last_used(const struct imapconn *conn);
-
-/* Encode a UTF-8 mailbox name in modified UTF-7 (RFC 3501 5.1.3): printable US-ASCII stands
- * for itself ("&" becomes "&-"), anything else goes as UTF-16 in modified base64 between "&"
- * and "-". 0, or -1 when utf8 is not well-formed UTF-8 or the result (with its NUL) does not
- * fit out_size. */
-int imap_mutf7_encode(const char *utf8, char *out, size_t out_size);
 
 /* Map an IMAP response code (RFC 5530) of a failed APPEND to a reply; exposed for tests. */
 void imap_map_append_failure(const char *code, bool overquota_permanent, struct status *st_r);
