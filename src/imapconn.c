@@ -20,6 +20,8 @@
 
 #include <libetpan/libetpan.h>
 
+#include "etpan_private.h"
+
 struct imapconn {
 	mailimap *imap;
 	bool broken;
@@ -107,7 +109,7 @@ void imapconn_close(struct imapconn **connp)
 /* The resp-text-code atom of the last response, e.g. "OVERQUOTA", or "". */
 static const char *response_code(const struct imapconn *conn)
 {
-	const struct mailimap_response_info *info = conn->imap->imap_response_info;
+	const struct mailimap_response_info *info = etpan_response_info(conn->imap);
 
 	if (info != NULL && info->rsp_atom != NULL)
 		return info->rsp_atom;
@@ -116,7 +118,7 @@ static const char *response_code(const struct imapconn *conn)
 
 static const char *response_text(const struct imapconn *conn)
 {
-	return conn->imap->imap_response != NULL ? conn->imap->imap_response : "";
+	return etpan_response_text(conn->imap);
 }
 
 static bool stream_error(int r)
@@ -243,7 +245,7 @@ static int append_refused(struct imapconn *conn, const char *command, const char
 			  struct imap_append_result *res_r, struct status *st_r, char *reason,
 			  size_t reason_size)
 {
-	const struct mailimap_response_info *info = conn->imap->imap_response_info;
+	const struct mailimap_response_info *info = etpan_response_info(conn->imap);
 	const char *code = response_code(conn);
 
 	res_r->trycreate = info != NULL && info->rsp_trycreate;
@@ -314,11 +316,9 @@ int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flag
 
 /*
  * MULTIAPPEND. libetpan has no MULTIAPPEND (RFC 3502) and no LITERAL+ (RFC 7888), so the
- * command is written here and only the tagged answer is parsed by libetpan. These helpers are
- * exported by libetpan 1.9 but declared only in its private mailimap_sender.h.
+ * command is written here and only the tagged answer is parsed by libetpan, through the few
+ * session internals of etpan_private.h.
  */
-int mailimap_literal_data_send(mailstream *fd, const char *literal, size_t len,
-			       size_t progr_rate, progress_function *progr_fun);
 
 /* APPEND written by hand needs LITERAL+ and a mailbox name that fits a quoted string. */
 static bool literal_plus_ok(struct imapconn *conn, const char *mailbox)
@@ -342,7 +342,7 @@ bool imapconn_can_multiappend(struct imapconn *conn, const char *mailbox)
 
 static int stream_put(struct imapconn *conn, const char *text, size_t len)
 {
-	return mailstream_write(conn->imap->imap_stream, text, len) == (ssize_t)len ? 0 : -1;
+	return etpan_command_write(conn->imap, text, len);
 }
 
 /* Is every CR of data followed by LF and every LF preceded by CR? Then libetpan's conversion
@@ -370,24 +370,21 @@ static bool crlf_clean(const char *data, size_t len)
 /* The literal's octet count as sent, and the sending: raw when already CRLF-clean. */
 static size_t literal_size(const char *data, size_t len, bool clean)
 {
-	return clean ? len : mailstream_get_data_crlf_size(data, len);
+	return clean ? len : etpan_literal_crlf_size(data, len);
 }
 
 static int literal_send(struct imapconn *conn, const char *data, size_t len, bool clean)
 {
 	if (clean)
 		return len == 0 ? 0 : stream_put(conn, data, len);
-	return mailimap_literal_data_send(conn->imap->imap_stream, data, len, 0, NULL) ==
-			       MAILIMAP_NO_ERROR
-		       ? 0
-		       : -1;
+	return etpan_literal_write_crlf(conn->imap, data, len);
 }
 
 /* The uid-set of APPENDUID ("5:12" or "5,7,9:10"), expanded in order into uids[count]. */
 static void apnd_uids(struct imapconn *conn, uint32_t *uidvalidity_r, uint32_t *uids,
 		      size_t count)
 {
-	const struct mailimap_response_info *info = conn->imap->imap_response_info;
+	const struct mailimap_response_info *info = etpan_response_info(conn->imap);
 	size_t n = 0;
 
 	*uidvalidity_r = 0;
@@ -429,18 +426,14 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 {
 	static const char months[][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
 					  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
-	mailimap *imap = conn->imap;
-	struct mailimap_response *response = NULL;
 	char head[700];
-	int r;
 
 	memset(res_r, 0, sizeof(*res_r));
 	conn->literal_started = false;
 	for (size_t i = 0; i < count; i++)
 		items[i].uid = 0;
-	r = mailimap_send_current_tag(imap);
 	int n = snprintf(head, sizeof(head), "APPEND \"%s\"", mailbox);
-	if (r != MAILIMAP_NO_ERROR || n < 0 || (size_t)n >= sizeof(head) ||
+	if (etpan_command_begin(conn->imap) < 0 || n < 0 || (size_t)n >= sizeof(head) ||
 	    stream_put(conn, head, (size_t)n) < 0)
 		goto stream_failed;
 	for (size_t i = 0; i < count; i++) {
@@ -463,14 +456,14 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 		if (literal_send(conn, items[i].data, items[i].len, clean) < 0)
 			goto stream_failed;
 	}
-	if (stream_put(conn, "\r\n", 2) < 0 || mailstream_flush(imap->imap_stream) == -1)
+	if (stream_put(conn, "\r\n", 2) < 0 || etpan_command_flush(conn->imap) < 0)
 		goto stream_failed;
 	conn->clock.extend_on_write = false;
-	if (mailimap_read_line(imap) == NULL)
-		goto stream_failed;
-	r = mailimap_parse_response(imap, &response);
+	enum etpan_tagged answer = etpan_read_tagged(conn->imap);
 	conn->last_used = time(NULL);
-	if (r == MAILIMAP_ERROR_PROTOCOL) {
+	if (answer == ETPAN_TAGGED_LOST)
+		goto stream_failed;
+	if (answer == ETPAN_TAGGED_BAD) {
 		/* libetpan's answer to a tagged BAD (and to a foreign tag, which a server in sync
 		 * does not send): the command was refused whole, nothing stored (RFC 3501 7.1.3,
 		 * RFC 3502). Not reused, in case it was the foreign tag. */
@@ -481,15 +474,7 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 			 response_text(conn));
 		return -1;
 	}
-	if (r != MAILIMAP_NO_ERROR || response == NULL || response->rsp_resp_done == NULL ||
-	    response->rsp_resp_done->rsp_type != MAILIMAP_RESP_DONE_TYPE_TAGGED) {
-		if (response != NULL)
-			mailimap_response_free(response);
-		goto stream_failed;
-	}
-	int state = response->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
-	mailimap_response_free(response);
-	if (state == MAILIMAP_RESP_COND_STATE_OK) {
+	if (answer == ETPAN_TAGGED_OK) {
 		uint32_t *uids = calloc(count, sizeof(*uids));
 		if (uids != NULL) {
 			apnd_uids(conn, &res_r->uidvalidity, uids, count);
