@@ -55,6 +55,18 @@ enum session_state {
 	STATE_CLOSING,    /* last reply queued; close when written */
 };
 
+/* XFORWARD attributes (Postfix XFORWARD_README): the MTA's own client and queue id, for the log
+ * lines and the delivery. They describe one transaction: given before MAIL, they move onto the
+ * transaction MAIL starts and go with it. */
+struct xforward {
+	bool given;
+	char ident[64];                 /* IDENT: the MTA's queue id */
+	char client[160];               /* "NAME[ADDR]": the MTA's client */
+	char name[80];
+	char addr[80];
+};
+
+/* From MAIL to the end of the message or RSET; freed only by tx_free(). */
 struct transaction {
 	char id[40];
 	struct runtime *rt;             /* the runtime (settings + backends) it started with */
@@ -75,6 +87,7 @@ struct transaction {
 	bool bdat_failed;               /* a chunk got an error reply: the rest is discarded */
 	bool bdat_discard;              /* chunk read only to stay in sync (no MAIL or no RCPT) */
 	time_t received;
+	struct xforward xforward;       /* as given before its MAIL */
 };
 
 struct session {
@@ -94,10 +107,7 @@ struct session {
 	char *line;                     /* command line buffer, max_command_line + 1 */
 	size_t line_max;
 	bool skipping;                  /* discarding an over-long command line up to its LF */
-	char xf_ident[64];              /* XFORWARD IDENT: the MTA's queue id, for the log */
-	char xf_client[160];            /* XFORWARD NAME/ADDR: the MTA's client, for the log */
-	char xf_name[80];
-	char xf_addr[80];
+	struct xforward xforward_next;  /* XFORWARD given for the next transaction */
 	bool is_unix;
 	bool trusted;                   /* in trusted_networks or on a unix socket: XFORWARD allowed */
 	bool peer_counted;              /* counted in srv->peers */
@@ -241,13 +251,20 @@ static void tx_free(struct transaction **txp)
 	free(tx);
 }
 
+static void xforward_clear(struct xforward *xf)
+{
+	xf->given = false;
+	xf->ident[0] = '\0';
+	xf->client[0] = '\0';
+	xf->name[0] = '\0';
+	xf->addr[0] = '\0';
+}
+
+/* The one way a transaction ends early (RSET, LHLO, STARTTLS, a refusal of the whole message,
+ * a timeout, a half-close): the transaction and any XFORWARD given for the next one go. */
 static void session_reset_tx(struct session *s)
 {
-	/* XFORWARD attributes describe one transaction (Postfix XFORWARD_README). */
-	s->xf_ident[0] = '\0';
-	s->xf_client[0] = '\0';
-	s->xf_name[0] = '\0';
-	s->xf_addr[0] = '\0';
+	xforward_clear(&s->xforward_next);
 	tx_free(&s->tx);
 	if (s->state != STATE_FRESH && s->state != STATE_CLOSING)
 		s->state = STATE_READY;
@@ -305,6 +322,7 @@ static void log_refusal(struct session *s, const char *stage, const char *rcpt, 
 			const struct backend_instance *backend, const struct status *st)
 {
 	const struct transaction *tx = s->tx;
+	const struct xforward *xf = tx != NULL ? &tx->xforward : &s->xforward_next;
 	char esc_rcpt[LOG_ESC_SIZE], esc_from[LOG_ESC_SIZE], esc_text[LOG_ESC_SIZE];
 	char esc_qid[LOG_ESC_SIZE], esc_xf[LOG_ESC_SIZE], esc_arg[LOG_ESC_SIZE];
 
@@ -317,10 +335,10 @@ static void log_refusal(struct session *s, const char *stage, const char *rcpt, 
 		format(esc_arg, sizeof(esc_arg), "arg=\"%s\"", log_esc(esc_rcpt, arg ? arg : ""));
 	log_info("event=refused stage=%s session=%s tx=%s%s%s client=%s%s%s from=<%s> %s "
 		 "result=%s reply=\"%d %s %s\"%s%s",
-		 stage, s->id, tx != NULL ? tx->id : "-", s->xf_ident[0] ? " qid=" : "",
-		 s->xf_ident[0] ? log_esc(esc_qid, s->xf_ident) : "", s->peer,
-		 s->xf_client[0] ? " xforward_client=" : "",
-		 s->xf_client[0] ? log_esc(esc_xf, s->xf_client) : "",
+		 stage, s->id, tx != NULL ? tx->id : "-", xf->ident[0] ? " qid=" : "",
+		 xf->ident[0] ? log_esc(esc_qid, xf->ident) : "", s->peer,
+		 xf->client[0] ? " xforward_client=" : "",
+		 xf->client[0] ? log_esc(esc_xf, xf->client) : "",
 		 tx != NULL ? log_esc(esc_from, tx->from_str) : "", esc_arg, result_name(st),
 		 st->code, st->enhanced, esc_text, backend != NULL ? " backend=" : "",
 		 backend != NULL ? backend->name : "");
@@ -487,14 +505,14 @@ static void end_of_message(struct session *s)
 			.received = tx->received,
 			.lhlo = s->lhlo,
 			.client_addr = s->peer_ip,
-			.xforward_name = s->xf_name,
-			.xforward_addr = s->xf_addr,
+			.xforward_name = tx->xforward.name,
+			.xforward_addr = tx->xforward.addr,
 			.tls = conn_is_tls(&s->conn),
 		},
 		.rcpts = tx->rcpts,
 		.rcpt_count = tx->rcpt_count,
 		.client = s->peer, /* the XFORWARD client is logged beside it */
-		.queue_id = s->xf_ident,
+		.queue_id = tx->xforward.ident,
 	};
 	size_t count = tx->rcpt_count;
 
@@ -513,10 +531,6 @@ static void end_of_message(struct session *s)
 	/* req points into tx (sender, ids): the dispatch copies them before tx goes. */
 	struct dispatch *dispatch = dispatch_start(&req, delivery_result, s);
 	tx_free(&s->tx);
-	s->xf_ident[0] = '\0';
-	s->xf_client[0] = '\0';
-	s->xf_name[0] = '\0';
-	s->xf_addr[0] = '\0';
 	/* Inline backends may have answered everything already (then the dispatch is gone). */
 	s->dispatch = s->state == STATE_DELIVERING ? dispatch : NULL;
 }
@@ -531,10 +545,31 @@ static bool xforward_allowed(const struct session *s)
 	return s->srv->cfg->xforward && s->trusted;
 }
 
+/* The command states (the others read content or wait, and parse no command line), as bits. */
+#define IN(state) (1u << (state))
+#define IN_ANY_COMMAND_STATE (IN(STATE_FRESH) | IN(STATE_READY) | IN(STATE_MAIL))
+
+enum command_flags {
+	CMD_WHILE_STOPPING = 1 << 0, /* still served outside a transaction after SIGTERM (QUIT);
+				      * any other command gets 421 there */
+};
+
+/*
+ * A row of the command table. handle_line() checks, in this order: the verb is known (else
+ * 500), LHLO came first unless `states` has STATE_FRESH (503 "Send LHLO first"), the server
+ * is not stopping (421, see CMD_WHILE_STOPPING), `permitted` if the row has one, then the
+ * sequence: the session's state is in `states` (else 503 5.5.1 with `wrong_state`). Only then
+ * does the handler run, which checks syntax (501), then limits, then changes state.
+ */
 struct command {
 	const char *verb;
 	void (*handler)(struct session *s, char *args);
-	bool before_lhlo;    /* allowed before LHLO */
+	unsigned states;          /* IN(...) of the states the command is allowed in */
+	const char *wrong_state;  /* the 503 text in another command state after LHLO */
+	/* Checks that answer before the sequence check (the peer is not offered the command):
+	 * returns false once it has replied. NULL: none. */
+	bool (*permitted)(struct session *s, const char *args);
+	unsigned flags;           /* enum command_flags */
 };
 
 static bool has_args(const char *args)
@@ -598,14 +633,7 @@ static void cmd_mail(struct session *s, char *args)
 	struct mail_params params;
 	struct status st;
 
-	if (s->state == STATE_MAIL) {
-		reply(s, 503, "5.5.1", "Nested MAIL command");
-		return;
-	}
-	if (s->srv->stopping) {
-		reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
-		return;
-	}
+	/* Sequence and shutdown checked by handle_line(): READY, so no transaction yet. */
 	if (s->srv->cfg->tls_required && !conn_is_tls(&s->conn) && !s->is_unix) {
 		reply(s, 530, "5.7.0", "Must issue a STARTTLS command first");
 		return;
@@ -630,6 +658,10 @@ static void cmd_mail(struct session *s, char *args)
 	tx->mail = params;
 	address_format(&from, tx->from_str, sizeof(tx->from_str));
 	format(tx->id, sizeof(tx->id), "%s.%u", s->id, ++s->tx_seq);
+	if (s->xforward_next.given) {
+		tx->xforward = s->xforward_next;
+		xforward_clear(&s->xforward_next);
+	}
 	s->tx = tx;
 	s->state = STATE_MAIL;
 	reply(s, 250, "2.1.0", "Sender <%s> OK (transaction %s)", tx->from_str, tx->id);
@@ -713,10 +745,6 @@ static void cmd_rcpt(struct session *s, char *args)
 	struct recipient r;
 	struct status st;
 
-	if (s->state != STATE_MAIL || tx == NULL) {
-		reply(s, 503, "5.5.1", "MAIL first");
-		return;
-	}
 	memset(&r, 0, sizeof(r));
 	if (envelope_parse_rcpt(args ? args : "", tx->mail.smtputf8, &r.addr, &r.params, &st) < 0) {
 		/* A syntax error: no reply policy (reply.h), but the MTA bounces this recipient. */
@@ -744,10 +772,6 @@ static void cmd_data(struct session *s, char *args)
 {
 	struct transaction *tx = s->tx;
 
-	if (s->state != STATE_MAIL || tx == NULL) {
-		reply(s, 503, "5.5.1", "MAIL first");
-		return;
-	}
 	if (tx->rcpt_count == 0) {
 		reply(s, 503, "5.5.1", "No valid recipients");
 		return;
@@ -814,8 +838,9 @@ static void cmd_bdat(struct session *s, char *args)
 		reply_and_close(s, 501, "5.5.4", "Syntax: BDAT size [LAST]; closing to stay in sync");
 		return;
 	}
-	if (s->state != STATE_MAIL || tx == NULL) {
-		/* Read the chunk anyway so the stream stays in sync, then say why. */
+	if (s->state != STATE_MAIL) {
+		/* The table lets BDAT in anywhere: out of sequence, the chunk is still read so the
+		 * stream stays in sync, and its 503 comes at the chunk's end (bdat_chunk_done()). */
 		struct transaction *skip = calloc(1, sizeof(*skip));
 		if (skip == NULL) {
 			reply_and_close(s, 421, "4.3.0", "Local error in processing");
@@ -915,23 +940,24 @@ static int xtext_decode(const char *in, char *out, size_t size)
  * xforward-command = "XFORWARD" 1*( SP attribute-name "=" attribute-value )
  * attribute-name = NAME / ADDR / PORT / PROTO / HELO / IDENT / SOURCE  (Postfix XFORWARD_README)
  */
+static bool xforward_permitted(struct session *s, const char *args)
+{
+	if (xforward_allowed(s))
+		return true;
+	/* Postfix refuses the same way (smtpd_authorized_xforward_hosts), before the sequence. */
+	reply(s, 550, "5.7.0", "XFORWARD not permitted");
+	if (s->srv->cfg->xforward)
+		log_info("session=%s event=xforward_refused client=%s reason=not_trusted", s->id,
+			 s->peer);
+	return false;
+}
+
 static void cmd_xforward(struct session *s, char *args)
 {
-	char ident[sizeof(s->xf_ident)] = "", name[80] = "", addr[80] = "";
+	struct xforward *xf = &s->xforward_next;
+	char ident[sizeof(xf->ident)] = "", name[sizeof(xf->name)] = "", addr[sizeof(xf->addr)] = "";
 	bool has_ident = false, has_name = false, has_addr = false;
 
-	if (!xforward_allowed(s)) {
-		/* Postfix refuses the same way (smtpd_authorized_xforward_hosts). */
-		reply(s, 550, "5.7.0", "XFORWARD not permitted");
-		if (s->srv->cfg->xforward)
-			log_info("session=%s event=xforward_refused client=%s reason=not_trusted",
-				 s->id, s->peer);
-		return;
-	}
-	if (s->state != STATE_READY) {
-		reply(s, 503, "5.5.1", "XFORWARD only outside a mail transaction");
-		return;
-	}
 	if (!has_args(args)) {
 		reply(s, 501, "5.5.4", "Syntax: XFORWARD attribute=value...");
 		return;
@@ -962,15 +988,34 @@ static void cmd_xforward(struct session *s, char *args)
 	 * and IDENT in another): set only those this one names. */
 	if (has_ident && ident[0] && strcmp(ident, "[UNAVAILABLE]") != 0 &&
 	    strcmp(ident, "[TEMPUNAVAIL]") != 0)
-		snprintf(s->xf_ident, sizeof(s->xf_ident), "%s", ident);
+		snprintf(xf->ident, sizeof(xf->ident), "%s", ident);
 	if (has_name)
-		snprintf(s->xf_name, sizeof(s->xf_name), "%s", name);
+		snprintf(xf->name, sizeof(xf->name), "%s", name);
 	if (has_addr)
-		snprintf(s->xf_addr, sizeof(s->xf_addr), "%s", addr);
-	if (s->xf_name[0] || s->xf_addr[0])
-		snprintf(s->xf_client, sizeof(s->xf_client), "%s[%s]",
-			 s->xf_name[0] ? s->xf_name : "unknown", s->xf_addr[0] ? s->xf_addr : "unknown");
+		snprintf(xf->addr, sizeof(xf->addr), "%s", addr);
+	if (xf->name[0] || xf->addr[0])
+		snprintf(xf->client, sizeof(xf->client), "%s[%s]", xf->name[0] ? xf->name : "unknown",
+			 xf->addr[0] ? xf->addr : "unknown");
+	xf->given = true;
 	reply(s, 250, "2.0.0", "OK");
+}
+
+/* STARTTLS answers these before the transaction check (what clients have always seen). */
+static bool starttls_permitted(struct session *s, const char *args)
+{
+	if (has_args(args)) {
+		reply(s, 501, "5.5.4", "Syntax: STARTTLS");
+		return false;
+	}
+	if (s->srv->cfg->tls_ctx == NULL || s->is_unix) {
+		reply(s, 454, "4.7.0", "TLS not available");
+		return false;
+	}
+	if (conn_is_tls(&s->conn)) {
+		reply(s, 503, "5.5.1", "TLS already active");
+		return false;
+	}
+	return true;
 }
 
 /* RFC 3207: STARTTLS, then the client starts over with LHLO. */
@@ -978,22 +1023,6 @@ static void cmd_starttls(struct session *s, char *args)
 {
 	const struct config *cfg = s->srv->cfg;
 
-	if (has_args(args)) {
-		reply(s, 501, "5.5.4", "Syntax: STARTTLS");
-		return;
-	}
-	if (cfg->tls_ctx == NULL || s->is_unix) {
-		reply(s, 454, "4.7.0", "TLS not available");
-		return;
-	}
-	if (conn_is_tls(&s->conn)) {
-		reply(s, 503, "5.5.1", "TLS already active");
-		return;
-	}
-	if (s->state == STATE_MAIL) {
-		reply(s, 503, "5.5.1", "STARTTLS not allowed inside a mail transaction");
-		return;
-	}
 	if (conn_starttls_prepare(&s->conn, cfg->tls_ctx) < 0) {
 		reply(s, 454, "4.7.0", "TLS not available now");
 		return;
@@ -1050,18 +1079,21 @@ static void cmd_quit(struct session *s, char *args)
 
 /* The LMTP command table (RFC 2033 4). HELO and EHLO are absent on purpose: 500 (RFC 2033 4.1). */
 static const struct command commands[] = {
-	{ "LHLO", cmd_lhlo, true },
-	{ "MAIL", cmd_mail, false },
-	{ "RCPT", cmd_rcpt, false },
-	{ "DATA", cmd_data, false },
-	{ "BDAT", cmd_bdat, true },     /* always reads its chunk, to stay in sync */
-	{ "RSET", cmd_rset, true },
-	{ "NOOP", cmd_noop, true },
-	{ "VRFY", cmd_vrfy, true },
-	{ "HELP", cmd_help, true },
-	{ "QUIT", cmd_quit, true },
-	{ "XFORWARD", cmd_xforward, false },
-	{ "STARTTLS", cmd_starttls, true },
+	{ "LHLO", cmd_lhlo, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "MAIL", cmd_mail, IN(STATE_READY), "Nested MAIL command", NULL, 0 },
+	{ "RCPT", cmd_rcpt, IN(STATE_MAIL), "MAIL first", NULL, 0 },
+	{ "DATA", cmd_data, IN(STATE_MAIL), "MAIL first", NULL, 0 },
+	/* Anywhere: its chunk is always read, to stay in sync (cmd_bdat). */
+	{ "BDAT", cmd_bdat, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "RSET", cmd_rset, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "NOOP", cmd_noop, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "VRFY", cmd_vrfy, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "HELP", cmd_help, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "QUIT", cmd_quit, IN_ANY_COMMAND_STATE, NULL, NULL, CMD_WHILE_STOPPING },
+	{ "XFORWARD", cmd_xforward, IN(STATE_READY), "XFORWARD only outside a mail transaction",
+	  xforward_permitted, 0 },
+	{ "STARTTLS", cmd_starttls, IN(STATE_FRESH) | IN(STATE_READY),
+	  "STARTTLS not allowed inside a mail transaction", starttls_permitted, 0 },
 };
 
 static void handle_line(struct session *s, char *line, size_t len)
@@ -1089,13 +1121,18 @@ static void handle_line(struct session *s, char *line, size_t len)
 				       "RSET, NOOP, VRFY, HELP, QUIT)");
 		return;
 	}
-	/* The verbs that take arguments: parse them with a colon, the rest split on the space. */
-	if (s->state == STATE_FRESH && !cmd->before_lhlo) {
+	if (s->state == STATE_FRESH && !(cmd->states & IN(STATE_FRESH))) {
 		reply(s, 503, "5.5.1", "Send LHLO first");
 		return;
 	}
-	if (s->srv->stopping && s->tx == NULL && cmd->handler != cmd_quit) {
+	if (s->srv->stopping && s->tx == NULL && !(cmd->flags & CMD_WHILE_STOPPING)) {
 		reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
+		return;
+	}
+	if (cmd->permitted != NULL && !cmd->permitted(s, args))
+		return;
+	if (!(cmd->states & IN(s->state))) {
+		reply(s, 503, "5.5.1", "%s", cmd->wrong_state);
 		return;
 	}
 	cmd->handler(s, args);
