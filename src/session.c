@@ -1,15 +1,29 @@
 /*
- * session - one LMTP connection: the RFC 2033 state machine, its transaction, its replies.
+ * session - one LMTP connection's protocol: the RFC 2033 state machine, the command table, the
+ * transaction, and what each reply says.
  *
- * Owns: the bufferevent, the current transaction (sender, recipients, spool) and the table of
- * post-DATA replies. The transaction's spool and recipients pass to the dispatcher at the end of
- * data; from then on the session only keeps the reply slots, so a client that hangs up while
- * its message is being stored cannot free anything a worker still reads.
+ * Parts: the connection's I/O (bytes in and out, deadlines, TLS, the close) is conn.c, which
+ * calls back through session_conn_events; the post-DATA replies wait in a reply_queue; every
+ * final refusal passes reply_policy_final() (reply.c); recipients are routed by router.c and
+ * messages handed to dispatcher.c.
  *
- * Every handler checks sequence (503), then syntax (501/555), then limits (452/552), and only
- * then changes state (style.md, "check, then proceed"). Every reply is built by the status
+ * Owns: its struct conn (embedded), the command line buffer, the current transaction (sender,
+ * recipients, spool, XFORWARD attributes; freed only by tx_free()) and the reply queue. The
+ * transaction's spool and recipients pass to the dispatcher at the end of data; from then on
+ * the session only keeps the reply slots, so a client that hangs up while its message is being
+ * stored cannot free anything a worker still reads.
+ *
+ * Commands: the table gives each verb its allowed states; handle_line() checks sequence (503)
+ * before a handler runs, and every handler checks syntax (501/555), then limits (452/552), and
+ * only then changes state (style.md, "check, then proceed"). Every reply is built by the status
  * module, so each carries an enhanced status code (RFC 2034); the exceptions RFC 2034 allows
  * are the greeting and the LHLO reply.
+ *
+ * Errors: every failure the client can still hear of gets a reply; local failures (memory,
+ * spool) are 4xx. The session closes itself only after QUIT, a timeout, too many errors, a BDAT
+ * it cannot follow (501) or store (421), a failed STARTTLS, or shutdown; a client gone in the
+ * middle of a message stores nothing. A session is freed from a conn callback or the loop,
+ * never while session_process() runs its commands (freed_in_process defers it).
  */
 #include "session.h"
 
@@ -20,7 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1477,7 +1490,7 @@ void session_stop_all(struct server *srv)
 	struct session *s = srv->sessions;
 
 	while (s != NULL) {
-		/* reply_and_close may free s: take the next one first. */
+		/* The close is from the loop (conn_close()), but take the next one first anyway. */
 		struct session *next = s->next;
 		if (s->state == STATE_FRESH || (s->state == STATE_READY && s->tx == NULL))
 			reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
