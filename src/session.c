@@ -889,9 +889,7 @@ static void bdat_chunk_done(struct session *s)
 	if (tx->bdat_discard && tx->spool == NULL) {
 		/* No transaction: the chunk was read only to stay in sync. */
 		tx_free(&s->tx);
-		s->state = s->state == STATE_CLOSING ? STATE_CLOSING : STATE_READY;
-		if (s->state != STATE_CLOSING)
-			s->state = s->lhlo[0] ? STATE_READY : STATE_FRESH;
+		s->state = s->lhlo[0] ? STATE_READY : STATE_FRESH; /* BDAT is allowed before LHLO */
 		timeouts_for_state(s);
 		reply(s, 503, "5.5.1", "MAIL first");
 		return;
