@@ -1,11 +1,15 @@
 /*
  * session - one LMTP connection: the RFC 2033 state machine, its transaction, its replies.
  *
- * The session reads with a bufferevent, handles every complete pipelined command in one pass,
- * and queues replies in the output buffer, which libevent writes when the pass ends (one write
- * for a pipelined group, RFC 2920). DATA and BDAT content goes through the decoder into the
- * spool. After the end of data the session waits for the dispatcher and writes one reply per
- * accepted recipient in RCPT order, each as soon as it and all before it are known.
+ * The session handles every complete pipelined command of one read in one pass; their replies
+ * collect in the connection's buffer and leave in one write when the pass ends (RFC 2920), a
+ * send() of our own on a plain socket, through the bufferevent under TLS or when the socket is
+ * full (conn.h). DATA and BDAT content goes through the decoder into the spool. After the end
+ * of data the session waits for the dispatcher and writes one reply per accepted recipient in
+ * RCPT order, each as soon as it and all before it are known (reply_queue.h).
+ *
+ * Errors: session_new() returns NULL (and closes fd) when it cannot set up; from then on every
+ * failure is a reply to the client, and the session frees itself when the connection ends.
  */
 #ifndef LMTPGW_SESSION_H
 #define LMTPGW_SESSION_H

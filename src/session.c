@@ -1,15 +1,29 @@
 /*
- * session - one LMTP connection: the RFC 2033 state machine, its transaction, its replies.
+ * session - one LMTP connection's protocol: the RFC 2033 state machine, the command table, the
+ * transaction, and what each reply says.
  *
- * Owns: the bufferevent, the current transaction (sender, recipients, spool) and the table of
- * post-DATA replies. The transaction's spool and recipients pass to the dispatcher at the end of
- * data; from then on the session only keeps the reply slots, so a client that hangs up while
- * its message is being stored cannot free anything a worker still reads.
+ * Parts: the connection's I/O (bytes in and out, deadlines, TLS, the close) is conn.c, which
+ * calls back through session_conn_events; the post-DATA replies wait in a reply_queue; every
+ * final refusal passes reply_policy_final() (reply.c); recipients are routed by router.c and
+ * messages handed to dispatcher.c.
  *
- * Every handler checks sequence (503), then syntax (501/555), then limits (452/552), and only
- * then changes state (style.md, "check, then proceed"). Every reply is built by the status
+ * Owns: its struct conn (embedded), the command line buffer, the current transaction (sender,
+ * recipients, spool, XFORWARD attributes; freed only by tx_free()) and the reply queue. The
+ * transaction's spool and recipients pass to the dispatcher at the end of data; from then on
+ * the session only keeps the reply slots, so a client that hangs up while its message is being
+ * stored cannot free anything a worker still reads.
+ *
+ * Commands: the table gives each verb its allowed states; handle_line() checks sequence (503)
+ * before a handler runs, and every handler checks syntax (501/555), then limits (452/552), and
+ * only then changes state (style.md, "check, then proceed"). Every reply is built by the status
  * module, so each carries an enhanced status code (RFC 2034); the exceptions RFC 2034 allows
  * are the greeting and the LHLO reply.
+ *
+ * Errors: every failure the client can still hear of gets a reply; local failures (memory,
+ * spool) are 4xx. The session closes itself only after QUIT, a timeout, too many errors, a BDAT
+ * it cannot follow (501) or store (421), a failed STARTTLS, or shutdown; a client gone in the
+ * middle of a message stores nothing. A session is freed from a conn callback or the loop,
+ * never while session_process() runs its commands (freed_in_process defers it).
  */
 #include "session.h"
 
@@ -20,19 +34,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/event.h>
-#include <event2/bufferevent_ssl.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 
 #include "address.h"
 #include "backend.h"
+#include "conn.h"
 #include "data.h"
 #include "dispatcher.h"
 #include "envelope.h"
@@ -41,16 +50,12 @@
 #include "metrics.h"
 #include "peers.h"
 #include "reply.h"
+#include "reply_queue.h"
 #include "router.h"
 #include "runtime.h"
 #include "server.h"
 #include "spool.h"
 #include "status.h"
-#include "tls.h"
-
-/* While the session waits for its backends, the input buffer may fill up to this much before
- * libevent stops reading from the socket (pipelined commands after the final dot). */
-#define SESSION_INPUT_HIGH (256 * 1024)
 
 enum session_state {
 	STATE_FRESH,      /* before LHLO */
@@ -63,6 +68,18 @@ enum session_state {
 	STATE_CLOSING,    /* last reply queued; close when written */
 };
 
+/* XFORWARD attributes (Postfix XFORWARD_README): the MTA's own client and queue id, for the log
+ * lines and the delivery. They describe one transaction: given before MAIL, they move onto the
+ * transaction MAIL starts and go with it. */
+struct xforward {
+	bool given;
+	char ident[64];                 /* IDENT: the MTA's queue id */
+	char client[160];               /* "NAME[ADDR]": the MTA's client */
+	char name[80];
+	char addr[80];
+};
+
+/* From MAIL to the end of the message or RSET; freed only by tx_free(). */
 struct transaction {
 	char id[40];
 	struct runtime *rt;             /* the runtime (settings + backends) it started with */
@@ -83,12 +100,13 @@ struct transaction {
 	bool bdat_failed;               /* a chunk got an error reply: the rest is discarded */
 	bool bdat_discard;              /* chunk read only to stay in sync (no MAIL or no RCPT) */
 	time_t received;
+	struct xforward xforward;       /* as given before its MAIL */
 };
 
 struct session {
 	struct server *srv;
 	struct session *prev, *next;
-	struct bufferevent *bev;
+	struct conn conn;               /* the client connection's I/O */
 	char id[24];
 	char peer[96];
 	char peer_ip[64];
@@ -102,34 +120,10 @@ struct session {
 	char *line;                     /* command line buffer, max_command_line + 1 */
 	size_t line_max;
 	bool skipping;                  /* discarding an over-long command line up to its LF */
-	bool eof;                       /* the client half-closed: answer what it sent, then close */
-	char xf_ident[64];              /* XFORWARD IDENT: the MTA's queue id, for the log */
-	char xf_client[160];            /* XFORWARD NAME/ADDR: the MTA's client, for the log */
-	char xf_name[80];
-	char xf_addr[80];
+	struct xforward xforward_next;  /* XFORWARD given for the next transaction */
 	bool is_unix;
 	bool trusted;                   /* in trusted_networks or on a unix socket: XFORWARD allowed */
 	bool peer_counted;              /* counted in srv->peers */
-	bool tls;                       /* the connection is encrypted (STARTTLS or lmtps:) */
-	bool direct;                    /* plain socket: replies may go out with send() */
-	bool hold_output;               /* a batch of replies is being queued: flush at its end */
-	bool defer_flush;               /* session_process() ends with flush_soon(), not a write */
-	size_t out_len;
-	char out[1024];                 /* replies not yet written: one write per batch */
-	struct event *flush_event;      /* writes replies queued outside session_process() */
-	long long timeout_write_ms;     /* what the bufferevent has now (-1: not set yet) */
-	/* The deadline of the current phase: a command line, or a DATA/BDAT phase. Unlike the
-	 * bufferevent's idle timeout, bytes that arrive do not push it back (slowloris): only a
-	 * complete command line, or data at min_data_rate, does. */
-	struct event *deadline_timer;
-	long long deadline_us;          /* CLOCK_MONOTONIC microseconds; 0: none */
-	long long deadline_armed_us;    /* when the timer fires; earlier is fine, it re-arms */
-	const char *deadline_phase;     /* "greeting", "command" or "data", for the log */
-	long long phase_started_us;
-	uint64_t phase_bytes;           /* bytes received in the current DATA/BDAT phase */
-	struct event *close_timer;      /* waits for a STARTTLS filter's bytes to leave */
-	unsigned close_polls;
-	char tls_info[128];             /* "TLSv1.3 TLS_AES_256_GCM_SHA384" once shaken hands */
 	struct transaction *tx;
 
 	/* a RCPT whose verification runs in a worker */
@@ -139,54 +133,11 @@ struct session {
 
 	/* post-DATA replies, filled in any order, written in RCPT order */
 	struct dispatch *dispatch;
-	struct status *replies;
-	bool *reply_ready;
-	size_t reply_count, reply_next;
+	struct reply_queue replies;
 };
 
-static void session_process(struct session *s);
+static void session_process(struct session *s, enum conn_flush at_end);
 static void session_free(struct session *s);
-
-/* --- output --- */
-
-/*
- * Replies collect in s->out while a batch of work runs (every pipelined command of one read,
- * every recipient's post-DATA reply known at once) and leave in one write at its end
- * (RFC 2920). On a plain socket with nothing queued in the bufferevent, that write is a
- * send() of our own: the bufferevent would arm and disarm EV_WRITE around every reply, two
- * epoll_ctl calls each (docs/performance.md). Whatever send() does not take, and everything
- * under TLS, goes to the bufferevent, after anything already queued there, so order holds.
- */
-static void out_flush(struct session *s)
-{
-	size_t sent = 0;
-
-	if (s->out_len == 0)
-		return;
-	if (s->direct && evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
-		ssize_t n = send(bufferevent_getfd(s->bev), s->out, s->out_len,
-				 MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n > 0)
-			sent = (size_t)n;
-		/* An error (EAGAIN, a reset) is left to the bufferevent: it retries or reports. */
-	}
-	if (sent < s->out_len)
-		evbuffer_add(bufferevent_get_output(s->bev), s->out + sent, s->out_len - sent);
-	s->out_len = 0;
-}
-
-static void out_add(struct session *s, const char *data, size_t len)
-{
-	if (s->out_len + len > sizeof(s->out)) {
-		out_flush(s);
-		if (len > sizeof(s->out)) {
-			evbuffer_add(bufferevent_get_output(s->bev), data, len);
-			return;
-		}
-	}
-	memcpy(s->out + s->out_len, data, len);
-	s->out_len += len;
-}
 
 /* --- replies --- */
 
@@ -195,9 +146,7 @@ static void reply_status(struct session *s, const struct status *st)
 	char buf[STATUS_TEXT_MAX + 64];
 	size_t n = status_format(st, false, buf, sizeof(buf));
 
-	out_add(s, buf, n);
-	if (!s->processing && !s->hold_output)
-		out_flush(s);
+	conn_write(&s->conn, buf, n);
 	/* Only protocol errors count towards max_errors: an unknown recipient or a full mailbox is
 	 * the MTA's normal business, not a misbehaving client. */
 	if ((st->code >= 500 && st->code <= 504) || st->code == 555)
@@ -228,161 +177,70 @@ static void reply(struct session *s, int code, const char *enhanced, const char 
 	reply_status(s, &st);
 }
 
-static void close_when_flushed(evutil_socket_t fd, short what, void *arg);
+static void timeouts_for_state(struct session *s);
 
-static void on_flush_event(evutil_socket_t fd, short what, void *arg)
+/* The last reply is queued: close once it is written. */
+static void session_close(struct session *s)
 {
-	out_flush(arg);
+	s->state = STATE_CLOSING;
+	conn_close(&s->conn); /* calls session_closed() from the loop */
 }
-
-/* Write what is queued once the current loop turn's callbacks are done: the dispatcher reports
- * a transaction's recipients one by one, and their replies should leave in one write. */
-static void flush_soon(struct session *s)
-{
-	if (s->out_len == 0)
-		return;
-	if (s->flush_event == NULL)
-		s->flush_event = event_new(s->srv->base, -1, 0, on_flush_event, s);
-	if (s->flush_event != NULL)
-		event_active(s->flush_event, EV_TIMEOUT, 1);
-	else
-		out_flush(s);
-}
-
-/* Free the session from the loop, once the output is written: never under a caller's feet
- * (reply_and_close runs inside callbacks that touch the session after it returns). */
-static void close_soon(struct session *s)
-{
-	/* close_timer exists from session_new() on: this cannot fail halfway. */
-	if (!evtimer_pending(s->close_timer, NULL)) {
-		struct timeval now = { 0, 0 };
-		evtimer_add(s->close_timer, &now);
-	}
-}
-
-static void deadline_clear(struct session *s);
 
 /* Queue a last reply and close once it is written. */
 static void reply_and_close(struct session *s, int code, const char *enhanced, const char *text)
 {
 	reply(s, code, enhanced, "%s %s", s->srv->cfg->hostname, text);
-	s->state = STATE_CLOSING;
-	bufferevent_disable(s->bev, EV_READ);
-	deadline_clear(s); /* the write timeout covers a client that does not read this */
-	out_flush(s);
-	close_soon(s);
+	session_close(s);
 }
 
 /* --- timeouts --- */
 
 /*
- * Reads have no idle timeout: every phase in which the client owes us bytes has a deadline.
- * A command line must be complete within timeout_command (timeout_greeting before LHLO) of the
- * previous line or reply, however its bytes trickle in. A DATA or BDAT phase starts with
- * timeout_data; each byte received adds 1/min_data_rate s, and the deadline never lies more than
- * timeout_data ahead (Postfix's smtpd_per_request_deadline with smtpd_min_data_rate). While the
- * client waits for us (a verification, a delivery) there is none. Writes keep an idle timeout
- * (timeout_command): a client that stops reading its replies is dropped.
+ * Reads have no idle timeout: every phase in which the client owes us bytes has a deadline
+ * (conn.h). A command line must be complete within timeout_command (timeout_greeting before
+ * LHLO) of the previous line or reply, however its bytes trickle in. A DATA or BDAT phase
+ * starts with timeout_data; each byte received adds 1/min_data_rate s, and the deadline never
+ * lies more than timeout_data ahead (Postfix's smtpd_per_request_deadline with
+ * smtpd_min_data_rate). While the client waits for us (a verification, a delivery) there is
+ * none. Writes keep an idle timeout (timeout_command): a client that stops reading its replies
+ * is dropped.
  */
-static long long mono_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static void deadline_arm(struct session *s, long long at_us)
-{
-	long long left = at_us - mono_us();
-	struct timeval tv;
-
-	if (left < 0)
-		left = 0;
-	tv.tv_sec = (time_t)(left / 1000000);
-	tv.tv_usec = (suseconds_t)(left % 1000000);
-	s->deadline_armed_us = at_us;
-	evtimer_add(s->deadline_timer, &tv);
-}
-
-/* Set the deadline. A later one needs no timer change (the timer, when it fires early, sees
- * the new deadline and waits on): one evtimer_add per timeout period, not per command. */
-static void deadline_set(struct session *s, const char *phase, long long at_us)
-{
-	s->deadline_us = at_us;
-	s->deadline_phase = phase;
-	if (s->deadline_armed_us != 0 && s->deadline_armed_us <= at_us &&
-	    evtimer_pending(s->deadline_timer, NULL))
-		return;
-	deadline_arm(s, at_us);
-}
-
-static void deadline_clear(struct session *s)
-{
-	s->deadline_us = 0;
-	s->deadline_armed_us = 0;
-	evtimer_del(s->deadline_timer);
-}
 
 /* A complete command line was read: the next one has its full time again. */
 static void deadline_next_command(struct session *s)
 {
 	const struct config *cfg = s->srv->cfg;
-	bool greeting = s->state == STATE_FRESH;
 
-	deadline_set(s, greeting ? "greeting" : "command",
-		     mono_us() + (greeting ? cfg->timeout_greeting_ms : cfg->timeout_command_ms) * 1000);
+	if (s->state == STATE_FRESH)
+		conn_deadline_start(&s->conn, "greeting", cfg->timeout_greeting_ms);
+	else
+		conn_deadline_start(&s->conn, "command", cfg->timeout_command_ms);
 }
 
 /* n bytes of DATA/BDAT arrived: credit them at min_data_rate, up to timeout_data ahead. */
 static void deadline_data_received(struct session *s, size_t n)
 {
 	const struct config *cfg = s->srv->cfg;
-	long long now = mono_us(), cap = now + cfg->timeout_data_ms * 1000, at;
 
-	if (n == 0)
-		return;
-	s->phase_bytes += n;
-	if (cfg->min_data_rate > 0) {
-		at = s->deadline_us + (long long)n * 1000000 / cfg->min_data_rate;
-		if (at > cap)
-			at = cap;
-	} else {
-		at = cap; /* no minimum rate: an idle timeout */
-	}
-	deadline_set(s, "data", at);
-}
-
-static void set_write_timeout(struct session *s)
-{
-	long long wms = s->srv->cfg->timeout_command_ms;
-	struct timeval wtv = { .tv_sec = wms / 1000, .tv_usec = (wms % 1000) * 1000 };
-
-	/* Setting timeouts re-adds the events: only when the value changes (a reload). */
-	if (wms == s->timeout_write_ms)
-		return;
-	s->timeout_write_ms = wms;
-	bufferevent_set_timeouts(s->bev, NULL, &wtv);
+	conn_deadline_data_received(&s->conn, n, cfg->min_data_rate, cfg->timeout_data_ms);
 }
 
 static void timeouts_for_state(struct session *s)
 {
 	const struct config *cfg = s->srv->cfg;
 
-	set_write_timeout(s);
+	conn_set_write_timeout(&s->conn, cfg->timeout_command_ms);
 	switch (s->state) {
 	case STATE_DATA:
 	case STATE_BDAT:
-		s->phase_started_us = mono_us();
-		s->phase_bytes = 0;
-		deadline_set(s, "data", s->phase_started_us + cfg->timeout_data_ms * 1000);
+		conn_deadline_data_start(&s->conn, cfg->timeout_data_ms);
 		break;
 	case STATE_VERIFYING:
 	case STATE_DELIVERING:
 	case STATE_CLOSING:
 		/* The client waits for us: its silence is no fault (style.md item 12). Closing:
 		 * reads are off, the write timeout covers a client that does not read. */
-		deadline_clear(s);
+		conn_deadline_clear(&s->conn);
 		break;
 	default:
 		deadline_next_command(s);
@@ -406,13 +264,20 @@ static void tx_free(struct transaction **txp)
 	free(tx);
 }
 
+static void xforward_clear(struct xforward *xf)
+{
+	xf->given = false;
+	xf->ident[0] = '\0';
+	xf->client[0] = '\0';
+	xf->name[0] = '\0';
+	xf->addr[0] = '\0';
+}
+
+/* The one way a transaction ends early (RSET, LHLO, STARTTLS, a refusal of the whole message,
+ * a timeout, a half-close): the transaction and any XFORWARD given for the next one go. */
 static void session_reset_tx(struct session *s)
 {
-	/* XFORWARD attributes describe one transaction (Postfix XFORWARD_README). */
-	s->xf_ident[0] = '\0';
-	s->xf_client[0] = '\0';
-	s->xf_name[0] = '\0';
-	s->xf_addr[0] = '\0';
+	xforward_clear(&s->xforward_next);
 	tx_free(&s->tx);
 	if (s->state != STATE_FRESH && s->state != STATE_CLOSING)
 		s->state = STATE_READY;
@@ -470,6 +335,7 @@ static void log_refusal(struct session *s, const char *stage, const char *rcpt, 
 			const struct backend_instance *backend, const struct status *st)
 {
 	const struct transaction *tx = s->tx;
+	const struct xforward *xf = tx != NULL ? &tx->xforward : &s->xforward_next;
 	char esc_rcpt[LOG_ESC_SIZE], esc_from[LOG_ESC_SIZE], esc_text[LOG_ESC_SIZE];
 	char esc_qid[LOG_ESC_SIZE], esc_xf[LOG_ESC_SIZE], esc_arg[LOG_ESC_SIZE];
 
@@ -482,10 +348,10 @@ static void log_refusal(struct session *s, const char *stage, const char *rcpt, 
 		format(esc_arg, sizeof(esc_arg), "arg=\"%s\"", log_esc(esc_rcpt, arg ? arg : ""));
 	log_info("event=refused stage=%s session=%s tx=%s%s%s client=%s%s%s from=<%s> %s "
 		 "result=%s reply=\"%d %s %s\"%s%s",
-		 stage, s->id, tx != NULL ? tx->id : "-", s->xf_ident[0] ? " qid=" : "",
-		 s->xf_ident[0] ? log_esc(esc_qid, s->xf_ident) : "", s->peer,
-		 s->xf_client[0] ? " xforward_client=" : "",
-		 s->xf_client[0] ? log_esc(esc_xf, s->xf_client) : "",
+		 stage, s->id, tx != NULL ? tx->id : "-", xf->ident[0] ? " qid=" : "",
+		 xf->ident[0] ? log_esc(esc_qid, xf->ident) : "", s->peer,
+		 xf->client[0] ? " xforward_client=" : "",
+		 xf->client[0] ? log_esc(esc_xf, xf->client) : "",
 		 tx != NULL ? log_esc(esc_from, tx->from_str) : "", esc_arg, result_name(st),
 		 st->code, st->enhanced, esc_text, backend != NULL ? " backend=" : "",
 		 backend != NULL ? backend->name : "");
@@ -516,25 +382,20 @@ static void reply_refusal(struct session *s, const struct config *cfg, int code,
 
 static void flush_replies(struct session *s)
 {
-	while (s->reply_next < s->reply_count && s->reply_ready[s->reply_next]) {
-		reply_status(s, &s->replies[s->reply_next]);
-		s->reply_next++;
-	}
-	if (s->reply_next < s->reply_count)
+	const struct status *st;
+
+	while ((st = reply_queue_take(&s->replies)) != NULL)
+		reply_status(s, st);
+	if (!reply_queue_done(&s->replies))
 		return;
 	/* Every recipient answered: the transaction is over. */
-	free(s->replies);
-	free(s->reply_ready);
-	s->replies = NULL;
-	s->reply_ready = NULL;
-	s->reply_count = s->reply_next = 0;
+	reply_queue_close(&s->replies);
 	s->dispatch = NULL;
 	if (s->state == STATE_CLOSING)
 		return; /* a timeout closed the session meanwhile: these were its last replies */
 	s->state = STATE_READY;
 	timeouts_for_state(s);
-	if (s->srv->stopping &&
-	    evbuffer_get_length(bufferevent_get_input(s->bev)) == 0) {
+	if (s->srv->stopping && evbuffer_get_length(conn_input(&s->conn)) == 0) {
 		/* Shutting down: the transaction is done, do not wait for the client's next one. */
 		reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
 		return;
@@ -546,25 +407,18 @@ static void delivery_result(void *ctx, size_t index, const struct status *st)
 {
 	struct session *s = ctx;
 
-	s->replies[index] = *st;
-	s->reply_ready[index] = true;
-	bool held = s->hold_output;
-	s->hold_output = true;
+	reply_queue_fill(&s->replies, index, st);
+	bool was_open = conn_batch_begin(&s->conn);
 	flush_replies(s);
-	s->hold_output = held;
 	/* The replies leave once this loop turn's callbacks are done: more recipients' results
 	 * may follow, and the dispatcher finishes its bookkeeping first (a client holding all its
 	 * replies finds no delivery in flight). */
+	conn_batch_end(&s->conn, was_open, CONN_FLUSH_SOON);
 	if (s->state == STATE_READY && !s->processing) {
 		/* Commands may have been pipelined behind the final dot. */
-		if (!s->eof)
-			bufferevent_enable(s->bev, EV_READ);
-		s->defer_flush = true;
-		session_process(s);
-		return;
+		conn_resume_reading(&s->conn);
+		session_process(s, CONN_FLUSH_SOON);
 	}
-	if (!s->processing && !held)
-		flush_soon(s);
 }
 
 /* Same reply for every recipient (too big, loop, spool error): no delivery. */
@@ -586,6 +440,7 @@ static void reply_all_recipients(struct session *s, int code, const char *enhanc
 static size_t build_trace(struct session *s, char *buf, size_t size)
 {
 	struct transaction *tx = s->tx;
+	bool tls = conn_is_tls(&s->conn);
 	/* The loop thread alone builds trace headers: one cached date per second. */
 	static time_t date_sec = (time_t)-1;
 	static char date[64];
@@ -611,7 +466,7 @@ static size_t build_trace(struct session *s, char *buf, size_t size)
 			 tx->from_str, s->lhlo[0] ? s->lhlo : "unknown", from_ip,
 			 tx->cfg->hostname,
 			 /* RFC 3848 / RFC 6531 protocol names */
-			 tx->mail.smtputf8 ? (s->tls ? "UTF8LMTPS" : "UTF8LMTP") : (s->tls ? "LMTPS" : "LMTP"),
+			 tx->mail.smtputf8 ? (tls ? "UTF8LMTPS" : "UTF8LMTP") : (tls ? "LMTPS" : "LMTP"),
 			 tx->id, date);
 	return n < 0 ? 0 : (size_t)n < size ? (size_t)n : size - 1;
 }
@@ -663,29 +518,21 @@ static void end_of_message(struct session *s)
 			.received = tx->received,
 			.lhlo = s->lhlo,
 			.client_addr = s->peer_ip,
-			.xforward_name = s->xf_name,
-			.xforward_addr = s->xf_addr,
-			.tls = s->tls,
+			.xforward_name = tx->xforward.name,
+			.xforward_addr = tx->xforward.addr,
+			.tls = conn_is_tls(&s->conn),
 		},
 		.rcpts = tx->rcpts,
 		.rcpt_count = tx->rcpt_count,
 		.client = s->peer, /* the XFORWARD client is logged beside it */
-		.queue_id = s->xf_ident,
+		.queue_id = tx->xforward.ident,
 	};
 	size_t count = tx->rcpt_count;
 
-	s->replies = calloc(count, sizeof(*s->replies));
-	s->reply_ready = calloc(count, sizeof(*s->reply_ready));
-	if (s->replies == NULL || s->reply_ready == NULL) {
-		free(s->replies);
-		free(s->reply_ready);
-		s->replies = NULL;
-		s->reply_ready = NULL;
+	if (reply_queue_open(&s->replies, count) < 0) {
 		reply_all_recipients(s, 451, "4.3.0", "Local error in processing (memory)");
 		return;
 	}
-	s->reply_count = count;
-	s->reply_next = 0;
 	s->messages++;
 	metrics_transaction(spool_size(tx->spool));
 	/* Ownership of spool and recipients passes to the dispatch. */
@@ -697,10 +544,6 @@ static void end_of_message(struct session *s)
 	/* req points into tx (sender, ids): the dispatch copies them before tx goes. */
 	struct dispatch *dispatch = dispatch_start(&req, delivery_result, s);
 	tx_free(&s->tx);
-	s->xf_ident[0] = '\0';
-	s->xf_client[0] = '\0';
-	s->xf_name[0] = '\0';
-	s->xf_addr[0] = '\0';
 	/* Inline backends may have answered everything already (then the dispatch is gone). */
 	s->dispatch = s->state == STATE_DELIVERING ? dispatch : NULL;
 }
@@ -715,10 +558,31 @@ static bool xforward_allowed(const struct session *s)
 	return s->srv->cfg->xforward && s->trusted;
 }
 
+/* The command states (the others read content or wait, and parse no command line), as bits. */
+#define IN(state) (1u << (state))
+#define IN_ANY_COMMAND_STATE (IN(STATE_FRESH) | IN(STATE_READY) | IN(STATE_MAIL))
+
+enum command_flags {
+	CMD_WHILE_STOPPING = 1 << 0, /* still served outside a transaction after SIGTERM (QUIT);
+				      * any other command gets 421 there */
+};
+
+/*
+ * A row of the command table. handle_line() checks, in this order: the verb is known (else
+ * 500), LHLO came first unless `states` has STATE_FRESH (503 "Send LHLO first"), the server
+ * is not stopping (421, see CMD_WHILE_STOPPING), `permitted` if the row has one, then the
+ * sequence: the session's state is in `states` (else 503 5.5.1 with `wrong_state`). Only then
+ * does the handler run, which checks syntax (501), then limits, then changes state.
+ */
 struct command {
 	const char *verb;
 	void (*handler)(struct session *s, char *args);
-	bool before_lhlo;    /* allowed before LHLO */
+	unsigned states;          /* IN(...) of the states the command is allowed in */
+	const char *wrong_state;  /* the 503 text in another command state after LHLO */
+	/* Checks that answer before the sequence check (the peer is not offered the command):
+	 * returns false once it has replied. NULL: none. */
+	bool (*permitted)(struct session *s, const char *args);
+	unsigned flags;           /* enum command_flags */
 };
 
 static bool has_args(const char *args)
@@ -758,7 +622,7 @@ static void cmd_lhlo(struct session *s, char *args)
 	lines[n++] = "CHUNKING";
 	lines[n++] = "BINARYMIME";
 	lines[n++] = "SMTPUTF8";
-	if (cfg->tls_ctx != NULL && !s->tls && !s->is_unix)
+	if (cfg->tls_ctx != NULL && !conn_is_tls(&s->conn) && !s->is_unix)
 		lines[n++] = "STARTTLS";
 	if (xforward_allowed(s))
 		lines[n++] = "XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE";
@@ -771,7 +635,8 @@ static void cmd_lhlo(struct session *s, char *args)
 		char line[512];
 		int len = format(line, sizeof(line), "250%c%s\r\n", i + 1 < n ? '-' : ' ', lines[i]);
 		if (len > 0)
-			out_add(s, line, (size_t)len < sizeof(line) ? (size_t)len : sizeof(line) - 1);
+			conn_write(&s->conn, line,
+				   (size_t)len < sizeof(line) ? (size_t)len : sizeof(line) - 1);
 	}
 }
 
@@ -781,15 +646,8 @@ static void cmd_mail(struct session *s, char *args)
 	struct mail_params params;
 	struct status st;
 
-	if (s->state == STATE_MAIL) {
-		reply(s, 503, "5.5.1", "Nested MAIL command");
-		return;
-	}
-	if (s->srv->stopping) {
-		reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
-		return;
-	}
-	if (s->srv->cfg->tls_required && !s->tls && !s->is_unix) {
+	/* Sequence and shutdown checked by handle_line(): READY, so no transaction yet. */
+	if (s->srv->cfg->tls_required && !conn_is_tls(&s->conn) && !s->is_unix) {
 		reply(s, 530, "5.7.0", "Must issue a STARTTLS command first");
 		return;
 	}
@@ -813,6 +671,10 @@ static void cmd_mail(struct session *s, char *args)
 	tx->mail = params;
 	address_format(&from, tx->from_str, sizeof(tx->from_str));
 	format(tx->id, sizeof(tx->id), "%s.%u", s->id, ++s->tx_seq);
+	if (s->xforward_next.given) {
+		tx->xforward = s->xforward_next;
+		xforward_clear(&s->xforward_next);
+	}
 	s->tx = tx;
 	s->state = STATE_MAIL;
 	reply(s, 250, "2.1.0", "Sender <%s> OK (transaction %s)", tx->from_str, tx->id);
@@ -839,7 +701,7 @@ static void rcpt_verified(void *ctx, int result, const struct status *st)
 		rcpt_check(s, &r, s->pending_k + 1);
 	}
 	if (s->state == STATE_MAIL && !s->processing)
-		session_process(s); /* pipelined commands waited behind this RCPT */
+		session_process(s, CONN_FLUSH_NOW); /* pipelined commands waited behind this RCPT */
 }
 
 /* Check a routed recipient against its backends from target index `from` on (breaker, then
@@ -896,10 +758,6 @@ static void cmd_rcpt(struct session *s, char *args)
 	struct recipient r;
 	struct status st;
 
-	if (s->state != STATE_MAIL || tx == NULL) {
-		reply(s, 503, "5.5.1", "MAIL first");
-		return;
-	}
 	memset(&r, 0, sizeof(r));
 	if (envelope_parse_rcpt(args ? args : "", tx->mail.smtputf8, &r.addr, &r.params, &st) < 0) {
 		/* A syntax error: no reply policy (reply.h), but the MTA bounces this recipient. */
@@ -927,10 +785,6 @@ static void cmd_data(struct session *s, char *args)
 {
 	struct transaction *tx = s->tx;
 
-	if (s->state != STATE_MAIL || tx == NULL) {
-		reply(s, 503, "5.5.1", "MAIL first");
-		return;
-	}
 	if (tx->rcpt_count == 0) {
 		reply(s, 503, "5.5.1", "No valid recipients");
 		return;
@@ -997,8 +851,9 @@ static void cmd_bdat(struct session *s, char *args)
 		reply_and_close(s, 501, "5.5.4", "Syntax: BDAT size [LAST]; closing to stay in sync");
 		return;
 	}
-	if (s->state != STATE_MAIL || tx == NULL) {
-		/* Read the chunk anyway so the stream stays in sync, then say why. */
+	if (s->state != STATE_MAIL) {
+		/* The table lets BDAT in anywhere: out of sequence, the chunk is still read so the
+		 * stream stays in sync, and its 503 comes at the chunk's end (bdat_chunk_done()). */
 		struct transaction *skip = calloc(1, sizeof(*skip));
 		if (skip == NULL) {
 			reply_and_close(s, 421, "4.3.0", "Local error in processing");
@@ -1034,9 +889,7 @@ static void bdat_chunk_done(struct session *s)
 	if (tx->bdat_discard && tx->spool == NULL) {
 		/* No transaction: the chunk was read only to stay in sync. */
 		tx_free(&s->tx);
-		s->state = s->state == STATE_CLOSING ? STATE_CLOSING : STATE_READY;
-		if (s->state != STATE_CLOSING)
-			s->state = s->lhlo[0] ? STATE_READY : STATE_FRESH;
+		s->state = s->lhlo[0] ? STATE_READY : STATE_FRESH; /* BDAT is allowed before LHLO */
 		timeouts_for_state(s);
 		reply(s, 503, "5.5.1", "MAIL first");
 		return;
@@ -1098,23 +951,24 @@ static int xtext_decode(const char *in, char *out, size_t size)
  * xforward-command = "XFORWARD" 1*( SP attribute-name "=" attribute-value )
  * attribute-name = NAME / ADDR / PORT / PROTO / HELO / IDENT / SOURCE  (Postfix XFORWARD_README)
  */
+static bool xforward_permitted(struct session *s, const char *args)
+{
+	if (xforward_allowed(s))
+		return true;
+	/* Postfix refuses the same way (smtpd_authorized_xforward_hosts), before the sequence. */
+	reply(s, 550, "5.7.0", "XFORWARD not permitted");
+	if (s->srv->cfg->xforward)
+		log_info("session=%s event=xforward_refused client=%s reason=not_trusted", s->id,
+			 s->peer);
+	return false;
+}
+
 static void cmd_xforward(struct session *s, char *args)
 {
-	char ident[sizeof(s->xf_ident)] = "", name[80] = "", addr[80] = "";
+	struct xforward *xf = &s->xforward_next;
+	char ident[sizeof(xf->ident)] = "", name[sizeof(xf->name)] = "", addr[sizeof(xf->addr)] = "";
 	bool has_ident = false, has_name = false, has_addr = false;
 
-	if (!xforward_allowed(s)) {
-		/* Postfix refuses the same way (smtpd_authorized_xforward_hosts). */
-		reply(s, 550, "5.7.0", "XFORWARD not permitted");
-		if (s->srv->cfg->xforward)
-			log_info("session=%s event=xforward_refused client=%s reason=not_trusted",
-				 s->id, s->peer);
-		return;
-	}
-	if (s->state != STATE_READY) {
-		reply(s, 503, "5.5.1", "XFORWARD only outside a mail transaction");
-		return;
-	}
 	if (!has_args(args)) {
 		reply(s, 501, "5.5.4", "Syntax: XFORWARD attribute=value...");
 		return;
@@ -1145,30 +999,34 @@ static void cmd_xforward(struct session *s, char *args)
 	 * and IDENT in another): set only those this one names. */
 	if (has_ident && ident[0] && strcmp(ident, "[UNAVAILABLE]") != 0 &&
 	    strcmp(ident, "[TEMPUNAVAIL]") != 0)
-		snprintf(s->xf_ident, sizeof(s->xf_ident), "%s", ident);
+		snprintf(xf->ident, sizeof(xf->ident), "%s", ident);
 	if (has_name)
-		snprintf(s->xf_name, sizeof(s->xf_name), "%s", name);
+		snprintf(xf->name, sizeof(xf->name), "%s", name);
 	if (has_addr)
-		snprintf(s->xf_addr, sizeof(s->xf_addr), "%s", addr);
-	if (s->xf_name[0] || s->xf_addr[0])
-		snprintf(s->xf_client, sizeof(s->xf_client), "%s[%s]",
-			 s->xf_name[0] ? s->xf_name : "unknown", s->xf_addr[0] ? s->xf_addr : "unknown");
+		snprintf(xf->addr, sizeof(xf->addr), "%s", addr);
+	if (xf->name[0] || xf->addr[0])
+		snprintf(xf->client, sizeof(xf->client), "%s[%s]", xf->name[0] ? xf->name : "unknown",
+			 xf->addr[0] ? xf->addr : "unknown");
+	xf->given = true;
 	reply(s, 250, "2.0.0", "OK");
 }
 
-static void on_read(struct bufferevent *bev, void *arg);
-static void on_write(struct bufferevent *bev, void *arg);
-static void on_event(struct bufferevent *bev, short what, void *arg);
-
-/* Put the session's bufferevent in place with our callbacks and limits. */
-static void session_attach(struct session *s, struct bufferevent *bev)
+/* STARTTLS answers these before the transaction check (what clients have always seen). */
+static bool starttls_permitted(struct session *s, const char *args)
 {
-	s->bev = bev;
-	bufferevent_setcb(bev, on_read, on_write, on_event, s);
-	bufferevent_setwatermark(bev, EV_READ, 0, SESSION_INPUT_HIGH);
-	s->timeout_write_ms = -1; /* a new bufferevent has none */
-	timeouts_for_state(s);
-	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	if (has_args(args)) {
+		reply(s, 501, "5.5.4", "Syntax: STARTTLS");
+		return false;
+	}
+	if (s->srv->cfg->tls_ctx == NULL || s->is_unix) {
+		reply(s, 454, "4.7.0", "TLS not available");
+		return false;
+	}
+	if (conn_is_tls(&s->conn)) {
+		reply(s, 503, "5.5.1", "TLS already active");
+		return false;
+	}
+	return true;
 }
 
 /* RFC 3207: STARTTLS, then the client starts over with LHLO. */
@@ -1176,50 +1034,20 @@ static void cmd_starttls(struct session *s, char *args)
 {
 	const struct config *cfg = s->srv->cfg;
 
-	if (has_args(args)) {
-		reply(s, 501, "5.5.4", "Syntax: STARTTLS");
-		return;
-	}
-	if (cfg->tls_ctx == NULL || s->is_unix) {
-		reply(s, 454, "4.7.0", "TLS not available");
-		return;
-	}
-	if (s->tls) {
-		reply(s, 503, "5.5.1", "TLS already active");
-		return;
-	}
-	if (s->state == STATE_MAIL) {
-		reply(s, 503, "5.5.1", "STARTTLS not allowed inside a mail transaction");
-		return;
-	}
-	SSL *ssl = SSL_new(cfg->tls_ctx);
-	if (ssl == NULL) {
+	if (conn_starttls_prepare(&s->conn, cfg->tls_ctx) < 0) {
 		reply(s, 454, "4.7.0", "TLS not available now");
 		return;
 	}
 	reply(s, 220, "2.0.0", "Ready to start TLS");
-	/* The 220 leaves in clear text, before the filter: from here on every byte is TLS. */
-	out_flush(s);
-	s->direct = false;
-	/* Anything pipelined after STARTTLS arrived in clear text: drop it (RFC 3207 4.2,
-	 * CVE-2011-0411 class of injection). */
-	evbuffer_drain(bufferevent_get_input(s->bev), evbuffer_get_length(bufferevent_get_input(s->bev)));
-	struct bufferevent *tls = bufferevent_openssl_filter_new(
-		s->srv->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-	if (tls == NULL) {
-		SSL_free(ssl);
+	/* The 220 leaves in clear text; what was pipelined behind STARTTLS is dropped. */
+	if (conn_starttls_start(&s->conn) < 0) {
 		reply_and_close(s, 421, "4.7.0", "TLS setup failed");
 		return;
 	}
-	bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
-	/* The filter keeps the timeouts from now on; the socket's own read timeout would fire
-	 * through it while a delivery runs and the client rightly says nothing. */
-	bufferevent_set_timeouts(s->bev, NULL, NULL);
 	session_reset_tx(s);
 	s->lhlo[0] = '\0';
 	s->state = STATE_FRESH;
-	s->tls = true;
-	session_attach(s, tls);
+	timeouts_for_state(s);
 }
 
 static void cmd_rset(struct session *s, char *args)
@@ -1257,24 +1085,26 @@ static void cmd_quit(struct session *s, char *args)
 {
 	session_reset_tx(s);
 	reply(s, 221, "2.0.0", "%s closing connection", s->srv->cfg->hostname);
-	s->state = STATE_CLOSING;
-	bufferevent_disable(s->bev, EV_READ);
+	session_close(s);
 }
 
 /* The LMTP command table (RFC 2033 4). HELO and EHLO are absent on purpose: 500 (RFC 2033 4.1). */
 static const struct command commands[] = {
-	{ "LHLO", cmd_lhlo, true },
-	{ "MAIL", cmd_mail, false },
-	{ "RCPT", cmd_rcpt, false },
-	{ "DATA", cmd_data, false },
-	{ "BDAT", cmd_bdat, true },     /* always reads its chunk, to stay in sync */
-	{ "RSET", cmd_rset, true },
-	{ "NOOP", cmd_noop, true },
-	{ "VRFY", cmd_vrfy, true },
-	{ "HELP", cmd_help, true },
-	{ "QUIT", cmd_quit, true },
-	{ "XFORWARD", cmd_xforward, false },
-	{ "STARTTLS", cmd_starttls, true },
+	{ "LHLO", cmd_lhlo, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "MAIL", cmd_mail, IN(STATE_READY), "Nested MAIL command", NULL, 0 },
+	{ "RCPT", cmd_rcpt, IN(STATE_MAIL), "MAIL first", NULL, 0 },
+	{ "DATA", cmd_data, IN(STATE_MAIL), "MAIL first", NULL, 0 },
+	/* Anywhere: its chunk is always read, to stay in sync (cmd_bdat). */
+	{ "BDAT", cmd_bdat, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "RSET", cmd_rset, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "NOOP", cmd_noop, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "VRFY", cmd_vrfy, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "HELP", cmd_help, IN_ANY_COMMAND_STATE, NULL, NULL, 0 },
+	{ "QUIT", cmd_quit, IN_ANY_COMMAND_STATE, NULL, NULL, CMD_WHILE_STOPPING },
+	{ "XFORWARD", cmd_xforward, IN(STATE_READY), "XFORWARD only outside a mail transaction",
+	  xforward_permitted, 0 },
+	{ "STARTTLS", cmd_starttls, IN(STATE_FRESH) | IN(STATE_READY),
+	  "STARTTLS not allowed inside a mail transaction", starttls_permitted, 0 },
 };
 
 static void handle_line(struct session *s, char *line, size_t len)
@@ -1302,13 +1132,18 @@ static void handle_line(struct session *s, char *line, size_t len)
 				       "RSET, NOOP, VRFY, HELP, QUIT)");
 		return;
 	}
-	/* The verbs that take arguments: parse them with a colon, the rest split on the space. */
-	if (s->state == STATE_FRESH && !cmd->before_lhlo) {
+	if (s->state == STATE_FRESH && !(cmd->states & IN(STATE_FRESH))) {
 		reply(s, 503, "5.5.1", "Send LHLO first");
 		return;
 	}
-	if (s->srv->stopping && s->tx == NULL && cmd->handler != cmd_quit) {
+	if (s->srv->stopping && s->tx == NULL && !(cmd->flags & CMD_WHILE_STOPPING)) {
 		reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
+		return;
+	}
+	if (cmd->permitted != NULL && !cmd->permitted(s, args))
+		return;
+	if (!(cmd->states & IN(s->state))) {
+		reply(s, 503, "5.5.1", "%s", cmd->wrong_state);
 		return;
 	}
 	cmd->handler(s, args);
@@ -1416,15 +1251,12 @@ static bool command_feed(struct session *s, struct evbuffer *in)
 	return true;
 }
 
-static bool session_close_if_flushed(struct session *s);
-static size_t unsent(const struct session *s);
-
 /* After the client half-closed: once every command it sent is answered (deliveries included,
  * RFC 2033 4.2: each recipient's reply is owed), close. An unfinished message stores nothing. */
 static void session_eof_check(struct session *s)
 {
-	if (!s->eof || s->state == STATE_DELIVERING || s->state == STATE_VERIFYING ||
-	    s->state == STATE_CLOSING)
+	if (!conn_input_ended(&s->conn) || s->state == STATE_DELIVERING ||
+	    s->state == STATE_VERIFYING || s->state == STATE_CLOSING)
 		return;
 	if (s->state == STATE_DATA || s->state == STATE_BDAT) {
 		log_info("session=%s tx=%s event=lost_during_data stored=none", s->id,
@@ -1433,49 +1265,28 @@ static void session_eof_check(struct session *s)
 		return;
 	}
 	session_reset_tx(s);
-	s->state = STATE_CLOSING;
-	session_close_if_flushed(s);
+	session_close(s);
 }
 
-/*
- * libevent 2.1 reads at most 4096 bytes a loop turn (EVBUFFER_MAX_READ in evbuffer_read), so a
- * 5 MB message took over a thousand turns, each an epoll_wait, an ioctl, a readv and a timeout
- * re-armed. Inside DATA and BDAT on a plain socket the session reads on by itself, 64 KiB at a
- * time, while the socket has bytes and the turn's share (1 MiB, fair to other sessions) lasts.
- * What it cannot read is left to the bufferevent: EAGAIN (it is still armed), end of file and
- * errors (the next read sees them again and reports them the usual way).
- */
-#define SESSION_READ_AHEAD (64 * 1024)
+/* Inside DATA and BDAT, read on past libevent's 4 KiB a turn, up to this much a turn (fair to
+ * other sessions; conn_read_ahead()). */
 #define SESSION_READ_SHARE (1024 * 1024)
 
-static bool read_ahead(struct session *s, struct evbuffer *in, size_t *share)
+static bool reading_content(const struct session *s)
 {
-	struct evbuffer_iovec v;
-
-	if (!s->direct || s->eof || *share == 0 ||
-	    !(s->state == STATE_DATA || (s->state == STATE_BDAT && s->tx->bdat_left > 0)))
-		return false;
-	if (evbuffer_reserve_space(in, SESSION_READ_AHEAD, &v, 1) < 1)
-		return false;
-	ssize_t n = recv(bufferevent_getfd(s->bev), v.iov_base, v.iov_len, MSG_DONTWAIT);
-	if (n <= 0) {
-		evbuffer_commit_space(in, NULL, 0);
-		return false;
-	}
-	v.iov_len = (size_t)n;
-	evbuffer_commit_space(in, &v, 1);
-	*share = (size_t)n >= *share ? 0 : *share - (size_t)n;
-	return true;
+	return s->state == STATE_DATA || (s->state == STATE_BDAT && s->tx->bdat_left > 0);
 }
 
-static void session_process(struct session *s)
+/* Handle everything the client sent so far, as one batch of replies written at_end. */
+static void session_process(struct session *s, enum conn_flush at_end)
 {
 	size_t read_share = SESSION_READ_SHARE;
+	bool was_open = conn_batch_begin(&s->conn);
 
 	s->processing = true;
 	for (;;) {
 		/* Fetched each time: STARTTLS replaces the bufferevent. */
-		struct evbuffer *in = bufferevent_get_input(s->bev);
+		struct evbuffer *in = conn_input(&s->conn);
 		if (s->errors > (unsigned)s->srv->cfg->max_errors && s->state != STATE_CLOSING &&
 		    s->state != STATE_DELIVERING && s->state != STATE_VERIFYING) {
 			reply_and_close(s, 421, "4.7.0", "Too many errors, closing connection");
@@ -1485,7 +1296,7 @@ static void session_process(struct session *s)
 		    s->state == STATE_VERIFYING)
 			break;
 		if (evbuffer_get_length(in) == 0 && !(s->state == STATE_BDAT && s->tx->bdat_left == 0) &&
-		    !read_ahead(s, in, &read_share))
+		    !(reading_content(s) && conn_read_ahead(&s->conn, &read_share)))
 			break;
 		bool progress;
 		if (s->state == STATE_DATA)
@@ -1502,169 +1313,86 @@ static void session_process(struct session *s)
 		session_free(s);
 		return;
 	}
-	if (s->defer_flush) {
-		s->defer_flush = false;
-		flush_soon(s);
-	} else {
-		out_flush(s);
-	}
-	if (s->state == STATE_CLOSING && unsent(s) == 0)
-		close_soon(s); /* QUIT and the like: nothing left for the write callback */
+	conn_batch_end(&s->conn, was_open, at_end);
 	session_eof_check(s);
 }
 
-/* --- bufferevent callbacks --- */
+/* --- connection events (conn.h) --- */
 
-static void on_read(struct bufferevent *bev, void *arg)
+static void session_input(void *owner)
 {
-	session_process(arg);
+	session_process(owner, CONN_FLUSH_NOW);
 }
 
-/* Bytes not yet handed to the kernel: with a STARTTLS filter, the encrypted bytes wait in the
- * underlying bufferevent after our own output is empty. */
-static size_t unsent(const struct session *s)
+/* A half-close: the client may still read. Answer everything it sent first. */
+static void session_input_end(void *owner)
 {
-	size_t n = evbuffer_get_length(bufferevent_get_output(s->bev));
-	struct bufferevent *under = bufferevent_get_underlying(s->bev);
+	struct session *s = owner;
 
-	if (under != NULL)
-		n += evbuffer_get_length(bufferevent_get_output(under));
-	return n;
+	if (!s->processing)
+		session_process(s, CONN_FLUSH_NOW);
 }
 
-/* Free now when nothing is left to send; otherwise the write callback does it. */
-static bool session_close_if_flushed(struct session *s)
+static void session_lost(void *owner)
 {
-	out_flush(s);
-	if (unsent(s) == 0) {
-		session_free(s);
-		return true;
-	}
-	return false;
-}
+	struct session *s = owner;
 
-static void close_when_flushed(evutil_socket_t fd, short what, void *arg)
-{
-	struct session *s = arg;
-
-	out_flush(s); /* replies still waiting for a flush event leave first */
-	/* Our own output still queued: the write callback frees once it is written, the write
-	 * timeout (timeout_command) if the client stops reading. */
-	if (evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
-		return;
-	/* Only a TLS filter's bytes wait in the socket's buffer, which calls nobody back: poll,
-	 * for at most 5 s. */
-	if (unsent(s) > 0 && ++s->close_polls < 500) {
-		struct timeval tv = { 0, 10000 };
-		evtimer_add(s->close_timer, &tv);
-		return;
-	}
+	if (s->tx != NULL && (s->state == STATE_DATA || s->state == STATE_BDAT))
+		log_info("session=%s tx=%s event=lost_during_data stored=none", s->id, s->tx->id);
 	session_free(s);
 }
 
-static void on_write(struct bufferevent *bev, void *arg)
+static void session_write_timeout(void *owner)
 {
-	struct session *s = arg;
+	struct session *s = owner;
 
-	if (s->state != STATE_CLOSING)
-		return;
-	if (unsent(s) == 0) {
+	log_info("session=%s event=timeout phase=write state=%d", s->id, (int)s->state);
+	if (s->state == STATE_CLOSING) {
 		session_free(s);
 		return;
-	}
-	/* The TLS filter drained into the socket's buffer: wait for that one too (no callback
-	 * reaches us from it), for at most 5 s. */
-	if (!evtimer_pending(s->close_timer, NULL)) {
-		struct timeval tv = { 0, 10000 };
-		evtimer_add(s->close_timer, &tv);
-	}
-}
-
-/* The current phase's deadline passed (or the timer fired early for a deadline moved on). */
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
-{
-	struct session *s = arg;
-	long long now = mono_us();
-
-	if (s->deadline_us == 0 || s->state == STATE_CLOSING)
-		return;
-	if (now < s->deadline_us) {
-		deadline_arm(s, s->deadline_us);
-		return;
-	}
-	if (strcmp(s->deadline_phase, "data") == 0) {
-		long long rate = s->srv->cfg->min_data_rate;
-		log_info("session=%s tx=%s event=timeout phase=data bytes=%llu elapsed_ms=%lld "
-			 "min_data_rate=%lld stored=none",
-			 s->id, s->tx != NULL ? s->tx->id : "-", (unsigned long long)s->phase_bytes,
-			 (now - s->phase_started_us) / 1000, rate);
-	} else {
-		/* A partial line still waiting means a client trickling bytes (slowloris). */
-		log_info("session=%s event=timeout phase=%s pending_bytes=%zu", s->id,
-			 s->deadline_phase, evbuffer_get_length(bufferevent_get_input(s->bev)));
 	}
 	/* RFC 5321 4.5.3.2: close with 421; a transaction in progress is dropped whole. */
 	session_reset_tx(s);
 	reply_and_close(s, 421, "4.4.2", "Timeout, closing connection");
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg)
+/* The current phase's deadline passed. */
+static void session_deadline(void *owner, const struct conn_deadline_expired *expired)
 {
-	struct session *s = arg;
+	struct session *s = owner;
 
-	if ((what & BEV_EVENT_CONNECTED) && s->tls) {
-		char cn[128];
-		SSL *ssl = bufferevent_openssl_get_ssl(bev);
-		if (ssl != NULL) {
-			tls_describe(ssl, s->tls_info, sizeof(s->tls_info), cn, sizeof(cn));
-			log_info("session=%s event=tls protocol=\"%s\"%s%s", s->id, s->tls_info,
-				 cn[0] ? " client_cn=" : "", cn);
-		}
+	if (s->state == STATE_CLOSING)
 		return;
+	if (strcmp(expired->phase, "data") == 0) {
+		log_info("session=%s tx=%s event=timeout phase=data bytes=%llu elapsed_ms=%lld "
+			 "min_data_rate=%lld stored=none",
+			 s->id, s->tx != NULL ? s->tx->id : "-",
+			 (unsigned long long)expired->data_bytes, expired->data_elapsed_ms,
+			 s->srv->cfg->min_data_rate);
+	} else {
+		/* A partial line still waiting means a client trickling bytes (slowloris). */
+		log_info("session=%s event=timeout phase=%s pending_bytes=%zu", s->id,
+			 expired->phase, expired->pending_bytes);
 	}
-	if (what & BEV_EVENT_ERROR) {
-		unsigned long e = bufferevent_get_openssl_error(bev);
-		if (e != 0) {
-			char detail[256];
-			ERR_error_string_n(e, detail, sizeof(detail));
-			log_info("session=%s event=tls_error error=\"%s\"", s->id, detail);
-		}
-	}
-
-	if (what & BEV_EVENT_TIMEOUT) {
-		/* Only writes have an idle timeout: the client does not read our replies. */
-		log_info("session=%s event=timeout phase=write state=%d", s->id, (int)s->state);
-		if (s->state == STATE_CLOSING) {
-			session_free(s);
-			return;
-		}
-		/* RFC 5321 4.5.3.2: close with 421; a transaction in progress is dropped whole. */
-		session_reset_tx(s);
-		reply_and_close(s, 421, "4.4.2", "Timeout, closing connection");
-		return;
-	}
-	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && s->state == STATE_CLOSING) {
-		/* Our last replies are still being written: the write callback closes. */
-		bufferevent_disable(bev, EV_READ);
-		if (unsent(s) == 0)
-			session_free(s);
-		return;
-	}
-	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
-		/* A half-close: the client may still read. Answer everything it sent first. */
-		s->eof = true;
-		bufferevent_disable(bev, EV_READ);
-		if (!s->processing)
-			session_process(s);
-		return;
-	}
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-		if (s->tx != NULL && (s->state == STATE_DATA || s->state == STATE_BDAT))
-			log_info("session=%s tx=%s event=lost_during_data stored=none", s->id,
-				 s->tx->id);
-		session_free(s);
-	}
+	/* RFC 5321 4.5.3.2: close with 421; a transaction in progress is dropped whole. */
+	session_reset_tx(s);
+	reply_and_close(s, 421, "4.4.2", "Timeout, closing connection");
 }
+
+/* Everything is written after session_close(). */
+static void session_closed(void *owner)
+{
+	session_free(owner);
+}
+
+static const struct conn_events session_conn_events = {
+	.input = session_input,
+	.input_end = session_input_end,
+	.lost = session_lost,
+	.write_timeout = session_write_timeout,
+	.deadline = session_deadline,
+	.closed = session_closed,
+};
 
 /* --- life cycle --- */
 
@@ -1692,17 +1420,10 @@ static void session_free(struct session *s)
 		srv->sessions = s->next;
 	if (s->next != NULL)
 		s->next->prev = s->prev;
-	if (s->close_timer != NULL)
-		event_free(s->close_timer);
-	if (s->deadline_timer != NULL)
-		event_free(s->deadline_timer);
 	if (s->peer_counted)
 		peers_remove(&srv->peers, s->peer_ip);
-	if (s->flush_event != NULL)
-		event_free(s->flush_event);
-	bufferevent_free(s->bev);
-	free(s->replies);
-	free(s->reply_ready);
+	conn_free(&s->conn);
+	reply_queue_close(&s->replies);
 	free(s->line);
 	free(s);
 	srv->connections--;
@@ -1721,40 +1442,21 @@ struct session *session_new(struct server *srv, int fd, const char *peer, const 
 	s->srv = srv;
 	s->line_max = (size_t)srv->cfg->max_command_line;
 	s->line = malloc(s->line_max + 2);
-	if (implicit_tls) {
-		SSL *ssl = SSL_new(srv->cfg->tls_ctx);
-		s->bev = ssl ? bufferevent_openssl_socket_new(srv->base, fd, ssl,
-							      BUFFEREVENT_SSL_ACCEPTING,
-							      BEV_OPT_CLOSE_ON_FREE)
-			     : NULL;
-		if (s->bev == NULL && ssl != NULL)
-			SSL_free(ssl);
-		if (s->bev != NULL)
-			bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
-		s->tls = true;
-	} else {
-		s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-		s->direct = true;
+	if (s->line == NULL) {
+		close(fd);
+		free(s);
+		return NULL;
 	}
-	s->close_timer = evtimer_new(srv->base, close_when_flushed, s);
-	s->deadline_timer = evtimer_new(srv->base, on_deadline, s);
-	if (s->line == NULL || s->bev == NULL || s->close_timer == NULL ||
-	    s->deadline_timer == NULL) {
-		if (s->bev != NULL)
-			bufferevent_free(s->bev);
-		else
-			close(fd);
-		if (s->close_timer != NULL)
-			event_free(s->close_timer);
-		if (s->deadline_timer != NULL)
-			event_free(s->deadline_timer);
+	if (conn_open(&s->conn, srv->base, fd, implicit_tls ? srv->cfg->tls_ctx : NULL,
+		      &session_conn_events, s, s->id) < 0) {
 		free(s->line);
 		free(s);
 		return NULL;
 	}
 	srv->connections++;
 	metrics_connection_opened();
-	/* Session ids: base-36 start time and a counter, unique across restarts of one host. */
+	/* Session ids: the start time and a counter, in hex (8 + 4 digits), unique across restarts
+	 * of one host unless it accepts more than 65536 connections within one second. */
 	unsigned long long seq = ++srv->session_seq;
 	snprintf(s->id, sizeof(s->id), "%llx%04llx", (unsigned long long)time(NULL) & 0xffffffffULL,
 		 seq & 0xffff);
@@ -1769,15 +1471,15 @@ struct session *session_new(struct server *srv, int fd, const char *peer, const 
 	srv->sessions = s;
 
 	s->is_unix = strcmp(peer_ip, "unix") == 0;
-	session_attach(s, s->bev);
+	timeouts_for_state(s);
 	log_info("session=%s event=connect client=%s", s->id, s->peer);
 	/* RFC 2033 4 / RFC 5321 4.2: the greeting has no enhanced code (RFC 2034). */
 	char greeting[512];
 	int n = format(greeting, sizeof(greeting), "220 %s LMTP lmtpgw ready (session %s)\r\n",
 		       srv->cfg->hostname, s->id);
 	if (n > 0)
-		out_add(s, greeting, (size_t)n < sizeof(greeting) ? (size_t)n : sizeof(greeting) - 1);
-	out_flush(s);
+		conn_write(&s->conn, greeting,
+			   (size_t)n < sizeof(greeting) ? (size_t)n : sizeof(greeting) - 1);
 	return s;
 }
 
@@ -1786,7 +1488,7 @@ void session_stop_all(struct server *srv)
 	struct session *s = srv->sessions;
 
 	while (s != NULL) {
-		/* reply_and_close may free s: take the next one first. */
+		/* The close is from the loop (conn_close()), but take the next one first anyway. */
 		struct session *next = s->next;
 		if (s->state == STATE_FRESH || (s->state == STATE_READY && s->tx == NULL))
 			reply_and_close(s, 421, "4.3.2", "Service shutting down, try again later");
