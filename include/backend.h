@@ -148,6 +148,12 @@ const struct backend_driver *backend_driver_find(const char *name);
 size_t delivery_prefix(const struct delivery *delivery, const struct target *target, char *buf,
 		       size_t size);
 
+/* One failure for every target of targets[0..count) (one lost connection or request for a
+ * whole batch): each gets st and ref (NULL: keep its ref); all but the first are marked
+ * same_failure, so the circuit breaker counts the event once. */
+void backend_fail_targets(struct target *targets, size_t count, const struct status *st,
+			  const char *ref);
+
 /* Fill vars from a delivery and a recipient. */
 void delivery_vars(const struct delivery *delivery, const struct recipient *rcpt,
 		   struct template_vars *vars_r);

@@ -64,6 +64,17 @@ size_t delivery_prefix(const struct delivery *delivery, const struct target *tar
 	return n < 0 ? 0 : (size_t)n;
 }
 
+void backend_fail_targets(struct target *targets, size_t count, const struct status *st,
+			  const char *ref)
+{
+	for (size_t i = 0; i < count; i++) {
+		targets[i].status = *st;
+		if (ref != NULL)
+			format(targets[i].ref, sizeof(targets[i].ref), "%s", ref);
+		targets[i].same_failure = i > 0;
+	}
+}
+
 void delivery_vars(const struct delivery *delivery, const struct recipient *rcpt,
 		   struct template_vars *vars_r)
 {
