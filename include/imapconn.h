@@ -1,12 +1,10 @@
 /*
- * imapconn - one blocking IMAP client connection (libetpan) with TLS done by OpenSSL.
+ * imapconn - one blocking IMAP client connection: the protocol client (libetpan) over the
+ * socket and OpenSSL TLS of imap_transport.
  *
- * Debian's libetpan uses GnuTLS and does not verify certificates (facts.md), so this module
- * owns the transport: it connects the socket itself (with a timeout), runs TLS with OpenSSL
- * (implicit for imaps://, STARTTLS for imap://), verifies the chain and the host name, and hands
- * libetpan a mailstream whose low-level driver reads and writes through OpenSSL. Credentials
- * are only ever sent on a verified TLS session, or on plain text when the caller explicitly
- * allowed it for a loopback server.
+ * Opening a connection reads the greeting and, for imap://, sends STARTTLS before
+ * imap_transport secures and verifies the stream. Credentials are only ever sent on a verified
+ * TLS session, or on plain text when the caller explicitly allowed it for a loopback server.
  *
  * Every failing call fills a status (design.md mapping) and a short reason for the log. A
  * connection whose stream failed is marked broken and must be closed, not reused.
@@ -21,32 +19,13 @@
 #include <time.h>
 
 #include "status.h"
-
-enum imap_security { IMAP_TLS_IMPLICIT, IMAP_TLS_STARTTLS, IMAP_PLAINTEXT };
-
-struct imap_endpoint {
-	char host[256];
-	char port[8];
-	enum imap_security security;
-	int timeout_ms;
-	void *ssl_ctx;              /* SSL_CTX *, shared by every connection of a backend */
-};
-
-/* Parse "imap://host[:port]" / "imaps://host[:port]" ("[v6]" allowed). allow_plaintext
- * turns imap:// into plain text (only accepted when host is a loopback address). */
-int imap_endpoint_parse(const char *url, bool allow_plaintext, struct imap_endpoint *ep_r,
-			char *error_r, size_t error_size);
-
-/* An OpenSSL client context: TLS 1.2+, peer verification on; CA file/dir or system store. */
-void *imap_tls_context_new(const char *ca_file, const char *ca_path, char *error_r,
-			   size_t error_size);
-void imap_tls_context_free(void *ssl_ctx);
+/* The endpoint, the TLS context and imap_deadline_after() for imapconn_open. */
+#include "imap_transport.h"
+/* Mailbox names passed to the functions below are already modified UTF-7 (imap_mutf7.h); the
+ * header is included here for the driver, which encodes them. */
+#include "imap_mutf7.h"
 
 struct imapconn;
-
-/* A deadline (CLOCK_MONOTONIC milliseconds) timeout_ms from now: the budget of one delivery
- * attempt, for imapconn_open and imapconn_set_deadline. */
-int64_t imap_deadline_after(int timeout_ms);
 
 /* Connect, secure, read the greeting. NULL on failure with *st_r (451 4.4.1 refused or
  * unreachable, 451 4.4.2 lost, 451 4.7.5 certificate not trusted, ...) and reason. Every
@@ -139,12 +118,6 @@ bool imapconn_literal_started(const struct imapconn *conn);
 bool imapconn_broken(const struct imapconn *conn);
 const char *imapconn_login_user(const struct imapconn *conn);
 time_t imapconn_last_used(const struct imapconn *conn);
-
-/* Encode a UTF-8 mailbox name in modified UTF-7 (RFC 3501 5.1.3): printable US-ASCII stands
- * for itself ("&" becomes "&-"), anything else goes as UTF-16 in modified base64 between "&"
- * and "-". 0, or -1 when utf8 is not well-formed UTF-8 or the result (with its NUL) does not
- * fit out_size. */
-int imap_mutf7_encode(const char *utf8, char *out, size_t out_size);
 
 /* Map an IMAP response code (RFC 5530) of a failed APPEND to a reply; exposed for tests. */
 void imap_map_append_failure(const char *code, bool overquota_permanent, struct status *st_r);

@@ -1,456 +1,35 @@
 /*
- * imapconn - one blocking IMAP client connection (libetpan) with TLS done by OpenSSL.
+ * imapconn - one blocking IMAP client connection: the protocol over an imap_transport stream.
  *
- * Owns: the socket, the SSL object, the libetpan session (which owns the mailstream). The
- * transport is a mailstream low-level driver of our own over either the plain socket or an
- * OpenSSL session, so the same read/write code (with SO_RCVTIMEO/SO_SNDTIMEO timeouts) serves
- * imaps://, STARTTLS and the explicitly allowed plain-text loopback case.
+ * Owns: the libetpan session, which owns the stream (imap_transport: socket, TLS, io_clock).
+ * Here: the greeting and STARTTLS, the login modes (LOGIN, SASL PLAIN with an authorization
+ * id, Dovecot's "user*master"), APPEND through libetpan, APPEND and MULTIAPPEND written by hand
+ * with LITERAL+ (the libetpan internals that needs are behind etpan_private.h), CREATE and
+ * SUBSCRIBE, EXAMINE + UID SEARCH, LIST, NOOP, and the mapping of IMAP answers and response
+ * codes to replies.
  *
  * Error contract: functions return 0/-1 (NULL for open) and fill a status plus a short reason.
  */
 #include "imapconn.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <libetpan/libetpan.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 
-/*
- * Time allowed for I/O. Every read and write waits at most timeout_ms, and never past
- * deadline_ms (CLOCK_MONOTONIC milliseconds; 0: no deadline) -- the budget of one delivery
- * attempt, so a stalled server costs the attempt one timeout, not one per step (NOOP check,
- * connect, greeting, login, APPEND, CREATE, ...). While a message literal is being sent
- * (extend_on_write), each write that made progress moves the deadline to timeout_ms after it:
- * a big message on a slow link is bounded by inactivity, not by a total.
- */
-struct io_clock {
-	int timeout_ms;
-	int64_t deadline_ms;
-	bool extend_on_write;
-};
+#include "etpan_private.h"
 
 struct imapconn {
 	mailimap *imap;
-	int fd;
 	bool broken;
 	bool literal_started;       /* the last APPEND began to send message bytes */
-	struct io_clock clock;
+	struct io_clock clock;      /* read by the stream before each read and write */
 	char user[256];
 	time_t last_used;
 };
-
-/* --- endpoint --- */
-
-static bool host_is_loopback(const char *host)
-{
-	struct in_addr a4;
-	struct in6_addr a6;
-
-	if (strcasecmp(host, "localhost") == 0)
-		return true;
-	if (inet_pton(AF_INET, host, &a4) == 1)
-		return (ntohl(a4.s_addr) >> 24) == 127;
-	if (inet_pton(AF_INET6, host, &a6) == 1)
-		return IN6_IS_ADDR_LOOPBACK(&a6);
-	return false;
-}
-
-int imap_endpoint_parse(const char *url, bool allow_plaintext, struct imap_endpoint *ep_r,
-			char *error_r, size_t error_size)
-{
-	const char *rest;
-
-	memset(ep_r, 0, sizeof(*ep_r));
-	if (strncasecmp(url, "imaps://", 8) == 0) {
-		ep_r->security = IMAP_TLS_IMPLICIT;
-		snprintf(ep_r->port, sizeof(ep_r->port), "993");
-		rest = url + 8;
-	} else if (strncasecmp(url, "imap://", 7) == 0) {
-		ep_r->security = allow_plaintext ? IMAP_PLAINTEXT : IMAP_TLS_STARTTLS;
-		snprintf(ep_r->port, sizeof(ep_r->port), "143");
-		rest = url + 7;
-	} else {
-		snprintf(error_r, error_size, "url must start with imap:// or imaps://");
-		return -1;
-	}
-	size_t host_len;
-	const char *port = NULL;
-	if (*rest == '[') {
-		const char *end = strchr(rest, ']');
-		if (end == NULL) {
-			snprintf(error_r, error_size, "url: unterminated [IPv6] host");
-			return -1;
-		}
-		host_len = (size_t)(end - rest - 1);
-		rest++;
-		if (end[1] == ':')
-			port = end + 2;
-		else if (end[1] != '\0' && end[1] != '/') {
-			snprintf(error_r, error_size, "url: junk after host");
-			return -1;
-		}
-	} else {
-		host_len = strcspn(rest, ":/");
-		if (rest[host_len] == ':')
-			port = rest + host_len + 1;
-	}
-	if (host_len == 0 || host_len >= sizeof(ep_r->host)) {
-		snprintf(error_r, error_size, "url: missing or too long host");
-		return -1;
-	}
-	memcpy(ep_r->host, rest, host_len);
-	ep_r->host[host_len] = '\0';
-	if (port != NULL) {
-		size_t digits = strspn(port, "0123456789");
-		if (digits == 0 || digits > 5 || (port[digits] != '\0' && port[digits] != '/') ||
-		    atoi(port) > 65535 || atoi(port) == 0) {
-			snprintf(error_r, error_size, "url: bad port");
-			return -1;
-		}
-		snprintf(ep_r->port, sizeof(ep_r->port), "%.*s", (int)digits, port);
-	}
-	if (ep_r->security == IMAP_PLAINTEXT && !host_is_loopback(ep_r->host)) {
-		snprintf(error_r, error_size,
-			 "allow_plaintext is only accepted for a loopback server (127.0.0.0/8, ::1, "
-			 "localhost); use imaps:// or STARTTLS");
-		return -1;
-	}
-	ep_r->timeout_ms = 30000;
-	return 0;
-}
-
-/* --- TLS context --- */
-
-void *imap_tls_context_new(const char *ca_file, const char *ca_path, char *error_r,
-			   size_t error_size)
-{
-	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-
-	if (ctx == NULL) {
-		snprintf(error_r, error_size, "cannot create TLS context");
-		return NULL;
-	}
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-	int ok = (ca_file != NULL || ca_path != NULL)
-			 ? SSL_CTX_load_verify_locations(ctx, ca_file, ca_path)
-			 : SSL_CTX_set_default_verify_paths(ctx);
-	if (ok != 1) {
-		snprintf(error_r, error_size, "cannot load CA certificates from %s",
-			 ca_file ? ca_file : ca_path ? ca_path : "the system store");
-		SSL_CTX_free(ctx);
-		return NULL;
-	}
-	return ctx;
-}
-
-void imap_tls_context_free(void *ssl_ctx)
-{
-	SSL_CTX_free(ssl_ctx);
-}
-
-/* --- time --- */
-
-static int64_t monotonic_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t imap_deadline_after(int timeout_ms)
-{
-	return monotonic_ms() + timeout_ms;
-}
-
-/* Milliseconds the next I/O may wait; 0 when the deadline has passed. */
-static int clock_remaining(const struct io_clock *c)
-{
-	int64_t wait = c->timeout_ms;
-
-	if (c->deadline_ms != 0) {
-		int64_t left = c->deadline_ms - monotonic_ms();
-		if (left < wait)
-			wait = left;
-	}
-	return wait > 0 ? (int)wait : 0;
-}
-
-/* Set the socket's read and write timeouts to what the clock allows; -1 (ETIMEDOUT) when
- * nothing is left. A zero timeval would mean "wait for ever": never set it. */
-static int clock_arm(int fd, const struct io_clock *c)
-{
-	int wait = clock_remaining(c);
-
-	if (wait <= 0) {
-		errno = ETIMEDOUT;
-		return -1;
-	}
-	struct timeval tv = { .tv_sec = wait / 1000, .tv_usec = (wait % 1000) * 1000 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	return 0;
-}
-
-static void clock_progress(struct io_clock *c)
-{
-	if (c->extend_on_write && c->deadline_ms != 0) {
-		int64_t later = monotonic_ms() + c->timeout_ms;
-		if (later > c->deadline_ms)
-			c->deadline_ms = later;
-	}
-}
-
-/* --- transport: a mailstream low driver over a socket or an SSL session --- */
-
-struct transport {
-	int fd;
-	SSL *ssl;
-	struct io_clock *clock;     /* the connection's */
-};
-
-static struct transport *low_transport(mailstream_low *low)
-{
-	return low->data;
-}
-
-static ssize_t low_read(mailstream_low *low, void *buf, size_t count)
-{
-	struct transport *t = low_transport(low);
-
-	for (;;) {
-		if (clock_arm(t->fd, t->clock) < 0)
-			return -1;
-		if (t->ssl != NULL) {
-			int n = SSL_read(t->ssl, buf, count > INT32_MAX ? INT32_MAX : (int)count);
-			if (n > 0)
-				return n;
-			int err = SSL_get_error(t->ssl, n);
-			if (err == SSL_ERROR_ZERO_RETURN)
-				return 0;
-			if (err == SSL_ERROR_SYSCALL && errno == EINTR)
-				continue;
-			return -1;
-		}
-		ssize_t n = read(t->fd, buf, count);
-		if (n < 0 && errno == EINTR)
-			continue;
-		return n;
-	}
-}
-
-static ssize_t low_write(mailstream_low *low, const void *buf, size_t count)
-{
-	struct transport *t = low_transport(low);
-
-	for (;;) {
-		if (clock_arm(t->fd, t->clock) < 0)
-			return -1;
-		if (t->ssl != NULL) {
-			int n = SSL_write(t->ssl, buf, count > INT32_MAX ? INT32_MAX : (int)count);
-			if (n > 0) {
-				clock_progress(t->clock);
-				return n;
-			}
-			if (SSL_get_error(t->ssl, n) == SSL_ERROR_SYSCALL && errno == EINTR)
-				continue;
-			return -1;
-		}
-		ssize_t n = send(t->fd, buf, count, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n > 0)
-			clock_progress(t->clock);
-		return n;
-	}
-}
-
-static int low_close(mailstream_low *low)
-{
-	struct transport *t = low_transport(low);
-
-	if (t->ssl != NULL)
-		SSL_shutdown(t->ssl);
-	if (t->fd >= 0)
-		close(t->fd);
-	t->fd = -1;
-	return 0;
-}
-
-static int low_get_fd(mailstream_low *low)
-{
-	return low_transport(low)->fd;
-}
-
-/* Free without closing the socket: the STARTTLS switch keeps it for the TLS transport. */
-static void low_free(mailstream_low *low)
-{
-	struct transport *t = low_transport(low);
-
-	if (t->ssl != NULL)
-		SSL_free(t->ssl);
-	free(t);
-	free(low);
-}
-
-static void low_cancel(mailstream_low *low)
-{
-}
-
-static struct mailstream_cancel *low_get_cancel(mailstream_low *low)
-{
-	return NULL;
-}
-
-static carray *low_get_certificate_chain(mailstream_low *low)
-{
-	return NULL;
-}
-
-static int low_idle_noop(mailstream_low *low)
-{
-	return -1;
-}
-
-static mailstream_low_driver transport_driver = {
-	.mailstream_read = low_read,
-	.mailstream_write = low_write,
-	.mailstream_close = low_close,
-	.mailstream_get_fd = low_get_fd,
-	.mailstream_free = low_free,
-	.mailstream_cancel = low_cancel,
-	.mailstream_get_cancel = low_get_cancel,
-	.mailstream_get_certificate_chain = low_get_certificate_chain,
-	.mailstream_setup_idle = low_idle_noop,
-	.mailstream_unsetup_idle = low_idle_noop,
-	.mailstream_interrupt_idle = low_idle_noop,
-};
-
-static mailstream_low *transport_new(int fd, SSL *ssl, struct io_clock *clock)
-{
-	struct transport *t = calloc(1, sizeof(*t));
-	if (t == NULL)
-		return NULL;
-	t->fd = fd;
-	t->ssl = ssl;
-	t->clock = clock;
-	mailstream_low *low = mailstream_low_new(t, &transport_driver);
-	if (low == NULL)
-		free(t);
-	return low;
-}
-
-/* --- connect --- */
-
-static int connect_socket(const struct imap_endpoint *ep, const struct io_clock *clock,
-			  struct status *st_r, char *reason, size_t reason_size)
-{
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res, *ai;
-	int gai = getaddrinfo(ep->host, ep->port, &hints, &res);
-
-	if (gai != 0) {
-		status_must(st_r, 451, "4.4.3", "IMAP server address not found");
-		snprintf(reason, reason_size, "resolve %s: %s", ep->host, gai_strerror(gai));
-		return -1;
-	}
-	int fd = -1, last_errno = 0;
-	for (ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-			    ai->ai_protocol);
-		if (fd < 0) {
-			last_errno = errno;
-			continue;
-		}
-		if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
-			last_errno = errno;
-			close(fd);
-			fd = -1;
-			continue;
-		}
-		struct pollfd pfd = { .fd = fd, .events = POLLOUT };
-		int wait = clock_remaining(clock);
-		int pr = wait > 0 ? poll(&pfd, 1, wait) : 0;
-		int soerr = 0;
-		socklen_t len = sizeof(soerr);
-		if (pr <= 0) {
-			last_errno = pr == 0 ? ETIMEDOUT : errno;
-			close(fd);
-			fd = -1;
-			continue;
-		}
-		getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
-		if (soerr != 0) {
-			last_errno = soerr;
-			close(fd);
-			fd = -1;
-		}
-	}
-	freeaddrinfo(res);
-	if (fd < 0) {
-		status_must(st_r, 451, "4.4.1", "IMAP server not reachable");
-		snprintf(reason, reason_size, "connect %s:%s: %s", ep->host, ep->port,
-			 strerror(last_errno));
-		return -1;
-	}
-	/* Blocking from here on, with timeouts on every read and write (clock_arm). */
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-	return fd;
-}
-
-static SSL *tls_handshake(const struct imap_endpoint *ep, int fd, const struct io_clock *clock,
-			  struct status *st_r, char *reason, size_t reason_size)
-{
-	SSL *ssl = SSL_new(ep->ssl_ctx);
-	struct in_addr a4;
-	struct in6_addr a6;
-
-	if (ssl == NULL) {
-		status_must(st_r, 451, "4.3.0", "TLS setup failed");
-		snprintf(reason, reason_size, "SSL_new failed");
-		return NULL;
-	}
-	X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
-	if (inet_pton(AF_INET, ep->host, &a4) == 1 || inet_pton(AF_INET6, ep->host, &a6) == 1) {
-		X509_VERIFY_PARAM_set1_ip_asc(param, ep->host);
-	} else {
-		SSL_set_tlsext_host_name(ssl, ep->host);
-		X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-		SSL_set1_host(ssl, ep->host);
-	}
-	SSL_set_fd(ssl, fd);
-	if (clock_arm(fd, clock) < 0 || SSL_connect(ssl) != 1) {
-		long verify = SSL_get_verify_result(ssl);
-		if (verify != X509_V_OK) {
-			status_must(st_r, 451, "4.7.5", "IMAP server certificate not trusted");
-			snprintf(reason, reason_size, "certificate of %s: %s", ep->host,
-				 X509_verify_cert_error_string(verify));
-		} else {
-			unsigned long e = ERR_peek_last_error();
-			status_must(st_r, 451, "4.4.2", "TLS handshake with IMAP server failed");
-			snprintf(reason, reason_size, "TLS handshake with %s: %s", ep->host,
-				 e ? ERR_reason_error_string(e) : strerror(errno));
-		}
-		ERR_clear_error();
-		SSL_free(ssl);
-		return NULL;
-	}
-	return ssl;
-}
 
 static void conn_fail_stream(struct imapconn *conn, struct status *st_r, const char *what,
 			     int r, char *reason, size_t reason_size)
@@ -464,8 +43,6 @@ struct imapconn *imapconn_open(const struct imap_endpoint *ep, int64_t deadline_
 			       struct status *st_r, char *reason, size_t reason_size)
 {
 	struct imapconn *conn = calloc(1, sizeof(*conn));
-	SSL *ssl = NULL;
-	mailstream_low *low;
 	mailstream *stream;
 
 	if (conn == NULL) {
@@ -475,35 +52,14 @@ struct imapconn *imapconn_open(const struct imap_endpoint *ep, int64_t deadline_
 	}
 	conn->clock.timeout_ms = ep->timeout_ms;
 	conn->clock.deadline_ms = deadline_ms;
-	conn->fd = connect_socket(ep, &conn->clock, st_r, reason, reason_size);
-	if (conn->fd < 0) {
+	stream = imap_transport_open(ep, &conn->clock, st_r, reason, reason_size);
+	if (stream == NULL) {
 		free(conn);
 		return NULL;
 	}
-	if (ep->security == IMAP_TLS_IMPLICIT) {
-		ssl = tls_handshake(ep, conn->fd, &conn->clock, st_r, reason, reason_size);
-		if (ssl == NULL) {
-			close(conn->fd);
-			free(conn);
-			return NULL;
-		}
-	}
-	low = transport_new(conn->fd, ssl, &conn->clock);
-	stream = low ? mailstream_new(low, 16384) : NULL;
 	conn->imap = mailimap_new(0, NULL);
-	if (low == NULL || stream == NULL || conn->imap == NULL) {
-		if (stream != NULL)
-			mailstream_close(stream);
-		else if (low != NULL) {
-			mailstream_low_close(low);
-			mailstream_low_free(low);
-		} else {
-			if (ssl != NULL)
-				SSL_free(ssl);
-			close(conn->fd);
-		}
-		if (conn->imap != NULL)
-			mailimap_free(conn->imap);
+	if (conn->imap == NULL) {
+		mailstream_close(stream);
 		free(conn);
 		status_must(st_r, 451, "4.3.0", "Local error in processing");
 		snprintf(reason, reason_size, "out of memory");
@@ -527,30 +83,11 @@ struct imapconn *imapconn_open(const struct imap_endpoint *ep, int64_t deadline_
 			imapconn_close(&conn);
 			return NULL;
 		}
-		/* Anything buffered before the handshake was sent in clear text after the OK: an
-		 * injection attempt (CVE-2011-0411 class). Refuse it. */
-		if (conn->imap->imap_stream->read_buffer_len != 0) {
-			status_must(st_r, 451, "4.7.0", "IMAP server sent data before TLS");
-			snprintf(reason, reason_size, "STARTTLS at %s: pipelined plaintext", ep->host);
+		if (imap_transport_starttls(conn->imap->imap_stream, ep, &conn->clock, st_r, reason,
+					    reason_size) < 0) {
 			imapconn_close(&conn);
 			return NULL;
 		}
-		ssl = tls_handshake(ep, conn->fd, &conn->clock, st_r, reason, reason_size);
-		if (ssl == NULL) {
-			imapconn_close(&conn);
-			return NULL;
-		}
-		mailstream_low *old = mailstream_get_low(conn->imap->imap_stream);
-		mailstream_low *tls = transport_new(conn->fd, ssl, &conn->clock);
-		if (tls == NULL) {
-			SSL_free(ssl);
-			status_must(st_r, 451, "4.3.0", "Local error in processing");
-			snprintf(reason, reason_size, "out of memory");
-			imapconn_close(&conn);
-			return NULL;
-		}
-		mailstream_low_free(old); /* frees the plain transport, keeps the socket */
-		mailstream_set_low(conn->imap->imap_stream, tls);
 	}
 	conn->last_used = time(NULL);
 	return conn;
@@ -572,7 +109,7 @@ void imapconn_close(struct imapconn **connp)
 /* The resp-text-code atom of the last response, e.g. "OVERQUOTA", or "". */
 static const char *response_code(const struct imapconn *conn)
 {
-	const struct mailimap_response_info *info = conn->imap->imap_response_info;
+	const struct mailimap_response_info *info = etpan_response_info(conn->imap);
 
 	if (info != NULL && info->rsp_atom != NULL)
 		return info->rsp_atom;
@@ -581,7 +118,7 @@ static const char *response_code(const struct imapconn *conn)
 
 static const char *response_text(const struct imapconn *conn)
 {
-	return conn->imap->imap_response != NULL ? conn->imap->imap_response : "";
+	return etpan_response_text(conn->imap);
 }
 
 static bool stream_error(int r)
@@ -708,7 +245,7 @@ static int append_refused(struct imapconn *conn, const char *command, const char
 			  struct imap_append_result *res_r, struct status *st_r, char *reason,
 			  size_t reason_size)
 {
-	const struct mailimap_response_info *info = conn->imap->imap_response_info;
+	const struct mailimap_response_info *info = etpan_response_info(conn->imap);
 	const char *code = response_code(conn);
 
 	res_r->trycreate = info != NULL && info->rsp_trycreate;
@@ -779,11 +316,9 @@ int imapconn_append(struct imapconn *conn, const char *mailbox, const char *flag
 
 /*
  * MULTIAPPEND. libetpan has no MULTIAPPEND (RFC 3502) and no LITERAL+ (RFC 7888), so the
- * command is written here and only the tagged answer is parsed by libetpan. These helpers are
- * exported by libetpan 1.9 but declared only in its private mailimap_sender.h.
+ * command is written here and only the tagged answer is parsed by libetpan, through the few
+ * session internals of etpan_private.h.
  */
-int mailimap_literal_data_send(mailstream *fd, const char *literal, size_t len,
-			       size_t progr_rate, progress_function *progr_fun);
 
 /* APPEND written by hand needs LITERAL+ and a mailbox name that fits a quoted string. */
 static bool literal_plus_ok(struct imapconn *conn, const char *mailbox)
@@ -807,7 +342,7 @@ bool imapconn_can_multiappend(struct imapconn *conn, const char *mailbox)
 
 static int stream_put(struct imapconn *conn, const char *text, size_t len)
 {
-	return mailstream_write(conn->imap->imap_stream, text, len) == (ssize_t)len ? 0 : -1;
+	return etpan_command_write(conn->imap, text, len);
 }
 
 /* Is every CR of data followed by LF and every LF preceded by CR? Then libetpan's conversion
@@ -835,24 +370,21 @@ static bool crlf_clean(const char *data, size_t len)
 /* The literal's octet count as sent, and the sending: raw when already CRLF-clean. */
 static size_t literal_size(const char *data, size_t len, bool clean)
 {
-	return clean ? len : mailstream_get_data_crlf_size(data, len);
+	return clean ? len : etpan_literal_crlf_size(data, len);
 }
 
 static int literal_send(struct imapconn *conn, const char *data, size_t len, bool clean)
 {
 	if (clean)
 		return len == 0 ? 0 : stream_put(conn, data, len);
-	return mailimap_literal_data_send(conn->imap->imap_stream, data, len, 0, NULL) ==
-			       MAILIMAP_NO_ERROR
-		       ? 0
-		       : -1;
+	return etpan_literal_write_crlf(conn->imap, data, len);
 }
 
 /* The uid-set of APPENDUID ("5:12" or "5,7,9:10"), expanded in order into uids[count]. */
 static void apnd_uids(struct imapconn *conn, uint32_t *uidvalidity_r, uint32_t *uids,
 		      size_t count)
 {
-	const struct mailimap_response_info *info = conn->imap->imap_response_info;
+	const struct mailimap_response_info *info = etpan_response_info(conn->imap);
 	size_t n = 0;
 
 	*uidvalidity_r = 0;
@@ -894,18 +426,14 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 {
 	static const char months[][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
 					  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
-	mailimap *imap = conn->imap;
-	struct mailimap_response *response = NULL;
 	char head[700];
-	int r;
 
 	memset(res_r, 0, sizeof(*res_r));
 	conn->literal_started = false;
 	for (size_t i = 0; i < count; i++)
 		items[i].uid = 0;
-	r = mailimap_send_current_tag(imap);
 	int n = snprintf(head, sizeof(head), "APPEND \"%s\"", mailbox);
-	if (r != MAILIMAP_NO_ERROR || n < 0 || (size_t)n >= sizeof(head) ||
+	if (etpan_command_begin(conn->imap) < 0 || n < 0 || (size_t)n >= sizeof(head) ||
 	    stream_put(conn, head, (size_t)n) < 0)
 		goto stream_failed;
 	for (size_t i = 0; i < count; i++) {
@@ -928,14 +456,14 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 		if (literal_send(conn, items[i].data, items[i].len, clean) < 0)
 			goto stream_failed;
 	}
-	if (stream_put(conn, "\r\n", 2) < 0 || mailstream_flush(imap->imap_stream) == -1)
+	if (stream_put(conn, "\r\n", 2) < 0 || etpan_command_flush(conn->imap) < 0)
 		goto stream_failed;
 	conn->clock.extend_on_write = false;
-	if (mailimap_read_line(imap) == NULL)
-		goto stream_failed;
-	r = mailimap_parse_response(imap, &response);
+	enum etpan_tagged answer = etpan_read_tagged(conn->imap);
 	conn->last_used = time(NULL);
-	if (r == MAILIMAP_ERROR_PROTOCOL) {
+	if (answer == ETPAN_TAGGED_LOST)
+		goto stream_failed;
+	if (answer == ETPAN_TAGGED_BAD) {
 		/* libetpan's answer to a tagged BAD (and to a foreign tag, which a server in sync
 		 * does not send): the command was refused whole, nothing stored (RFC 3501 7.1.3,
 		 * RFC 3502). Not reused, in case it was the foreign tag. */
@@ -946,15 +474,7 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 			 response_text(conn));
 		return -1;
 	}
-	if (r != MAILIMAP_NO_ERROR || response == NULL || response->rsp_resp_done == NULL ||
-	    response->rsp_resp_done->rsp_type != MAILIMAP_RESP_DONE_TYPE_TAGGED) {
-		if (response != NULL)
-			mailimap_response_free(response);
-		goto stream_failed;
-	}
-	int state = response->rsp_resp_done->rsp_data.rsp_tagged->rsp_cond_state->rsp_type;
-	mailimap_response_free(response);
-	if (state == MAILIMAP_RESP_COND_STATE_OK) {
+	if (answer == ETPAN_TAGGED_OK) {
 		uint32_t *uids = calloc(count, sizeof(*uids));
 		if (uids != NULL) {
 			apnd_uids(conn, &res_r->uidvalidity, uids, count);
@@ -1075,11 +595,7 @@ int imapconn_noop(struct imapconn *conn)
 
 bool imapconn_peer_spoke(const struct imapconn *conn)
 {
-	struct pollfd pfd = { .fd = conn->fd, .events = POLLIN | POLLRDHUP };
-
-	if (conn->imap->imap_stream != NULL && conn->imap->imap_stream->read_buffer_len > 0)
-		return true;
-	return poll(&pfd, 1, 0) != 0;
+	return imap_transport_peer_spoke(conn->imap->imap_stream);
 }
 
 void imapconn_set_deadline(struct imapconn *conn, int64_t deadline_ms)
@@ -1105,105 +621,4 @@ const char *imapconn_login_user(const struct imapconn *conn)
 time_t imapconn_last_used(const struct imapconn *conn)
 {
 	return conn->last_used;
-}
-
-/* --- mailbox names: modified UTF-7 (RFC 3501 5.1.3) --- */
-
-/* Next code point of the UTF-8 text at *p (advanced past it), or -1 when the bytes there are
- * not well-formed UTF-8 (overlong forms, surrogates and values past U+10FFFF included). */
-static long utf8_next(const unsigned char **p)
-{
-	const unsigned char *s = *p;
-	long cp;
-	int more;
-
-	if (s[0] < 0x80) {
-		*p = s + 1;
-		return s[0];
-	}
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		cp = s[0] & 0x1f;
-		more = 1;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		cp = s[0] & 0x0f;
-		more = 2;
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		cp = s[0] & 0x07;
-		more = 3;
-	} else {
-		return -1;
-	}
-	for (int i = 1; i <= more; i++) {
-		if ((s[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
-			return -1;
-		cp = (cp << 6) | (s[i] & 0x3f);
-	}
-	if ((more == 2 && cp < 0x800) || (more == 3 && cp < 0x10000) || cp > 0x10ffff ||
-	    (cp >= 0xd800 && cp <= 0xdfff))
-		return -1;
-	*p = s + more + 1;
-	return cp;
-}
-
-int imap_mutf7_encode(const char *utf8, char *out, size_t out_size)
-{
-	/* RFC 3501 5.1.3: RFC 2152's base64 with ',' for '/', no padding. */
-	static const char b64[] =
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
-	const unsigned char *p = (const unsigned char *)utf8;
-	size_t n = 0;
-
-#define MUTF7_PUT(c)                          \
-	do {                                  \
-		if (n + 1 >= out_size)        \
-			return -1;            \
-		out[n++] = (char)(c);         \
-	} while (0)
-
-	if (out_size == 0)
-		return -1;
-	while (*p != '\0') {
-		if (*p >= 0x20 && *p <= 0x7e) {
-			/* printable US-ASCII stands for itself; "&" is written "&-" */
-			MUTF7_PUT(*p);
-			if (*p == '&')
-				MUTF7_PUT('-');
-			p++;
-			continue;
-		}
-		/* A run of everything else: UTF-16 in modified base64 between "&" and "-". */
-		uint32_t bits = 0;
-		int nbits = 0;
-		MUTF7_PUT('&');
-		while (*p != '\0' && !(*p >= 0x20 && *p <= 0x7e)) {
-			long cp = utf8_next(&p);
-			if (cp < 0)
-				return -1;
-			uint16_t units[2];
-			int count = 1;
-			if (cp >= 0x10000) {
-				cp -= 0x10000;
-				units[0] = (uint16_t)(0xd800 | (cp >> 10));
-				units[1] = (uint16_t)(0xdc00 | (cp & 0x3ff));
-				count = 2;
-			} else {
-				units[0] = (uint16_t)cp;
-			}
-			for (int u = 0; u < count; u++) {
-				bits = (bits << 16) | units[u];
-				nbits += 16;
-				while (nbits >= 6) {
-					nbits -= 6;
-					MUTF7_PUT(b64[(bits >> nbits) & 0x3f]);
-				}
-				bits &= (1u << nbits) - 1; /* keep only what is not written yet */
-			}
-		}
-		if (nbits > 0)
-			MUTF7_PUT(b64[(bits << (6 - nbits)) & 0x3f]); /* zero-padded last sextet */
-		MUTF7_PUT('-');
-	}
-	out[n] = '\0';
-	return 0;
-#undef MUTF7_PUT
 }

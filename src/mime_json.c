@@ -18,7 +18,7 @@
 
 #include <libetpan/libetpan.h>
 
-#include "webhook.h"
+#include "base64.h"
 
 #define MIME_JSON_MAX_HEADERS 1000
 #define MIME_JSON_MAX_DEPTH 32
@@ -256,13 +256,13 @@ static void add_attachment(struct walk *w, const char *type, const char *filenam
 	if (content_id != NULL)
 		json_object_set_new(a, "content_id", json_text(content_id, strlen(content_id)));
 	if (len <= w->attachment_max) {
-		char *b64 = malloc(4 * ((len + 2) / 3) + 1);
+		char *b64 = malloc(base64_encoded_size(len));
 		if (b64 == NULL) {
 			w->failed = true;
 			json_decref(a);
 			return;
 		}
-		size_t n = webhook_base64(data, len, b64);
+		size_t n = base64_encode(data, len, b64);
 		json_object_set_new(a, "content", json_stringn_nocheck(b64, n));
 		free(b64);
 	} else {

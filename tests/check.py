@@ -2,8 +2,10 @@
 """
 check.py - what `make check` runs: the test suite, and with --deep (automatic in CI, where
 CI=true) the same suite under ASan/UBSan, the integration tests with lmtpgw under valgrind,
-and every fuzz target briefly. Each phase prints its own results; the last line is the sum,
-"N passed, N failed", and the exit status is 1 when anything failed. python3 stdlib only.
+and every fuzz target briefly. Each phase prints its own results and ends with its own
+"N passed, N failed, N skipped"; the last line is the sum in the same form, and the exit status
+is 1 when anything failed (a phase without a summary line counts as one failure). python3
+stdlib only.
 
     python3 tests/check.py [--build DIR] [--valgrind] [--deep] [--fuzz-seconds N]
 """
@@ -16,11 +18,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$")
+SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$")
 
 
 def run(cmd, title):
-    """Run a phase, echo its output, return (passed, failed) from its last summary line."""
+    """Run a phase, echo its output, return (passed, failed, skipped) from its last summary."""
     print("==== %s: %s" % (title, " ".join(cmd)), flush=True)
     t0 = time.time()
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -30,15 +32,17 @@ def run(cmd, title):
         line = raw.decode("utf-8", "replace").rstrip("\n")
         m = SUMMARY.match(line)
         if m:
-            last = (int(m.group(1)), int(m.group(2)))
+            last = tuple(int(x) for x in m.groups())
             line = "%s: %s" % (title, line)  # only the final sum stands alone at the end
         print(line, flush=True)
     rc = p.wait()
     print("==== %s done in %.0f s (exit %d)" % (title, time.time() - t0, rc), flush=True)
     if last is None:
-        return 0, 1
+        print("FAIL %s: no \"N passed, N failed, N skipped\" line" % title, flush=True)
+        return 0, 1, 0
     if rc != 0 and last[1] == 0:
-        return last[0], 1
+        print("FAIL %s: exit status %d with no failure counted" % (title, rc), flush=True)
+        return last[0], 1, last[2]
     return last
 
 
@@ -49,7 +53,7 @@ def make(args, title):
 
 
 def fuzz(seconds):
-    """`make fuzz` with a short time per target: one result per target (a crash fails it)."""
+    """`make fuzz` with a short time per target: (passed, failed, skipped), one per target."""
     print("==== fuzz: make fuzz FUZZ_SECONDS=%d" % seconds, flush=True)
     p = subprocess.Popen(["make", "--no-print-directory", "fuzz", "FUZZ_SECONDS=%d" % seconds],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -67,10 +71,10 @@ def fuzz(seconds):
     if rc == 0 and started:
         for t in started:
             print("PASS fuzz %s (%d s)" % (t, seconds), flush=True)
-        return len(started), 0
+        return len(started), 0, 0
     print("\n".join(tail), flush=True)
     print("FAIL fuzz %s: exit %d" % (started[-1] if started else "build", rc), flush=True)
-    return max(len(started) - 1, 0), 1
+    return max(len(started) - 1, 0), 1, 0
 
 
 def main():
@@ -94,13 +98,15 @@ def main():
                                 "build-asan"], "asan"))
             os.environ["LMTPGW_SANITIZED"] = ""
         else:
-            results.append((0, 1))
+            print("FAIL asan build", flush=True)
+            results.append((0, 1, 0))
         results.append(run([sys.executable, os.path.join(HERE, "run-tests.py"), "--build",
                             a.build, "--valgrind", "--no-unit"], "valgrind"))
         results.append(fuzz(a.fuzz_seconds))
     passed = sum(r[0] for r in results)
     failed = sum(r[1] for r in results)
-    print("%d passed, %d failed" % (passed, failed), flush=True)
+    skipped = sum(r[2] for r in results)
+    print("%d passed, %d failed, %d skipped" % (passed, failed, skipped), flush=True)
     return 1 if failed else 0
 
 

@@ -5,23 +5,16 @@
  * "message"; targets whose URL template expands differently get one request per URL), or one
  * per recipient (mode "recipient"). The dispatcher hands each request to deliver() as its own
  * pool job (webhook_request_key), so a transaction's requests run concurrently within the
- * backend's concurrency, each bounded by its own timeout. The body is, by format:
- *   raw          the message (trace headers + content) as message/rfc822, envelope in
- *                X-Lmtpgw-* headers; streamed from the spool with a known length
- *   multipart    multipart/form-data: part "envelope" (JSON, manifest.h) + part "message"
- *                (message/rfc822 file); streamed as head + spool + tail
- *   json         {"envelope": {...}, "message": "BASE64"}          (built in memory)
- *   json-parsed  {"envelope": {...}, "headers": [...], "subject": ..., "text": ..., "html": ...,
- *                 "attachments": [...], "message": "BASE64"}       (built in memory, mime_json.h)
- * Streamed bodies are read twice: once for the HMAC, once by curl.
+ * backend's concurrency, each bounded by its own timeout. The body is the message as
+ * message/rfc822, multipart/form-data, or JSON with or without the parsed MIME structure
+ * (format; webhook_body.h), signed per Standard Webhooks (webhook_sign.h). Streamed bodies are
+ * read twice: once for the HMAC, once by curl.
  *
- * The answer becomes each recipient's status (webhook.h); 2xx only on the receiver's 2xx, any
- * doubt 4xx. Secrets (signing keys, bearer token, basic auth) are read from files at open
- * (refused when group or others may read them), never logged, and wiped at close.
+ * The answer becomes each recipient's status (webhook_answer.h); 2xx only on the receiver's
+ * 2xx, any doubt 4xx. Secrets (signing keys, bearer token, basic auth) are read from files at
+ * open (refused when group or others may read them), never logged, and wiped at close.
  */
 #include "backend.h"
-#include "webhook.h"
-#include "secret.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -33,508 +26,14 @@
 #include <time.h>
 
 #include <curl/curl.h>
-#include <jansson.h>
-#include <openssl/core_names.h>
-#include <openssl/evp.h>
-#include <openssl/params.h>
 
+#include "base64.h"
 #include "http.h"
 #include "log.h"
-#include "manifest.h"
-#include "mime_json.h"
-
-/* --- pure parts (webhook.h) --------------------------------------------------------------- */
-
-size_t webhook_base64(const void *data, size_t len, char *out)
-{
-	/* EVP_EncodeBlock takes an int length: encode in blocks (multiple of 3 bytes). */
-	const unsigned char *in = data;
-	size_t done = 0, out_len = 0;
-
-	while (done < len) {
-		size_t n = len - done;
-		if (n > (size_t)3 * 1024 * 1024)
-			n = (size_t)3 * 1024 * 1024;
-		out_len += (size_t)EVP_EncodeBlock((unsigned char *)out + out_len, in + done, (int)n);
-		done += n;
-	}
-	out[out_len] = '\0';
-	return out_len;
-}
-
-int webhook_secret_decode(const char *text, unsigned char **key_r, size_t *key_len_r)
-{
-	size_t len = strlen(text);
-
-	while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r' || text[len - 1] == ' ' ||
-			   text[len - 1] == '\t'))
-		len--;
-	if (len == 0)
-		return -1;
-	if (len > 6 && strncmp(text, "whsec_", 6) == 0) {
-		const char *b64 = text + 6;
-		size_t b64_len = len - 6;
-		if (b64_len % 4 != 0 || b64_len > 4096)
-			return -1;
-		for (size_t i = 0; i < b64_len; i++) {
-			unsigned char c = (unsigned char)b64[i];
-			if (!(isalnum(c) || c == '+' || c == '/' || (c == '=' && i >= b64_len - 2)))
-				return -1;
-		}
-		unsigned char *key = malloc(b64_len);
-		if (key == NULL)
-			return -1;
-		int n = EVP_DecodeBlock(key, (const unsigned char *)b64, (int)b64_len);
-		if (n < 0) {
-			free(key);
-			return -1;
-		}
-		/* EVP_DecodeBlock counts the padding as zero bytes. */
-		if (b64[b64_len - 1] == '=')
-			n--;
-		if (b64[b64_len - 2] == '=')
-			n--;
-		if (n <= 0) {
-			explicit_bzero(key, b64_len);
-			free(key);
-			return -1;
-		}
-		*key_r = key;
-		*key_len_r = (size_t)n;
-		return 0;
-	}
-	unsigned char *key = malloc(len);
-	if (key == NULL)
-		return -1;
-	memcpy(key, text, len);
-	*key_r = key;
-	*key_len_r = len;
-	return 0;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-	return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-int webhook_event_id(const char *sha256_hex, const char *const *rcpts, size_t count,
-		     char id_r[WEBHOOK_ID_SIZE])
-{
-	const char **sorted = malloc((count ? count : 1) * sizeof(*sorted));
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	unsigned char digest[32];
-	unsigned int dlen = 0;
-	int ret = -1;
-
-	if (sorted == NULL || md == NULL)
-		goto out;
-	memcpy(sorted, rcpts, count * sizeof(*sorted));
-	qsort(sorted, count, sizeof(*sorted), cmp_str);
-	if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
-	    EVP_DigestUpdate(md, sha256_hex, strlen(sha256_hex)) != 1)
-		goto out;
-	for (size_t i = 0; i < count; i++) {
-		if (EVP_DigestUpdate(md, "\n", 1) != 1 ||
-		    EVP_DigestUpdate(md, sorted[i], strlen(sorted[i])) != 1)
-			goto out;
-	}
-	if (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != 32)
-		goto out;
-	memcpy(id_r, "msg_", 4);
-	for (size_t i = 0; i < 32; i++)
-		snprintf(id_r + 4 + 2 * i, 3, "%02x", digest[i]);
-	ret = 0;
-out:
-	EVP_MD_CTX_free(md);
-	free(sorted);
-	return ret;
-}
-
-struct webhook_signer {
-	EVP_MAC *mac;
-	EVP_MAC_CTX *ctx[2];
-	size_t count;
-};
-
-static void signer_free(struct webhook_signer *s)
-{
-	if (s == NULL)
-		return;
-	for (size_t i = 0; i < s->count; i++)
-		EVP_MAC_CTX_free(s->ctx[i]);
-	EVP_MAC_free(s->mac);
-	free(s);
-}
-
-struct webhook_signer *webhook_signer_new(const unsigned char *const *keys, const size_t *key_lens,
-					  size_t key_count, const char *id, long long timestamp)
-{
-	struct webhook_signer *s = calloc(1, sizeof(*s));
-	char head[WEBHOOK_ID_SIZE + 32];
-	char digest_name[] = "SHA256";
-	OSSL_PARAM params[] = {
-		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest_name, 0),
-		OSSL_PARAM_construct_end(),
-	};
-
-	if (s == NULL || key_count == 0 || key_count > 2)
-		goto fail;
-	s->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-	if (s->mac == NULL)
-		goto fail;
-	int head_len = snprintf(head, sizeof(head), "%s.%lld.", id, timestamp);
-	if (head_len < 0 || (size_t)head_len >= sizeof(head))
-		goto fail;
-	for (size_t i = 0; i < key_count; i++) {
-		s->ctx[i] = EVP_MAC_CTX_new(s->mac);
-		if (s->ctx[i] == NULL)
-			goto fail;
-		s->count++;
-		if (EVP_MAC_init(s->ctx[i], keys[i], key_lens[i], params) != 1 ||
-		    EVP_MAC_update(s->ctx[i], (const unsigned char *)head, (size_t)head_len) != 1)
-			goto fail;
-	}
-	return s;
-fail:
-	signer_free(s);
-	return NULL;
-}
-
-int webhook_signer_update(struct webhook_signer *s, const void *data, size_t len)
-{
-	for (size_t i = 0; i < s->count; i++) {
-		if (EVP_MAC_update(s->ctx[i], data, len) != 1)
-			return -1;
-	}
-	return 0;
-}
-
-int webhook_signer_update_reader(struct webhook_signer *s, struct spool_reader *reader)
-{
-	size_t size = 256 * 1024;
-	char *buf = malloc(size);
-	ssize_t n;
-	int ret = 0;
-
-	if (buf == NULL)
-		return -1;
-	spool_reader_rewind(reader);
-	while ((n = spool_reader_read(reader, buf, size)) > 0) {
-		if (webhook_signer_update(s, buf, (size_t)n) < 0) {
-			ret = -1;
-			break;
-		}
-	}
-	if (n < 0)
-		ret = -1;
-	spool_reader_rewind(reader);
-	free(buf);
-	return ret;
-}
-
-int webhook_signer_finish(struct webhook_signer **sp, char *out, size_t size)
-{
-	struct webhook_signer *s = *sp;
-	size_t len = 0;
-	int ret = 0;
-
-	*sp = NULL;
-	out[0] = '\0';
-	for (size_t i = 0; i < s->count; i++) {
-		unsigned char mac[EVP_MAX_MD_SIZE];
-		size_t mac_len = 0;
-		char b64[EVP_MAX_MD_SIZE * 2];
-		if (EVP_MAC_final(s->ctx[i], mac, &mac_len, sizeof(mac)) != 1) {
-			ret = -1;
-			break;
-		}
-		webhook_base64(mac, mac_len, b64);
-		int n = snprintf(out + len, size - len, "%sv1,%s", i ? " " : "", b64);
-		if (n < 0 || (size_t)n >= size - len) {
-			ret = -1;
-			break;
-		}
-		len += (size_t)n;
-	}
-	signer_free(s);
-	return ret;
-}
-
-void webhook_sanitize_text(const char *in, size_t in_len, char *out, size_t max)
-{
-	size_t o = 0;
-	bool space = false;
-
-	if (max == 0)
-		return;
-	for (size_t i = 0; i < in_len; i++) {
-		unsigned char c = (unsigned char)in[i];
-		if (c > ' ' && c < 0x7f) {
-			if (space && o > 0) {
-				if (o + 1 >= max)
-					goto cut;
-				out[o++] = ' ';
-			}
-			space = false;
-			if (o + 1 >= max)
-				goto cut;
-			out[o++] = (char)c;
-		} else {
-			space = true;
-		}
-	}
-	out[o] = '\0';
-	return;
-cut:
-	if (max > 4) {
-		o = max - 4;
-		memcpy(out + o, "...", 3);
-		o += 3;
-	}
-	out[o < max ? o : max - 1] = '\0';
-}
-
-void webhook_map_http(long code, const char *retry_after, const char *text, const char *rcpt,
-		      const char *ref, struct status *st)
-{
-	char who[ADDRESS_PATH_MAX + 4] = "";
-	char ra[48] = "";
-
-	if (rcpt != NULL)
-		snprintf(who, sizeof(who), "<%s> ", rcpt);
-	if (text != NULL && text[0] == '\0')
-		text = NULL;
-	if (code >= 200 && code <= 299) {
-		if (text != NULL)
-			status_make(st, 250, "2.0.0", "%s%s (%s)", who, text, ref ? ref : "");
-		else
-			status_make(st, 250, "2.0.0", "%saccepted by webhook (%s)", who,
-				    ref ? ref : "");
-		return;
-	}
-	const char *def;
-	switch (code) {
-	case 400:
-	case 404:
-	case 410:
-	case 422:
-		def = "refused by webhook";
-		status_make(st, 550, "5.0.0", "%s%s (HTTP %ld)", who, text ? text : def, code);
-		return;
-	case 413:
-		status_make(st, 552, "5.3.4", "%s%s (HTTP 413)", who,
-			    text ? text : "message too big for webhook");
-		return;
-	case 401:
-	case 403:
-		status_make(st, 451, "4.7.0", "%s%s (HTTP %ld)", who,
-			    text ? text : "webhook refused our credentials", code);
-		return;
-	case 429:
-		if (retry_after != NULL)
-			webhook_sanitize_text(retry_after, strlen(retry_after), ra, sizeof(ra));
-		status_make(st, 451, "4.4.5", "%s%s (HTTP 429%s%s)", who,
-			    text ? text : "webhook busy", ra[0] ? ", retry after " : "", ra);
-		return;
-	default:
-		status_make(st, 451, "4.3.0", "%s%s (HTTP %ld)", who,
-			    text ? text : "webhook temporarily failed", code);
-		return;
-	}
-}
-
-static bool content_type_is(const char *ct, const char *type)
-{
-	size_t n = strlen(type);
-
-	if (ct == NULL)
-		return false;
-	while (*ct == ' ')
-		ct++;
-	return strncasecmp(ct, type, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
-}
-
-static bool json_content_type(const char *ct)
-{
-	if (ct == NULL)
-		return false;
-	if (content_type_is(ct, "application/json"))
-		return true;
-	/* application/problem+json and the like */
-	const char *semi = strchr(ct, ';');
-	size_t len = semi ? (size_t)(semi - ct) : strlen(ct);
-	return len >= 5 && strncasecmp(ct + len - 5, "+json", 5) == 0;
-}
-
-/* One results entry -> status; -1 when invalid. */
-static int map_result(json_t *entry, long http_status, const char *rcpt, const char *ref,
-		      struct status *st)
-{
-	json_t *jcode = json_object_get(entry, "code");
-	json_t *jstatus = json_object_get(entry, "status");
-	json_t *jtext = json_object_get(entry, "text");
-	char enh[STATUS_ENHANCED_MAX];
-	char text[WEBHOOK_TEXT_MAX + 1] = "";
-
-	if (!json_is_integer(jcode))
-		return -1;
-	json_int_t code = json_integer_value(jcode);
-	if (code < 200 || code > 599 || (code >= 300 && code < 400))
-		return -1;
-	/* 2xx only when the receiver answered 2xx (design.md guarantees). */
-	if (code < 300 && !(http_status >= 200 && http_status <= 299))
-		return -1;
-	if (jstatus == NULL || json_is_null(jstatus)) {
-		snprintf(enh, sizeof(enh), "%d.0.0", (int)(code / 100));
-	} else {
-		if (!json_is_string(jstatus) || json_string_length(jstatus) >= sizeof(enh))
-			return -1;
-		snprintf(enh, sizeof(enh), "%s", json_string_value(jstatus));
-	}
-	if (jtext != NULL && !json_is_null(jtext)) {
-		if (!json_is_string(jtext))
-			return -1;
-		webhook_sanitize_text(json_string_value(jtext), json_string_length(jtext), text,
-				      sizeof(text));
-	}
-	if (!status_valid((int)code, enh))
-		return -1;
-	if (code < 300)
-		return status_make(st, (int)code, enh, "<%s> %s (%s)", rcpt,
-				   text[0] ? text : "accepted by webhook", ref ? ref : "");
-	return status_make(st, (int)code, enh, "<%s> %s", rcpt,
-			   text[0] ? text : "refused by webhook");
-}
-
-static bool rcpt_equal(const char *given, const char *rcpt)
-{
-	size_t len = strlen(given);
-
-	if (len >= 2 && given[0] == '<' && given[len - 1] == '>')
-		return strlen(rcpt) == len - 2 && strncasecmp(given + 1, rcpt, len - 2) == 0;
-	return strcasecmp(given, rcpt) == 0;
-}
-
-/* One recipient's verdict from every results entry naming it. The receiver may name a recipient
- * twice (a list built from two sources, a retry merged in): entries that agree on the class
- * (stored / temporary / permanent) agree on what the MTA must do, so the first one's reply is
- * used (a different code or enhanced code within the class is logged). Entries of different
- * classes contradict each other: the receiver itself does not know, and a doubt is temporary
- * (451 4.3.0), whichever came first. Any invalid entry naming the recipient is doubt too. */
-static void map_rcpt_results(const struct webhook_answer *a, json_t *results, const char *rcpt,
-			     struct status *st)
-{
-	size_t k, found = 0;
-	json_t *e;
-	bool invalid = false, contradiction = false, differs = false;
-	struct status first = { 0 }, other;
-
-	json_array_foreach(results, k, e) {
-		json_t *r = json_object_get(e, "rcpt");
-		if (!json_is_string(r) || !rcpt_equal(json_string_value(r), rcpt))
-			continue;
-		struct status *into = found == 0 ? &first : &other;
-		found++;
-		if (map_result(e, a->http_status, rcpt, a->ref, into) < 0) {
-			invalid = true;
-			continue;
-		}
-		if (found == 1 || invalid)
-			continue;
-		if (status_class_of(&other) != status_class_of(&first))
-			contradiction = true;
-		else if (other.code != first.code || strcmp(other.enhanced, first.enhanced) != 0)
-			differs = true;
-	}
-	char esc[LOG_ESC_SIZE];
-	if (found == 0) {
-		status_make(st, 451, "4.3.0",
-			    "<%s> webhook answer (HTTP %ld) has no result for this recipient", rcpt,
-			    a->http_status);
-	} else if (invalid) {
-		status_make(st, 451, "4.3.0", "<%s> webhook result invalid (HTTP %ld)", rcpt,
-			    a->http_status);
-	} else if (contradiction) {
-		log_warn("backend=%s event=webhook-results-contradict id=%s rcpt=<%s> entries=%zu",
-			 a->backend ? a->backend : "-", a->ref ? a->ref : "-", log_esc(esc, rcpt),
-			 found);
-		status_make(st, 451, "4.3.0",
-			    "<%s> webhook results contradict each other (HTTP %ld)", rcpt,
-			    a->http_status);
-	} else {
-		if (differs)
-			log_info("backend=%s event=webhook-results-differ id=%s rcpt=<%s> entries=%zu "
-				 "used=\"%d %s\"",
-				 a->backend ? a->backend : "-", a->ref ? a->ref : "-",
-				 log_esc(esc, rcpt), found, first.code, first.enhanced);
-		*st = first;
-	}
-}
-
-static void map_results(const struct webhook_answer *a, json_t *results,
-			const char *const *rcpts, size_t count, struct status *st)
-{
-	if (!json_is_array(results)) {
-		for (size_t i = 0; i < count; i++)
-			status_make(&st[i], 451, "4.3.0", "<%s> webhook results malformed (HTTP %ld)",
-				    rcpts[i], a->http_status);
-		return;
-	}
-	for (size_t i = 0; i < count; i++)
-		map_rcpt_results(a, results, rcpts[i], &st[i]);
-	/* Entries for recipients this request did not carry: nothing to apply them to, but a
-	 * receiver that answers for someone else is worth an admin's look. */
-	size_t k;
-	json_t *e;
-	json_array_foreach(results, k, e) {
-		json_t *r = json_object_get(e, "rcpt");
-		bool ours = false;
-		for (size_t i = 0; json_is_string(r) && !ours && i < count; i++)
-			ours = rcpt_equal(json_string_value(r), rcpts[i]);
-		if (!ours) {
-			char esc[LOG_ESC_SIZE];
-			log_warn("backend=%s event=webhook-result-unknown-rcpt id=%s rcpt=<%s>",
-				 a->backend ? a->backend : "-", a->ref ? a->ref : "-",
-				 json_is_string(r) ? log_esc(esc, json_string_value(r)) : "?");
-		}
-	}
-}
-
-void webhook_map_answer(const struct webhook_answer *a, const char *const *rcpts, size_t count,
-			struct status *st)
-{
-	char text[WEBHOOK_TEXT_MAX + 1] = "";
-	bool has_body = a->body != NULL && a->body_len > 0;
-
-	if (has_body && json_content_type(a->content_type)) {
-		json_error_t err;
-		json_t *root = a->truncated ? NULL
-					    : json_loadb(a->body, a->body_len, JSON_REJECT_DUPLICATES,
-							 &err);
-		if (root == NULL) {
-			for (size_t i = 0; i < count; i++)
-				status_make(&st[i], 451, "4.3.0", "<%s> webhook answer (HTTP %ld) %s",
-					    rcpts[i], a->http_status,
-					    a->truncated ? "too large" : "is not valid JSON");
-			return;
-		}
-		json_t *results = json_object_get(root, "results");
-		json_t *jtext = json_object_get(root, "text");
-		if (json_is_string(jtext))
-			webhook_sanitize_text(json_string_value(jtext), json_string_length(jtext),
-					      text, sizeof(text));
-		if (results != NULL) {
-			map_results(a, results, rcpts, count, st);
-			json_decref(root);
-			return;
-		}
-		json_decref(root);
-	} else if (has_body && content_type_is(a->content_type, "text/plain")) {
-		webhook_sanitize_text(a->body, a->body_len, text, sizeof(text));
-	}
-	for (size_t i = 0; i < count; i++)
-		webhook_map_http(a->http_status, a->retry_after, text, rcpts[i], a->ref, &st[i]);
-}
+#include "secret.h"
+#include "webhook_answer.h"
+#include "webhook_body.h"
+#include "webhook_sign.h"
 
 /* --- the driver --------------------------------------------------------------------------- */
 
@@ -545,8 +44,8 @@ struct webhook_settings {
 	char *client_cert_file;
 	char *client_key_file;
 	bool follow_redirects;
-	char *format;
-	char *mode;
+	int format;                    /* enum webhook_format */
+	int mode;                      /* enum webhook_mode */
 	struct conf_strlist secret_files;
 	char *bearer_token_file;
 	char *basic_auth_file;
@@ -556,6 +55,16 @@ struct webhook_settings {
 	long long max_response;
 	long long attachment_max;
 };
+
+/* One request for all of a transaction's targets with the same URL, or one per recipient. */
+enum webhook_mode { WEBHOOK_MODE_MESSAGE, WEBHOOK_MODE_RECIPIENT };
+
+/* The allowed words of the enum keys, in the order of their C enums. */
+static const char *const webhook_format_words[] = { "raw", "json", "json-parsed", "multipart",
+						    NULL };
+static const char *const webhook_mode_words[] = { "message", "recipient", NULL };
+_Static_assert(sizeof(webhook_format_words) / sizeof(webhook_format_words[0]) ==
+		       WEBHOOK_FORMAT_MULTIPART + 2, "one word per enum webhook_format");
 
 static const struct conf_key webhook_keys[] = {
 	{ "url", CONF_STRING, offsetof(struct webhook_settings, url), NULL, 1, 0,
@@ -570,10 +79,11 @@ static const struct conf_key webhook_keys[] = {
 	  0, "PEM private key of client_cert_file; not readable by others" },
 	{ "follow_redirects", CONF_BOOL, offsetof(struct webhook_settings, follow_redirects),
 	  "false", 1, 0, "follow up to 5 redirects (same schemes as url); otherwise 3xx is 451" },
-	{ "format", CONF_STRING, offsetof(struct webhook_settings, format), "json", 1, 0,
-	  "body: raw, json, json-parsed or multipart" },
-	{ "mode", CONF_STRING, offsetof(struct webhook_settings, mode), "message", 1, 0,
-	  "message (one request for all recipients) or recipient (one request each)" },
+	{ "format", CONF_ENUM, offsetof(struct webhook_settings, format), "json", 0, 0,
+	  "body: raw, json, json-parsed or multipart", webhook_format_words },
+	{ "mode", CONF_ENUM, offsetof(struct webhook_settings, mode), "message", 0, 0,
+	  "message (one request for all recipients) or recipient (one request each)",
+	  webhook_mode_words },
 	{ "secret_files", CONF_STRING_LIST, offsetof(struct webhook_settings, secret_files), NULL, 1,
 	  0, "1 or 2 files with Standard Webhooks signing secrets (whsec_BASE64 or raw)" },
 	{ "bearer_token_file", CONF_STRING, offsetof(struct webhook_settings, bearer_token_file),
@@ -592,8 +102,6 @@ static const struct conf_key webhook_keys[] = {
 	  1LL << 30, "json-parsed: attachments larger than this are listed without content" },
 	{ NULL, 0, 0, NULL, 0, 0, NULL },
 };
-
-enum webhook_format { FORMAT_RAW, FORMAT_JSON, FORMAT_JSON_PARSED, FORMAT_MULTIPART };
 
 struct webhook_key {
 	unsigned char *bytes;
@@ -639,6 +147,114 @@ static bool header_line_ok(const char *h)
 	return true;
 }
 
+/* The Standard Webhooks signing secrets: the current one and, while rotating, the next. */
+static int load_signing_keys(struct webhook_state *st, char *error_r, size_t error_size)
+{
+	const struct conf_strlist *files = &st->set.secret_files;
+
+	if (files->count > 2) {
+		snprintf(error_r, error_size, "secret_files: at most 2 (the current and the next)");
+		return -1;
+	}
+	for (size_t i = 0; i < files->count; i++) {
+		char *text = secret_read_file(files->items[i], error_r, error_size);
+		if (text == NULL)
+			return -1;
+		int r = webhook_secret_decode(text, &st->keys[i].bytes, &st->keys[i].len);
+		secret_free_bytes(text, strlen(text));
+		if (r < 0) {
+			snprintf(error_r, error_size, "%s: not a usable secret (whsec_BASE64 or raw)",
+				 files->items[i]);
+			return -1;
+		}
+		st->key_count++;
+	}
+	return 0;
+}
+
+/* The Authorization header line from bearer_token_file or basic_auth_file (one at most). */
+static int load_authorization(struct webhook_state *st, char *error_r, size_t error_size)
+{
+	const struct webhook_settings *set = &st->set;
+
+	if (set->bearer_token_file != NULL && set->basic_auth_file != NULL) {
+		snprintf(error_r, error_size, "bearer_token_file and basic_auth_file exclude each other");
+		return -1;
+	}
+	if (set->bearer_token_file == NULL && set->basic_auth_file == NULL)
+		return 0;
+	const char *path = set->bearer_token_file ? set->bearer_token_file : set->basic_auth_file;
+	char *line = secret_read_line(path, 0, error_r, error_size);
+	if (line == NULL)
+		return -1;
+	size_t len = strlen(line);
+	size_t cap = len * 2 + 64;
+	st->authorization = malloc(cap);
+	if (st->authorization == NULL) {
+		secret_free_bytes(line, len);
+		snprintf(error_r, error_size, "out of memory");
+		return -1;
+	}
+	if (set->bearer_token_file != NULL) {
+		snprintf(st->authorization, cap, "Authorization: Bearer %s", line);
+	} else {
+		if (strchr(line, ':') == NULL) {
+			secret_free_bytes(line, len);
+			snprintf(error_r, error_size, "%s: expected user:password", path);
+			return -1;
+		}
+		size_t n = (size_t)snprintf(st->authorization, cap, "Authorization: Basic ");
+		base64_encode(line, len, st->authorization + n);
+	}
+	secret_free_bytes(line, len);
+	for (const char *p = st->authorization; *p; p++) {
+		if ((unsigned char)*p < ' ' || (unsigned char)*p == 0x7f) {
+			snprintf(error_r, error_size, "%s: control characters in the secret", path);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int check_extra_headers(const struct conf_strlist *headers, char *error_r,
+			       size_t error_size)
+{
+	for (size_t i = 0; i < headers->count; i++) {
+		if (!header_line_ok(headers->items[i])) {
+			snprintf(error_r, error_size,
+				 "headers: \"%.60s\" is not a \"Name: value\" line we may send",
+				 headers->items[i]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Mutual TLS: the key file private to us, and its certificate given. */
+static int check_client_key(const struct webhook_settings *set, char *error_r,
+			    size_t error_size)
+{
+	struct stat sb;
+
+	if (set->client_key_file == NULL)
+		return 0;
+	if (stat(set->client_key_file, &sb) < 0) {
+		snprintf(error_r, error_size, "%s: %s", set->client_key_file, strerror(errno));
+		return -1;
+	}
+	if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+		snprintf(error_r, error_size,
+			 "%s: key file must not be accessible by group or others (chmod 600)",
+			 set->client_key_file);
+		return -1;
+	}
+	if (set->client_cert_file == NULL) {
+		snprintf(error_r, error_size, "client_key_file needs client_cert_file");
+		return -1;
+	}
+	return 0;
+}
+
 static int webhook_open(const void *settings, const char *instance_name, void **state_r,
 			char *error_r, size_t error_size)
 {
@@ -666,105 +282,13 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 		snprintf(error_r, error_size, "url: %s", error);
 		goto fail;
 	}
-	if (strcmp(set->format, "raw") == 0)
-		st->format = FORMAT_RAW;
-	else if (strcmp(set->format, "json") == 0)
-		st->format = FORMAT_JSON;
-	else if (strcmp(set->format, "json-parsed") == 0)
-		st->format = FORMAT_JSON_PARSED;
-	else if (strcmp(set->format, "multipart") == 0)
-		st->format = FORMAT_MULTIPART;
-	else {
-		snprintf(error_r, error_size, "format must be raw, json, json-parsed or multipart");
+	st->format = (enum webhook_format)set->format;
+	st->per_recipient = set->mode == WEBHOOK_MODE_RECIPIENT;
+	if (load_signing_keys(st, error_r, error_size) < 0 ||
+	    load_authorization(st, error_r, error_size) < 0 ||
+	    check_extra_headers(&set->headers, error_r, error_size) < 0 ||
+	    check_client_key(set, error_r, error_size) < 0)
 		goto fail;
-	}
-	if (strcmp(set->mode, "message") == 0)
-		st->per_recipient = false;
-	else if (strcmp(set->mode, "recipient") == 0)
-		st->per_recipient = true;
-	else {
-		snprintf(error_r, error_size, "mode must be message or recipient");
-		goto fail;
-	}
-	if (set->secret_files.count > 2) {
-		snprintf(error_r, error_size, "secret_files: at most 2 (the current and the next)");
-		goto fail;
-	}
-	for (size_t i = 0; i < set->secret_files.count; i++) {
-		char *text = secret_read_file(set->secret_files.items[i], error_r, error_size);
-		if (text == NULL)
-			goto fail;
-		int r = webhook_secret_decode(text, &st->keys[i].bytes, &st->keys[i].len);
-		secret_free_bytes(text, strlen(text));
-		if (r < 0) {
-			snprintf(error_r, error_size, "%s: not a usable secret (whsec_BASE64 or raw)",
-				 set->secret_files.items[i]);
-			goto fail;
-		}
-		st->key_count++;
-	}
-	if (set->bearer_token_file != NULL && set->basic_auth_file != NULL) {
-		snprintf(error_r, error_size, "bearer_token_file and basic_auth_file exclude each other");
-		goto fail;
-	}
-	if (set->bearer_token_file != NULL || set->basic_auth_file != NULL) {
-		const char *path = set->bearer_token_file ? set->bearer_token_file : set->basic_auth_file;
-		char *line = secret_read_line(path, 0, error_r, error_size);
-		if (line == NULL)
-			goto fail;
-		size_t len = strlen(line);
-		size_t cap = len * 2 + 64;
-		st->authorization = malloc(cap);
-		if (st->authorization == NULL) {
-			secret_free_bytes(line, len);
-			snprintf(error_r, error_size, "out of memory");
-			goto fail;
-		}
-		if (set->bearer_token_file != NULL) {
-			snprintf(st->authorization, cap, "Authorization: Bearer %s", line);
-		} else {
-			if (strchr(line, ':') == NULL) {
-				secret_free_bytes(line, len);
-				snprintf(error_r, error_size, "%s: expected user:password", path);
-				goto fail;
-			}
-			size_t n = (size_t)snprintf(st->authorization, cap, "Authorization: Basic ");
-			webhook_base64(line, len, st->authorization + n);
-		}
-		secret_free_bytes(line, len);
-		for (const char *p = st->authorization; *p; p++) {
-			if ((unsigned char)*p < ' ' || (unsigned char)*p == 0x7f) {
-				snprintf(error_r, error_size, "%s: control characters in the secret",
-					 path);
-				goto fail;
-			}
-		}
-	}
-	for (size_t i = 0; i < set->headers.count; i++) {
-		if (!header_line_ok(set->headers.items[i])) {
-			snprintf(error_r, error_size,
-				 "headers: \"%.60s\" is not a \"Name: value\" line we may send",
-				 set->headers.items[i]);
-			goto fail;
-		}
-	}
-	if (set->client_key_file != NULL) {
-		struct stat sb;
-		if (stat(set->client_key_file, &sb) < 0) {
-			snprintf(error_r, error_size, "%s: %s", set->client_key_file, strerror(errno));
-			goto fail;
-		}
-		if ((sb.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
-			snprintf(error_r, error_size,
-				 "%s: key file must not be accessible by group or others (chmod 600)",
-				 set->client_key_file);
-			goto fail;
-		}
-	}
-	if (set->client_key_file != NULL && set->client_cert_file == NULL) {
-		snprintf(error_r, error_size, "client_key_file needs client_cert_file");
-		goto fail;
-	}
 	struct http_options ho = {
 		.ca_file = set->ca_file,
 		.connect_timeout_ms = (long)set->connect_timeout,
@@ -799,68 +323,23 @@ static void webhook_close(void *state)
 	free(st);
 }
 
-/* One request: a growable string for the in-memory formats. */
-struct buf {
-	char *data;
-	size_t len, cap;
-	bool failed;
-};
+/* --- one request ------------------------------------------------------------------------- */
 
-static void buf_reserve(struct buf *b, size_t more)
+/* "X-Lmtpgw-Recipients: a@x, b@y"; NULL on allocation failure. */
+static char *recipients_header(const char *const *rcpts, size_t n)
 {
-	if (b->failed || b->len + more + 1 <= b->cap)
-		return;
-	size_t cap = b->cap ? b->cap : 1024;
-	while (cap < b->len + more + 1)
-		cap *= 2;
-	char *n = realloc(b->data, cap);
-	if (n == NULL) {
-		b->failed = true;
-		return;
-	}
-	b->data = n;
-	b->cap = cap;
-}
+	static const char name[] = "X-Lmtpgw-Recipients: ";
+	size_t size = sizeof(name), len;
 
-static void buf_add(struct buf *b, const void *data, size_t len)
-{
-	buf_reserve(b, len);
-	if (b->failed)
-		return;
-	memcpy(b->data + b->len, data, len);
-	b->len += len;
-	b->data[b->len] = '\0';
-}
-
-static void buf_str(struct buf *b, const char *s)
-{
-	buf_add(b, s, strlen(s));
-}
-
-static void buf_base64(struct buf *b, const void *data, size_t len)
-{
-	buf_reserve(b, 4 * ((len + 2) / 3) + 1);
-	if (b->failed)
-		return;
-	b->len += webhook_base64(data, len, b->data + b->len);
-}
-
-/* "a@x, b@y" for a header value; NULL on allocation failure. */
-static char *join_rcpts(const char *const *rcpts, size_t n)
-{
-	struct buf b = { 0 };
-
-	buf_str(&b, "");
-	for (size_t i = 0; i < n; i++) {
-		if (i)
-			buf_str(&b, ", ");
-		buf_str(&b, rcpts[i]);
-	}
-	if (b.failed) {
-		free(b.data);
+	for (size_t i = 0; i < n; i++)
+		size += strlen(rcpts[i]) + 2;
+	char *h = malloc(size);
+	if (h == NULL)
 		return NULL;
-	}
-	return b.data;
+	len = (size_t)snprintf(h, size, "%s", name);
+	for (size_t i = 0; i < n; i++)
+		len += (size_t)snprintf(h + len, size - len, "%s%s", i ? ", " : "", rcpts[i]);
+	return h;
 }
 
 static int add_line(struct curl_slist **list, const char *line)
@@ -893,208 +372,83 @@ static void fail_all(struct target **tg, size_t n, const char *ref, int code, co
 	}
 }
 
-/* The JSON text of an object, without its closing brace, for splicing. */
-static char *json_open_text(json_t *obj)
+/* The webhook-signature value over exactly the bytes sent, into sig ("" without secrets). */
+static int sign_body(const struct webhook_state *st, const char *id, long long ts,
+		     struct webhook_body *body, char *sig, size_t size)
 {
-	char *text = json_dumps(obj, JSON_COMPACT);
+	const unsigned char *keys[2] = { st->keys[0].bytes, st->keys[1].bytes };
+	size_t lens[2] = { st->keys[0].len, st->keys[1].len };
 
-	if (text == NULL)
-		return NULL;
-	size_t len = strlen(text);
-	if (len < 2 || text[len - 1] != '}') {
-		free(text);
-		return NULL;
-	}
-	text[len - 1] = '\0';
-	return text;
+	sig[0] = '\0';
+	if (st->key_count == 0)
+		return 0;
+	struct webhook_signer *signer = webhook_signer_new(keys, lens, st->key_count, id, ts);
+	if (signer == NULL)
+		return -1;
+	int r = body->streamed ? webhook_signer_update_reader(signer, &body->reader)
+			       : webhook_signer_update(signer, body->data, body->len);
+	/* finish frees the signer, so it runs whatever the update said */
+	if (webhook_signer_finish(&signer, sig, size) < 0 || r < 0)
+		return -1;
+	return 0;
 }
 
-static void deliver_request(struct webhook_state *st, const struct delivery *d,
-			    struct target **tg, size_t n, const char *url)
+/* Every header of the request: content type, Standard Webhooks, envelope, authorization and
+ * the configured extra headers. */
+static int request_headers(const struct webhook_state *st, const struct delivery *d,
+			   const char *const *rcpts, size_t n, const struct webhook_body *body,
+			   const char *id, long long ts, const char *sig,
+			   struct curl_slist **headers)
 {
-	const char **rcpts = calloc(n, sizeof(*rcpts));
-	struct target *tcopy = calloc(n, sizeof(*tcopy));
-	struct status *results = calloc(n, sizeof(*results));
-	char id[WEBHOOK_ID_SIZE] = "msg_?";
-	char prefix[2048], reason[512], sig[2 * WEBHOOK_SIG_SIZE + 8] = "";
-	struct curl_slist *headers = NULL;
-	struct spool_reader reader;
-	struct spool_view view = { 0 };
-	bool have_view = false;
-	struct buf body = { 0 }, head = { 0 }, tail = { 0 };
-	char *env_text = NULL, *rcpt_list = NULL, *parsed_text = NULL;
-	json_t *env = NULL;
-	struct http_response resp = { 0 };
-	struct webhook_signer *signer = NULL;
-	const char *content_type = NULL;
-	long long ts = (long long)time(NULL);
-
-	if (rcpts == NULL || tcopy == NULL || results == NULL) {
-		fail_all(tg, n, "out of memory", 451, "4.3.0", "Local error in processing");
-		goto out;
-	}
-	for (size_t i = 0; i < n; i++) {
-		rcpts[i] = tg[i]->rcpt->rcpt;
-		tcopy[i] = *tg[i];
-	}
-	if (webhook_event_id(d->sha256, rcpts, n, id) < 0) {
-		fail_all(tg, n, "id failed", 451, "4.3.0", "Local error in processing");
-		goto out;
-	}
-	/* The trace headers: with one recipient, its own (Delivered-To when configured); a
-	 * request for several carries the shared trace only. */
-	size_t prefix_len;
-	if (n == 1) {
-		prefix_len = delivery_prefix(d, tg[0], prefix, sizeof(prefix));
-	} else {
-		prefix_len = (size_t)snprintf(prefix, sizeof(prefix), "%.*s", (int)d->trace_len,
-					      d->trace);
-	}
-	if (prefix_len >= sizeof(prefix))
-		prefix_len = sizeof(prefix) - 1;
-
-	if (st->format != FORMAT_RAW) {
-		env = manifest_build(d, tcopy, n);
-		if (env == NULL || (env_text = json_dumps(env, JSON_COMPACT)) == NULL) {
-			fail_all(tg, n, "envelope failed", 451, "4.3.0", "Local error in processing");
-			goto out;
-		}
-	}
-	spool_reader_init(&reader, d->spool, prefix, prefix_len);
-	bool streamed = false;
-	char boundary[64];
-	switch (st->format) {
-	case FORMAT_RAW:
-		content_type = "Content-Type: message/rfc822";
-		streamed = true;
-		break;
-	case FORMAT_MULTIPART:
-		snprintf(boundary, sizeof(boundary), "lmtpgw-%.40s", id + 4);
-		buf_str(&head, "--");
-		buf_str(&head, boundary);
-		buf_str(&head, "\r\nContent-Disposition: form-data; name=\"envelope\"\r\n"
-			       "Content-Type: application/json\r\n\r\n");
-		buf_str(&head, env_text);
-		buf_str(&head, "\r\n--");
-		buf_str(&head, boundary);
-		buf_str(&head, "\r\nContent-Disposition: form-data; name=\"message\"; "
-			       "filename=\"message.eml\"\r\nContent-Type: message/rfc822\r\n\r\n");
-		buf_add(&head, prefix, prefix_len);
-		buf_str(&tail, "\r\n--");
-		buf_str(&tail, boundary);
-		buf_str(&tail, "--\r\n");
-		if (head.failed || tail.failed) {
-			fail_all(tg, n, "out of memory", 451, "4.3.0", "Local error in processing");
-			goto out;
-		}
-		spool_reader_init(&reader, d->spool, head.data, head.len);
-		spool_reader_set_suffix(&reader, tail.data, tail.len);
-		streamed = true;
-		break;
-	case FORMAT_JSON:
-	case FORMAT_JSON_PARSED:
-		if (spool_view_prefixed(d->spool, prefix, prefix_len, &view) < 0) {
-			fail_all(tg, n, "spool map failed", 451, "4.3.0", "Local error in processing");
-			goto out;
-		}
-		have_view = true;
-		buf_str(&body, "{\"envelope\":");
-		buf_str(&body, env_text);
-		if (st->format == FORMAT_JSON_PARSED) {
-			char err[200] = "";
-			json_t *parsed = mime_json_parse(view.data, view.len,
-							 (size_t)st->set.attachment_max, err,
-							 sizeof(err));
-			if (parsed == NULL || (parsed_text = json_open_text(parsed)) == NULL) {
-				json_decref(parsed);
-				log_warn("backend=%s event=webhook-parse id=%s error=\"%s\"", st->name,
-					 id, err);
-				fail_all(tg, n, "MIME parse failed", 451, "4.3.0",
-					 "Local error in processing");
-				goto out;
-			}
-			json_decref(parsed);
-			if (parsed_text[1] != '\0') {
-				buf_str(&body, ",");
-				buf_str(&body, parsed_text + 1); /* without its '{' */
-			}
-		}
-		buf_str(&body, ",\"message\":\"");
-		buf_base64(&body, view.data, view.len);
-		buf_str(&body, "\"}");
-		if (body.failed) {
-			fail_all(tg, n, "out of memory", 451, "4.3.0", "Local error in processing");
-			goto out;
-		}
-		content_type = "Content-Type: application/json";
-		/* the base64 copy is made: the mapping is no longer needed */
-		spool_view_release(&view);
-		have_view = false;
-		break;
-	}
-
-	/* Signature over exactly the bytes sent. */
-	if (st->key_count > 0) {
-		const unsigned char *keys[2] = { st->keys[0].bytes, st->keys[1].bytes };
-		size_t lens[2] = { st->keys[0].len, st->keys[1].len };
-		signer = webhook_signer_new(keys, lens, st->key_count, id, ts);
-		int r = signer == NULL ? -1
-			: streamed      ? webhook_signer_update_reader(signer, &reader)
-					: webhook_signer_update(signer, body.data, body.len);
-		if (r < 0 || webhook_signer_finish(&signer, sig, sizeof(sig)) < 0) {
-			fail_all(tg, n, "signing failed", 451, "4.3.0", "Local error in processing");
-			goto out;
-		}
-	}
-
-	rcpt_list = join_rcpts(rcpts, n);
 	char sender[ADDRESS_PATH_MAX + 1], session[128];
+	char *rcpt_header = recipients_header(rcpts, n);
+	int hr = 0;
+
 	header_safe(d->sender ? d->sender : "", sender, sizeof(sender));
 	header_safe(d->session_id ? d->session_id : "", session, sizeof(session));
-	char *rcpt_header = rcpt_list ? malloc(strlen(rcpt_list) + 32) : NULL;
-	if (rcpt_header != NULL)
-		sprintf(rcpt_header, "X-Lmtpgw-Recipients: %s", rcpt_list);
-	int hr = 0;
-	if (st->format == FORMAT_MULTIPART)
-		hr |= http_header_add(&headers, "Content-Type: multipart/form-data; boundary=%s",
-				      boundary);
-	else
-		hr |= add_line(&headers, content_type);
-	hr |= http_header_add(&headers, "User-Agent: lmtpgw");
-	hr |= http_header_add(&headers, "webhook-id: %s", id);
-	hr |= http_header_add(&headers, "webhook-timestamp: %lld", ts);
+	hr |= http_header_add(headers, "Content-Type: %s", body->content_type);
+	hr |= http_header_add(headers, "User-Agent: lmtpgw");
+	hr |= http_header_add(headers, "webhook-id: %s", id);
+	hr |= http_header_add(headers, "webhook-timestamp: %lld", ts);
 	if (sig[0] != '\0')
-		hr |= http_header_add(&headers, "webhook-signature: %s", sig);
-	hr |= http_header_add(&headers, "Idempotency-Key: %s", id);
-	hr |= http_header_add(&headers, "X-Lmtpgw-Sender: %s", sender);
-	hr |= rcpt_header ? add_line(&headers, rcpt_header) : -1;
-	hr |= http_header_add(&headers, "X-Lmtpgw-Session: %s", session);
-	hr |= http_header_add(&headers, "X-Lmtpgw-Sha256: %s", d->sha256);
-	hr |= http_header_add(&headers, "X-Lmtpgw-Size: %llu",
+		hr |= http_header_add(headers, "webhook-signature: %s", sig);
+	hr |= http_header_add(headers, "Idempotency-Key: %s", id);
+	hr |= http_header_add(headers, "X-Lmtpgw-Sender: %s", sender);
+	hr |= rcpt_header ? add_line(headers, rcpt_header) : -1;
+	hr |= http_header_add(headers, "X-Lmtpgw-Session: %s", session);
+	hr |= http_header_add(headers, "X-Lmtpgw-Sha256: %s", d->sha256);
+	hr |= http_header_add(headers, "X-Lmtpgw-Size: %llu",
 			      (unsigned long long)spool_size(d->spool));
 	if (st->authorization != NULL)
-		hr |= add_line(&headers, st->authorization);
+		hr |= add_line(headers, st->authorization);
 	for (size_t i = 0; i < st->set.headers.count; i++)
-		hr |= add_line(&headers, st->set.headers.items[i]);
+		hr |= add_line(headers, st->set.headers.items[i]);
 	free(rcpt_header);
-	if (hr != 0) {
-		fail_all(tg, n, "headers failed", 451, "4.3.0", "Local error in processing");
-		goto out;
-	}
+	return hr != 0 ? -1 : 0;
+}
 
+/* POST the request and give every target its status: from the answer (webhook_answer.h), or
+ * the transport failure. results: room for n statuses. */
+static void post_request(struct webhook_state *st, struct target **tg, size_t n,
+			 const char *const *rcpts, const char *url, struct curl_slist *headers,
+			 struct webhook_body *body, const char *id, struct status *results)
+{
 	struct http_request req = {
 		.method = "POST",
 		.url = url,
 		.headers = headers,
-		.body = streamed ? NULL : body.data,
-		.body_len = streamed ? 0 : body.len,
-		.reader = streamed ? &reader : NULL,
+		.body = body->streamed ? NULL : body->data,
+		.body_len = body->streamed ? 0 : body->len,
+		.reader = body->streamed ? &body->reader : NULL,
 		.response_max = (size_t)st->set.max_response,
 	};
+	struct http_response resp = { 0 };
 	struct status transport;
+	char reason[512];
+
 	if (http_perform(st->http, &req, &resp, &transport, reason, sizeof(reason)) < 0) {
 		char esc[LOG_ESC_SIZE];
-		log_warn("backend=%s event=webhook-failed id=%s error=\"%s\"", st->name, id,
+		log_warn("backend=%s event=webhook_failed id=%s error=\"%s\"", st->name, id,
 			 log_esc(esc, reason));
 		for (size_t i = 0; i < n; i++) {
 			tg[i]->status = transport;
@@ -1103,7 +457,7 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 				    rcpts[i], transport.text);
 			snprintf(tg[i]->ref, sizeof(tg[i]->ref), "id=%s", id);
 		}
-		goto out;
+		return;
 	}
 	/* A reference for the log and the 2xx text: the receiver's id when it gives one. */
 	char ref[96];
@@ -1131,19 +485,53 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 			 rid ? " ref=" : "", rid ? ref : "");
 	}
 	http_response_free(&resp);
+}
+
+/* One request for tg[0..n), all to url: id, body, signature, headers, POST, answer. */
+static void deliver_request(struct webhook_state *st, const struct delivery *d,
+			    struct target **tg, size_t n, const char *url)
+{
+	const char **rcpts = calloc(n, sizeof(*rcpts));
+	struct status *results = calloc(n, sizeof(*results));
+	char id[WEBHOOK_ID_SIZE] = "msg_?", sig[2 * WEBHOOK_SIG_SIZE + 8], mime_error[200];
+	struct webhook_body body = { 0 };
+	struct curl_slist *headers = NULL;
+	const char *error;
+	long long ts = (long long)time(NULL);
+
+	if (rcpts == NULL || results == NULL) {
+		fail_all(tg, n, "out of memory", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++)
+		rcpts[i] = tg[i]->rcpt->rcpt;
+	if (webhook_event_id(d->sha256, rcpts, n, id) < 0) {
+		fail_all(tg, n, "id failed", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	if (webhook_body_build(st->format, d, tg, n, id, (size_t)st->set.attachment_max, &body,
+			       &error, mime_error, sizeof(mime_error)) < 0) {
+		if (mime_error[0] != '\0') {
+			char esc[LOG_ESC_SIZE];
+			log_warn("backend=%s event=webhook_parse id=%s error=\"%s\"", st->name, id,
+				 log_esc(esc, mime_error));
+		}
+		fail_all(tg, n, error, 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	if (sign_body(st, id, ts, &body, sig, sizeof(sig)) < 0) {
+		fail_all(tg, n, "signing failed", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	if (request_headers(st, d, rcpts, n, &body, id, ts, sig, &headers) < 0) {
+		fail_all(tg, n, "headers failed", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	post_request(st, tg, n, rcpts, url, headers, &body, id, results);
 out:
-	if (have_view)
-		spool_view_release(&view);
+	webhook_body_free(&body);
 	http_headers_free(&headers);
-	json_decref(env);
-	free(env_text);
-	free(parsed_text);
-	free(rcpt_list);
-	free(body.data);
-	free(head.data);
-	free(tail.data);
 	free(rcpts);
-	free(tcopy);
 	free(results);
 }
 
@@ -1214,8 +602,8 @@ static void webhook_explain(void *state, const struct recipient *rcpt,
 	if (template_expand(st->url, vars, TEMPLATE_URL, url, sizeof(url), &error) < 0)
 		snprintf(buf, size, "url: %s", error);
 	else
-		snprintf(buf, size, "POST %s (format %s, mode %s)", url, st->set.format,
-			 st->set.mode);
+		snprintf(buf, size, "POST %s (format %s, mode %s)", url,
+			 webhook_format_words[st->set.format], webhook_mode_words[st->set.mode]);
 }
 
 /* Any HTTP answer to a HEAD of the URL's fixed part proves the receiver is reachable and its

@@ -1,7 +1,7 @@
 /*
  * fuzz_webhook_answer - the mapping of a webhook receiver's HTTP answer to one LMTP reply per
  * recipient (webhook_map_answer, webhook_map_http, webhook_sanitize_text in
- * src/backends/webhook.c) and the secret file reader (webhook_secret_decode).
+ * src/webhook_answer.c) and the secret file reader (webhook_secret_decode, src/webhook_sign.c).
  *
  * Input: bytes 0-1 the HTTP status (an interesting one from a table, or raw), byte 2 flags
  * (content type, truncated, Retry-After, recipient count); the rest is the answer body.
@@ -14,7 +14,8 @@
 #include <string.h>
 
 #include "status.h"
-#include "webhook.h"
+#include "webhook_answer.h"
+#include "webhook_sign.h"
 #include "fuzz.h"
 
 static void check_status(const struct status *st, long http)

@@ -140,6 +140,15 @@ def make_server_cert(d, ca_name, san, out="server"):
     os.chmod(os.path.join(d, out + ".key"), 0o600)
 
 
+def _shared_tmp_base():
+    """harness.shared_tmp_base() (imported late: dovecot.py also runs without harness)."""
+    try:
+        from harness import shared_tmp_base
+    except ImportError:
+        return tempfile.gettempdir()
+    return shared_tmp_base()
+
+
 def _mail_owner():
     """(user name, uid, gid, group name) for mail processes."""
     if os.geteuid() != 0:
@@ -243,7 +252,8 @@ class DovecotServer:
                                    "install dovecot-lmtpd" % lmtpd)
         self._own_tmpdir = tmpdir is None
         if tmpdir is None:
-            tmpdir = tempfile.mkdtemp(prefix="lmtpgw-dovecot-")
+            # under a base the mail user can traverse (_setup makes tmpdir itself 0755)
+            tmpdir = tempfile.mkdtemp(prefix="lmtpgw-dovecot-", dir=_shared_tmp_base())
         else:
             os.makedirs(tmpdir, exist_ok=True)
         self.tmpdir = os.path.abspath(tmpdir)

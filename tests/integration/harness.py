@@ -38,7 +38,90 @@ _live = []                                # running Lmtpgw instances (run-tests.
 
 
 class Skip(Exception):
-    """Raised by a test that cannot run here (reported as SKIP, counted as passed)."""
+    """Raised by a test that cannot run here (reported as SKIP and counted as skipped, never as
+    passed). real_server is None for a plain skip (no IPv6 loopback, no man-db, ...)."""
+    real_server = None
+
+
+# The suites that exercise a real server or a real client instead of our own code. A green CI
+# must mean they ran: run-tests.py fails a test that skips one of them when CI=true.
+REAL_SERVER_SUITES = ("dovecot", "s3", "webhook", "postfix", "lmtp-clients", "cyrus", "exim",
+                      "opensmtpd")
+
+
+class RealServerMissing(Skip):
+    """A skip because a real server this test needs is not installed here (Dovecot, the S3
+    server's node modules, Postfix, ...). Skipped locally; a failure when CI=true."""
+
+    def __init__(self, suite, why):
+        if suite not in REAL_SERVER_SUITES:
+            raise ValueError("unknown real-server suite %r" % suite)
+        super().__init__("%s not available: %s" % (suite, why))
+        self.real_server = suite
+
+
+def require_dovecot(lmtp=False):
+    """Raise RealServerMissing("dovecot") unless Dovecot (and with lmtp, its LMTP) is here."""
+    from dovecot import DovecotError, find_dovecot
+    try:
+        path = find_dovecot()
+    except DovecotError as e:
+        raise RealServerMissing("dovecot", str(e))
+    if lmtp:
+        lmtpd = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(path))),
+                             "lib", "dovecot", "lmtp")
+        if not os.access(lmtpd, os.X_OK):
+            raise RealServerMissing("dovecot", "no %s (apt-get install dovecot-lmtpd)" % lmtpd)
+
+
+def require_postfix():
+    """Raise RealServerMissing("postfix") unless a private Postfix can be started here."""
+    from postfix import PostfixError, find_postfix
+    try:
+        find_postfix()
+    except PostfixError as e:
+        raise RealServerMissing("postfix", str(e))
+
+
+def start_s3server(**kw):
+    """A started S3Server, or RealServerMissing("s3") when node or its modules are missing.
+    Any other failure to start is the test's failure, not a skip."""
+    from s3server import S3Server, S3Unavailable
+    s = S3Server(**kw)
+    try:
+        return s.start()
+    except S3Unavailable as e:
+        raise RealServerMissing("s3", str(e))
+
+
+def _traversable_by_all(path):
+    """True when every directory from / down to path lets other users pass (o+x)."""
+    path = os.path.realpath(path)
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def shared_tmp_base():
+    """Where to make temp dirs that processes of other users must reach (Dovecot's mail
+    processes, Postfix, `make install` as nobody): the usual temp dir unless TMPDIR points into
+    a directory they cannot enter (pam_tmpdir's /tmp/user/UID, a 0700 home), then /tmp."""
+    base = tempfile.gettempdir()
+    return base if _traversable_by_all(base) else "/tmp"
+
+
+def shared_mkdtemp(prefix):
+    """mkdtemp under shared_tmp_base(), mode 0755: other users may traverse it, not write."""
+    d = tempfile.mkdtemp(prefix=prefix, dir=shared_tmp_base())
+    os.chmod(d, 0o755)
+    return d
 
 
 def binary():
@@ -343,7 +426,9 @@ class Lmtpgw:
 
     def __init__(self, config=None, local=None, backends="", routes=None, listen=None,
                  debug=False):
-        self.dir = tempfile.mkdtemp(prefix="lmtpgw-it-")
+        # 0700 itself, but under a base other users can traverse: a test may open it (0755)
+        # for a Postfix or Dovecot process to reach a socket inside.
+        self.dir = tempfile.mkdtemp(prefix="lmtpgw-it-", dir=shared_tmp_base())
         self.maildir_root = os.path.join(self.dir, "mail")
         self.spool = os.path.join(self.dir, "spool")
         os.makedirs(self.spool)

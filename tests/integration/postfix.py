@@ -137,7 +137,9 @@ class PostfixServer:
         self.master_extra = master_extra
         self.lmtp_args = lmtp_args
         self.start_timeout = start_timeout
-        self.tmpdir = tempfile.mkdtemp(prefix="lmtpgw-postfix-")
+        # the postfix user traverses it: under a base other users can enter
+        from harness import shared_tmp_base
+        self.tmpdir = tempfile.mkdtemp(prefix="lmtpgw-postfix-", dir=shared_tmp_base())
         os.chmod(self.tmpdir, 0o755)
         self.config_dir = os.path.join(self.tmpdir, "etc")
         self.queue_dir = os.path.join(self.tmpdir, "queue")

@@ -4,13 +4,13 @@ import shutil
 import smtplib
 import subprocess
 
-from harness import Lmtpgw, Skip, SLOW, split_trace
+from harness import Lmtpgw, RealServerMissing, SLOW, split_trace
 
 
 def need(tool):
     path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
     if path is None:
-        raise Skip("%s not installed" % tool)
+        raise RealServerMissing("lmtp-clients", "%s not installed" % tool)
     return path
 
 

@@ -9,7 +9,7 @@ by its missing INBOX (docs/backends/imap.md, "Unknown users").
 """
 import os
 
-from harness import Lmtpgw, Skip, conf_value, expect, split_trace
+from harness import RealServerMissing, Lmtpgw, Skip, conf_value, expect, split_trace
 
 import debpkg
 from cyrus import CyrusServer
@@ -25,7 +25,7 @@ def cyrus(**kw):
     try:
         return server.start()
     except debpkg.Unavailable as e:
-        raise Skip("cyrus suite: %s" % e)
+        raise RealServerMissing("cyrus", str(e))
 
 
 def backend(cy, name="inbox", ca_file=None, **opts):

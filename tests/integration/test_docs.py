@@ -144,7 +144,8 @@ def test_docs_files_exist():
 
 def test_docs_man_pages_render_without_warnings():
     if shutil.which("groff") is None:
-        return  # nothing to render with on this machine
+        from harness import Skip
+        raise Skip("groff is not installed: nothing to render the man pages with")
     for page in MAN_PAGES:
         p = subprocess.run(["groff", "-man", "-Tascii", "-ww", page],
                            capture_output=True, timeout=60)

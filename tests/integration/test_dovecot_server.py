@@ -248,8 +248,7 @@ def test_dovecot_helpers_leave_no_login_lines():
 
 
 def test_dovecot_lmtp_peer_delivers_into_the_same_maildirs():
-    if not os.path.exists("/usr/lib/dovecot/lmtp"):
-        raise harness.Skip("dovecot-lmtpd is not installed (apt-get install dovecot-lmtpd)")
+    harness.require_dovecot(lmtp=True)
     with DovecotServer(lmtp=True) as dc:
         assert os.path.exists(dc.lmtp_socket) and dc.lmtp_port
         for addr in (dc.lmtp_socket, ("127.0.0.1", dc.lmtp_port)):

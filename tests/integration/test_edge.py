@@ -2,8 +2,10 @@
 vanish during delivery, many connections, spool clean-up."""
 import os
 import signal
+import socket
+import struct
 
-from harness import Lmtpgw, expect, expect_enhanced, send_message, split_trace
+from harness import Lmtpgw, conf_value, expect, expect_enhanced, send_message, split_trace
 
 CONTENT = b"Subject: edge\r\n\r\nbody\r\n"
 
@@ -123,23 +125,67 @@ def test_reload_changes_limits_for_new_sessions():
 
 
 def test_client_gone_during_delivery():
-    with Lmtpgw() as gw:
-        for i in range(5):
-            c = gw.session()
-            c.send(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<alice@example.test>\r\n"
-                   b"RCPT TO:<bob@example.test>\r\nDATA\r\n")
-            c.replies(4)
-            c.send(CONTENT + b".\r\n")
-            c.close()                                  # hang up before the replies
-        gw.wait_log(r"event=disconnect", count=6)      # + the start-up probe
-        with gw.session() as c:
-            for r in send_message(c, "s@example.test", ["carol@example.test"], CONTENT):
-                expect(r, 250, "2.0.0")
-        # whatever was stored is whole: no partial files, nothing left in tmp/
-        for u in ("alice", "bob"):
-            assert gw.messages(u, sub="tmp") == []
-            for f in gw.messages(u):
-                split_trace(gw.read(f), CONTENT)
+    """A client that sends the final dot and hangs up (FIN or RST) while the backends are still
+    storing (docs/architecture.md: "from here the dispatch owns them"): the delivery goes on to
+    the end (the MTA, without replies, will retry: a duplicate, never a loss).
+    Each message is stored exactly once per recipient and whole, in the Maildir and at the
+    webhook (answering after 1 s, so the hang-up surely falls inside the delivery), every
+    recipient's result is logged as 250, nothing stays in tmp/, and the server serves on."""
+    import re
+    from webhook_receiver import Receiver
+
+    def content(i):
+        return b"Subject: edge\r\nX-Edge-Id: gone-%d\r\n\r\nbody %d\r\n" % (i, i)
+
+    n = 5
+    with Receiver(rule=lambda req: {"status": 200, "delay": 1.0}) as hook:
+        backend = ('hook: { driver = "webhook"; url = %s; allow_http = true; format = "raw"; '
+                   'timeout = 30; };' % conf_value(hook.url))
+        with Lmtpgw(backends=backend,
+                    routes=[("*@example.test", ["local", "hook"])]) as gw:
+            for i in range(n):
+                c = gw.session()
+                c.send(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<alice@example.test>\r\n"
+                       b"RCPT TO:<bob@example.test>\r\nDATA\r\n")
+                for r in c.replies(4):
+                    expect(r, "2" if r.code != 354 else 354)
+                c.send(content(i) + b".\r\n")
+                if i % 2:                              # half of them reset, half close
+                    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()                              # hang up before the replies
+                # The hang-up came while the backends worked: message i is not logged yet
+                # (the webhook answers 1 s after it has the whole message).
+                done = gw.grep(r"event=delivery .*rcpt=<alice@example.test>")
+                assert len(done) <= i, "message %d was delivered before the hang-up" % i
+            gw.wait_log(r"event=delivery .*rcpt=<(alice|bob)@example.test>", count=2 * n,
+                        timeout=15)
+            lines = gw.grep(r"event=delivery .*rcpt=<(alice|bob)@example.test>")
+            assert len(lines) == 2 * n, lines
+            assert all('reply="250 ' in l for l in lines), "\n".join(lines)
+            with gw.session() as c:
+                for r in send_message(c, "s@example.test", ["carol@example.test"], CONTENT):
+                    expect(r, 250, "2.0.0")
+            split_trace(gw.only_message("carol"), CONTENT)
+            # Exactly once and whole, per recipient, in the Maildir.
+            for u in ("alice", "bob"):
+                assert gw.messages(u, sub="tmp") == [], gw.messages(u, sub="tmp")
+                files = gw.messages(u)
+                assert len(files) == n, "%s: %d copies for %d messages: %s" % (u, len(files), n, files)
+                seen = sorted(int(re.search(rb"X-Edge-Id: gone-(\d+)", gw.read(f)).group(1))
+                              for f in files)
+                assert seen == list(range(n)), (u, seen)
+                for f in files:
+                    i = int(re.search(rb"X-Edge-Id: gone-(\d+)", gw.read(f)).group(1))
+                    split_trace(gw.read(f), content(i))
+        # Exactly once and whole at the webhook (one request per message for both recipients).
+        gone = [q for q in hook.requests if "carol" not in q.headers["X-Lmtpgw-Recipients"]]
+        assert len(gone) == len(hook.requests) - 1, [q.headers.items() for q in hook.requests]
+        ids = sorted(int(re.search(rb"X-Edge-Id: gone-(\d+)", q.body).group(1))
+                     for q in gone)
+        assert ids == list(range(n)), ids
+        for q in gone:
+            i = int(re.search(rb"X-Edge-Id: gone-(\d+)", q.body).group(1))
+            split_trace(q.body, content(i))
 
 
 def test_many_idle_connections():

@@ -7,7 +7,7 @@ the bytes lmtpgw stored, and the message counts.
 import os
 import re
 
-from harness import Lmtpgw, Skip, cstr, free_port, split_trace
+from harness import RealServerMissing, Lmtpgw, cstr, free_port, split_trace
 
 import debpkg
 from exim import EXIM_USER, EximInstance
@@ -59,7 +59,7 @@ def exim_user():
     try:
         debpkg.system_user(EXIM_USER, user_group=True)
     except debpkg.Unavailable as e:
-        raise Skip("exim suite: %s" % e)
+        raise RealServerMissing("exim", str(e))
 
 
 def gateway():
@@ -90,7 +90,7 @@ def exim_for(gw):
     try:
         return EximInstance(main, routers, transports)
     except debpkg.Unavailable as e:
-        raise Skip("exim suite: %s" % e)
+        raise RealServerMissing("exim", str(e))
 
 
 def test_exim_contrib_unix_socket_per_recipient_outcomes():

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from harness import ROOT, Lmtpgw, Skip, binary, expect
+from harness import ROOT, Lmtpgw, binary, expect, require_dovecot, require_postfix, start_s3server
 
 EXAMPLES = os.path.join(ROOT, "conf", "examples")
 GUIDES = os.path.join(ROOT, "docs", "guides")
@@ -130,11 +130,10 @@ def write_message(path, subject, body="Hello.", headers=""):
 # --- (1) mailbox ingestion: Postfix -> lmtpgw -> Dovecot IMAP, master user, +detail ----------
 
 def dovecot():
-    from dovecot import DovecotError, DovecotServer
-    try:
-        return DovecotServer().start()
-    except DovecotError as e:
-        raise Skip(str(e))
+    # Only a missing Dovecot is a skip; a Dovecot that fails to start fails the test.
+    require_dovecot()
+    from dovecot import DovecotServer
+    return DovecotServer().start()
 
 
 def ingestion_config(dc, d):
@@ -266,12 +265,7 @@ def test_api_bridge_recipe():
 # --- (3) compliance archive: S3 Object Lock, manifest with Bcc, write-once, never bounce ----
 
 def s3server(**kw):
-    from s3server import S3Server, S3Unavailable
-    s = S3Server(**kw)
-    try:
-        return s.start()
-    except S3Unavailable as e:
-        raise Skip(str(e))
+    return start_s3server(**kw)
 
 
 def archive_config(s3, d):
@@ -435,11 +429,8 @@ def test_scaling_postfix_nexthop_list_fails_over_in_order():
     element carries "inet:" -- Postfix 3.7.11 calls "inet:HOST2:2424" in second place "fatal:
     valid hostname or network address required") tries the destinations in order: all mail to
     the first while it answers, the next one when it does not."""
-    from postfix import PostfixError, PostfixServer, find_postfix
-    try:
-        find_postfix()
-    except PostfixError as e:
-        raise Skip(str(e))
+    from postfix import PostfixServer
+    require_postfix()
     with Lmtpgw() as a, Lmtpgw() as b:
         nexthop = "lmtp:inet:127.0.0.1:%d, 127.0.0.1:%d" % (a.port, b.port)
         with PostfixServer({"example.test": nexthop}) as pf:

@@ -12,9 +12,9 @@ import socket
 import threading
 import time
 
-from harness import Lmtpgw, Skip, cstr, conf_value, dot_stuff, expect, free_port, split_trace
+from harness import Lmtpgw, require_dovecot, cstr, conf_value, dot_stuff, expect, free_port, split_trace
 
-from dovecot import DovecotError, DovecotServer, find_dovecot
+from dovecot import DovecotServer
 
 DOMAIN = "example.test"
 SENDER = "sender@remote.test"
@@ -24,11 +24,8 @@ LOGIN_RE = r"imap-login: Info: Login: user=<%s>"
 # --- helpers ---------------------------------------------------------------------------------
 
 def dovecot(**kw):
-    """A DovecotServer (not started), or Skip when Dovecot is not installed here."""
-    try:
-        find_dovecot()
-    except DovecotError as e:
-        raise Skip(str(e))
+    """A DovecotServer (not started), or RealServerMissing when Dovecot is not installed here."""
+    require_dovecot()
     return DovecotServer(**kw)
 
 

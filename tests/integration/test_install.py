@@ -15,8 +15,11 @@ test_install - `make install` and the shipped example configurations.
 - Every conf/examples/*.conf passes `lmtpgw -c X check` once the files it names under
   /etc/lmtpgw/ exist (temp copies: secrets mode 0600, a generated certificate and key).
 
-`make install` runs with `-o BUILD/lmtpgw`, so it installs the binary the test suite uses and
-never rebuilds it (other builds may be running in the same tree). python3 stdlib only.
+`make install` runs in a copy of the source tree under a world-traversable temp dir, with the
+test suite's binary as the copy's build/lmtpgw and `-o` on it, so it installs exactly the binary
+the suite uses and never rebuilds it. The copy is what lets "nobody" run it: the checkout may sit
+under a directory other users cannot enter (/root, a 0700 home), as a fresh clone often does.
+python3 stdlib only.
 """
 import grp
 import os
@@ -31,7 +34,7 @@ import tempfile
 import time
 import urllib.request
 
-from harness import BUILD, ROOT, SLOW, Client, Skip, expect, free_port, binary
+from harness import ROOT, SLOW, Client, Skip, expect, free_port, binary, shared_mkdtemp
 
 EXAMPLES = os.path.join(ROOT, "conf", "examples")
 
@@ -59,6 +62,22 @@ def make_cert(d, name="server", cn="mx.example.test"):
 
 _installed = {}
 
+# Not copied into the install tree: builds, VCS data, npm modules (none are installed).
+COPY_IGNORE = shutil.ignore_patterns(".git", "build", "build-*", "node_modules", "var",
+                                     "__pycache__")
+
+
+def world_readable_tree(src, dst):
+    """Copy the source tree src to dst with every directory 0755 and every file readable by
+    all (executables 0755), whatever the umask of the clone was: another user reads it."""
+    shutil.copytree(src, dst, ignore=COPY_IGNORE, symlinks=True)
+    for dirpath, dirs, files in os.walk(dst):
+        os.chmod(dirpath, 0o755)
+        for f in files:
+            path = os.path.join(dirpath, f)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.stat(path).st_mode & 0o100 else 0o644)
+
 
 def install_tree():
     """make install PREFIX=/usr DESTDIR=<tmp>, once per test run; returns the DESTDIR."""
@@ -66,10 +85,16 @@ def install_tree():
         return _installed["root"]
     exe = binary()
     assert os.path.exists(exe), "%s not built" % exe
-    top = tempfile.mkdtemp(prefix="lmtpgw-install-")
+    top = shared_mkdtemp("lmtpgw-install-")
+    src = os.path.join(top, "src")
+    world_readable_tree(ROOT, src)
+    os.mkdir(os.path.join(src, "build"), 0o755)
+    copy_exe = os.path.join(src, "build", "lmtpgw")
+    shutil.copy2(exe, copy_exe)
+    os.chmod(copy_exe, 0o755)
     destdir = os.path.join(top, "root")
     os.mkdir(destdir)
-    cmd = ["make", "--no-print-directory", "-C", ROOT, "-o", exe, "BUILD=" + BUILD,
+    cmd = ["make", "--no-print-directory", "-C", src, "-o", "build/lmtpgw", "BUILD=build",
            "PREFIX=/usr", "DESTDIR=" + destdir, "install"]
     as_user = None
     if os.geteuid() == 0:
@@ -77,7 +102,6 @@ def install_tree():
             raise Skip("running as root and setpriv is missing: cannot show that make install "
                        "needs no root")
         nobody = pwd.getpwnam("nobody")
-        os.chmod(top, 0o755)
         os.chown(destdir, nobody.pw_uid, nobody.pw_gid)
         cmd = ["setpriv", "--reuid=%d" % nobody.pw_uid, "--regid=%d" % nobody.pw_gid,
                "--clear-groups"] + cmd
@@ -221,8 +245,7 @@ def wait_for(pred, what, timeout=10.0):
 def test_installed_production_example_serves():
     usr = os.path.join(install_tree(), "usr")
     exe = os.path.join(usr, "sbin/lmtpgw")
-    d = tempfile.mkdtemp(prefix="lmtpgw-prod-")
-    os.chmod(d, 0o755)
+    d = shared_mkdtemp("lmtpgw-prod-")     # lmtpgw reads it after dropping to nobody
     if os.geteuid() == 0:
         run_user, run_group, sock_group = "nobody", "nogroup", "mail"
         try:

@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 
-from harness import Lmtpgw, SLOW, Skip, conf_value, split_trace
+from harness import RealServerMissing, Lmtpgw, SLOW, conf_value, split_trace
 
 import debpkg
 from cyrus import CyrusServer
@@ -45,18 +45,18 @@ def stores():
     try:
         find_dovecot()
     except DovecotError as e:
-        raise Skip("interop matrix: %s" % e)
+        raise RealServerMissing("dovecot", str(e))
     with contextlib.ExitStack() as stack:
         dc = stack.enter_context(DovecotServer())
         try:
             cy = CyrusServer().start()
         except debpkg.Unavailable as e:
-            raise Skip("interop matrix (cyrus suite): %s" % e)
+            raise RealServerMissing("cyrus", str(e))
         stack.callback(cy.stop)
         try:
             s3 = S3Server().start()
         except S3Unavailable as e:
-            raise Skip("interop matrix: %s" % e)
+            raise RealServerMissing("s3", str(e))
         stack.callback(s3.stop)
         hook = stack.enter_context(Receiver())
         backends = " ".join([
@@ -144,7 +144,7 @@ def test_matrix_postfix():
     try:
         find_postfix()
     except PostfixError as e:
-        raise Skip(str(e))
+        raise RealServerMissing("postfix", str(e))
     with stores() as (backends, routes, check):
         gw = gateway(backends, routes)
         with gw, PostfixServer({"%s.test" % s: "lmtp:inet:127.0.0.1:%d" % gw.port
@@ -170,7 +170,7 @@ def test_matrix_exim():
             try:
                 ex = EximInstance(main, routers, transports)
             except debpkg.Unavailable as e:
-                raise Skip("exim suite: %s" % e)
+                raise RealServerMissing("exim", str(e))
             with ex:
                 lf = message("exim").replace(b"\r\n", b"\n")
                 ex.send(SENDER, RCPTS, lf)
@@ -186,7 +186,7 @@ def test_matrix_opensmtpd():
     try:
         debpkg.system_user(CLIENT_USER, user_group=True)
     except debpkg.Unavailable as e:
-        raise Skip("opensmtpd suite: %s" % e)
+        raise RealServerMissing("opensmtpd", str(e))
     with stores() as (backends, routes, check):
         gw = gateway(backends, routes, socket_group=CLIENT_USER)
         with gw:
@@ -201,7 +201,7 @@ def test_matrix_opensmtpd():
             try:
                 od.__enter__()
             except debpkg.Unavailable as e:
-                raise Skip("opensmtpd suite: %s" % e)
+                raise RealServerMissing("opensmtpd", str(e))
             try:
                 content = message("opensmtpd")
                 assert od.send(SENDER, RCPTS, content) == {}

@@ -4,6 +4,7 @@ next one refused with 421 4.3.2), and SIGKILL in the middle of deliveries leavin
 message in the Maildirs.
 """
 import os
+import re
 import resource
 import signal
 import socket
@@ -61,42 +62,75 @@ def test_thousand_idle_connections_bounded_memory():
 
 
 def test_sigkill_mid_delivery_leaves_no_partial_message():
-    big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 4000  # ~4 MB
+    """8 sessions send ~1 MB messages one after another; lmtpgw is killed (SIGKILL) once at
+    least 8 were acknowledged, so some are acknowledged and others are in flight at the kill.
+    Every acknowledged message is in new/, whole; every file in new/ is whole (its ,S= size
+    matches). (The earlier version killed after 0.3 s, often before anything was stored or
+    acknowledged, and then its loops checked nothing.)"""
+    def message(i, n):
+        return (b"Subject: big\r\nX-Kill-Id: %d-%d\r\n\r\n" % (i, n)) + \
+            (b"x" * 998 + b"\r\n") * 1000
     with Lmtpgw() as gw:
-        results = {}
+        acked = []                       # (sender, n) answered 250 before the kill
+        in_flight = []                   # (sender, n) sent whole, no answer: cut by the kill
+        lock = threading.Lock()
+        killed = threading.Event()
 
         def sender(i):
+            n = 0
             try:
                 c = gw.session()
                 c.settimeout(30 * SLOW)
-                expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
-                expect(c.cmd("RCPT TO:<u%d@example.test>" % i), 250, "2.1.5")
-                expect(c.cmd("DATA"), 354)
-                c.send(big + b".\r\n")
-                results[i] = c.reply().code
-            except Exception as e:  # the connection drops when the server dies
-                results[i] = repr(e)
+                while not killed.is_set():
+                    expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+                    expect(c.cmd("RCPT TO:<u%d@example.test>" % i), 250, "2.1.5")
+                    expect(c.cmd("DATA"), 354)
+                    c.send(message(i, n) + b".\r\n")
+                    sent = (i, n)
+                    try:
+                        code = c.reply().code
+                    except Exception:
+                        with lock:
+                            in_flight.append(sent)
+                        raise
+                    if code == 250:
+                        with lock:
+                            acked.append(sent)
+                    n += 1
+            except Exception:            # the connection drops when the server dies
+                pass
 
         threads = [threading.Thread(target=sender, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
-        time.sleep(0.3 * SLOW)
+        deadline = time.time() + 30 * SLOW
+        while len(acked) < 8 and time.time() < deadline:
+            time.sleep(0.01)
         os.kill(gw.proc.pid, signal.SIGKILL)
+        killed.set()
         for t in threads:
             t.join(60)
         gw.proc.wait(10)
         gw.returncode = -9
+        assert len(acked) >= 8, "only %d acknowledged before the kill" % len(acked)
+        assert in_flight, "nothing was in flight at the kill: the test showed nothing"
         # Whatever reached new/ is complete; whatever was acknowledged is there.
         root = os.path.join(gw.maildir_root, "example.test")
+        found = set()
         for i in range(8):
             new = os.path.join(root, "u%d" % i, "new")
-            files = os.listdir(new) if os.path.isdir(new) else []
-            if results.get(i) == 250:
-                assert len(files) == 1, (i, files)
-            for name in files:
+            for name in os.listdir(new) if os.path.isdir(new) else []:
                 data = open(os.path.join(new, name), "rb").read()
-                assert data.endswith(big), "partial message in new/: %s (%d bytes)" % (name, len(data))
                 assert name.endswith(",S=%d" % len(data)), name
-        print("results after SIGKILL:", results)
+                m = re.search(rb"X-Kill-Id: (\d+)-(\d+)", data)
+                assert m, "no X-Kill-Id in %s" % name
+                ident = (int(m.group(1)), int(m.group(2)))
+                assert data.endswith(message(*ident)), \
+                    "partial message in new/: %s (%d bytes)" % (name, len(data))
+                found.add(ident)
+        missing = sorted(set(acked) - found)
+        assert not missing, "acknowledged but not in new/: %s" % missing
+        print("after SIGKILL: %d acknowledged, %d in flight, %d whole files in new/"
+              % (len(acked), len(in_flight), len(found)))
         # Let the harness's exit check pass: the daemon is gone on purpose.
         gw.proc = None

@@ -7,7 +7,7 @@ bounced), the bytes lmtpgw stored, and the counts.
 import os
 import re
 
-from harness import Lmtpgw, Skip, cstr, split_trace
+from harness import RealServerMissing, Lmtpgw, cstr, split_trace
 
 import debpkg
 from opensmtpd import OpenSmtpd
@@ -25,7 +25,7 @@ def gateway():
     try:
         debpkg.system_user(CLIENT_USER, user_group=True)
     except debpkg.Unavailable as e:
-        raise Skip("opensmtpd suite: %s" % e)
+        raise RealServerMissing("opensmtpd", str(e))
     gw = Lmtpgw(routes=[("carol@" + DOMAIN, ["broken"]), ("alice@" + DOMAIN, ["local"]),
                         ("bob@" + DOMAIN, ["local"]), (SENDER, ["local"])])
     os.chmod(gw.dir, 0o755)
@@ -50,7 +50,7 @@ def smtpd(gw, action_options=""):
     try:
         return server.__enter__()
     except debpkg.Unavailable as e:
-        raise Skip("opensmtpd suite: %s" % e)
+        raise RealServerMissing("opensmtpd", str(e))
 
 
 def message(subject):

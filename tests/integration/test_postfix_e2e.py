@@ -12,9 +12,9 @@ import re
 import signal
 import time
 
-from harness import Lmtpgw, Skip, conf_value, cstr, split_trace
+from harness import Lmtpgw, conf_value, require_dovecot, require_postfix, cstr, split_trace
 
-from postfix import PostfixError, PostfixServer, find_postfix
+from postfix import PostfixServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONTRIB = os.path.join(ROOT, "contrib", "postfix")
@@ -39,11 +39,8 @@ def recommended_args():
 
 
 def postfix(gw, main=None, recommended_settings=True, **kw):
-    """A PostfixServer (not started) routing DOMAIN to gw over lmtp:inet:, or Skip."""
-    try:
-        find_postfix()
-    except PostfixError as e:
-        raise Skip(str(e))
+    """A PostfixServer (not started) routing DOMAIN to gw over lmtp:inet:, or RealServerMissing."""
+    require_postfix()
     settings = dict(recommended()) if recommended_settings else {}
     settings.update(main or {})
     if recommended_settings:
@@ -174,11 +171,8 @@ def test_postfix_imap_backend_down_then_up():
     """bob -> IMAP backend whose server is down (451 4.4.1): bob deferred, alice delivered.
     The backend is pointed at a running Dovecot (SIGHUP), the queue flushed: bob's message is
     in his Dovecot INBOX once, alice still has one copy."""
-    from dovecot import DovecotError, DovecotServer, find_dovecot
-    try:
-        find_dovecot()
-    except DovecotError as e:
-        raise Skip(str(e))
+    from dovecot import DovecotServer
+    require_dovecot()
     from harness import free_port
     with DovecotServer() as dc:
         pw = os.path.join(dc.tmpdir, "master.pw")
@@ -410,10 +404,7 @@ def test_postfix_contrib_snippets_as_shipped():
         main_text = f.read().replace("example.com", DOMAIN).replace("/run/lmtpgw/lmtp.sock", sock)
     with open(os.path.join(CONTRIB, "master.cf")) as f:
         master_text = f.read()
-    try:
-        find_postfix()
-    except PostfixError as e:
-        raise Skip(str(e))
+    require_postfix()
     with gw, PostfixServer({}, main_text=main_text, master_extra=master_text) as pf:
         _rc, out = pf._run(["/usr/sbin/postconf", "-c", pf.config_dir, "-n"])
         assert "postconf: warning" not in out, out

@@ -12,9 +12,8 @@ import socket
 import threading
 import time
 
-from harness import MEMORY_FIGURES_MEAN_SOMETHING, Lmtpgw, Skip, conf_value, dot_stuff, expect, free_port, split_trace
+from harness import MEMORY_FIGURES_MEAN_SOMETHING, Lmtpgw, start_s3server, conf_value, dot_stuff, expect, free_port, split_trace
 
-from s3server import S3Server, S3Unavailable
 
 DOMAIN = "example.test"
 SENDER = "sender@remote.test"
@@ -23,11 +22,7 @@ SENDER = "sender@remote.test"
 # --- helpers ---------------------------------------------------------------------------------
 
 def s3server(**kw):
-    s = S3Server(**kw)
-    try:
-        return s.start()
-    except S3Unavailable as e:
-        raise Skip(str(e))
+    return start_s3server(**kw)
 
 
 def creds_file(s3, secret=None, mode=0o600):

@@ -140,7 +140,7 @@ def test_answer_cut_inside_headers_or_body_is_not_2xx():
                     current["answer"] = answer
                     rep = send_message(c, "s@example.test", ["alice@example.test"], CONTENT)[0]
                     assert rep.code == code and rep.enhanced == enh, (answer, str(rep))
-            assert gw.grep(r"event=webhook-failed.*(cut|header|incomplete)"), \
+            assert gw.grep(r"event=webhook_failed.*(cut|header|incomplete)"), \
                 "the cause must reach the log"
         assert len(r.requests) == len(CUT_ANSWERS), "every request was read completely"
 
@@ -200,9 +200,9 @@ def test_contradictory_verdicts_for_one_recipient_are_doubt():
             expect(reps[3], 550, "5.1.1", text="no such user")
             expect(reps[4], 450, "4.2.1", text="later")
             expect(reps[5], 451, "4.3.0")
-            assert gw.grep(r"event=webhook-results-contradict .*rcpt=<a@example.test>")
-            assert gw.grep(r"event=webhook-results-differ .*rcpt=<e@example.test>")
-            assert gw.grep(r"event=webhook-result-unknown-rcpt .*rcpt=<stranger@example.test>")
+            assert gw.grep(r"event=webhook_results_contradict .*rcpt=<a@example.test>")
+            assert gw.grep(r"event=webhook_results_differ .*rcpt=<e@example.test>")
+            assert gw.grep(r"event=webhook_result_unknown_rcpt .*rcpt=<stranger@example.test>")
         assert len(r.requests) == 1
 
 

@@ -8,7 +8,8 @@
 #include <string.h>
 
 #include "backend.h"
-#include "s3.h"
+#include "s3_answer.h"
+#include "s3_fields.h"
 
 static void mapped(long http, const char *code, int want_code, const char *want_enh)
 {
@@ -185,8 +186,10 @@ Test(s3, open_refusals)
 			       "COMPLIANCE", NULL };
 	cr_assert_eq(open_with(lock, err, sizeof(err)), -1);
 	cr_assert(strstr(err, "retention_days") != NULL, "%s", err);
-	const char *sse[] = { "endpoint", "https://h", "bucket", "mail", "sse", "DES", NULL };
-	cr_assert_eq(open_with(sse, err, sizeof(err)), -1);
+	const char *kms_aes[] = { "endpoint", "https://h", "bucket", "mail", "sse", "AES256",
+				  "sse_kms_key_id", "k", NULL };
+	cr_assert_eq(open_with(kms_aes, err, sizeof(err)), -1);
+	cr_assert(strstr(err, "aws:kms") != NULL, "%s", err);
 	const char *kms[] = { "endpoint", "https://h", "bucket", "mail", "sse_kms_key_id", "k", NULL };
 	cr_assert_eq(open_with(kms, err, sizeof(err)), -1);
 	const char *tags[] = { "endpoint", "https://h", "bucket", "mail", "tags", "novalue", NULL };

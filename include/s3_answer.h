@@ -1,17 +1,14 @@
 /*
- * s3 - the pieces of the S3 driver (src/backends/s3.c) that unit tests call directly: the
- * answer -> status mapping, the bounded parse of S3's XML error bodies, object key checks,
- * metadata header values and the checksum encoding. The driver itself is `backend_s3`.
+ * s3_answer - what an S3 answer says: the fields of its XML body (a bounded scrape, no XML
+ * library) and the LMTP status an HTTP answer of S3 maps to. Pure: no I/O, no logging.
  */
-#ifndef LMTPGW_S3_H
-#define LMTPGW_S3_H
+#ifndef LMTPGW_S3_ANSWER_H
+#define LMTPGW_S3_ANSWER_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
 #include "status.h"
-
-#define S3_KEY_MAX 1024            /* bytes of an object key (S3's limit) */
 
 /* The fields of an S3 error body we log, each truncated to fit, "" when absent:
  * <Error><Code>..</Code><Message>..</Message><RequestId>..</RequestId></Error> */
@@ -40,19 +37,5 @@ int s3_map_status(long http_status, const char *code, struct status *st_r);
 
 /* True when an error is S3 refusing Object Lock headers (bucket without Object Lock). */
 bool s3_is_object_lock_refusal(long http_status, const char *code, const char *message);
-
-/* Check an expanded object key: 1..S3_KEY_MAX bytes, no control bytes, not starting with
- * '/', no empty, "." or ".." segment (stores and proxies normalize those). 0 or -1 with a
- * static reason. */
-int s3_key_check(const char *key, const char **error_r);
-
-/* A value for an x-amz-meta-* header: printable ASCII is kept except '%', everything else
- * (8-bit, controls, '%') becomes %XX; at most max_in input bytes are used. S3 user metadata
- * must be ASCII for SigV4. out always NUL-terminated. */
-void s3_meta_value(const char *in, size_t max_in, char *out, size_t size);
-
-/* Base64 of the 32 bytes written as 64 hex digits (x-amz-checksum-sha256); out >= 45 bytes.
- * Returns -1 when hex is not 64 hex digits. */
-int s3_checksum_b64(const char *hex, char *out, size_t size);
 
 #endif

@@ -1,105 +1,13 @@
-/* Unit tests for the pure parts of the webhook driver (include/webhook.h): Standard Webhooks
- * secrets, ids and signatures (the spec's published example as oracle), the answer mapping of
- * design.md row by row, per-recipient JSON results, text sanitizing; and the spool reader's
- * suffix (the multipart body's tail). */
+/* Unit tests for webhook_answer (include/webhook_answer.h): the answer mapping of design.md row
+ * by row, per-recipient JSON results, text sanitizing. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "spool.h"
-#include "webhook.h"
+#include "webhook_answer.h"
 
 #define N_ELEMENTS(a) (sizeof(a) / sizeof((a)[0]))
-
-Test(webhook, secret_decode)
-{
-	unsigned char *key;
-	size_t len;
-
-	cr_assert_eq(webhook_secret_decode("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n", &key, &len), 0);
-	cr_assert_eq(len, 24);
-	free(key);
-	cr_assert_eq(webhook_secret_decode("whsec_YWJj\r\n", &key, &len), 0);
-	cr_assert_eq(len, 3);
-	cr_assert(memcmp(key, "abc", 3) == 0);
-	free(key);
-	cr_assert_eq(webhook_secret_decode("whsec_YWI=", &key, &len), 0);
-	cr_assert_eq(len, 2);
-	free(key);
-	cr_assert_eq(webhook_secret_decode("plain secret\n", &key, &len), 0);
-	cr_assert_eq(len, 12);
-	cr_assert(memcmp(key, "plain secret", 12) == 0);
-	free(key);
-	cr_assert_eq(webhook_secret_decode("\n", &key, &len), -1);
-	cr_assert_eq(webhook_secret_decode("whsec_not*base64", &key, &len), -1);
-	cr_assert_eq(webhook_secret_decode("whsec_abc", &key, &len), -1);
-}
-
-/* The example of the Standard Webhooks specification. */
-Test(webhook, signature_spec_vector)
-{
-	unsigned char *key;
-	size_t len;
-	char sig[128];
-	const char *body = "{\"test\": 2432232314}";
-
-	cr_assert_eq(webhook_secret_decode("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &key, &len), 0);
-	const unsigned char *keys[1] = { key };
-	struct webhook_signer *s =
-		webhook_signer_new(keys, &len, 1, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330);
-	cr_assert_not_null(s);
-	/* in two pieces: the HMAC is incremental */
-	cr_assert_eq(webhook_signer_update(s, body, 5), 0);
-	cr_assert_eq(webhook_signer_update(s, body + 5, strlen(body) - 5), 0);
-	cr_assert_eq(webhook_signer_finish(&s, sig, sizeof(sig)), 0);
-	cr_assert_str_eq(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-	free(key);
-}
-
-Test(webhook, signature_two_secrets)
-{
-	const unsigned char *keys[2] = { (const unsigned char *)"rawsecret",
-					 (const unsigned char *)"other" };
-	size_t lens[2] = { 9, 5 };
-	char sig[256];
-	struct webhook_signer *s = webhook_signer_new(keys, lens, 2, "id1", 5);
-
-	cr_assert_eq(webhook_signer_update(s, "body", 4), 0);
-	cr_assert_eq(webhook_signer_finish(&s, sig, sizeof(sig)), 0);
-	cr_assert(strncmp(sig, "v1,v75ilwBlwkUfy/SLjggQWHqewAvsC7H4BW6pNaR6kbw= v1,", 51) == 0,
-		  "%s", sig);
-	cr_assert_eq(strlen(sig), 51 + 44);
-}
-
-Test(webhook, event_id_sorted_and_stable)
-{
-	char a[WEBHOOK_ID_SIZE], b[WEBHOOK_ID_SIZE], c[WEBHOOK_ID_SIZE];
-	char sha[65];
-	const char *r1[] = { "b@y.test", "a@x.test" }, *r2[] = { "a@x.test", "b@y.test" };
-	const char *r3[] = { "a@x.test" };
-
-	memset(sha, 'a', 64);
-	sha[64] = '\0';
-	cr_assert_eq(webhook_event_id(sha, r1, 2, a), 0);
-	cr_assert_eq(webhook_event_id(sha, r2, 2, b), 0);
-	cr_assert_eq(webhook_event_id(sha, r3, 1, c), 0);
-	cr_assert_str_eq(a, "msg_69ced7685ed212fdb2ef5e4b0a1a47aa232bb02771ab5a37963e5bf4668f7d89");
-	cr_assert_str_eq(a, b);
-	cr_assert_str_neq(a, c);
-}
-
-Test(webhook, base64)
-{
-	char out[16];
-
-	cr_assert_eq(webhook_base64("", 0, out), 0);
-	cr_assert_str_eq(out, "");
-	cr_assert_eq(webhook_base64("f", 1, out), 4);
-	cr_assert_str_eq(out, "Zg==");
-	webhook_base64("foobar", 6, out);
-	cr_assert_str_eq(out, "Zm9vYmFy");
-}
 
 static void map(long http, const char *ct, const char *body, struct status *st, size_t n,
 		const char *const *rcpts)
@@ -110,7 +18,7 @@ static void map(long http, const char *ct, const char *body, struct status *st, 
 }
 
 /* design.md: every row of the webhook mapping. */
-Test(webhook, http_status_table)
+Test(webhook_answer, http_status_table)
 {
 	static const struct {
 		long http;
@@ -137,7 +45,7 @@ Test(webhook, http_status_table)
 	}
 }
 
-Test(webhook, ok_text_carries_ref)
+Test(webhook_answer, ok_text_carries_ref)
 {
 	struct status st;
 	const char *rcpts[] = { "a@x.test" };
@@ -146,7 +54,7 @@ Test(webhook, ok_text_carries_ref)
 	cr_assert(strstr(st.text, "REF") != NULL, "%s", st.text);
 }
 
-Test(webhook, retry_after_in_text)
+Test(webhook_answer, retry_after_in_text)
 {
 	struct status st;
 	const char *rcpts[] = { "a@x.test" };
@@ -159,7 +67,7 @@ Test(webhook, retry_after_in_text)
 	cr_assert(strchr(st.text, '\r') == NULL && strchr(st.text, '\n') == NULL);
 }
 
-Test(webhook, json_results_per_recipient)
+Test(webhook_answer, json_results_per_recipient)
 {
 	struct status st[4];
 	const char *rcpts[] = { "a@x.test", "b@x.test", "c@x.test", "d@x.test" };
@@ -184,7 +92,7 @@ Test(webhook, json_results_per_recipient)
 	cr_assert_str_eq(st[3].enhanced, "4.3.0");
 }
 
-Test(webhook, json_results_validated)
+Test(webhook_answer, json_results_validated)
 {
 	static const struct {
 		long http;
@@ -220,7 +128,7 @@ Test(webhook, json_results_validated)
 	}
 }
 
-Test(webhook, json_body_doubt)
+Test(webhook_answer, json_body_doubt)
 {
 	struct status st;
 	const char *rcpts[] = { "a@x.test" };
@@ -255,7 +163,7 @@ Test(webhook, json_body_doubt)
 	cr_assert_eq(st.code, 550);
 }
 
-Test(webhook, text_plain_body_is_the_reply_text)
+Test(webhook_answer, text_plain_body_is_the_reply_text)
 {
 	struct status st;
 	const char *rcpts[] = { "a@x.test" };
@@ -276,7 +184,7 @@ Test(webhook, text_plain_body_is_the_reply_text)
 	cr_assert(strstr(st.text, "boom") == NULL, "%s", st.text);
 }
 
-Test(webhook, sanitize)
+Test(webhook_answer, sanitize)
 {
 	char out[16];
 
@@ -286,43 +194,4 @@ Test(webhook, sanitize)
 	cr_assert_str_eq(out, "0123456789ab...");
 	webhook_sanitize_text("\xc3\xa9t\xc3\xa9", 6, out, sizeof(out));
 	cr_assert_str_eq(out, "t");
-}
-
-Test(webhook, reader_suffix)
-{
-	struct spool *sp = spool_new(4, "/tmp", 1 << 20); /* spills to a file at once */
-	const char *err;
-	char back[64];
-	ssize_t n;
-	size_t got = 0;
-
-	cr_assert_not_null(sp);
-	cr_assert_eq(spool_write(sp, "0123456789", 10, &err), 0);
-	cr_assert_eq(spool_finish(sp, &err), 0);
-	struct spool_reader r;
-	spool_reader_init(&r, sp, "HEAD", 4);
-	spool_reader_set_suffix(&r, "TAIL", 4);
-	cr_assert_eq(spool_reader_total(&r), 18);
-	while ((n = spool_reader_read(&r, back + got, 3)) > 0)
-		got += (size_t)n;
-	cr_assert_eq(got, 18);
-	cr_assert(memcmp(back, "HEAD0123456789TAIL", 18) == 0);
-	/* seek into the suffix, as curl's rewind does */
-	r.pos = 15;
-	n = spool_reader_read(&r, back, sizeof(back));
-	cr_assert_eq(n, 3);
-	cr_assert(memcmp(back, "AIL", 3) == 0);
-	/* the signer reads the whole reader and rewinds it */
-	const unsigned char *keys[1] = { (const unsigned char *)"k" };
-	size_t lens[1] = { 1 };
-	char s1[128], s2[128];
-	struct webhook_signer *s = webhook_signer_new(keys, lens, 1, "id", 1);
-	cr_assert_eq(webhook_signer_update_reader(s, &r), 0);
-	cr_assert_eq(r.pos, 0);
-	webhook_signer_finish(&s, s1, sizeof(s1));
-	s = webhook_signer_new(keys, lens, 1, "id", 1);
-	webhook_signer_update(s, "HEAD0123456789TAIL", 18);
-	webhook_signer_finish(&s, s2, sizeof(s2));
-	cr_assert_str_eq(s1, s2);
-	spool_free(&sp);
 }

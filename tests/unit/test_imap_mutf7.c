@@ -1,10 +1,10 @@
-/* Unit tests for src/imapconn.c, imap_mutf7_encode: the modified UTF-7 encoder of mailbox
+/* Unit tests for src/imap_mutf7.c, imap_mutf7_encode: the modified UTF-7 encoder of mailbox
  * names (RFC 3501 5.1.3), against the RFC's own examples and a few edge cases (surrogate pairs,
  * "&", control bytes, ill-formed UTF-8, the output bound). */
 #include <criterion/criterion.h>
 #include <string.h>
 
-#include "imapconn.h"
+#include "imap_mutf7.h"
 
 #define N_ELEMENTS(a) (sizeof(a) / sizeof((a)[0]))
 

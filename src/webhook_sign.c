@@ -1,0 +1,200 @@
+/*
+ * webhook_sign - Standard Webhooks ids, secrets and HMAC-SHA256 signatures (see webhook_sign.h),
+ * with OpenSSL's EVP digest and MAC interfaces.
+ */
+#include "webhook_sign.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
+#include "base64.h"
+
+int webhook_secret_decode(const char *text, unsigned char **key_r, size_t *key_len_r)
+{
+	size_t len = strlen(text);
+
+	while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r' || text[len - 1] == ' ' ||
+			   text[len - 1] == '\t'))
+		len--;
+	if (len == 0)
+		return -1;
+	if (len > 6 && strncmp(text, "whsec_", 6) == 0) {
+		const char *b64 = text + 6;
+		size_t b64_len = len - 6;
+		if (b64_len > 4096)
+			return -1;
+		unsigned char *key = malloc(b64_len);
+		if (key == NULL)
+			return -1;
+		ssize_t n = base64_decode(b64, b64_len, key);
+		if (n <= 0) {
+			explicit_bzero(key, b64_len);
+			free(key);
+			return -1;
+		}
+		*key_r = key;
+		*key_len_r = (size_t)n;
+		return 0;
+	}
+	unsigned char *key = malloc(len);
+	if (key == NULL)
+		return -1;
+	memcpy(key, text, len);
+	*key_r = key;
+	*key_len_r = len;
+	return 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+int webhook_event_id(const char *sha256_hex, const char *const *rcpts, size_t count,
+		     char id_r[WEBHOOK_ID_SIZE])
+{
+	const char **sorted = malloc((count ? count : 1) * sizeof(*sorted));
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned char digest[32];
+	unsigned int dlen = 0;
+	int ret = -1;
+
+	if (sorted == NULL || md == NULL)
+		goto out;
+	memcpy(sorted, rcpts, count * sizeof(*sorted));
+	qsort(sorted, count, sizeof(*sorted), cmp_str);
+	if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+	    EVP_DigestUpdate(md, sha256_hex, strlen(sha256_hex)) != 1)
+		goto out;
+	for (size_t i = 0; i < count; i++) {
+		if (EVP_DigestUpdate(md, "\n", 1) != 1 ||
+		    EVP_DigestUpdate(md, sorted[i], strlen(sorted[i])) != 1)
+			goto out;
+	}
+	if (EVP_DigestFinal_ex(md, digest, &dlen) != 1 || dlen != 32)
+		goto out;
+	memcpy(id_r, "msg_", 4);
+	for (size_t i = 0; i < 32; i++)
+		snprintf(id_r + 4 + 2 * i, 3, "%02x", digest[i]);
+	ret = 0;
+out:
+	EVP_MD_CTX_free(md);
+	free(sorted);
+	return ret;
+}
+
+struct webhook_signer {
+	EVP_MAC *mac;
+	EVP_MAC_CTX *ctx[2];
+	size_t count;
+};
+
+static void signer_free(struct webhook_signer *s)
+{
+	if (s == NULL)
+		return;
+	for (size_t i = 0; i < s->count; i++)
+		EVP_MAC_CTX_free(s->ctx[i]);
+	EVP_MAC_free(s->mac);
+	free(s);
+}
+
+struct webhook_signer *webhook_signer_new(const unsigned char *const *keys, const size_t *key_lens,
+					  size_t key_count, const char *id, long long timestamp)
+{
+	struct webhook_signer *s = calloc(1, sizeof(*s));
+	char head[WEBHOOK_ID_SIZE + 32];
+	char digest_name[] = "SHA256";
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest_name, 0),
+		OSSL_PARAM_construct_end(),
+	};
+
+	if (s == NULL || key_count == 0 || key_count > 2)
+		goto fail;
+	s->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	if (s->mac == NULL)
+		goto fail;
+	int head_len = snprintf(head, sizeof(head), "%s.%lld.", id, timestamp);
+	if (head_len < 0 || (size_t)head_len >= sizeof(head))
+		goto fail;
+	for (size_t i = 0; i < key_count; i++) {
+		s->ctx[i] = EVP_MAC_CTX_new(s->mac);
+		if (s->ctx[i] == NULL)
+			goto fail;
+		s->count++;
+		if (EVP_MAC_init(s->ctx[i], keys[i], key_lens[i], params) != 1 ||
+		    EVP_MAC_update(s->ctx[i], (const unsigned char *)head, (size_t)head_len) != 1)
+			goto fail;
+	}
+	return s;
+fail:
+	signer_free(s);
+	return NULL;
+}
+
+int webhook_signer_update(struct webhook_signer *s, const void *data, size_t len)
+{
+	for (size_t i = 0; i < s->count; i++) {
+		if (EVP_MAC_update(s->ctx[i], data, len) != 1)
+			return -1;
+	}
+	return 0;
+}
+
+int webhook_signer_update_reader(struct webhook_signer *s, struct spool_reader *reader)
+{
+	size_t size = 256 * 1024;
+	char *buf = malloc(size);
+	ssize_t n;
+	int ret = 0;
+
+	if (buf == NULL)
+		return -1;
+	spool_reader_rewind(reader);
+	while ((n = spool_reader_read(reader, buf, size)) > 0) {
+		if (webhook_signer_update(s, buf, (size_t)n) < 0) {
+			ret = -1;
+			break;
+		}
+	}
+	if (n < 0)
+		ret = -1;
+	spool_reader_rewind(reader);
+	free(buf);
+	return ret;
+}
+
+int webhook_signer_finish(struct webhook_signer **sp, char *out, size_t size)
+{
+	struct webhook_signer *s = *sp;
+	size_t len = 0;
+	int ret = 0;
+
+	*sp = NULL;
+	out[0] = '\0';
+	for (size_t i = 0; i < s->count; i++) {
+		unsigned char mac[EVP_MAX_MD_SIZE];
+		size_t mac_len = 0;
+		char b64[EVP_MAX_MD_SIZE * 2];
+		if (EVP_MAC_final(s->ctx[i], mac, &mac_len, sizeof(mac)) != 1) {
+			ret = -1;
+			break;
+		}
+		base64_encode(mac, mac_len, b64);
+		int n = snprintf(out + len, size - len, "%sv1,%s", i ? " " : "", b64);
+		if (n < 0 || (size_t)n >= size - len) {
+			ret = -1;
+			break;
+		}
+		len += (size_t)n;
+	}
+	signer_free(s);
+	return ret;
+}
+
