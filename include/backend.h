@@ -148,6 +148,16 @@ const struct backend_driver *backend_driver_find(const char *name);
 size_t delivery_prefix(const struct delivery *delivery, const struct target *target, char *buf,
 		       size_t size);
 
+/* One failure for a set of targets (one lost connection, one failed request, one local error
+ * for a whole batch): each gets the bare status st and the log reference ref (NULL: keep its
+ * own); all but the first are marked same_failure, so the circuit breaker counts the event
+ * once. The set is targets[0..count) (a batch as the dispatcher gave it), or, for
+ * backend_fail_group, the targets group[0..count) points to (a driver's own grouping). */
+void backend_fail_targets(struct target *targets, size_t count, const struct status *st,
+			  const char *ref);
+void backend_fail_group(struct target *const *group, size_t count, const struct status *st,
+			const char *ref);
+
 /* Fill vars from a delivery and a recipient. */
 void delivery_vars(const struct delivery *delivery, const struct recipient *rcpt,
 		   struct template_vars *vars_r);

@@ -15,6 +15,8 @@
 #ifndef LMTPGW_REPLY_H
 #define LMTPGW_REPLY_H
 
+#include <stddef.h>
+
 struct backend_instance;
 struct config;
 struct status;
@@ -25,5 +27,12 @@ struct status;
  * temporary replies pass unchanged. */
 void reply_policy_final(const struct config *cfg, const struct backend_instance *backend,
 			struct status *st);
+
+/* Every final reply about one recipient is built here, from the bare status the session or a
+ * driver gave: the policy above, then "<rcpt> " in front of its text and, once the message was
+ * received, " [txid]" behind it (txid NULL at RCPT), so the MTA's log names both. The text is
+ * shortened, never the recipient or the id. */
+void reply_for_recipient(const struct config *cfg, const struct backend_instance *backend,
+			 const char *rcpt, const char *txid, struct status *st);
 
 #endif

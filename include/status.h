@@ -26,10 +26,20 @@ enum status_class {
 #define STATUS_TEXT_MAX 256
 #define STATUS_ENHANCED_MAX 12 /* "5.999.999" + NUL fits */
 
+/* What a refusal is about: the mail (a recipient, the message, a store's answer) or the
+ * protocol (the client's syntax or sequence). Only mail refusals are subject to soft bounce. */
+enum status_kind {
+	STATUS_KIND_MAIL = 0,    /* the default of every constructor */
+	STATUS_KIND_PROTOCOL,
+};
+
+/* A bare status: drivers and the session fill it with their own words only; reply.h adds the
+ * recipient, the transaction id and the policy when it becomes a recipient's reply. */
 struct status {
 	int code;                             /* 200..599 */
 	char enhanced[STATUS_ENHANCED_MAX];   /* "x.y.z", x equals code / 100; empty only for 3xx */
 	char text[STATUS_TEXT_MAX];           /* printable ASCII, no CR/LF */
+	enum status_kind kind;
 };
 
 /* Build *st from code, enhanced code and printf-style text. Text is truncated to fit and any
@@ -55,6 +65,12 @@ bool status_enhanced_valid(const char *enhanced);
 static inline enum status_class status_class_of(const struct status *st)
 {
 	return (enum status_class)(st->code / 100);
+}
+
+/* Mark st as a protocol error (bad syntax or sequence), not a refusal of mail. */
+static inline void status_mark_protocol(struct status *st)
+{
+	st->kind = STATUS_KIND_PROTOCOL;
 }
 
 /* Soft bounce: a 5xx becomes the matching 4xx (550 5.1.1 -> 450 4.1.1, 552 5.3.4 -> 452 4.3.4,

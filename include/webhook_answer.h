@@ -46,9 +46,10 @@ struct webhook_answer {
 void webhook_map_answer(const struct webhook_answer *answer, const char *const *rcpts,
 			size_t count, struct status *st_r);
 
-/* The status of an HTTP status code alone (no body), with text; rcpt may be NULL. */
+/* The status of an HTTP status code alone (no body), with text. Statuses are bare: the
+ * recipient is named when the reply is built (reply.h). */
 void webhook_map_http(long http_status, const char *retry_after, const char *text,
-		      const char *rcpt, const char *ref, struct status *st_r);
+		      const char *ref, struct status *st_r);
 
 /* Copy untrusted text into a reply text: printable ASCII kept, runs of anything else (CR, LF,
  * tabs, 8-bit) become one space, trimmed, cut at max bytes with "...". */

@@ -64,6 +64,28 @@ size_t delivery_prefix(const struct delivery *delivery, const struct target *tar
 	return n < 0 ? 0 : (size_t)n;
 }
 
+static void fail_target(struct target *t, bool first, const struct status *st, const char *ref)
+{
+	t->status = *st;
+	if (ref != NULL)
+		format(t->ref, sizeof(t->ref), "%s", ref);
+	t->same_failure = !first;
+}
+
+void backend_fail_targets(struct target *targets, size_t count, const struct status *st,
+			  const char *ref)
+{
+	for (size_t i = 0; i < count; i++)
+		fail_target(&targets[i], i == 0, st, ref);
+}
+
+void backend_fail_group(struct target *const *group, size_t count, const struct status *st,
+			const char *ref)
+{
+	for (size_t i = 0; i < count; i++)
+		fail_target(group[i], i == 0, st, ref);
+}
+
 void delivery_vars(const struct delivery *delivery, const struct recipient *rcpt,
 		   struct template_vars *vars_r)
 {

@@ -169,32 +169,42 @@ static const char *class_name(const struct status *st)
 	}
 }
 
-/* Fold one recipient's targets into one reply: all ok -> ok; any temporary -> the first
- * temporary; otherwise the first permanent. Soft bounce was applied per target already. */
-static void fold_recipient(struct dispatch *d, size_t ri, struct status *reply)
+/* Fold one recipient's targets into one bare reply: all ok -> ok; any temporary -> the first
+ * temporary; otherwise the first permanent. Soft bounce was applied per target already.
+ * Returns the backend whose verdict it is (NULL for the session's own: expired, several
+ * stores). */
+static const struct backend_instance *fold_recipient(struct dispatch *d, size_t ri,
+						     struct status *reply)
 {
 	size_t first = d->rcpt_target_start[ri], end = d->rcpt_target_start[ri + 1];
 	const struct status *temp = NULL, *perm = NULL;
+	size_t temp_ti = 0, perm_ti = 0;
 	static struct status expired;
 
 	/* Only the loop thread folds, so one static status for "still running" is safe. */
-	status_must(&expired, 451, "4.4.7", "<%s> delivery time expired, try again later",
-		    d->rcpts[ri].rcpt);
+	status_must(&expired, 451, "4.4.7", "delivery time expired, try again later");
 	for (size_t k = first; k < end; k++) {
 		size_t ti = d->rcpt_targets[k];
 		const struct status *st = d->target_done[ti] ? &d->targets[ti].status : &expired;
-		if (status_class_of(st) == STATUS_TEMPFAIL && temp == NULL)
+		if (status_class_of(st) == STATUS_TEMPFAIL && temp == NULL) {
 			temp = st;
-		else if (status_class_of(st) != STATUS_OK && status_class_of(st) != STATUS_TEMPFAIL &&
-			 perm == NULL)
+			temp_ti = ti;
+		} else if (status_class_of(st) != STATUS_OK &&
+			   status_class_of(st) != STATUS_TEMPFAIL && perm == NULL) {
 			perm = st;
+			perm_ti = ti;
+		}
 	}
 	if (temp != NULL) {
 		*reply = *temp;
+		return temp == &expired ? NULL : &d->cfg->backends[d->target_backend[temp_ti]];
 	} else if (perm != NULL) {
 		*reply = *perm;
+		return &d->cfg->backends[d->target_backend[perm_ti]];
 	} else if (end - first == 1) {
-		*reply = d->targets[d->rcpt_targets[first]].status; /* finished: else temp != NULL */
+		size_t ti = d->rcpt_targets[first];
+		*reply = d->targets[ti].status; /* finished: else temp != NULL */
+		return &d->cfg->backends[d->target_backend[ti]];
 	} else {
 		char names[STATUS_TEXT_MAX] = "";
 		size_t len = 0;
@@ -205,8 +215,9 @@ static void fold_recipient(struct dispatch *d, size_t ri, struct status *reply)
 			if (n > 0)
 				len += (size_t)n;
 		}
-		status_must(reply, 250, "2.0.0", "<%s> stored (%s)", d->rcpts[ri].rcpt, names);
+		status_must(reply, 250, "2.0.0", "stored (%s)", names);
 	}
+	return NULL;
 }
 
 static void log_recipient(struct dispatch *d, size_t ri, const struct status *reply)
@@ -313,11 +324,9 @@ static void report_recipient(struct dispatch *d, size_t ri)
 {
 	struct status reply;
 
-	fold_recipient(d, ri, &reply);
+	const struct backend_instance *backend = fold_recipient(d, ri, &reply);
 	/* The transaction id in every final reply: the MTA logs it, so its log and ours meet. */
-	size_t tl = strlen(reply.text);
-	if (tl + strlen(d->txid) + 4 < sizeof(reply.text))
-		format(reply.text + tl, sizeof(reply.text) - tl, " [%s]", d->txid);
+	reply_for_recipient(d->cfg, backend, d->rcpts[ri].rcpt, d->txid, &reply);
 	log_recipient(d, ri, &reply);
 	metrics_recipient_result(&reply);
 	d->rcpt_reported[ri] = true;
@@ -338,8 +347,8 @@ static void target_finished(struct dispatch *d, size_t ti)
 	size_t ri = (size_t)(t->rcpt - d->rcpts);
 
 	if (t->status.code == 0)
-		status_must(&t->status, 451, "4.3.0", "<%s> internal error: backend %s gave no result",
-			    t->rcpt->rcpt, b->name);
+		status_must(&t->status, 451, "4.3.0", "internal error: backend %s gave no result",
+			    b->name);
 	reply_policy_final(d->cfg, b, &t->status);
 	d->target_done[ti] = true;
 	{
@@ -690,7 +699,8 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 		/* No target at all cannot happen (every route has a backend); be safe. */
 		for (size_t i = 0; i < d->rcpt_count; i++) {
 			struct status st;
-			status_must(&st, 451, "4.3.0", "<%s> internal error: no target", d->rcpts[i].rcpt);
+			status_must(&st, 451, "4.3.0", "internal error: no target");
+			reply_for_recipient(d->cfg, NULL, d->rcpts[i].rcpt, d->txid, &st);
 			if (--d->rcpts_pending == 0)
 				unanswered--;
 			if (d->cb != NULL)

@@ -283,8 +283,8 @@ static int apply_mail_param(const struct param *p, enum mail_keyword keyword,
 	}
 }
 
-int envelope_parse_mail(const char *arg, uint64_t max_size, struct address *from_r,
-			struct mail_params *params_r, struct status *st_r)
+static int parse_mail(const char *arg, uint64_t max_size, struct address *from_r,
+		      struct mail_params *params_r, struct status *st_r)
 {
 	static const struct param_table table = { mail_keywords, MAIL_KEYWORDS };
 	bool seen[PARAM_SLOTS] = { false };
@@ -405,8 +405,8 @@ static bool orcpt_valid(const struct param *p, char *copy, size_t copy_size)
 	return true;
 }
 
-int envelope_parse_rcpt(const char *arg, bool utf8, struct address *to_r,
-			struct rcpt_params *params_r, struct status *st_r)
+static int parse_rcpt(const char *arg, bool utf8, struct address *to_r,
+		      struct rcpt_params *params_r, struct status *st_r)
 {
 	static const struct param_table table = { rcpt_keywords, RCPT_KEYWORDS };
 	bool seen[PARAM_SLOTS] = { false };
@@ -455,4 +455,25 @@ int envelope_parse_rcpt(const char *arg, bool utf8, struct address *to_r,
 		return -1;
 	}
 	return 0;
+}
+
+/* Every refusal of the parsers is about the command's syntax, except a SIZE= over the limit,
+ * which refuses the mail (552 5.3.4) and so may be soft-bounced (reply.h). */
+static int mark_syntax_error(int ret, struct status *st_r)
+{
+	if (ret < 0 && st_r->code != 552)
+		status_mark_protocol(st_r);
+	return ret;
+}
+
+int envelope_parse_mail(const char *arg, uint64_t max_size, struct address *from_r,
+			struct mail_params *params_r, struct status *st_r)
+{
+	return mark_syntax_error(parse_mail(arg, max_size, from_r, params_r, st_r), st_r);
+}
+
+int envelope_parse_rcpt(const char *arg, bool utf8, struct address *to_r,
+			struct rcpt_params *params_r, struct status *st_r)
+{
+	return mark_syntax_error(parse_rcpt(arg, utf8, to_r, params_r, st_r), st_r);
 }

@@ -362,7 +362,7 @@ static void log_refusal(struct session *s, const char *stage, const char *rcpt, 
 static void rcpt_refuse(struct session *s, const char *rcpt, const struct backend_instance *backend,
 			struct status *st)
 {
-	reply_policy_final(s->tx->cfg, backend, st);
+	reply_for_recipient(s->tx->cfg, backend, rcpt, NULL, st);
 	reply_status(s, st);
 	log_refusal(s, "rcpt", rcpt, NULL, backend, st);
 }
@@ -429,8 +429,8 @@ static void reply_all_recipients(struct session *s, int code, const char *enhanc
 
 	for (size_t i = 0; i < tx->rcpt_count; i++) {
 		struct status st;
-		status_make(&st, code, enhanced, "<%s> %s [%s]", tx->rcpts[i].rcpt, text, tx->id);
-		reply_policy_final(tx->cfg, NULL, &st);
+		status_make(&st, code, enhanced, "%s", text);
+		reply_for_recipient(tx->cfg, NULL, tx->rcpts[i].rcpt, tx->id, &st);
 		reply_status(s, &st);
 		log_refusal(s, "data", tx->rcpts[i].rcpt, NULL, NULL, &st);
 	}
@@ -717,8 +717,7 @@ static void rcpt_check(struct session *s, const struct recipient *r, size_t from
 		struct backend_runtime *br = tx->rt->backends[r->rule->targets[k]];
 		if (dispatch_backend_down(br)) {
 			/* Circuit breaker open: say so now instead of after DATA. */
-			status_must(&st, 451, "4.4.1", "<%s> backend %s temporarily unavailable", r->rcpt,
-				    b->name);
+			status_must(&st, 451, "4.4.1", "backend %s temporarily unavailable", b->name);
 			rcpt_refuse(s, r->rcpt, b, &st);
 			return;
 		}
@@ -741,7 +740,7 @@ static void rcpt_check(struct session *s, const struct recipient *r, size_t from
 		size_t cap = tx->rcpt_cap ? tx->rcpt_cap * 2 : 8;
 		struct recipient *n = realloc(tx->rcpts, cap * sizeof(*n));
 		if (n == NULL) {
-			status_must(&st, 452, "4.3.0", "<%s> Local error in processing", r->rcpt);
+			status_must(&st, 452, "4.3.0", "Local error in processing");
 			rcpt_refuse(s, r->rcpt, NULL, &st);
 			return;
 		}
@@ -774,7 +773,7 @@ static void cmd_rcpt(struct session *s, char *args)
 	}
 	r.rule = recipient_route(&r, tx->cfg);
 	if (r.rule == NULL) {
-		status_must(&st, 550, "5.1.1", "<%s> User unknown (no route)", r.rcpt);
+		status_must(&st, 550, "5.1.1", "User unknown (no route)");
 		rcpt_refuse(s, r.rcpt, NULL, &st);
 		return;
 	}

@@ -100,6 +100,7 @@ static void sanitize_text(char *text)
 static void set_internal_error(struct status *st)
 {
 	st->code = 451;
+	st->kind = STATUS_KIND_MAIL;
 	memcpy(st->enhanced, "4.3.0", sizeof("4.3.0"));
 	memcpy(st->text, "internal error", sizeof("internal error"));
 }
@@ -112,6 +113,7 @@ int status_vmake(struct status *st, int code, const char *enhanced, const char *
 		return -1;
 	}
 	st->code = code;
+	st->kind = STATUS_KIND_MAIL;
 	if (enhanced == NULL) {
 		st->enhanced[0] = '\0';
 	} else {

@@ -47,21 +47,18 @@ cut:
 	out[o < max ? o : max - 1] = '\0';
 }
 
-void webhook_map_http(long code, const char *retry_after, const char *text, const char *rcpt,
-		      const char *ref, struct status *st)
+void webhook_map_http(long code, const char *retry_after, const char *text, const char *ref,
+		      struct status *st)
 {
-	char who[ADDRESS_PATH_MAX + 4] = "";
 	char ra[48] = "";
 
-	if (rcpt != NULL)
-		snprintf(who, sizeof(who), "<%s> ", rcpt);
 	if (text != NULL && text[0] == '\0')
 		text = NULL;
 	if (code >= 200 && code <= 299) {
 		if (text != NULL)
-			status_make(st, 250, "2.0.0", "%s%s (%s)", who, text, ref ? ref : "");
+			status_make(st, 250, "2.0.0", "%s (%s)", text, ref ? ref : "");
 		else
-			status_make(st, 250, "2.0.0", "%saccepted by webhook (%s)", who,
+			status_make(st, 250, "2.0.0", "accepted by webhook (%s)",
 				    ref ? ref : "");
 		return;
 	}
@@ -72,25 +69,25 @@ void webhook_map_http(long code, const char *retry_after, const char *text, cons
 	case 410:
 	case 422:
 		def = "refused by webhook";
-		status_make(st, 550, "5.0.0", "%s%s (HTTP %ld)", who, text ? text : def, code);
+		status_make(st, 550, "5.0.0", "%s (HTTP %ld)", text ? text : def, code);
 		return;
 	case 413:
-		status_make(st, 552, "5.3.4", "%s%s (HTTP 413)", who,
+		status_make(st, 552, "5.3.4", "%s (HTTP 413)",
 			    text ? text : "message too big for webhook");
 		return;
 	case 401:
 	case 403:
-		status_make(st, 451, "4.7.0", "%s%s (HTTP %ld)", who,
+		status_make(st, 451, "4.7.0", "%s (HTTP %ld)",
 			    text ? text : "webhook refused our credentials", code);
 		return;
 	case 429:
 		if (retry_after != NULL)
 			webhook_sanitize_text(retry_after, strlen(retry_after), ra, sizeof(ra));
-		status_make(st, 451, "4.4.5", "%s%s (HTTP 429%s%s)", who,
+		status_make(st, 451, "4.4.5", "%s (HTTP 429%s%s)",
 			    text ? text : "webhook busy", ra[0] ? ", retry after " : "", ra);
 		return;
 	default:
-		status_make(st, 451, "4.3.0", "%s%s (HTTP %ld)", who,
+		status_make(st, 451, "4.3.0", "%s (HTTP %ld)",
 			    text ? text : "webhook temporarily failed", code);
 		return;
 	}
@@ -153,10 +150,9 @@ static int map_result(json_t *entry, long http_status, const char *rcpt, const c
 	if (!status_valid((int)code, enh))
 		return -1;
 	if (code < 300)
-		return status_make(st, (int)code, enh, "<%s> %s (%s)", rcpt,
+		return status_make(st, (int)code, enh, "%s (%s)",
 				   text[0] ? text : "accepted by webhook", ref ? ref : "");
-	return status_make(st, (int)code, enh, "<%s> %s", rcpt,
-			   text[0] ? text : "refused by webhook");
+	return status_make(st, (int)code, enh, "%s", text[0] ? text : "refused by webhook");
 }
 
 static bool rcpt_equal(const char *given, const char *rcpt)
@@ -202,17 +198,15 @@ static void map_rcpt_results(const struct webhook_answer *a, json_t *results, co
 	char esc[LOG_ESC_SIZE];
 	if (found == 0) {
 		status_make(st, 451, "4.3.0",
-			    "<%s> webhook answer (HTTP %ld) has no result for this recipient", rcpt,
+			    "webhook answer (HTTP %ld) has no result for this recipient",
 			    a->http_status);
 	} else if (invalid) {
-		status_make(st, 451, "4.3.0", "<%s> webhook result invalid (HTTP %ld)", rcpt,
-			    a->http_status);
+		status_make(st, 451, "4.3.0", "webhook result invalid (HTTP %ld)", a->http_status);
 	} else if (contradiction) {
 		log_warn("backend=%s event=webhook_results_contradict id=%s rcpt=<%s> entries=%zu",
 			 a->backend ? a->backend : "-", a->ref ? a->ref : "-", log_esc(esc, rcpt),
 			 found);
-		status_make(st, 451, "4.3.0",
-			    "<%s> webhook results contradict each other (HTTP %ld)", rcpt,
+		status_make(st, 451, "4.3.0", "webhook results contradict each other (HTTP %ld)",
 			    a->http_status);
 	} else {
 		if (differs)
@@ -229,8 +223,8 @@ static void map_results(const struct webhook_answer *a, json_t *results,
 {
 	if (!json_is_array(results)) {
 		for (size_t i = 0; i < count; i++)
-			status_make(&st[i], 451, "4.3.0", "<%s> webhook results malformed (HTTP %ld)",
-				    rcpts[i], a->http_status);
+			status_make(&st[i], 451, "4.3.0", "webhook results malformed (HTTP %ld)",
+				    a->http_status);
 		return;
 	}
 	for (size_t i = 0; i < count; i++)
@@ -266,8 +260,8 @@ void webhook_map_answer(const struct webhook_answer *a, const char *const *rcpts
 							 &err);
 		if (root == NULL) {
 			for (size_t i = 0; i < count; i++)
-				status_make(&st[i], 451, "4.3.0", "<%s> webhook answer (HTTP %ld) %s",
-					    rcpts[i], a->http_status,
+				status_make(&st[i], 451, "4.3.0", "webhook answer (HTTP %ld) %s",
+					    a->http_status,
 					    a->truncated ? "too large" : "is not valid JSON");
 			return;
 		}
@@ -286,6 +280,6 @@ void webhook_map_answer(const struct webhook_answer *a, const char *const *rcpts
 		webhook_sanitize_text(a->body, a->body_len, text, sizeof(text));
 	}
 	for (size_t i = 0; i < count; i++)
-		webhook_map_http(a->http_status, a->retry_after, text, rcpts[i], a->ref, &st[i]);
+		webhook_map_http(a->http_status, a->retry_after, text, a->ref, &st[i]);
 }
 

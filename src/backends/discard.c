@@ -19,8 +19,7 @@ static void discard_deliver(void *state, const struct delivery *delivery, struct
 			    size_t count)
 {
 	for (size_t i = 0; i < count; i++) {
-		status_must(&targets[i].status, 250, "2.0.0", "<%s> discarded (not stored)",
-			    targets[i].rcpt->rcpt);
+		status_must(&targets[i].status, 250, "2.0.0", "discarded (not stored)");
 		format(targets[i].ref, sizeof(targets[i].ref), "discarded");
 	}
 }

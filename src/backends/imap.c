@@ -565,18 +565,6 @@ static bool folder_refused(const struct imap_append_result *res)
 	return true;
 }
 
-/* Replies name the recipient, like every other driver's: "<rcpt> text". */
-static void name_recipient(struct target *t)
-{
-	struct status named;
-
-	if (t->status.text[0] == '<')
-		return;
-	if (status_make(&named, t->status.code, t->status.enhanced, "<%s> %s", t->rcpt->rcpt,
-			t->status.text) == 0)
-		t->status = named;
-}
-
 /* What goes before the spooled message: trace, Delivered-To and, with dedupe, X-Lmtpgw-Id
  * (its value in id, else id is ""). */
 static size_t build_prefix(struct imap_state *st, const struct delivery *d, struct target *t,
@@ -652,7 +640,6 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 	if (conn == NULL) {
 		conn = connect_as(st, identity, deadline, &t->status, reason, sizeof(reason));
 		if (conn == NULL) {
-			name_recipient(t);
 			snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
 			return;
 		}
@@ -665,16 +652,14 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 					 sizeof(reason)) == 1) {
 			/* The earlier attempt did store it: do not store it twice. */
 			uncertain_set(st, id, false);
-			status_must(&t->status, 250, "2.0.0", "<%s> already stored (%s uid %u)",
-				    t->rcpt->rcpt, st->name, uid);
+			status_must(&t->status, 250, "2.0.0", "already stored (%s uid %u)", st->name, uid);
 			snprintf(t->ref, sizeof(t->ref), "user=%s folder=%s uid=%u dedupe=found", user,
 				 folder, uid);
 			pool_give(st, conn);
 			return;
 		}
 		if (imapconn_broken(conn)) {
-			status_must(&t->status, 451, "4.4.2", "<%s> Connection to IMAP server lost",
-				    t->rcpt->rcpt);
+			status_must(&t->status, 451, "4.4.2", "Connection to IMAP server lost");
 			snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
 			pool_give(st, conn);
 			return;
@@ -698,7 +683,6 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 		conn = connect_as(st, identity, deadline, &t->status, reason, sizeof(reason));
 		if (conn == NULL) {
 			spool_view_release(&view);
-			name_recipient(t);
 			snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
 			return;
 		}
@@ -767,10 +751,9 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 		uncertain_set(st, id, r < 0 && imapconn_broken(conn));
 	}
 	if (r < 0) {
-		name_recipient(t);
 		snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
 	} else {
-		status_must(&t->status, 250, "2.0.0", "<%s> stored (%s uid %u/%u)", t->rcpt->rcpt,
+		status_must(&t->status, 250, "2.0.0", "stored (%s uid %u/%u)",
 			    st->name, res.uidvalidity, res.uid);
 		snprintf(t->ref, sizeof(t->ref), "user=%s folder=%s uid=%u/%u%s%s", user, folder,
 			 res.uidvalidity, res.uid, refused[0] ? " refused_folder=" : "", refused);
@@ -839,7 +822,6 @@ static bool run_batch(struct imap_state *st, const char *identity, const char *f
 		for (struct append_waiter *w = batch; w != NULL; w = w->next) {
 			w->t->status = failure;
 			w->t->same_failure = w != batch; /* one refused connection */
-			name_recipient(w->t);
 			snprintf(w->t->ref, sizeof(w->t->ref), "user=%s %s", w->user, reason);
 		}
 		/* lost: unreachable, timed out, cut (4.4.x); a refused login is an answer */
@@ -881,14 +863,13 @@ static bool run_batch(struct imap_state *st, const char *identity, const char *f
 	for (struct append_waiter *w = batch; w != NULL; w = w->next, i++) {
 		struct target *t = w->t;
 		if (r == 0) {
-			status_must(&t->status, 250, "2.0.0", "<%s> stored (%s uid %u/%u)",
-				    t->rcpt->rcpt, st->name, res.uidvalidity, items[i].uid);
+			status_must(&t->status, 250, "2.0.0", "stored (%s uid %u/%u)", st->name,
+				    res.uidvalidity, items[i].uid);
 			snprintf(t->ref, sizeof(t->ref), "user=%s folder=%s uid=%u/%u batch=%zu",
 				 w->user, folder, res.uidvalidity, items[i].uid, count);
 		} else if (lost) {
 			t->status = failure;
 			t->same_failure = i > 0; /* one lost connection, one failure for the breaker */
-			name_recipient(t);
 			snprintf(t->ref, sizeof(t->ref), "user=%s %s", w->user, reason);
 		} else {
 			w->fallback = true;
@@ -1055,16 +1036,14 @@ static void deliver_one(struct imap_state *st, const struct delivery *d, struct 
 
 	if (detail_refused && !st->set.fallback_to_inbox) {
 		/* This address can never name a folder: a bounce, not retries for days. */
-		status_must(&t->status, 550, "5.1.1", "<%s> +detail not usable as an IMAP folder name",
-			    t->rcpt->rcpt);
+		status_must(&t->status, 550, "5.1.1", "+detail not usable as an IMAP folder name");
 		snprintf(t->ref, sizeof(t->ref), "detail refused");
 		return;
 	}
 	if (resolved < 0 ||
 	    template_expand(st->user_tmpl, &t->vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0 ||
 	    user[0] == '\0') {
-		status_must(&t->status, 451, "4.3.0", "<%s> cannot resolve IMAP user or folder",
-			    t->rcpt->rcpt);
+		status_must(&t->status, 451, "4.3.0", "cannot resolve IMAP user or folder");
 		snprintf(t->ref, sizeof(t->ref), "template");
 		return;
 	}
@@ -1184,7 +1163,7 @@ static int imap_verify(void *state, const struct recipient *rcpt, struct status 
 	if (cached) {
 		if (exists)
 			return 0;
-		status_must(st_r, 550, "5.1.1", "<%s> no such IMAP user", rcpt->rcpt);
+		status_must(st_r, 550, "5.1.1", "no such IMAP user");
 		return -1;
 	}
 	int64_t deadline = imap_deadline_after((int)st->set.timeout);
@@ -1215,11 +1194,7 @@ static int imap_verify(void *state, const struct recipient *rcpt, struct status 
 	pthread_mutex_unlock(&st->lock);
 	if (exists)
 		return 0;
-	/* The login mapping names the IMAP user; the reply names the recipient. */
-	const char *text = status.text;
-	if (text[0] == '<' && strstr(text, "> ") != NULL)
-		text = strstr(text, "> ") + 2;
-	status_make(st_r, status.code, status.enhanced, "<%s> %s", rcpt->rcpt, text);
+	*st_r = status; /* bare: the session names the recipient (reply.h) */
 	return -1;
 }
 

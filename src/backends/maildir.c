@@ -381,7 +381,7 @@ static void deliver_one(struct maildir_state *st, const struct delivery *d, stru
 	int fd;
 
 	if (target_dir(st, t, dir, sizeof(dir), &error) < 0) {
-		status_must(&t->status, 451, "4.3.0", "<%s> cannot resolve mailbox path", t->rcpt->rcpt);
+		status_must(&t->status, 451, "4.3.0", "cannot resolve mailbox path");
 		snprintf(t->ref, sizeof(t->ref), "error=%s", error);
 		return;
 	}
@@ -434,7 +434,7 @@ static void deliver_one(struct maildir_state *st, const struct delivery *d, stru
 		snprintf(t->ref, sizeof(t->ref), "file=%s", new_path);
 		return;
 	}
-	status_must(&t->status, 250, "2.0.0", "<%s> stored (%s %s)", t->rcpt->rcpt, st->name, base);
+	status_must(&t->status, 250, "2.0.0", "stored (%s %s)", st->name, base);
 	snprintf(t->ref, sizeof(t->ref), "%s", new_path);
 }
 
@@ -468,7 +468,7 @@ static int link_one(struct maildir_state *st, struct target *t, const char *sour
 		snprintf(t->ref, sizeof(t->ref), "file=%s", new_path);
 		return 0;
 	}
-	status_must(&t->status, 250, "2.0.0", "<%s> stored (%s %s)", t->rcpt->rcpt, st->name, base);
+	status_must(&t->status, 250, "2.0.0", "stored (%s %s)", st->name, base);
 	snprintf(t->ref, sizeof(t->ref), "%s", new_path);
 	return 0;
 }
@@ -589,7 +589,7 @@ static int maildir_verify(void *state, const struct recipient *rcpt, struct stat
 		return 0;
 	strcat(dir, "/new");
 	if (stat(dir, &sb) < 0 && errno == ENOENT) {
-		status_must(st_r, 550, "5.1.1", "<%s> no such mailbox", rcpt->rcpt);
+		status_must(st_r, 550, "5.1.1", "no such mailbox");
 		return -1;
 	}
 	return 0;

@@ -376,14 +376,14 @@ static int put_single(struct s3_state *st, const char *key, struct spool_reader 
 	return m;
 }
 
+/* The same failure for every target of this object: one request, one event for the breaker. */
 static void fail_all(struct target *targets, size_t count, const struct status *st,
 		     const char *key, const char *reason)
 {
-	for (size_t i = 0; i < count; i++) {
-		targets[i].status = *st;
-		targets[i].same_failure = i > 0; /* one failed request: one event for the breaker */
-		snprintf(targets[i].ref, sizeof(targets[i].ref), "%s key=%s", reason, key);
-	}
+	char ref[sizeof(targets[0].ref)];
+
+	snprintf(ref, sizeof(ref), "%s key=%s", reason, key);
+	backend_fail_targets(targets, count, st, ref);
 }
 
 /* Store one object for targets[0..count) (all recipients in message mode, one otherwise). */
@@ -479,11 +479,10 @@ static void store_object(struct s3_state *st, const struct delivery *d, struct t
 	for (size_t i = 0; i < count; i++) {
 		struct target *t = &targets[i];
 		if (res.existed)
-			status_must(&t->status, 250, "2.0.0", "<%s> already stored (%s)",
-				    t->rcpt->rcpt, st->name);
+			status_must(&t->status, 250, "2.0.0", "already stored (%s)", st->name);
 		else
-			status_must(&t->status, 250, "2.0.0", "<%s> stored (%s etag %.40s)",
-				    t->rcpt->rcpt, st->name, res.etag[0] ? res.etag : "-");
+			status_must(&t->status, 250, "2.0.0", "stored (%s etag %.40s)", st->name,
+				    res.etag[0] ? res.etag : "-");
 		snprintf(t->ref, sizeof(t->ref), "key=%s etag=%s%s%s%s", key,
 			 res.etag[0] ? res.etag : "-", res.version[0] ? " version=" : "",
 			 res.version, res.existed ? " already-stored" : "");

@@ -362,14 +362,15 @@ static void header_safe(const char *in, char *out, size_t size)
 	out[o] = '\0';
 }
 
+/* One local failure for the whole request (ref says what, for the log). */
 static void fail_all(struct target **tg, size_t n, const char *ref, int code, const char *enh,
 		     const char *what)
 {
-	for (size_t i = 0; i < n; i++) {
-		if (status_make(&tg[i]->status, code, enh, "<%s> %s", tg[i]->rcpt->rcpt, what) < 0)
-			status_must(&tg[i]->status, 451, "4.3.0", "Local error in processing");
-		snprintf(tg[i]->ref, sizeof(tg[i]->ref), "%s", ref);
-	}
+	struct status st;
+
+	if (status_make(&st, code, enh, "%s", what) < 0)
+		status_must(&st, 451, "4.3.0", "Local error in processing");
+	backend_fail_group(tg, n, &st, ref);
 }
 
 /* The webhook-signature value over exactly the bytes sent, into sig ("" without secrets). */
@@ -450,13 +451,9 @@ static void post_request(struct webhook_state *st, struct target **tg, size_t n,
 		char esc[LOG_ESC_SIZE];
 		log_warn("backend=%s event=webhook_failed id=%s error=\"%s\"", st->name, id,
 			 log_esc(esc, reason));
-		for (size_t i = 0; i < n; i++) {
-			tg[i]->status = transport;
-			tg[i]->same_failure = i > 0; /* one failed request: one event for the breaker */
-			status_make(&tg[i]->status, transport.code, transport.enhanced, "<%s> %s",
-				    rcpts[i], transport.text);
-			snprintf(tg[i]->ref, sizeof(tg[i]->ref), "id=%s", id);
-		}
+		char ref[sizeof(tg[0]->ref)];
+		snprintf(ref, sizeof(ref), "id=%s", id);
+		backend_fail_group(tg, n, &transport, ref); /* one request: one breaker event */
 		return;
 	}
 	/* A reference for the log and the 2xx text: the receiver's id when it gives one. */
@@ -552,8 +549,7 @@ static void webhook_deliver(void *state, const struct delivery *d, struct target
 		const char *error;
 		if (template_expand(st->url, &targets[i].vars, TEMPLATE_URL, urls[i], sizeof(urls[i]),
 				    &error) < 0) {
-			status_must(&targets[i].status, 451, "4.3.0",
-				    "<%s> cannot build the webhook URL", targets[i].rcpt->rcpt);
+			status_must(&targets[i].status, 451, "4.3.0", "cannot build the webhook URL");
 			snprintf(targets[i].ref, sizeof(targets[i].ref), "url: %s", error);
 			done[i] = true;
 		}

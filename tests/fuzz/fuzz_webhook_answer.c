@@ -85,8 +85,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 
 	struct status one;
-	webhook_map_http(http, a.retry_after, body, (flags & 1) ? NULL : "x@example.test", a.ref,
-			 &one);
+	webhook_map_http(http, a.retry_after, body, a.ref, &one);
 	check_status(&one, http);
 
 	char text[WEBHOOK_TEXT_MAX + 1];

@@ -65,7 +65,7 @@ def test_rcpt_refusals_logged_with_delivery_fields():
         l = one_line(lines, "ghost@strict.test")
         assert ' result=permfail reply="550 5.1.1 ' in l and l.endswith(" backend=strict"), l
         l = one_line(lines, "carol@example.test")
-        assert ' result=tempfail reply="452 4.5.3 Too many recipients"' in l, l
+        assert ' result=tempfail reply="452 4.5.3 <carol@example.test> Too many recipients"' in l, l
         bad = [l for l in lines if " arg=" in l]
         assert len(bad) == 1 and 'arg="TO:<no-brackets"' in bad[0], lines
         assert ' result=permfail reply="501 ' in bad[0], bad

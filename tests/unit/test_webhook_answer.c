@@ -41,7 +41,8 @@ Test(webhook_answer, http_status_table)
 		map(rows[i].http, NULL, NULL, &st, 1, rcpts);
 		cr_assert_eq(st.code, rows[i].code, "HTTP %ld -> %d", rows[i].http, st.code);
 		cr_assert_str_eq(st.enhanced, rows[i].enhanced, "HTTP %ld", rows[i].http);
-		cr_assert(strstr(st.text, "<a@x.test>") != NULL, "%s", st.text);
+		/* bare: the recipient is named when the reply is built (reply.h) */
+		cr_assert(strstr(st.text, "a@x.test") == NULL, "%s", st.text);
 	}
 }
 
@@ -172,7 +173,7 @@ Test(webhook_answer, text_plain_body_is_the_reply_text)
 	map(422, "text/plain; charset=us-ascii", "mailbox\r\n  disabled\x01\xff by policy\n", &st,
 	    1, rcpts);
 	cr_assert_eq(st.code, 550);
-	cr_assert(strstr(st.text, "<a@x.test> mailbox disabled by policy") != NULL, "%s", st.text);
+	cr_assert(strncmp(st.text, "mailbox disabled by policy", 26) == 0, "%s", st.text);
 	memset(body, 'x', sizeof(body) - 1);
 	body[sizeof(body) - 1] = '\0';
 	map(503, "text/plain", body, &st, 1, rcpts);
