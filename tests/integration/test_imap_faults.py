@@ -1,5 +1,5 @@
 """The imap backend when the real Dovecot (tests/integration/dovecot.py) misbehaves between and
-during deliveries (issue 13, item 8): pooled connections the server killed or closed are
+during deliveries (docs/reliability.md, "The second attack", case 8): pooled connections the server killed or closed are
 replaced without failing a delivery, and a stalled server costs a delivery one timeout, not
 one per step.
 """

@@ -1,5 +1,5 @@
 """
-Maildir durability of new mailboxes (issue 13, item 4): a directory lmtpgw creates (the user's
+Maildir durability of new mailboxes (docs/reliability.md, "The second attack", case 4): a directory lmtpgw creates (the user's
 Maildir, the path above it, a Maildir++ folder, tmp/ new/ cur/) exists after a crash only once
 its parent directory was fsynced after the mkdir. Otherwise a crash right after the first 250
 into a new mailbox can lose the mailbox and the message in it.

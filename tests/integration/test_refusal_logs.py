@@ -1,5 +1,5 @@
 """
-Every refused recipient has a log line (issue 13, item 10), with the delivery line's fields:
+Every refused recipient has a log line (docs/reliability.md, "The second attack", case 10), with the delivery line's fields:
 
     event=refused stage=rcpt session= tx= client= from=<> rcpt=<> result= reply="..." [backend=]
 

@@ -1,5 +1,5 @@
 """
-Slow clients cannot hold a connection (issue 13, item 3): a command line must be complete
+Slow clients cannot hold a connection (docs/reliability.md, "The second attack", case 3): a command line must be complete
 within timeout_command of the previous line or reply however its bytes trickle in; a DATA or
 BDAT phase has a deadline that data extends only at min_data_rate; and one client address can
 hold at most max_connections_per_client connections, except trusted_networks and unix sockets.

@@ -1,4 +1,4 @@
-"""Webhook (and shared HTTP layer) faults found by the adversarial run of issue 13:
+"""Webhook (and shared HTTP layer) faults found by the second adversarial run (docs/reliability.md, "The second attack"):
 
 - an answer cut inside its header block, or a body cut short of its framing, is no 2xx
   (451 4.4.2), for the webhook and for S3 PUTs (both go through src/http.c);

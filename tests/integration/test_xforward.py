@@ -1,5 +1,5 @@
 """
-XFORWARD only from trusted peers (issue 13, item 11): with xforward = true, only clients in
+XFORWARD only from trusted peers (docs/reliability.md, "The second attack", case 11): with xforward = true, only clients in
 trusted_networks and unix socket peers are offered XFORWARD and may send it; anyone else is not
 offered it and gets 550 5.7.0 (as Postfix's smtpd_authorized_xforward_hosts). The delivery line
 always names the real peer as client=, and what XFORWARD said as xforward_client= beside it.

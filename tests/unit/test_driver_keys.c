@@ -1,6 +1,7 @@
 /* The enum keys of the drivers' key tables (webhook format/mode; s3 addressing, mode, sse,
- * object_lock_mode): another word is refused when the configuration is read, naming the
- * allowed ones (conftable's CONF_ENUM), and the defaults are the documented words. */
+ * object_lock_mode; imap login_mode, master_format): another word is refused when the
+ * configuration is read, naming the allowed ones (conftable's CONF_ENUM), and the defaults are
+ * the documented words. */
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,10 @@ static const struct enum_case {
 	{ "s3", "object_lock_mode", "none", NULL },
 	{ "s3", "addressing", "path", NULL },
 	{ "s3", "mode", "message", NULL },
+	{ "imap", "login_mode", "admin", "'login_mode' must be one of: master, user, shared" },
+	{ "imap", "master_format", "proxy", "'master_format' must be one of: auto, sasl, dovecot" },
+	{ "imap", "login_mode", "master", NULL },
+	{ "imap", "master_format", "auto", NULL },
 };
 
 Test(driver_keys, enums)
