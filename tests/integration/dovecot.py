@@ -32,7 +32,6 @@ own session; stop() sends SIGTERM to that master PID and to every process of the
 by session id and by the process title "dovecot-<instance_name>/...": children outlive the master),
 SIGKILL as the fallback. No other Dovecot on the machine is touched. python3 stdlib only.
 """
-import atexit
 import collections
 import datetime
 import grp
@@ -49,6 +48,8 @@ import subprocess
 import tempfile
 import time
 
+import servers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEMPLATE = os.path.join(ROOT, "contrib", "test-servers", "dovecot", "dovecot.conf.in")
 
@@ -59,7 +60,8 @@ TEST_USER = "lmtpgw-test"
 
 Message = collections.namedtuple("Message", "uid raw flags internaldate internaldate_text")
 
-_live = []                                  # running servers (kill_all() stops leftovers)
+_live = servers.Running()   # instances still running: stopped at exit or by harness.kill_all()
+kill_all = _live.stop_all
 
 
 class DovecotError(Exception):
@@ -79,18 +81,6 @@ def find_dovecot(path=None):
                            "dovecot-imapd (and dovecot-lmtpd for lmtp=True); `make check` "
                            "installs it" % (path or "dovecot in /usr/sbin or PATH"))
     return path
-
-
-def kill_all():
-    """Stop every DovecotServer still running (after a test timed out)."""
-    for s in list(_live):
-        try:
-            s.stop()
-        except Exception:
-            pass
-
-
-atexit.register(kill_all)
 
 
 def free_port(host="127.0.0.1"):
@@ -438,24 +428,9 @@ class DovecotServer:
         self.pid = self.proc.pid
         _live.append(self)
         deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise DovecotError("dovecot exited with status %s at start:\n%s" %
-                                   (self.proc.returncode, self._diagnostics()))
-            try:
-                with socket.create_connection((self.host, self.imap_port), timeout=1) as s:
-                    s.settimeout(2)
-                    greeting = s.recv(1024)
-                if greeting.startswith(b"* OK"):
-                    self.greeting = greeting.decode("utf-8", "replace").strip()
-                    break
-                raise DovecotError("unexpected IMAP greeting %r" % greeting)
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise DovecotError("dovecot did not answer on 127.0.0.1:%d within %.0f s:\n%s" %
-                                   (self.imap_port, self.start_timeout, self._diagnostics()))
-            time.sleep(0.01)
+        self.greeting = servers.wait_imap_greeting(
+            self.proc, self.host, self.imap_port, self.start_timeout, DovecotError, "dovecot",
+            self._diagnostics, interval=0.01)
         if self.lmtp:
             while not os.path.exists(self.lmtp_socket):
                 if time.monotonic() > deadline:
@@ -506,8 +481,7 @@ class DovecotServer:
         5 s to shut down by itself) at once to every other process of this instance -- after a
         lone SIGTERM the master takes ~1 s and its children linger ~9 s more. SIGKILL whatever is
         left after 2 s. Then remove the temp dir (if we created it)."""
-        if self in _live:
-            _live.remove(self)
+        _live.discard(self)
         if self.proc is not None:
             pids = self.processes()
             if self.proc.poll() is None:

@@ -1,0 +1,61 @@
+"""
+servers - what the test-server modules (cyrus, dovecot, opensmtpd, postfix, s3server) share.
+
+    _live = servers.Running()          # module level: the instances of this kind still running
+    kill_all = _live.stop_all          # harness.kill_all() calls module.kill_all() by name
+    _live.append(self) / _live.discard(self)   # in start() / stop()
+
+    greeting = servers.wait_imap_greeting(proc, host, port, timeout, DovecotError, "dovecot",
+                                          diagnostics)
+
+python3 stdlib only.
+"""
+import atexit
+import socket
+import time
+
+
+class Running(list):
+    """The servers of one kind still running. stop_all() stops each (errors ignored): after a
+    test timed out (harness.kill_all) and at interpreter exit, so no server outlives the run."""
+
+    def __init__(self):
+        super().__init__()
+        atexit.register(self.stop_all)
+
+    def discard(self, server):
+        if server in self:
+            self.remove(server)
+
+    def stop_all(self):
+        for s in list(self):
+            try:
+                s.stop()
+            except Exception:
+                pass
+
+
+def wait_imap_greeting(proc, host, port, timeout, error, name, diagnostics, read_timeout=2.0,
+                       interval=0.05):
+    """Poll until the IMAP server proc listens on host:port and greets with "* OK"; return the
+    greeting line. Raise error(...) with diagnostics() if proc exits first or timeout (s) passes.
+    A connection refused or a greeting other than "* OK" (still starting) is retried."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        if proc.poll() is not None:
+            raise error("%s exited with status %s at start:\n%s" %
+                        (name, proc.returncode, diagnostics()))
+        try:
+            with socket.create_connection((host, port), timeout=1) as s:
+                s.settimeout(read_timeout)
+                greeting = s.recv(1024)
+            if greeting.startswith(b"* OK"):
+                return greeting.decode("utf-8", "replace").strip()
+            last = greeting
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise error("%s did not answer on %s:%d within %.0f s (last greeting %r):\n%s" % (
+                name, host, port, timeout, last, diagnostics()))
+        time.sleep(interval)
