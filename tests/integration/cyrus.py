@@ -50,27 +50,6 @@ class CyrusError(Exception):
     """Cyrus could not be started, or a helper's IMAP command failed."""
 
 
-def _pids():
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _session(pid):
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            s = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    return int(s[s.rindex(")") + 2:].split()[3])
-
-
-def _cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
 class CyrusServer:
     def __init__(self, users=None, quotas=None, mailboxes=None, start_timeout=20.0):
         self.users = dict(DEFAULT_USERS if users is None else users)
@@ -222,8 +201,9 @@ class CyrusServer:
             return []
         conf = self.conf_path.encode()
         found = []
-        for pid in _pids():
-            if _session(pid) == self.proc.pid or conf in _cmdline(pid):
+        for pid in servers.all_pids():
+            st = servers.proc_stat(pid)
+            if (st is not None and st[1] == self.proc.pid) or conf in servers.proc_cmdline(pid):
                 found.append(pid)
         return found
 
@@ -233,10 +213,7 @@ class CyrusServer:
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 for pid in set(self.processes()) | ({self.proc.pid}
                                                     if self.proc.poll() is None else set()):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
+                    servers.signal_pid(pid, sig)
                 deadline = time.monotonic() + 2.0
                 while time.monotonic() < deadline and (self.proc.poll() is None or
                                                        self.processes()):

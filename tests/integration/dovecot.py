@@ -157,36 +157,6 @@ def _mail_owner():
     return pw.pw_name, pw.pw_uid, pw.pw_gid, grp.getgrgid(pw.pw_gid).gr_name
 
 
-def _proc_stat(pid):
-    """(ppid, session id, start time) of pid from /proc, or None."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            s = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = s[s.rindex(")") + 2:].split()
-    return int(fields[1]), int(fields[3]), int(fields[19])
-
-
-def _proc_cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def _kill(pid, sig):
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _pids():
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
 def _is_dovecot(pid):
     try:
         exe = os.readlink("/proc/%d/exe" % pid)
@@ -453,13 +423,13 @@ class DovecotServer:
         found = []
         title = ("dovecot-%s/" % self.instance_name).encode()
         conf = self.conf_path.encode()
-        for pid in _pids():
+        for pid in servers.all_pids():
             if pid == os.getpid():
                 continue
-            st = _proc_stat(pid)
+            st = servers.proc_stat(pid)
             if st is None or not _is_dovecot(pid):
                 continue
-            cmd = _proc_cmdline(pid)
+            cmd = servers.proc_cmdline(pid)
             if (self.pid is not None and (pid == self.pid or st[1] == self.pid)) \
                     or cmd.startswith(title) or (b"\0" + conf + b"\0") in cmd:
                 found.append(pid)
@@ -470,7 +440,7 @@ class DovecotServer:
         those serving user (from the verbose process title "[user 127.0.0.1 ...]")."""
         out = []
         for pid in self.processes():
-            cmd = _proc_cmdline(pid).decode("utf-8", "replace")
+            cmd = servers.proc_cmdline(pid).decode("utf-8", "replace")
             m = re.match(r"dovecot-[^/]*/(\S+)(?: \[(\S*))?", cmd)
             if m and m.group(1) == service and (user is None or m.group(2) == user):
                 out.append(pid)
@@ -485,7 +455,7 @@ class DovecotServer:
         if self.proc is not None:
             pids = self.processes()
             if self.proc.poll() is None:
-                _kill(self.proc.pid, signal.SIGTERM)
+                servers.signal_pid(self.proc.pid, signal.SIGTERM)
                 if graceful:
                     try:
                         self.proc.wait(5)
@@ -497,7 +467,7 @@ class DovecotServer:
                 if not left:
                     break
                 for pid in left:
-                    _kill(pid, sig)
+                    servers.signal_pid(pid, sig)
                 deadline = time.monotonic() + 2.0
                 while time.monotonic() < deadline and self.processes():
                     time.sleep(0.01)

@@ -144,26 +144,20 @@ class OpenSmtpd:
         ns = _mnt_ns(self.proc.pid)
         if ns is None or ns == _mnt_ns(os.getpid()):
             return [self.proc.pid] if self.proc.poll() is None else []
-        return [int(p) for p in os.listdir("/proc") if p.isdigit() and _mnt_ns(int(p)) == ns]
+        return [p for p in servers.all_pids() if _mnt_ns(p) == ns]
 
     def stop(self):
         _live.discard(self)
         if self.proc is not None:
             pids = self.namespace_pids()
             if self.proc.poll() is None:
-                try:
-                    os.kill(self.proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                servers.signal_pid(self.proc.pid, signal.SIGTERM)
                 try:
                     self.proc.wait(5)
                 except subprocess.TimeoutExpired:
                     pass
             for pid in set(pids) | set(self.namespace_pids()):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                servers.signal_pid(pid, signal.SIGKILL)
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:

@@ -289,10 +289,7 @@ class PostfixServer:
             if not pids:
                 return
             for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+                servers.signal_pid(pid, sig)
             deadline = time.time() + 3
             while time.time() < deadline and self.processes():
                 time.sleep(0.05)

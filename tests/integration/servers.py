@@ -8,9 +8,13 @@ servers - what the test-server modules (cyrus, dovecot, opensmtpd, postfix, s3se
     greeting = servers.wait_imap_greeting(proc, host, port, timeout, DovecotError, "dovecot",
                                           diagnostics)
 
+    servers.all_pids(), servers.proc_stat(pid), servers.proc_cmdline(pid)   # /proc, for stop()
+    servers.signal_pid(pid, sig)       # os.kill that ignores a process already gone
+
 python3 stdlib only.
 """
 import atexit
+import os
 import socket
 import time
 
@@ -59,3 +63,36 @@ def wait_imap_greeting(proc, host, port, timeout, error, name, diagnostics, read
             raise error("%s did not answer on %s:%d within %.0f s (last greeting %r):\n%s" % (
                 name, host, port, timeout, last, diagnostics()))
         time.sleep(interval)
+
+
+def all_pids():
+    """Every process id on the machine (from /proc)."""
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def signal_pid(pid, sig):
+    """os.kill that ignores a process already gone (stop() races the process's own exit)."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def proc_stat(pid):
+    """(ppid, session id, start time) of pid from /proc, or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            s = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = s[s.rindex(")") + 2:].split()
+    return int(fields[1]), int(fields[3]), int(fields[19])
+
+
+def proc_cmdline(pid):
+    """The NUL-separated command line of pid, or b"" (gone, or a kernel thread)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
