@@ -22,20 +22,19 @@ Cyrus logs only to syslog; nothing here reads it. stop() sends SIGTERM to the ma
 process of its session (children run imapd with our config path in their command line), SIGKILL
 after 2 s. python3 stdlib only.
 """
-import atexit
 import email
 import imaplib
 import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
 import time
 
 import debpkg
+import servers
 from dovecot import free_port, make_ca, make_server_cert
 
 PACKAGES = ["cyrus-imapd", "cyrus-common", "libical3", "libxapian30", "libzephyr4", "sasl2-bin"]
@@ -43,43 +42,12 @@ DEFAULT_USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
 DEFAULT_QUOTAS = {"carol": 64}              # user -> STORAGE quota in KiB
 SERVERNAME = "cyrus.test"
 
-_live = []
+_live = servers.Running()   # instances still running: stopped at exit or by harness.kill_all()
+kill_all = _live.stop_all
 
 
 class CyrusError(Exception):
     """Cyrus could not be started, or a helper's IMAP command failed."""
-
-
-def kill_all():
-    for s in list(_live):
-        try:
-            s.stop()
-        except Exception:
-            pass
-
-
-atexit.register(kill_all)
-
-
-def _pids():
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _session(pid):
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            s = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    return int(s[s.rindex(")") + 2:].split()[3])
-
-
-def _cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 class CyrusServer:
@@ -213,26 +181,11 @@ class CyrusServer:
         finally:
             err.close()
         _live.append(self)
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise CyrusError("cyrus master exited with status %s at start: %s" %
-                                 (self.proc.returncode, self._diagnostics()))
-            try:
-                with socket.create_connection((self.host, self.imap_port), timeout=1) as s:
-                    s.settimeout(5)
-                    greeting = s.recv(1024)
-                if greeting.startswith(b"* OK"):
-                    self.greeting = greeting.decode("utf-8", "replace").strip()
-                    m = re.search(r"Cyrus IMAP (\d+\.\d+\.\d+)", self.greeting)
-                    self.version = m.group(1) if m else None
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise CyrusError("cyrus did not answer on %s:%d within %.0f s: %s" % (
-                    self.host, self.imap_port, self.start_timeout, self._diagnostics()))
-            time.sleep(0.05)
+        self.greeting = servers.wait_imap_greeting(
+            self.proc, self.host, self.imap_port, self.start_timeout, CyrusError, "cyrus master",
+            self._diagnostics, read_timeout=5)
+        m = re.search(r"Cyrus IMAP (\d+\.\d+\.\d+)", self.greeting)
+        self.version = m.group(1) if m else None
 
     def _diagnostics(self):
         try:
@@ -248,22 +201,19 @@ class CyrusServer:
             return []
         conf = self.conf_path.encode()
         found = []
-        for pid in _pids():
-            if _session(pid) == self.proc.pid or conf in _cmdline(pid):
+        for pid in servers.all_pids():
+            st = servers.proc_stat(pid)
+            if (st is not None and st[1] == self.proc.pid) or conf in servers.proc_cmdline(pid):
                 found.append(pid)
         return found
 
     def stop(self, remove=True):
-        if self in _live:
-            _live.remove(self)
+        _live.discard(self)
         if self.proc is not None:
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 for pid in set(self.processes()) | ({self.proc.pid}
                                                     if self.proc.poll() is None else set()):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
+                    servers.signal_pid(pid, sig)
                 deadline = time.monotonic() + 2.0
                 while time.monotonic() < deadline and (self.proc.poll() is None or
                                                        self.processes()):

@@ -32,7 +32,6 @@ own session; stop() sends SIGTERM to that master PID and to every process of the
 by session id and by the process title "dovecot-<instance_name>/...": children outlive the master),
 SIGKILL as the fallback. No other Dovecot on the machine is touched. python3 stdlib only.
 """
-import atexit
 import collections
 import datetime
 import grp
@@ -49,6 +48,8 @@ import subprocess
 import tempfile
 import time
 
+import servers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEMPLATE = os.path.join(ROOT, "contrib", "test-servers", "dovecot", "dovecot.conf.in")
 
@@ -59,7 +60,8 @@ TEST_USER = "lmtpgw-test"
 
 Message = collections.namedtuple("Message", "uid raw flags internaldate internaldate_text")
 
-_live = []                                  # running servers (kill_all() stops leftovers)
+_live = servers.Running()   # instances still running: stopped at exit or by harness.kill_all()
+kill_all = _live.stop_all
 
 
 class DovecotError(Exception):
@@ -79,18 +81,6 @@ def find_dovecot(path=None):
                            "dovecot-imapd (and dovecot-lmtpd for lmtp=True); `make check` "
                            "installs it" % (path or "dovecot in /usr/sbin or PATH"))
     return path
-
-
-def kill_all():
-    """Stop every DovecotServer still running (after a test timed out)."""
-    for s in list(_live):
-        try:
-            s.stop()
-        except Exception:
-            pass
-
-
-atexit.register(kill_all)
 
 
 def free_port(host="127.0.0.1"):
@@ -165,36 +155,6 @@ def _mail_owner():
         except KeyError:
             pw = pwd.getpwnam("nobody")
     return pw.pw_name, pw.pw_uid, pw.pw_gid, grp.getgrgid(pw.pw_gid).gr_name
-
-
-def _proc_stat(pid):
-    """(ppid, session id, start time) of pid from /proc, or None."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            s = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = s[s.rindex(")") + 2:].split()
-    return int(fields[1]), int(fields[3]), int(fields[19])
-
-
-def _proc_cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def _kill(pid, sig):
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _pids():
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
 def _is_dovecot(pid):
@@ -438,24 +398,9 @@ class DovecotServer:
         self.pid = self.proc.pid
         _live.append(self)
         deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise DovecotError("dovecot exited with status %s at start:\n%s" %
-                                   (self.proc.returncode, self._diagnostics()))
-            try:
-                with socket.create_connection((self.host, self.imap_port), timeout=1) as s:
-                    s.settimeout(2)
-                    greeting = s.recv(1024)
-                if greeting.startswith(b"* OK"):
-                    self.greeting = greeting.decode("utf-8", "replace").strip()
-                    break
-                raise DovecotError("unexpected IMAP greeting %r" % greeting)
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise DovecotError("dovecot did not answer on 127.0.0.1:%d within %.0f s:\n%s" %
-                                   (self.imap_port, self.start_timeout, self._diagnostics()))
-            time.sleep(0.01)
+        self.greeting = servers.wait_imap_greeting(
+            self.proc, self.host, self.imap_port, self.start_timeout, DovecotError, "dovecot",
+            self._diagnostics, interval=0.01)
         if self.lmtp:
             while not os.path.exists(self.lmtp_socket):
                 if time.monotonic() > deadline:
@@ -478,13 +423,13 @@ class DovecotServer:
         found = []
         title = ("dovecot-%s/" % self.instance_name).encode()
         conf = self.conf_path.encode()
-        for pid in _pids():
+        for pid in servers.all_pids():
             if pid == os.getpid():
                 continue
-            st = _proc_stat(pid)
+            st = servers.proc_stat(pid)
             if st is None or not _is_dovecot(pid):
                 continue
-            cmd = _proc_cmdline(pid)
+            cmd = servers.proc_cmdline(pid)
             if (self.pid is not None and (pid == self.pid or st[1] == self.pid)) \
                     or cmd.startswith(title) or (b"\0" + conf + b"\0") in cmd:
                 found.append(pid)
@@ -495,7 +440,7 @@ class DovecotServer:
         those serving user (from the verbose process title "[user 127.0.0.1 ...]")."""
         out = []
         for pid in self.processes():
-            cmd = _proc_cmdline(pid).decode("utf-8", "replace")
+            cmd = servers.proc_cmdline(pid).decode("utf-8", "replace")
             m = re.match(r"dovecot-[^/]*/(\S+)(?: \[(\S*))?", cmd)
             if m and m.group(1) == service and (user is None or m.group(2) == user):
                 out.append(pid)
@@ -506,12 +451,11 @@ class DovecotServer:
         5 s to shut down by itself) at once to every other process of this instance -- after a
         lone SIGTERM the master takes ~1 s and its children linger ~9 s more. SIGKILL whatever is
         left after 2 s. Then remove the temp dir (if we created it)."""
-        if self in _live:
-            _live.remove(self)
+        _live.discard(self)
         if self.proc is not None:
             pids = self.processes()
             if self.proc.poll() is None:
-                _kill(self.proc.pid, signal.SIGTERM)
+                servers.signal_pid(self.proc.pid, signal.SIGTERM)
                 if graceful:
                     try:
                         self.proc.wait(5)
@@ -523,7 +467,7 @@ class DovecotServer:
                 if not left:
                     break
                 for pid in left:
-                    _kill(pid, sig)
+                    servers.signal_pid(pid, sig)
                 deadline = time.monotonic() + 2.0
                 while time.monotonic() < deadline and self.processes():
                     time.sleep(0.01)

@@ -18,7 +18,6 @@ system users opensmtpd and opensmtpq (created when missing). smtpctl runs in the
 namespace (nsenter -m -t PID), from a cached copy that is setgid opensmtpq as packaged. stop() sends SIGTERM to smtpd by PID, then SIGKILL to whatever
 of its namespace is left. Requires root. python3 stdlib only.
 """
-import atexit
 import os
 import shutil
 import signal
@@ -28,25 +27,16 @@ import tempfile
 import time
 
 import debpkg
+import servers
 from dovecot import free_port
 
 PACKAGES = ["opensmtpd"]
-_live = []
+_live = servers.Running()   # instances still running: stopped at exit or by harness.kill_all()
+kill_all = _live.stop_all
 
 
 class OpenSmtpdError(Exception):
     pass
-
-
-def kill_all():
-    for s in list(_live):
-        try:
-            s.stop()
-        except Exception:
-            pass
-
-
-atexit.register(kill_all)
 
 
 def _mnt_ns(pid):
@@ -154,27 +144,20 @@ class OpenSmtpd:
         ns = _mnt_ns(self.proc.pid)
         if ns is None or ns == _mnt_ns(os.getpid()):
             return [self.proc.pid] if self.proc.poll() is None else []
-        return [int(p) for p in os.listdir("/proc") if p.isdigit() and _mnt_ns(int(p)) == ns]
+        return [p for p in servers.all_pids() if _mnt_ns(p) == ns]
 
     def stop(self):
-        if self in _live:
-            _live.remove(self)
+        _live.discard(self)
         if self.proc is not None:
             pids = self.namespace_pids()
             if self.proc.poll() is None:
-                try:
-                    os.kill(self.proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                servers.signal_pid(self.proc.pid, signal.SIGTERM)
                 try:
                     self.proc.wait(5)
                 except subprocess.TimeoutExpired:
                     pass
             for pid in set(pids) | set(self.namespace_pids()):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                servers.signal_pid(pid, signal.SIGKILL)
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:

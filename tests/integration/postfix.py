@@ -27,7 +27,6 @@ empty, so nothing is delivered locally. No DNS: smtp/lmtp_dns_support_level = di
 Stopping: `postfix -c etc stop`, then SIGTERM/SIGKILL by PID to every process whose environment
 has MAIL_CONFIG=<our etc/> or whose cwd is our queue dir. python3 stdlib only.
 """
-import atexit
 import json
 import os
 import re
@@ -39,10 +38,13 @@ import subprocess
 import tempfile
 import time
 
+import servers
+
 SBIN = "/usr/sbin"
 DAEMON_DIR = "/usr/lib/postfix/sbin"
 
-_live = []
+_live = servers.Running()   # instances still running: stopped at exit or by harness.kill_all()
+kill_all = _live.stop_all
 
 
 class PostfixError(Exception):
@@ -66,17 +68,6 @@ def find_postfix():
         grp.getgrnam("postdrop")
     except KeyError as e:
         raise PostfixError("the postfix user or postdrop group is missing: %s" % e)
-
-
-def kill_all():
-    for pf in list(_live):
-        try:
-            pf.stop()
-        except Exception:
-            pass
-
-
-atexit.register(kill_all)      # harness.kill_all() does not know this module: stop leftovers at exit
 
 
 def free_port(host="127.0.0.1"):
@@ -298,10 +289,7 @@ class PostfixServer:
             if not pids:
                 return
             for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+                servers.signal_pid(pid, sig)
             deadline = time.time() + 3
             while time.time() < deadline and self.processes():
                 time.sleep(0.05)
@@ -314,8 +302,7 @@ class PostfixServer:
             except Exception:
                 pass
         self._kill_leftovers()
-        if self in _live:
-            _live.remove(self)
+        _live.discard(self)
         if remove and os.environ.get("LMTPGW_KEEP_TMP") is None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
 

@@ -19,7 +19,6 @@ Needs node and contrib/test-servers/s3/node_modules (`make check` runs the npm s
 `cd contrib/test-servers/s3 && npm ci`); raises S3Unavailable otherwise (harness.start_s3server turns it into a RealServerMissing skip).
 python3 stdlib only.
 """
-import atexit
 import http.client
 import json
 import os
@@ -32,29 +31,20 @@ import tempfile
 import time
 import urllib.parse
 
+import servers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FRONT_DIR = os.path.join(ROOT, "contrib", "test-servers", "s3")
 
 ACCESS_KEY = "AKIDLMTPGWTEST"
 SECRET_KEY = "lmtpgw-test-secret-0123456789abcdefABCDEF"
 
-_live = []
+_live = servers.Running()   # instances still running: stopped at exit or by harness.kill_all()
+kill_all = _live.stop_all
 
 
 class S3Unavailable(Exception):
     """node or the npm modules are missing."""
-
-
-def kill_all():
-    """Stop every server still running (a timed-out test leaves its server behind)."""
-    for s in list(_live):
-        try:
-            s.stop()
-        except Exception:
-            pass
-
-
-atexit.register(kill_all)
 
 
 class S3Server:
@@ -128,8 +118,7 @@ class S3Server:
             self.proc.stdin.close()
             self.proc = None
             self._log.close()
-        if self in _live:
-            _live.remove(self)
+        _live.discard(self)
         if self.dir and os.environ.get("LMTPGW_KEEP_TMP") is None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None

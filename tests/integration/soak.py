@@ -69,6 +69,10 @@ def content(sid, size):
         (b"y" * 78 + b"\r\n") * (size // 80)
 
 
+# What RequestFaultProxy does with bytes it read (see pump in _serve).
+FORWARD, SWALLOW, STOP = "forward", "swallow", "stop"
+
+
 def _rst(sock):
     """Cut the connection now. shutdown() first: a close() alone does not end a connection
     while another thread is blocked in recv() on it (the kernel keeps the socket until that
@@ -160,10 +164,13 @@ class RequestFaultProxy:
             _rst(client)
             _rst(server)
 
-        def upstream():                  # client -> server: requests
+        def pump(src, dst, forward):
+            """Copy src to dst until either side closes or the connection is killed; nothing
+            moves while stalled. forward(data), called under lock, decides: FORWARD, SWALLOW
+            (nothing of it goes on) or STOP (it killed the connection)."""
             try:
                 while True:
-                    data = client.recv(65536)
+                    data = src.recv(65536)
                     if not data:
                         break
                     with lock:
@@ -171,67 +178,59 @@ class RequestFaultProxy:
                             break
                         if st["stalled"]:
                             continue     # swallowed: the client must time out
-                        if st["awaiting"]:
-                            st["awaiting"] = False
-                            if st["fault"] is not None:   # the last one never took effect
-                                self._unfired(st["fault"])
-                            st["fault"] = self._new_request()
-                            st["sent"] = 0
-                        fault = st["fault"]
-                        if fault is not None and fault[0] in ("reset", "stall") and \
-                                st["sent"] + len(data) > fault[1]:
-                            keep = fault[1] - st["sent"]
-                            if keep > 0:
-                                server.sendall(data[:keep])
-                            with self.lock:
-                                self.fired[fault[0]] += 1
-                            st["fault"] = None
-                            if fault[0] == "reset":
-                                kill()
-                                break
-                            st["stalled"] = True
-                            continue
-                        st["sent"] += len(data)
-                    server.sendall(data)
-            except OSError:
-                pass
-            with lock:
-                if not st["dead"]:
-                    kill()
-
-        def downstream():                # server -> client: answers
-            try:
-                while True:
-                    data = server.recv(65536)
-                    if not data:
+                        verdict = forward(data)
+                    if verdict is STOP:
                         break
-                    with lock:
-                        if st["dead"]:
-                            break
-                        if st["stalled"]:
-                            continue
-                        fault = st["fault"]
-                        if not st["awaiting"] and fault is not None and fault[0] == "drop_reply":
-                            with self.lock:
-                                self.fired["drop_reply"] += 1
-                            st["fault"] = None
-                            kill()
-                            break
-                        if not st["awaiting"] and fault is not None:
-                            # an armed reset/stall whose request was shorter than its cut
-                            self._unfired(fault)
-                            st["fault"] = None
-                        st["awaiting"] = True
-                    client.sendall(data)
+                    if verdict is FORWARD:
+                        dst.sendall(data)
             except OSError:
                 pass
             with lock:
                 if not st["dead"]:
                     kill()
 
-        t = threading.Thread(target=downstream, daemon=True)
+        def request(data):               # client -> server
+            if st["awaiting"]:
+                st["awaiting"] = False
+                if st["fault"] is not None:   # the last one never took effect
+                    self._unfired(st["fault"])
+                st["fault"] = self._new_request()
+                st["sent"] = 0
+            fault = st["fault"]
+            if fault is not None and fault[0] in ("reset", "stall") and \
+                    st["sent"] + len(data) > fault[1]:
+                keep = fault[1] - st["sent"]
+                if keep > 0:
+                    server.sendall(data[:keep])
+                with self.lock:
+                    self.fired[fault[0]] += 1
+                st["fault"] = None
+                if fault[0] == "reset":
+                    kill()
+                    return STOP
+                st["stalled"] = True
+                return SWALLOW
+            st["sent"] += len(data)
+            return FORWARD
+
+        def answer(data):                # server -> client
+            fault = st["fault"]
+            if not st["awaiting"] and fault is not None and fault[0] == "drop_reply":
+                with self.lock:
+                    self.fired["drop_reply"] += 1
+                st["fault"] = None
+                kill()
+                return STOP
+            if not st["awaiting"] and fault is not None:
+                # an armed reset/stall whose request was shorter than its cut
+                self._unfired(fault)
+                st["fault"] = None
+            st["awaiting"] = True
+            return FORWARD
+
+        t = threading.Thread(target=pump, args=(server, client, answer), daemon=True)
         t.start()
-        upstream()
+        pump(client, server, request)
         t.join()
 
     def close(self):

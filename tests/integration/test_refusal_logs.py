@@ -13,6 +13,7 @@ import os
 import re
 
 from harness import Lmtpgw, Skip, cstr, expect, free_port
+from test_reliability import imap_backend, make_gateway
 
 STRICT_ROUTE = ("*@strict.test", ["strict"])
 
@@ -105,15 +106,8 @@ def test_refused_after_data_logged_per_recipient():
 
 def test_breaker_refusal_logged():
     port = free_port()                      # nothing listens there: connection refused
-    gw = Lmtpgw(routes=[("down@example.test", ["down"]), ("*@example.test", ["local"])])
-    pw = os.path.join(gw.dir, "imap.pw")
-    with open(pw, "w") as f:
-        f.write("secret\n")
-    os.chmod(pw, 0o600)
-    gw.backends = ('down: { driver = "imap"; url = %s; allow_plaintext = true; login = "m"; '
-                   'password_file = %s; breaker_failures = 1; breaker_cooloff = "60s"; };'
-                   % (cstr("imap://127.0.0.1:%d" % port), cstr(pw)))
-    gw.write_config()
+    gw = make_gateway(imap_backend("down", port, 'breaker_failures = 1; breaker_cooloff = "60s";'),
+                      {}, [("down@example.test", ["down"]), ("*@example.test", ["local"])])
     with gw:
         with gw.session() as c:
             expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")

@@ -98,20 +98,37 @@ def test_delivery_deadline_answers_451_447_and_spares_healthy_backends():
         stall.close()
 
 
-def test_circuit_breaker_refuses_at_rcpt_after_failures():
+def breaker_gateway():
+    """A gateway whose backend "down" (a refused port) opens its breaker after 2 failures, for
+    60 s; down@example.test goes there, every other address to maildir "local"."""
     port = free_port()  # nothing listens there: connection refused
-    gw = make_gateway(imap_backend("down", port, 'breaker_failures = 2; breaker_cooloff = "60s";'),
-                      {}, [("down@example.test", ["down"]), ("*@example.test", ["local"])])
+    return make_gateway(imap_backend("down", port, 'breaker_failures = 2; breaker_cooloff = "60s";'),
+                        {}, [("down@example.test", ["down"]), ("*@example.test", ["local"])])
+
+
+def trip_breaker(c):
+    """Two failed deliveries to down@example.test in session c: breaker_gateway's breaker opens."""
+    for _ in range(2):
+        _, replies = send(c, ["down@example.test"])
+        expect(replies[0], 451, "4.4.1")
+
+
+def expect_refused_at_rcpt(c):
+    """The open breaker refuses down@example.test at RCPT (451 4.4.1), without waiting for DATA;
+    the transaction (MAIL FROM) stays open."""
+    expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+    rep = c.cmd("RCPT TO:<down@example.test>")
+    expect(rep, 451, "4.4.1")
+    assert "temporarily unavailable" in str(rep), rep
+
+
+def test_circuit_breaker_refuses_at_rcpt_after_failures():
+    gw = breaker_gateway()
     with gw:
         with gw.session() as c:
-            for _ in range(2):
-                _, replies = send(c, ["down@example.test"])
-                expect(replies[0], 451, "4.4.1")
+            trip_breaker(c)
             # Now the breaker is open: refused at RCPT, without waiting for DATA.
-            expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
-            rep = c.cmd("RCPT TO:<down@example.test>")
-            expect(rep, 451, "4.4.1")
-            assert "temporarily unavailable" in str(rep), rep
+            expect_refused_at_rcpt(c)
             # Other routes are unaffected in the same transaction.
             expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
             expect(c.cmd("DATA"), 354)

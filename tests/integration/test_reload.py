@@ -10,7 +10,7 @@ import signal
 from harness import expect
 
 from test_imap import DOMAIN, dovecot, dovecot_log, gateway, imap_backend, logins, message, transaction
-from test_reliability import free_port, make_gateway, imap_backend as down_backend, send
+from test_reliability import breaker_gateway, expect_refused_at_rcpt, trip_breaker
 
 
 def reload(gw):
@@ -72,21 +72,14 @@ def test_reload_rotated_secret_file_reopens_backend():
 
 
 def test_reload_keeps_open_breaker_open():
-    port = free_port()  # nothing listens there: connection refused
-    gw = make_gateway(down_backend("down", port, 'breaker_failures = 2; breaker_cooloff = "60s";'),
-                      {}, [("down@example.test", ["down"]), ("*@example.test", ["local"])])
+    gw = breaker_gateway()
     with gw:
         with gw.session() as c:
-            for _ in range(2):
-                _, replies = send(c, ["down@example.test"])
-                expect(replies[0], 451, "4.4.1")
+            trip_breaker(c)
         gw.wait_log(r"event=backend_down backend=down")
         reload(gw)
         with gw.session() as c:
-            expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
-            rep = c.cmd("RCPT TO:<down@example.test>")
-            expect(rep, 451, "4.4.1")
-            assert "temporarily unavailable" in str(rep), rep
+            expect_refused_at_rcpt(c)
         # A changed backend starts with a closed breaker.
         gw.backends = gw.backends.replace('breaker_cooloff = "60s"', 'breaker_cooloff = "59s"')
         gw.write_config()

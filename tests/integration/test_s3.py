@@ -59,6 +59,15 @@ def transaction(c, rcpts, content, sender=SENDER):
     return c.replies(len(rcpts))
 
 
+def deliver(gw, code, enhanced, rcpts, content, sender=SENDER):
+    """One transaction in a session of its own; its (first) reply must be code enhanced.
+    Returns that reply."""
+    with gw.session() as c:
+        r = transaction(c, rcpts, content, sender)[0]
+        expect(r, code, enhanced)
+    return r
+
+
 def message(subject="test", body=b"hello\r\n", size=None):
     head = b"From: <%s>\r\nTo: <x@%s>\r\nSubject: %s\r\nMessage-ID: <%s@t>\r\n\r\n" % (
         SENDER.encode(), DOMAIN.encode(), subject.encode(), subject.encode())
@@ -207,11 +216,8 @@ def test_later_transaction_with_the_same_content_records_its_recipients():
         content = message("split")
         key = hashlib.sha256(content).hexdigest() + ".eml"
         alice, bcc = "alice@" + DOMAIN, "bcc-audit@" + DOMAIN
-        with gw.session() as c:
-            expect(transaction(c, [alice], content)[0], 250, "2.0.0")
-        with gw.session() as c:
-            r = transaction(c, [bcc], content)[0]
-        expect(r, 250, "2.0.0")
+        deliver(gw, 250, "2.0.0", [alice], content)
+        r = deliver(gw, 250, "2.0.0", [bcc], content)
         assert "already stored" in r.text, r
         objs, _ = objects(s3)
         assert objs == [key], s3.keys()
@@ -229,15 +235,13 @@ def test_later_transaction_with_the_same_content_records_its_recipients():
         keys_before = s3.keys()
 
         # The MTA retries transaction 2 (say its reply was lost): no second manifest.
-        with gw.session() as c:
-            expect(transaction(c, [bcc], content)[0], 250, "2.0.0")
+        deliver(gw, 250, "2.0.0", [bcc], content)
         assert s3.keys() == keys_before, s3.keys()
         assert [q["status"] for q in manifest_puts(s3)] == [200, 200, 412], manifest_puts(s3)
         assert all(q["headers"].get("if-none-match") == "*" for q in manifest_puts(s3))
 
         # The same content and recipient from another sender is another envelope.
-        with gw.session() as c:
-            expect(transaction(c, [bcc], content, sender="other@remote.test")[0], 250, "2.0.0")
+        deliver(gw, 250, "2.0.0", [bcc], content, sender="other@remote.test")
         by_object = manifests_by_object(s3)
         assert sorted(m["mail_from"]["address"] for m in by_object[key]
                       if m["targets"] == [bcc]) == ["other@remote.test", SENDER], by_object
@@ -251,15 +255,12 @@ def test_manifest_of_a_later_transaction_is_stored_before_its_250():
         content = message("manifest-fails")
         key = hashlib.sha256(content).hexdigest() + ".eml"
         alice, carol = "alice@" + DOMAIN, "carol@" + DOMAIN
-        with gw.session() as c:
-            expect(transaction(c, [alice], content)[0], 250, "2.0.0")
+        deliver(gw, 250, "2.0.0", [alice], content)
         s3.fail(count=1, status=500, code="InternalError", match=".manifests/")
-        with gw.session() as c:
-            expect(transaction(c, [carol], content)[0], 451, "4.3.0")
+        deliver(gw, 451, "4.3.0", [carol], content)
         assert named(manifests_by_object(s3).get(key, [])) == [alice], s3.keys()
         assert gw.grep(r"event=s3_error op=\"?PUT manifest"), gw.log()[-1500:]
-        with gw.session() as c:
-            expect(transaction(c, [carol], content)[0], 250, "2.0.0")
+        deliver(gw, 250, "2.0.0", [carol], content)
         assert named(manifests_by_object(s3)[key]) == [alice, carol], s3.keys()
         assert objects(s3)[0] == [key], s3.keys()
 
@@ -276,8 +277,7 @@ def test_key_without_sha256_that_exists_is_refused_not_overwritten():
 
 def test_wrong_secret_is_451_470_and_never_logged():
     with s3server() as s3, gateway(s3, secret="not-the-secret-XYZ") as gw:
-        with gw.session() as c:
-            expect(transaction(c, ["a@%s" % DOMAIN], message("bad"))[0], 451, "4.7.0")
+        deliver(gw, 451, "4.7.0", ["a@%s" % DOMAIN], message("bad"))
         assert s3.keys() == []
         assert gw.grep(r"code=SignatureDoesNotMatch"), gw.log()[-1500:]
         assert "not-the-secret-XYZ" not in gw.log()
@@ -286,8 +286,7 @@ def test_wrong_secret_is_451_470_and_never_logged():
 
 def test_missing_bucket_is_451_430():
     with s3server() as s3, gateway(s3, bucket="no-such-bucket") as gw:
-        with gw.session() as c:
-            expect(transaction(c, ["a@%s" % DOMAIN], message("nb"))[0], 451, "4.3.0")
+        deliver(gw, 451, "4.3.0", ["a@%s" % DOMAIN], message("nb"))
         assert gw.grep(r"code=NoSuchBucket"), gw.log()[-1500:]
 
 
@@ -309,8 +308,7 @@ def test_server_down_is_451_441():
     with s3server() as s3:
         port = free_port()
         with gateway(s3, endpoint="http://127.0.0.1:%d" % port) as gw:
-            with gw.session() as c:
-                expect(transaction(c, ["a@%s" % DOMAIN], message("down"))[0], 451, "4.4.1")
+            deliver(gw, 451, "4.4.1", ["a@%s" % DOMAIN], message("down"))
 
 
 def test_connection_cut_mid_upload_is_4xx_and_stores_nothing():
@@ -372,8 +370,7 @@ def test_object_lock_encryption_class_and_tags_are_sent():
     with s3server() as s3, gateway(s3, object_lock_mode="COMPLIANCE", retention_days=2555,
                                    legal_hold=True, sse="AES256", storage_class="STANDARD_IA",
                                    tags=["archive=mail", "team=legal ops"]) as gw:
-        with gw.session() as c:
-            expect(transaction(c, ["a@%s" % DOMAIN], message("lock"))[0], 250, "2.0.0")
+        deliver(gw, 250, "2.0.0", ["a@%s" % DOMAIN], message("lock"))
         put = [q for q in s3.requests() if q["method"] == "PUT" and q["url"].endswith(".eml")][0]
         h = put["headers"]
         assert h.get("x-amz-object-lock-mode") == "COMPLIANCE", h
@@ -398,8 +395,7 @@ def test_object_lock_encryption_class_and_tags_are_sent():
 def test_object_lock_refused_by_the_bucket_is_451_430_with_a_clear_log_line():
     with s3server() as s3, gateway(s3, object_lock_mode="GOVERNANCE", retention_days=30) as gw:
         s3.nolock(True)
-        with gw.session() as c:
-            expect(transaction(c, ["a@%s" % DOMAIN], message("nolock"))[0], 451, "4.3.0")
+        deliver(gw, 451, "4.3.0", ["a@%s" % DOMAIN], message("nolock"))
         assert gw.grep(r"event=s3_object_lock_refused .*Object Lock"), gw.log()[-1500:]
         assert s3.keys() == []
 

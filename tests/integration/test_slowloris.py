@@ -7,6 +7,7 @@ hold at most max_connections_per_client connections, except trusted_networks and
 Two loopback addresses play two clients: 127.0.0.1 and 127.0.0.2 (Linux routes all of
 127.0.0.0/8 to lo, so a client socket bound to 127.0.0.2 connects to a 127.0.0.1 listener).
 """
+import itertools
 import os
 import re
 import socket
@@ -33,24 +34,30 @@ def answered(c, wait):
         c.sock.settimeout(10 * SLOW)
 
 
-def drip(c, data, interval, limit):
-    """Send data one byte every interval seconds (never a newline unless data has one) until the
+def send_until_answered(c, chunks, interval, limit):
+    """Send the next of chunks every interval seconds (once they run out, only wait) until the
     server answers or closes, or limit seconds pass. Returns (reply or None, seconds)."""
     t0 = time.time()
-    i = 0
+    chunks = iter(chunks)
     while time.time() - t0 < limit:
-        if i < len(data):
+        chunk = next(chunks, None)
+        if chunk is not None:
             try:
-                c.send(data[i:i + 1])
+                c.send(chunk)
             except OSError:
                 break                             # closed under our feet: read what it said
-            i += 1
         if answered(c, interval):
             break
     elapsed = time.time() - t0
     if not c.buf:
         return None, elapsed
     return c.reply(), elapsed
+
+
+def drip(c, data, interval, limit):
+    """Send data one byte every interval seconds (never a newline unless data has one) until the
+    server answers or closes, or limit seconds pass. Returns (reply or None, seconds)."""
+    return send_until_answered(c, (data[i:i + 1] for i in range(len(data))), interval, limit)
 
 
 def connect_from(gw, source, greeting=True):
@@ -113,18 +120,9 @@ def test_slow_data_below_min_rate_closed_nothing_stored():
             expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
             expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
             expect(c.cmd("DATA"), 354)
-            t0 = time.time()
-            r = None
-            while time.time() - t0 < 15 * SLOW:
-                try:
-                    c.send(b"X-Slow: " + b"z" * 90 + b"\r\n")       # 100 bytes
-                except OSError:
-                    break
-                if answered(c, 0.5):
-                    break
-            elapsed = time.time() - t0
-            assert c.buf, "still connected after %.1f s of slow DATA" % elapsed
-            r = c.reply()
+            line = b"X-Slow: " + b"z" * 90 + b"\r\n"              # 100 bytes
+            r, elapsed = send_until_answered(c, itertools.repeat(line), 0.5, 15 * SLOW)
+            assert r is not None, "still connected after %.1f s of slow DATA" % elapsed
             expect(r, 421, "4.4.2")
             assert 2.0 <= elapsed <= 2.5 + 2 * SLOW, elapsed
         gw.wait_log(r"event=timeout phase=data .*min_data_rate=1000 stored=none")
@@ -138,17 +136,9 @@ def test_slow_bdat_chunk_closed_nothing_stored():
             expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
             expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
             c.send(b"BDAT 100000 LAST\r\n")
-            t0 = time.time()
-            while time.time() - t0 < 15 * SLOW:
-                try:
-                    c.send(b"b" * 100)
-                except OSError:
-                    break
-                if answered(c, 0.5):
-                    break
-            elapsed = time.time() - t0
-            assert c.buf, "still connected after %.1f s of slow BDAT" % elapsed
-            expect(c.reply(), 421, "4.4.2")
+            r, elapsed = send_until_answered(c, itertools.repeat(b"b" * 100), 0.5, 15 * SLOW)
+            assert r is not None, "still connected after %.1f s of slow BDAT" % elapsed
+            expect(r, 421, "4.4.2")
             assert elapsed <= 2.5 + 2 * SLOW, elapsed
         assert gw.all_files() == [], gw.all_files()
 
