@@ -25,13 +25,15 @@
 #include <time.h>
 
 #include "address.h"
-#include "config.h"
+#include "conftable.h"
 #include "recipient.h"
 #include "envelope.h"
 #include "router.h"
 #include "spool.h"
 #include "status.h"
 #include "template.h"
+
+struct config;
 
 /* The message as every target of one transaction sees it. Read-only for drivers. */
 struct delivery {

@@ -8,8 +8,10 @@
 #include "address.h"
 #include "envelope.h"
 
-struct config;
+#include <stdbool.h>
+
 struct route_rule;
+struct router;
 
 /* One accepted recipient of a transaction, with its address split for templates. */
 struct recipient {
@@ -24,8 +26,9 @@ struct recipient {
 };
 
 /* Fill a recipient's normalised forms from r->addr (quoted dot-strings unquoted, domain
- * lowercased, local part lowercased when configured, +detail split off) and route it: sets and
+ * lowercased, local part lowercased with lowercase_local_part, +detail split off at separator) and route it: sets and
  * returns r->rule, NULL when no route matches. Used at RCPT and by `lmtpgw route`. */
-const struct route_rule *recipient_route(struct recipient *r, const struct config *cfg);
+const struct route_rule *recipient_route(struct recipient *r, const struct router *router,
+					 bool lowercase_local_part, const char *separator);
 
 #endif

@@ -153,7 +153,8 @@ static int cmd_route(const struct runtime *rt, int argc, char **argv)
 			rc = 1;
 			continue;
 		}
-		if (recipient_route(&r, cfg) == NULL) {
+		if (recipient_route(&r, cfg->router, cfg->lowercase_local_part,
+				    cfg->subaddress_separator) == NULL) {
 			printf("%s: no route (550 5.1.1 at RCPT)\n", r.rcpt);
 			rc = 1;
 			continue;

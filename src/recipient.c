@@ -8,7 +8,6 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "config.h"
 #include "format.h"
 #include "router.h"
 
@@ -47,7 +46,8 @@ static void lowercase(char *p)
 		*p = (char)tolower((unsigned char)*p);
 }
 
-const struct route_rule *recipient_route(struct recipient *r, const struct config *cfg)
+const struct route_rule *recipient_route(struct recipient *r, const struct router *router,
+					 bool lowercase_local_part, const char *separator)
 {
 	char base[ADDRESS_PATH_MAX + 1];
 
@@ -55,12 +55,12 @@ const struct route_rule *recipient_route(struct recipient *r, const struct confi
 	unquote_local(r->addr.local, r->user, sizeof(r->user));
 	format(r->domain, sizeof(r->domain), "%s", r->addr.domain);
 	lowercase(r->domain);
-	if (cfg->lowercase_local_part)
+	if (lowercase_local_part)
 		lowercase(r->user);
 	struct address norm = r->addr;
 	format(norm.local, sizeof(norm.local), "%s", r->user);
 	format(norm.domain, sizeof(norm.domain), "%s", r->domain);
-	address_split_detail(&norm, cfg->subaddress_separator, r->local, sizeof(r->local),
+	address_split_detail(&norm, separator, r->local, sizeof(r->local),
 			     r->detail, sizeof(r->detail));
 	if (r->domain[0] != '\0') {
 		format(r->rcpt, sizeof(r->rcpt), "%s@%s", r->user, r->domain);
@@ -69,6 +69,6 @@ const struct route_rule *recipient_route(struct recipient *r, const struct confi
 		format(r->rcpt, sizeof(r->rcpt), "%s", r->user);
 		format(base, sizeof(base), "%s", r->local);
 	}
-	r->rule = router_match(cfg->router, r->rcpt, r->detail[0] ? base : NULL);
+	r->rule = router_match(router, r->rcpt, r->detail[0] ? base : NULL);
 	return r->rule;
 }

@@ -771,7 +771,8 @@ static void cmd_rcpt(struct session *s, char *args)
 		rcpt_refuse(s, given, NULL, &st);
 		return;
 	}
-	r.rule = recipient_route(&r, tx->cfg);
+	r.rule = recipient_route(&r, tx->cfg->router, tx->cfg->lowercase_local_part,
+				 tx->cfg->subaddress_separator);
 	if (r.rule == NULL) {
 		status_must(&st, 550, "5.1.1", "User unknown (no route)");
 		rcpt_refuse(s, r.rcpt, NULL, &st);
