@@ -73,6 +73,7 @@ struct conn {
 	bool batch;                     /* inside a batch: writes wait for its end */
 	bool eof;                       /* the client half-closed */
 	bool closing;                   /* conn_close() called: close once written */
+	bool output_paused;             /* the owner stopped on conn_output_full(): resume it */
 	size_t out_len;
 	char out[1024];                 /* bytes not yet written: one write per batch */
 	struct event *flush_event;      /* conn_batch_end(CONN_FLUSH_SOON); made when first used */
@@ -121,6 +122,15 @@ static inline bool conn_is_tls(const struct conn *c)
 {
 	return c->tls;
 }
+
+/* Replies the client has not taken reach CONN_OUTPUT_HIGH: the owner must stop making more
+ * (handle no further command) until the client reads. When this returns true, conn calls
+ * events->input again once the queued bytes are written, so the owner resumes where it
+ * stopped; its unread input meanwhile backs up to the input high-water mark and libevent stops
+ * reading. A client that pipelines commands and never reads its replies thus holds a bounded
+ * amount of memory until the write timeout closes it. */
+#define CONN_OUTPUT_HIGH (256 * 1024)
+bool conn_output_full(struct conn *c);
 
 /* Queue bytes for the client: written at once outside a batch, at the batch's end inside. */
 void conn_write(struct conn *c, const char *data, size_t len);

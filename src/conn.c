@@ -407,12 +407,26 @@ static void on_read(struct bufferevent *bev, void *arg)
 	c->events->input(c->owner);
 }
 
+bool conn_output_full(struct conn *c)
+{
+	if (c->out_len + unsent(c) < CONN_OUTPUT_HIGH)
+		return false;
+	c->output_paused = true;
+	return true;
+}
+
 static void on_write(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
 
-	if (!c->closing)
+	if (!c->closing) {
+		/* The write buffer drained: an owner that stopped on a full output goes on. */
+		if (c->output_paused) {
+			c->output_paused = false;
+			c->events->input(c->owner);
+		}
 		return;
+	}
 	if (unsent(c) == 0) {
 		c->events->closed(c->owner);
 		return;
@@ -448,7 +462,11 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		}
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		/* Only writes have an idle timeout: the client does not read our replies. */
+		/* Only writes have an idle timeout: the client does not read our replies. libevent
+		 * disabled writing on the timeout; enable it again, or the owner's last reply would
+		 * never be tried and no second timeout could ever free a connection whose client
+		 * stopped reading (it would hold its slot for good). */
+		bufferevent_enable(bev, EV_WRITE);
 		c->events->write_timeout(c->owner);
 		return;
 	}

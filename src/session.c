@@ -277,6 +277,12 @@ static void xforward_clear(struct xforward *xf)
  * a timeout, a half-close): the transaction and any XFORWARD given for the next one go. */
 static void session_reset_tx(struct session *s)
 {
+	/* A RCPT-time verification still running answers for this transaction only: it must not
+	 * call back into the next one, or into none (a write timeout while verifying). */
+	if (s->verify != NULL) {
+		dispatch_verify_detach(s->verify);
+		s->verify = NULL;
+	}
 	xforward_clear(&s->xforward_next);
 	tx_free(&s->tx);
 	if (s->state != STATE_FRESH && s->state != STATE_CLOSING)
@@ -687,10 +693,13 @@ static void rcpt_verified(void *ctx, int result, const struct status *st)
 {
 	struct session *s = ctx;
 	struct transaction *tx = s->tx;
+
+	s->verify = NULL;
+	if (tx == NULL || s->state != STATE_VERIFYING)
+		return; /* the transaction ended meanwhile (session_reset_tx detaches; be safe) */
 	const struct backend_instance *b =
 		&tx->cfg->backends[s->pending_rcpt.rule->targets[s->pending_k]];
 
-	s->verify = NULL;
 	s->state = STATE_MAIL;
 	timeouts_for_state(s);
 	if (result < 0) {
@@ -1297,6 +1306,10 @@ static void session_process(struct session *s, enum conn_flush at_end)
 			break;
 		if (evbuffer_get_length(in) == 0 && !(s->state == STATE_BDAT && s->tx->bdat_left == 0) &&
 		    !(reading_content(s) && conn_read_ahead(&s->conn, &read_share)))
+			break;
+		/* Memory stays bounded when a client pipelines commands and reads no replies: no
+		 * next command while its replies pile up (conn calls us again once they drain). */
+		if (!reading_content(s) && conn_output_full(&s->conn))
 			break;
 		bool progress;
 		if (s->state == STATE_DATA)

@@ -684,7 +684,8 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 		/* Nothing is created for an account that has no INBOX (see account_missing). */
 	} else if (r < 0 && res.trycreate && !imapconn_broken(conn)) {
 		char create_reason[300] = "";
-		int created = st->set.create_folders
+		/* Never CREATE INBOX, in any login mode: a missing INBOX is an account problem. */
+		int created = st->set.create_folders && strcasecmp(folder, "INBOX") != 0
 				      ? imapconn_create(conn, folder, st->set.subscribe, create_reason,
 							sizeof(create_reason))
 				      : -1;

@@ -302,24 +302,61 @@ static int fsync_created_chain(const char *path, size_t created)
 	return 0;
 }
 
+/* Undo a creation that failed part-way: remove what this call made (subdirectories, the
+ * folder mark, then the created chain deepest first), so the next attempt finds the mailbox
+ * absent and creates and fsyncs all of it again. Left in place, half-made directories would
+ * look existing to the next attempt, which would then skip their fsyncs and say 2xx on
+ * directories that a crash can still lose. Best effort: errno is kept for the caller. */
+static void undo_create(const char *dir, size_t created, const bool sub_created[3],
+			bool mark_created)
+{
+	static const char *const subdirs[] = { "tmp", "new", "cur" };
+	char path[MAILDIR_PATH_MAX + 32];
+	int saved = errno;
+
+	if (mark_created) {
+		snprintf(path, sizeof(path), "%s/maildirfolder", dir);
+		unlink(path);
+	}
+	for (size_t i = 3; i-- > 0;) {
+		snprintf(path, sizeof(path), "%s/%s", dir, subdirs[i]);
+		if (sub_created[i])
+			rmdir(path);
+	}
+	if (created > 0 && strlen(dir) < sizeof(path)) {
+		snprintf(path, sizeof(path), "%s", dir);
+		for (size_t len = strlen(path); len >= created && len > 0;) {
+			rmdir(path);
+			while (len > 0 && path[len - 1] != '/')
+				len--;
+			while (len > 0 && path[len - 1] == '/')
+				len--;
+			path[len] = '\0';
+		}
+	}
+	errno = saved;
+}
+
 static int create_maildir(const struct maildir_state *st, char *dir, bool is_folder)
 {
 	char sub[MAILDIR_PATH_MAX + 32];
-	static const char *const subdirs[] = { "tmp", "new", "cur" };
+	/* new/ last: its presence is what ensure_maildir takes as "this mailbox exists". */
+	static const char *const order[] = { "tmp", "cur", "new" };
+	static const size_t index_of[] = { 0, 2, 1 }; /* order[i] is subdirs[index_of[i]] */
 	mode_t mode = (mode_t)st->settings.dir_mode;
-	bool sub_created[3] = { false, false, false };
-	bool dir_changed = false;
-	size_t created;
+	bool sub_created[3] = { false, false, false }; /* tmp, new, cur */
+	bool dir_changed = false, mark_created = false;
+	size_t created = 0;
 
 	if (make_dirs(dir, mode, &created) < 0)
-		return -1;
+		goto fail;
 	for (size_t i = 0; i < 3; i++) {
-		snprintf(sub, sizeof(sub), "%s/%s", dir, subdirs[i]);
+		snprintf(sub, sizeof(sub), "%s/%s", dir, order[i]);
 		if (mkdir(sub, mode) < 0) {
 			if (errno != EEXIST)
-				return -1;
+				goto fail;
 		} else {
-			sub_created[i] = dir_changed = true;
+			sub_created[index_of[i]] = dir_changed = true;
 		}
 	}
 	if (is_folder) {
@@ -329,21 +366,27 @@ static int create_maildir(const struct maildir_state *st, char *dir, bool is_fol
 			      (mode_t)st->settings.file_mode);
 		if (fd >= 0) {
 			close(fd);
-			dir_changed = true;
+			dir_changed = mark_created = true;
 		}
 	}
 	if (!st->settings.fsync)
 		return 0;
+	static const char *const subdirs[] = { "tmp", "new", "cur" };
 	for (size_t i = 0; i < 3; i++) {
 		snprintf(sub, sizeof(sub), "%s/%s", dir, subdirs[i]);
 		if (sub_created[i] && fsync_dir(sub) < 0)
-			return -1;
+			goto fail;
 	}
-	if (created > 0)
-		return fsync_created_chain(dir, created); /* ends with dir itself */
-	if (dir_changed)
-		return fsync_dir(dir);
+	if (created > 0) {
+		if (fsync_created_chain(dir, created) < 0) /* ends with dir itself */
+			goto fail;
+	} else if (dir_changed && fsync_dir(dir) < 0) {
+		goto fail;
+	}
 	return 0;
+fail:
+	undo_create(dir, created, sub_created, mark_created);
+	return -1;
 }
 
 static int ensure_maildir(const struct maildir_state *st, char *dir, bool is_folder)

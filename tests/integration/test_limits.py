@@ -158,3 +158,60 @@ def test_loop_guard_received_headers():
                 expect(r, 250, "2.0.0")
         assert gw.messages("alice") == [] and gw.messages("bob") == []
         assert len(gw.messages("carol")) == 1 and len(gw.messages("dave")) == 1
+
+
+def _rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_pipelined_commands_never_read_keep_memory_bounded():
+    """A client that pipelines commands and never reads its replies: lmtpgw stops taking
+    commands once 256 KiB of replies wait (then its input backs up and the kernel stops the
+    client), instead of queueing replies without limit until the write timeout."""
+    import socket
+    from harness import MEMORY_FIGURES_MEAN_SOMETHING
+    with Lmtpgw() as gw:
+        rss_before = _rss_kb(gw.proc.pid)
+        c = socket.create_connection(("127.0.0.1", gw.port))
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.settimeout(3 * SLOW)
+        chunk = b"NOOP\r\n" * 100000          # 600 kB of commands, 1.4 MB of replies
+        sent = 0
+        try:
+            while sent < 200 * 1024 * 1024:
+                c.sendall(chunk)
+                sent += len(chunk)
+        except socket.timeout:
+            pass  # the kernel stopped us: lmtpgw no longer reads
+        rss_after = _rss_kb(gw.proc.pid)
+        c.close()
+        # Before the bound, all 200 MB went through at loopback speed and RSS grew by GBs.
+        assert sent < 32 * 1024 * 1024, "lmtpgw kept reading: %d bytes of commands taken" % sent
+        if MEMORY_FIGURES_MEAN_SOMETHING:
+            assert rss_after - rss_before < 16 * 1024, (rss_before, rss_after)
+        # and it still serves others
+        with gw.session() as c2:
+            expect(c2.cmd("NOOP"), 250)
+
+
+def test_client_that_never_reads_is_disconnected():
+    """A client that stops reading its replies does not keep its connection slot: a timeout
+    (the command deadline or the write timeout) ends it and the session is freed."""
+    import socket
+    with Lmtpgw(config={"timeout_command": "1s"}) as gw:
+        c = socket.create_connection(("127.0.0.1", gw.port))
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.settimeout(3 * SLOW)
+        try:
+            c.sendall(b"LHLO x\r\n")  # past the greeting phase: timeout_command applies
+            for _ in range(400):
+                c.sendall(b"NOOP\r\n" * 100000)
+        except (socket.timeout, OSError):
+            pass
+        gw.wait_log(r"event=timeout phase=", timeout=10)  # the command deadline or the write one
+        gw.wait_log(r"event=disconnect", timeout=10)
+        c.close()

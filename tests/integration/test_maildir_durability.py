@@ -21,9 +21,10 @@ CONTENT = b"Subject: durable\r\n\r\nbody\r\n"
 class StracedLmtpgw(Lmtpgw):
     """lmtpgw run under strace, writing the trace to trace_path."""
 
-    def __init__(self, **kw):
+    def __init__(self, inject=None, **kw):
         super().__init__(**kw)
         self.trace_path = os.path.join(self.dir, "strace.out")
+        self.inject = inject  # e.g. "mkdir:error=ENOSPC:when=9" (strace fault injection)
 
     def command(self):
         cmd = super().command()
@@ -32,8 +33,10 @@ class StracedLmtpgw(Lmtpgw):
             # to every other test of the ASan run, not to this one.
             cmd = ["env", "ASAN_OPTIONS=%s:detect_leaks=0" % os.environ.get("ASAN_OPTIONS", "")
                    ] + cmd
+        inject = ["-e", "inject=" + self.inject] if self.inject else []
         return ["strace", "-f", "-y", "-qq", "-s", "120", "-o", self.trace_path,
-                "-e", "trace=mkdir,mkdirat,fsync,fdatasync,write,writev,sendto,sendmsg"] + cmd
+                "-e", "trace=mkdir,mkdirat,fsync,fdatasync,write,writev,sendto,sendmsg"] + \
+            inject + cmd
 
     def stop(self, expect_clean=True, sig=None):
         """SIGTERM to lmtpgw itself (strace's child): strace then exits with it."""
@@ -132,3 +135,43 @@ def test_new_maildir_and_folder_directories_fsynced_before_250():
         for d in (gw.maildir_root, alice, alice + "/new", alice + "/cur", alice + "/tmp",
                   folder, folder + "/new", folder + "/cur", folder + "/tmp"):
             assert d in created, "expected lmtpgw to create %s (created: %s)" % (d, created)
+
+
+def _mkdir_calls_until_mailbox(lines, mailbox):
+    """How many mkdir calls (any result) lmtpgw made up to the last one of mailbox's
+    tmp/ new/ cur/: the number strace's when= counts to fail exactly that one."""
+    n = last = 0
+    for line in lines:
+        m = re.search(r'mkdir(?:at)?\((?:AT_FDCWD(?:<[^>]*>)?, )?"([^"]+)"', line)
+        if not m or "resumed>" in line:
+            continue
+        n += 1
+        if re.search(r"/%s/(tmp|new|cur)$" % re.escape(mailbox), m.group(1)):
+            last = n
+    return last
+
+
+def test_mailbox_creation_failed_halfway_is_made_durable_by_the_next_delivery():
+    """A creation that fails part-way (ENOSPC on the last of tmp/ new/ cur/) must not leave
+    directories that the next delivery takes as existing and never fsyncs: it answers 4xx,
+    undoes what it made, and the next delivery creates and fsyncs everything before its 250."""
+    if shutil.which("strace") is None:
+        raise Skip("strace is not installed")
+    probe = StracedLmtpgw()
+    with probe:
+        with probe.session() as c:
+            for r in send_message(c, "s@example.test", ["bob@example.test"], CONTENT):
+                expect(r, 250, "2.0.0")
+        probe.stop()
+        k = _mkdir_calls_until_mailbox(probe.trace(), "bob")
+    assert k > 0, "no mkdir of bob's Maildir seen"
+    gw = StracedLmtpgw(inject="mkdir:error=ENOSPC:when=%d" % k)
+    with gw:
+        with gw.session() as c:
+            for r in send_message(c, "s@example.test", ["bob@example.test"], CONTENT):
+                expect(r, 452)
+            for r in send_message(c, "s@example.test", ["bob@example.test"], CONTENT):
+                expect(r, 250, "2.0.0")
+        gw.stop()
+        assert len(gw.messages("bob")) == 1
+        _check_created_dirs_synced(gw, _events(gw.trace()), gw.maildir_root)

@@ -147,3 +147,37 @@ def test_breaker_off_when_zero():
                 _, replies = send(c, ["down@example.test"])
                 expect(replies[0], 451, "4.4.1")
         assert not gw.grep(r"event=backend_down"), gw.log()
+
+
+def test_write_timeout_while_verifying_a_recipient_does_not_crash():
+    """A client pipelines commands, never reads, and ends with a RCPT whose backend verifies it
+    against a stalled IMAP server: the write timeout ends the transaction while the
+    verification still runs, and its late answer must find no transaction to touch (it used
+    to dereference the freed one and kill the daemon)."""
+    stall = StallServer()
+    try:
+        gw = make_gateway(imap_backend("inbox", stall.port,
+                                       'verify_recipients = true; timeout = "6s";'),
+                          {"timeout_command": "1s"}, [("*@example.test", ["inbox"])])
+        with gw:
+            c = socket.create_connection(("127.0.0.1", gw.port))
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.sendall(b"LHLO x\r\nMAIL FROM:<a@b.test>\r\n")
+            payload = b"NOOP\r\n" * 400000 + b"RCPT TO:<alice@example.test>\r\n"
+            threading.Thread(target=lambda: _send_quietly(c, payload), daemon=True).start()
+            deadline = time.time() + 10 * SLOW
+            while time.time() < deadline and gw.proc.poll() is None:
+                time.sleep(0.2)
+            assert gw.proc.poll() is None, "lmtpgw died (status %s)" % gw.proc.returncode
+            c.close()
+            with gw.session() as c2:
+                expect(c2.cmd("NOOP"), 250)
+    finally:
+        stall.close()
+
+
+def _send_quietly(c, payload):
+    try:
+        c.sendall(payload)
+    except OSError:
+        pass  # closed by the write timeout: expected
