@@ -30,8 +30,9 @@ void reply_policy_final(const struct config *cfg, const struct backend_instance 
 
 /* Every final reply about one recipient is built here, from the bare status the session or a
  * driver gave: the policy above, then "<rcpt> " in front of its text and, once the message was
- * received, " [txid]" behind it (txid NULL at RCPT), so the MTA's log names both. The text is
- * shortened, never the recipient or the id. */
+ * received, " [txid]" behind it (txid NULL at RCPT), so the MTA's log names both. A long text
+ * is shortened to make room for them; only a recipient near the 256-octet path limit can cut
+ * into the id (the code and enhanced code are never touched). */
 void reply_for_recipient(const struct config *cfg, const struct backend_instance *backend,
 			 const char *rcpt, const char *txid, struct status *st);
 
