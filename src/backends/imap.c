@@ -636,14 +636,25 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 	size_t prefix_len = build_prefix(st, d, t, user, folder, prefix, sizeof(prefix), id);
 	if (id[0]) {
 		uint32_t uid = 0;
-		if (uncertain_get(st, id) &&
-		    imapconn_find_header(conn, folder, "X-Lmtpgw-Id", id, &uid, reason,
-					 sizeof(reason)) == 1) {
+		const char *found_in = folder;
+		int found = uncertain_get(st, id)
+				    ? imapconn_find_header(conn, folder, "X-Lmtpgw-Id", id, &uid, reason,
+							   sizeof(reason))
+				    : 0;
+		/* The earlier attempt may have gone to INBOX by fallback_to_inbox (the folder was
+		 * refused): look there too, or its copy would be stored again. */
+		if (found != 1 && uncertain_get(st, id) && st->set.fallback_to_inbox &&
+		    strcasecmp(folder, "INBOX") != 0 && !imapconn_broken(conn)) {
+			found_in = "INBOX";
+			found = imapconn_find_header(conn, "INBOX", "X-Lmtpgw-Id", id, &uid, reason,
+						     sizeof(reason));
+		}
+		if (found == 1) {
 			/* The earlier attempt did store it: do not store it twice. */
 			uncertain_set(st, id, false);
 			status_must(&t->status, 250, "2.0.0", "already stored (%s uid %u)", st->name, uid);
 			snprintf(t->ref, sizeof(t->ref), "user=%s folder=%s uid=%u dedupe=found", user,
-				 folder, uid);
+				 found_in, uid);
 			pool_give(st, conn);
 			return;
 		}

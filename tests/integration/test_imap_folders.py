@@ -110,3 +110,34 @@ def test_imap_folder_refused_by_server_falls_back_to_inbox():
             expect(r, 451, "4.3.0")
         assert dc.count("alice") == 1
         assert dc.count("bob") == 0
+
+
+def test_imap_dedupe_finds_a_copy_stored_in_inbox_by_fallback():
+    """dedupe + fallback_to_inbox: the folder is refused, the copy goes to INBOX, and the OK
+    of that APPEND is lost. The MTA's retry must find the copy in INBOX (where the fallback put
+    it), not only in the refused folder, and store nothing twice."""
+    from test_imap import SwallowReplyProxy, transaction
+    import time
+    with dovecot() as dc:
+        # The refused APPEND sends its 2 MB literal too (LITERAL+ or not, the server answers
+        # after it); the answer lost is the one to the INBOX APPEND that follows.
+        proxy = SwallowReplyProxy(dc.imaps_port, swallow_after=3 * 1024 * 1024)
+        try:
+            be = imap_backend(dc, url="imaps://127.0.0.1:%d" % proxy.port, dedupe=True,
+                              folder_from_detail=True)
+            with gateway(be) as gw:
+                c = gw.session()
+                big = message("fallback-dedupe", size=2 * 1024 * 1024)
+                r = transaction(c, ["alice+~x@" + DOMAIN], big)
+                expect(r[0], 451, "4.4.2")
+                assert proxy.swallowed >= 1
+                time.sleep(0.3)
+                assert dc.count("alice") == 1, "the server should have stored it in INBOX"
+                proxy.swallow_after = None
+                c = gw.session()
+                r = transaction(c, ["alice+~x@" + DOMAIN], big)
+                expect(r[0], 250, "2.0.0")
+                assert "already stored" in str(r[0]), r[0]
+                assert dc.count("alice") == 1, "stored twice"
+        finally:
+            proxy.stop()
