@@ -314,13 +314,20 @@ static void undo_create(const char *dir, size_t created, const bool sub_created[
 	char path[MAILDIR_PATH_MAX + 32];
 	int saved = errno;
 
+	/* new/ first: it is what says "this mailbox exists". If it cannot go, keep everything,
+	 * so a mailbox is never left with new/ but without tmp/ or cur/. */
+	snprintf(path, sizeof(path), "%s/new", dir);
+	if (sub_created[1] && rmdir(path) < 0) {
+		errno = saved;
+		return;
+	}
 	if (mark_created) {
 		snprintf(path, sizeof(path), "%s/maildirfolder", dir);
 		unlink(path);
 	}
 	for (size_t i = 3; i-- > 0;) {
 		snprintf(path, sizeof(path), "%s/%s", dir, subdirs[i]);
-		if (sub_created[i])
+		if (sub_created[i] && i != 1)
 			rmdir(path);
 	}
 	if (created > 0 && strlen(dir) < sizeof(path)) {

@@ -31,6 +31,7 @@ import argparse
 import collections
 import contextlib
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -281,7 +282,15 @@ class MaildirFaults:
             blocker = os.path.join(d, ".soak-blocker-" + sub)
             try:
                 open(blocker, "w").close()
-                self._exchange(os.path.join(d, sub), blocker)
+                try:
+                    self._exchange(os.path.join(d, sub), blocker)
+                except OSError as e:
+                    if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                        raise
+                    # The Maildir changed under us (a creation that failed undoes what it
+                    # made): nothing was swapped; try another one.
+                    os.unlink(blocker)
+                    continue
                 try:
                     self.windows[sub + "_blocked"] += 1
                     time.sleep(self.rng.uniform(0.05, 0.15))
