@@ -26,7 +26,8 @@ TEST_PKGS := criterion
 # Debian packages the build and the tests need (make deps installs the missing ones).
 DEB_BUILD := build-essential pkg-config dpkg-dev libevent-dev libconfig-dev libssl-dev \
              libcurl4-gnutls-dev libjansson-dev libetpan-dev libsasl2-modules libmicrohttpd-dev
-DEB_TEST  := libcriterion-dev swaks postfix dovecot-imapd dovecot-lmtpd python3 valgrind nodejs python3-botocore clang libclang-rt-14-dev
+DEB_TEST  := libcriterion-dev swaks postfix dovecot-imapd dovecot-lmtpd python3 valgrind nodejs python3-botocore clang libclang-rt-14-dev \
+             chromium prometheus rsyslog debhelper lintian fakeroot python3-cryptography
 
 # Debian's libetpan.pc leaks -specs=/usr/share/dpkg/no-pie-link.specs: drop it (else gcc links
 # non-PIE silently and clang warns, fatal under -Werror).
