@@ -71,6 +71,16 @@ struct target {
 	bool same_failure;
 };
 
+/* What a RCPT-time verification knows of the transaction besides the recipient (copied, so a
+ * worker may keep it after the session went away). */
+struct verify_context {
+	char sender[ADDRESS_PATH_MAX + 1]; /* reverse path without <>, "" for the null sender */
+	char client_addr[64];              /* peer IP address, or "unix" */
+	char lhlo[256];                    /* the client's LHLO name */
+	char session_id[40];
+	char txid[48];
+};
+
 struct backend_driver {
 	const char *name;
 	/* Driver-specific keys of the backend block, and the size of the struct they fill. The
@@ -84,8 +94,10 @@ struct backend_driver {
 	void (*deliver)(void *state, const struct delivery *delivery, struct target *targets,
 			size_t count);
 	void (*close)(void *state);
-	/* Optional, at RCPT time: 0 = fine, -1 = *st_r says why not (e.g. 550 5.1.1). */
-	int (*verify)(void *state, const struct recipient *rcpt, struct status *st_r);
+	/* Optional, at RCPT time: 0 = fine, -1 = *st_r says why not (e.g. 550 5.1.1). ctx: the
+	 * envelope so far (sender, client). */
+	int (*verify)(void *state, const struct recipient *rcpt, const struct verify_context *ctx,
+		      struct status *st_r);
 	/* verify() may block (it talks to the store): the session runs it in the backend's worker
 	 * pool and holds the pipeline until it answers. */
 	bool verify_blocking;

@@ -57,8 +57,9 @@ unsigned dispatch_unanswered(void);
 typedef void dispatch_verify_fn(void *ctx, int result, const struct status *st);
 struct dispatch_verify;
 struct dispatch_verify *dispatch_verify_start(struct runtime *rt, struct backend_runtime *backend,
-					      const struct recipient *rcpt, dispatch_verify_fn *cb,
-					      void *ctx);
+					      const struct recipient *rcpt,
+					      const struct verify_context *vctx,
+					      dispatch_verify_fn *cb, void *ctx);
 /* The session went away: no callback; the job frees itself when it finishes. */
 void dispatch_verify_detach(struct dispatch_verify *verify);
 

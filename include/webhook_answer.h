@@ -46,6 +46,14 @@ struct webhook_answer {
 void webhook_map_answer(const struct webhook_answer *answer, const char *const *rcpts,
 			size_t count, struct status *st_r);
 
+/* For the RCPT-time verification of one recipient: its status by the same rules, and true when
+ * that status is the receiver's own verdict on the recipient: a valid results entry (550 5.1.1
+ * unknown, 452 4.2.2 full, 250 ...), or an HTTP status that accepts (2xx) or refuses for good
+ * (404, 410, ...). false: the answer gave no verdict (HTTP 401/403/408/429/5xx, JSON that does
+ * not parse, no or an invalid or a contradicting entry); *st_r is then a 4xx. */
+bool webhook_map_verify_answer(const struct webhook_answer *answer, const char *rcpt,
+			       struct status *st_r);
+
 /* The status of an HTTP status code alone (no body), with text. Statuses are bare: the
  * recipient is named when the reply is built (reply.h). */
 void webhook_map_http(long http_status, const char *retry_after, const char *text,

@@ -562,6 +562,7 @@ struct dispatch_verify {
 	struct runtime *rt;           /* a reference: keeps backend open */
 	struct backend_runtime *backend;
 	struct recipient rcpt;
+	struct verify_context vctx;
 	int result;
 	struct status status;
 	dispatch_verify_fn *cb;
@@ -572,7 +573,8 @@ static void verify_run(struct pool_job *pj)
 {
 	struct dispatch_verify *v = (struct dispatch_verify *)pj;
 
-	v->result = v->backend->inst->driver->verify(v->backend->state, &v->rcpt, &v->status);
+	v->result = v->backend->inst->driver->verify(v->backend->state, &v->rcpt, &v->vctx,
+						     &v->status);
 }
 
 static void verify_done(struct pool_job *pj)
@@ -586,8 +588,9 @@ static void verify_done(struct pool_job *pj)
 }
 
 struct dispatch_verify *dispatch_verify_start(struct runtime *rt, struct backend_runtime *backend,
-					      const struct recipient *rcpt, dispatch_verify_fn *cb,
-					      void *ctx)
+					      const struct recipient *rcpt,
+					      const struct verify_context *vctx,
+					      dispatch_verify_fn *cb, void *ctx)
 {
 	struct dispatch_verify *v = xcalloc(1, sizeof(*v));
 
@@ -596,6 +599,7 @@ struct dispatch_verify *dispatch_verify_start(struct runtime *rt, struct backend
 	v->rt = runtime_ref(rt);
 	v->backend = backend;
 	v->rcpt = *rcpt;
+	v->vctx = *vctx;
 	v->cb = cb;
 	v->ctx = ctx;
 	pool_submit(backend_runtime_pool(backend), &v->job);

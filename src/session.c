@@ -720,6 +720,13 @@ static void rcpt_check(struct session *s, const struct recipient *r, size_t from
 {
 	struct transaction *tx = s->tx;
 	struct status st;
+	struct verify_context vctx;
+
+	snprintf(vctx.sender, sizeof(vctx.sender), "%s", tx->from_str);
+	snprintf(vctx.client_addr, sizeof(vctx.client_addr), "%s", s->peer_ip);
+	snprintf(vctx.lhlo, sizeof(vctx.lhlo), "%s", s->lhlo);
+	snprintf(vctx.session_id, sizeof(vctx.session_id), "%s", s->id);
+	snprintf(vctx.txid, sizeof(vctx.txid), "%s", tx->id);
 
 	for (size_t k = from; k < r->rule->target_count; k++) {
 		const struct backend_instance *b = &tx->cfg->backends[r->rule->targets[k]];
@@ -737,10 +744,10 @@ static void rcpt_check(struct session *s, const struct recipient *r, size_t from
 			s->pending_k = k;
 			s->state = STATE_VERIFYING;
 			timeouts_for_state(s);
-			s->verify = dispatch_verify_start(tx->rt, br, r, rcpt_verified, s);
+			s->verify = dispatch_verify_start(tx->rt, br, r, &vctx, rcpt_verified, s);
 			return;
 		}
-		if (b->driver->verify(br->state, r, &st) < 0) {
+		if (b->driver->verify(br->state, r, &vctx, &st) < 0) {
 			rcpt_refuse(s, r->rcpt, b, &st);
 			return;
 		}

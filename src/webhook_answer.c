@@ -170,7 +170,7 @@ static bool rcpt_equal(const char *given, const char *rcpt)
  * used (a different code or enhanced code within the class is logged). Entries of different
  * classes contradict each other: the receiver itself does not know, and a doubt is temporary
  * (451 4.3.0), whichever came first. Any invalid entry naming the recipient is doubt too. */
-static void map_rcpt_results(const struct webhook_answer *a, json_t *results, const char *rcpt,
+static bool map_rcpt_results(const struct webhook_answer *a, json_t *results, const char *rcpt,
 			     struct status *st)
 {
 	size_t k, found = 0;
@@ -215,20 +215,27 @@ static void map_rcpt_results(const struct webhook_answer *a, json_t *results, co
 				 a->backend ? a->backend : "-", a->ref ? a->ref : "-",
 				 log_esc(esc, rcpt), found, first.code, first.enhanced);
 		*st = first;
+		return true;
 	}
+	return false;
 }
 
 static void map_results(const struct webhook_answer *a, json_t *results,
-			const char *const *rcpts, size_t count, struct status *st)
+			const char *const *rcpts, size_t count, struct status *st, bool *verdict)
 {
 	if (!json_is_array(results)) {
+		for (size_t i = 0; verdict != NULL && i < count; i++)
+			verdict[i] = false;
 		for (size_t i = 0; i < count; i++)
 			status_make(&st[i], 451, "4.3.0", "webhook results malformed (HTTP %ld)",
 				    a->http_status);
 		return;
 	}
-	for (size_t i = 0; i < count; i++)
-		map_rcpt_results(a, results, rcpts[i], &st[i]);
+	for (size_t i = 0; i < count; i++) {
+		bool own = map_rcpt_results(a, results, rcpts[i], &st[i]);
+		if (verdict != NULL)
+			verdict[i] = own;
+	}
 	/* Entries for recipients this request did not carry: nothing to apply them to, but a
 	 * receiver that answers for someone else is worth an admin's look. */
 	size_t k;
@@ -247,8 +254,10 @@ static void map_results(const struct webhook_answer *a, json_t *results,
 	}
 }
 
-void webhook_map_answer(const struct webhook_answer *a, const char *const *rcpts, size_t count,
-			struct status *st)
+/* verdict (NULL, or count flags): which statuses are the receiver's word on the recipient (see
+ * webhook_map_verify_answer); the others are failures to get one. */
+static void map_answer(const struct webhook_answer *a, const char *const *rcpts, size_t count,
+		       struct status *st, bool *verdict)
 {
 	char text[WEBHOOK_TEXT_MAX + 1] = "";
 	bool has_body = a->body != NULL && a->body_len > 0;
@@ -259,6 +268,8 @@ void webhook_map_answer(const struct webhook_answer *a, const char *const *rcpts
 					    : json_loadb(a->body, a->body_len, JSON_REJECT_DUPLICATES,
 							 &err);
 		if (root == NULL) {
+			for (size_t i = 0; verdict != NULL && i < count; i++)
+				verdict[i] = false;
 			for (size_t i = 0; i < count; i++)
 				status_make(&st[i], 451, "4.3.0", "webhook answer (HTTP %ld) %s",
 					    a->http_status,
@@ -271,7 +282,7 @@ void webhook_map_answer(const struct webhook_answer *a, const char *const *rcpts
 			webhook_sanitize_text(json_string_value(jtext), json_string_length(jtext),
 					      text, sizeof(text));
 		if (results != NULL) {
-			map_results(a, results, rcpts, count, st);
+			map_results(a, results, rcpts, count, st, verdict);
 			json_decref(root);
 			return;
 		}
@@ -279,7 +290,27 @@ void webhook_map_answer(const struct webhook_answer *a, const char *const *rcpts
 	} else if (has_body && content_type_is(a->content_type, "text/plain")) {
 		webhook_sanitize_text(a->body, a->body_len, text, sizeof(text));
 	}
-	for (size_t i = 0; i < count; i++)
+	for (size_t i = 0; i < count; i++) {
 		webhook_map_http(a->http_status, a->retry_after, text, a->ref, &st[i]);
+		/* From the HTTP status alone, only an acceptance or a permanent refusal is the
+		 * receiver's verdict; 401, 403, 408, 429, 5xx say the request failed. */
+		if (verdict != NULL)
+			verdict[i] = status_class_of(&st[i]) != STATUS_TEMPFAIL;
+	}
+}
+
+void webhook_map_answer(const struct webhook_answer *a, const char *const *rcpts, size_t count,
+			struct status *st)
+{
+	map_answer(a, rcpts, count, st, NULL);
+}
+
+bool webhook_map_verify_answer(const struct webhook_answer *a, const char *rcpt,
+			       struct status *st_r)
+{
+	bool verdict = false;
+
+	map_answer(a, &rcpt, 1, st_r, &verdict);
+	return verdict;
 }
 

@@ -1141,7 +1141,8 @@ static struct verified *verified_slot(struct imap_state *st, const char *user)
 /* RCPT time (in a worker): log in as the recipient's user. Only a definitive refusal (550 from
  * the login mapping) refuses the recipient; anything temporary accepts it and leaves the
  * verdict to the delivery. A successful connection goes to the pool for that delivery. */
-static int imap_verify(void *state, const struct recipient *rcpt, struct status *st_r)
+static int imap_verify(void *state, const struct recipient *rcpt,
+		       const struct verify_context *ctx, struct status *st_r)
 {
 	struct imap_state *st = state;
 	struct delivery d = { .sender = "" };
@@ -1150,6 +1151,7 @@ static int imap_verify(void *state, const struct recipient *rcpt, struct status 
 	const char *error;
 	time_t now = time(NULL);
 
+	(void)ctx; /* an account exists or not whoever sends */
 	if (!st->set.verify_recipients || st->login_kind == LOGIN_SHARED)
 		return 0;
 	delivery_vars(&d, rcpt, &vars);

@@ -620,7 +620,8 @@ static void maildir_deliver(void *state, const struct delivery *delivery, struct
 }
 
 /* With create = false a recipient without a Maildir is unknown: say so at RCPT. */
-static int maildir_verify(void *state, const struct recipient *rcpt, struct status *st_r)
+static int maildir_verify(void *state, const struct recipient *rcpt,
+			  const struct verify_context *ctx, struct status *st_r)
 {
 	struct maildir_state *st = state;
 	struct target t = { .rcpt = rcpt };
@@ -629,6 +630,7 @@ static int maildir_verify(void *state, const struct recipient *rcpt, struct stat
 	const char *error;
 	struct stat sb;
 
+	(void)ctx; /* whether a Maildir exists does not depend on the envelope */
 	if (st->settings.create || template_uses(st->path, "sha256") ||
 	    template_uses(st->path, "msgid") || template_uses(st->path, "date") ||
 	    template_uses(st->path, "sender"))

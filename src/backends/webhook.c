@@ -11,8 +11,15 @@
  * read twice: once for the HMAC, once by curl.
  *
  * The answer becomes each recipient's status (webhook_answer.h); 2xx only on the receiver's
- * 2xx, any doubt 4xx. Secrets (signing keys, bearer token, basic auth) are read from files at
- * open (refused when group or others may read them), never logged, and wiped at close.
+ * 2xx, any doubt 4xx. Secrets (signing keys, Ed25519 private keys, bearer token, basic auth)
+ * are read from files at open (refused when group or others may read them), never logged, and
+ * wiped at close.
+ *
+ * With verify_url, each new recipient is first checked at RCPT (webhook_verify, in a worker,
+ * the session holding its pipeline): a small signed JSON POST whose answer maps by the same
+ * rules as a delivery's; answers that are the receiver's verdict refuse or accept, failures
+ * (timeout, 5xx, no answer) accept or defer per verify_on_error. Definitive answers are
+ * cached per recipient for verify_cache_ttl in a bounded table.
  */
 #include "backend.h"
 
@@ -22,10 +29,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <time.h>
 
 #include <curl/curl.h>
+#include <jansson.h>
 
 #include "base64.h"
 #include "http.h"
@@ -54,7 +63,16 @@ struct webhook_settings {
 	long long connect_timeout;
 	long long max_response;
 	long long attachment_max;
+	struct conf_strlist ed25519_key_files;
+	char *verify_url;
+	long long verify_timeout;
+	long long verify_cache_ttl;
+	int verify_on_error;           /* enum webhook_verify_on_error */
 };
+
+/* What a verification that got no verdict (timeout, 5xx, no answer) does with the recipient. */
+enum webhook_verify_on_error { WEBHOOK_VERIFY_ACCEPT, WEBHOOK_VERIFY_DEFER };
+static const char *const webhook_verify_on_error_words[] = { "accept", "defer", NULL };
 
 /* One request for all of a transaction's targets with the same URL, or one per recipient. */
 enum webhook_mode { WEBHOOK_MODE_MESSAGE, WEBHOOK_MODE_RECIPIENT };
@@ -100,6 +118,18 @@ static const struct conf_key webhook_keys[] = {
 	  16 * 1024 * 1024, "answer body bytes read at most" },
 	{ "attachment_max", CONF_SIZE, offsetof(struct webhook_settings, attachment_max), "10M", 0,
 	  1LL << 30, "json-parsed: attachments larger than this are listed without content" },
+	{ "ed25519_key_files", CONF_STRING_LIST,
+	  offsetof(struct webhook_settings, ed25519_key_files), NULL, 1, 0,
+	  "Ed25519 private keys (PEM) for v1a, signatures, one each (rotation); chmod 600" },
+	{ "verify_url", CONF_STRING, offsetof(struct webhook_settings, verify_url), NULL, 1, 0,
+	  "check each recipient at RCPT with a POST here (a template like url)" },
+	{ "verify_timeout", CONF_DURATION, offsetof(struct webhook_settings, verify_timeout), "5s",
+	  100, 60000, "whole verification request" },
+	{ "verify_cache_ttl", CONF_DURATION, offsetof(struct webhook_settings, verify_cache_ttl),
+	  "60s", 0, 86400000, "how long an accepting or refusing verification answer is reused" },
+	{ "verify_on_error", CONF_ENUM, offsetof(struct webhook_settings, verify_on_error), "accept",
+	  0, 0, "verification without a verdict: accept (delivery decides) or defer (451 4.4.x)",
+	  webhook_verify_on_error_words },
 	{ NULL, 0, 0, NULL, 0, 0, NULL },
 };
 
@@ -107,6 +137,16 @@ struct webhook_key {
 	unsigned char *bytes;
 	size_t len;
 };
+
+/* One remembered verification answer (a slot of a fixed table: bounded memory; a recipient
+ * hashing to a taken slot replaces the answer there). */
+struct verify_entry {
+	char rcpt[ADDRESS_PATH_MAX + 1];
+	int64_t expires_ms;            /* monotonic; 0: empty */
+	bool accepted;
+	struct status refusal;         /* when not accepted */
+};
+#define WEBHOOK_VERIFY_CACHE_SLOTS 1024
 
 struct webhook_state {
 	char name[64];
@@ -116,8 +156,16 @@ struct webhook_state {
 	bool per_recipient;
 	struct webhook_key keys[2];
 	size_t key_count;
+	EVP_PKEY *ed_keys[WEBHOOK_ED25519_KEYS_MAX];
+	size_t ed_key_count;
 	char *authorization;           /* "Authorization: ..." line, or NULL; wiped at close */
 	struct http_client *http;
+	/* RCPT-time verification (verify_url set) */
+	struct template *verify_url;
+	struct http_client *verify_http;  /* its own timeouts: verify_timeout */
+	pthread_mutex_t verify_lock;      /* guards verify_cache: verifications run in workers */
+	bool verify_lock_ready;
+	struct verify_entry *verify_cache; /* WEBHOOK_VERIFY_CACHE_SLOTS, NULL without a TTL */
 };
 
 static void webhook_close(void *state);
@@ -168,6 +216,24 @@ static int load_signing_keys(struct webhook_state *st, char *error_r, size_t err
 			return -1;
 		}
 		st->key_count++;
+	}
+	return 0;
+}
+
+/* The Ed25519 private keys for v1a, signatures: one signature per key (rotation). */
+static int load_ed25519_keys(struct webhook_state *st, char *error_r, size_t error_size)
+{
+	const struct conf_strlist *files = &st->set.ed25519_key_files;
+
+	if (files->count > WEBHOOK_ED25519_KEYS_MAX) {
+		snprintf(error_r, error_size, "ed25519_key_files: at most %d",
+			 WEBHOOK_ED25519_KEYS_MAX);
+		return -1;
+	}
+	for (size_t i = 0; i < files->count; i++) {
+		if (webhook_ed25519_key_load(files->items[i], &st->ed_keys[i], error_r, error_size) < 0)
+			return -1;
+		st->ed_key_count++;
 	}
 	return 0;
 }
@@ -255,6 +321,55 @@ static int check_client_key(const struct webhook_settings *set, char *error_r,
 	return 0;
 }
 
+/* RCPT-time verification: its URL template (same schemes as url; only what is known at RCPT),
+ * its own HTTP client with the short timeout, and the cache. */
+static int verify_open(struct webhook_state *st, const struct http_options *delivery_options,
+		       char *error_r, size_t error_size)
+{
+	const struct webhook_settings *set = &st->set;
+	const char *error;
+
+	if (strncasecmp(set->verify_url, "https://", 8) != 0 &&
+	    !(set->allow_http && strncasecmp(set->verify_url, "http://", 7) == 0)) {
+		snprintf(error_r, error_size, "verify_url must start with https:// (http:// only with "
+					      "allow_http = true)");
+		return -1;
+	}
+	if (template_compile(set->verify_url, &st->verify_url, &error) < 0) {
+		snprintf(error_r, error_size, "verify_url: %s", error);
+		return -1;
+	}
+	static const char *const later[] = { "sha256", "msgid", "date" };
+	for (size_t i = 0; i < sizeof(later) / sizeof(later[0]); i++) {
+		if (template_uses(st->verify_url, later[i])) {
+			snprintf(error_r, error_size,
+				 "verify_url: %%{%s} is not known at RCPT time, before the message",
+				 later[i]);
+			return -1;
+		}
+	}
+	struct http_options vo = *delivery_options;
+	vo.timeout_ms = (long)set->verify_timeout;
+	if (vo.connect_timeout_ms > vo.timeout_ms)
+		vo.connect_timeout_ms = vo.timeout_ms;
+	st->verify_http = http_client_new(&vo, error_r, error_size);
+	if (st->verify_http == NULL)
+		return -1;
+	if (pthread_mutex_init(&st->verify_lock, NULL) != 0) {
+		snprintf(error_r, error_size, "cannot create a lock");
+		return -1;
+	}
+	st->verify_lock_ready = true;
+	if (set->verify_cache_ttl > 0) {
+		st->verify_cache = calloc(WEBHOOK_VERIFY_CACHE_SLOTS, sizeof(*st->verify_cache));
+		if (st->verify_cache == NULL) {
+			snprintf(error_r, error_size, "out of memory");
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static int webhook_open(const void *settings, const char *instance_name, void **state_r,
 			char *error_r, size_t error_size)
 {
@@ -285,6 +400,7 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 	st->format = (enum webhook_format)set->format;
 	st->per_recipient = set->mode == WEBHOOK_MODE_RECIPIENT;
 	if (load_signing_keys(st, error_r, error_size) < 0 ||
+	    load_ed25519_keys(st, error_r, error_size) < 0 ||
 	    load_authorization(st, error_r, error_size) < 0 ||
 	    check_extra_headers(&set->headers, error_r, error_size) < 0 ||
 	    check_client_key(set, error_r, error_size) < 0)
@@ -301,6 +417,8 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 	st->http = http_client_new(&ho, error_r, error_size);
 	if (st->http == NULL)
 		goto fail;
+	if (set->verify_url != NULL && verify_open(st, &ho, error_r, error_size) < 0)
+		goto fail;
 	*state_r = st;
 	return 0;
 fail:
@@ -316,8 +434,15 @@ static void webhook_close(void *state)
 		return;
 	http_client_free(&st->http);
 	template_free(&st->url);
+	http_client_free(&st->verify_http);
+	template_free(&st->verify_url);
+	if (st->verify_lock_ready)
+		pthread_mutex_destroy(&st->verify_lock);
+	free(st->verify_cache);
 	for (size_t i = 0; i < st->key_count; i++)
 		secret_free_bytes(st->keys[i].bytes, st->keys[i].len);
+	for (size_t i = 0; i < st->ed_key_count; i++)
+		webhook_ed25519_key_free(&st->ed_keys[i]);
 	if (st->authorization != NULL)
 		secret_free_bytes(st->authorization, strlen(st->authorization));
 	free(st);
@@ -373,19 +498,37 @@ static void fail_all(struct target **tg, size_t n, const char *ref, int code, co
 	backend_fail_group(tg, n, &st, ref);
 }
 
-/* The webhook-signature value over exactly the bytes sent, into sig ("" without secrets). */
-static int sign_body(const struct webhook_state *st, const char *id, long long ts,
-		     struct webhook_body *body, char *sig, size_t size)
+/* A signer with every key: the HMAC secrets (v1,) and the Ed25519 keys (v1a,); NULL when there
+ * is no key (*none_r) or on failure. */
+static struct webhook_signer *signer_start(const struct webhook_state *st, const char *id,
+					   long long ts, bool *none_r)
 {
 	const unsigned char *keys[2] = { st->keys[0].bytes, st->keys[1].bytes };
 	size_t lens[2] = { st->keys[0].len, st->keys[1].len };
 
-	sig[0] = '\0';
-	if (st->key_count == 0)
-		return 0;
+	*none_r = st->key_count == 0 && st->ed_key_count == 0;
+	if (*none_r)
+		return NULL;
 	struct webhook_signer *signer = webhook_signer_new(keys, lens, st->key_count, id, ts);
+	if (signer != NULL &&
+	    webhook_signer_add_ed25519(signer, st->ed_keys, st->ed_key_count) < 0) {
+		char discard[WEBHOOK_SIGNATURE_SIZE];
+		webhook_signer_finish(&signer, discard, sizeof(discard));
+		return NULL;
+	}
+	return signer;
+}
+
+/* The webhook-signature value over exactly the bytes sent, into sig ("" without keys). */
+static int sign_body(const struct webhook_state *st, const char *id, long long ts,
+		     struct webhook_body *body, char *sig, size_t size)
+{
+	bool none;
+
+	sig[0] = '\0';
+	struct webhook_signer *signer = signer_start(st, id, ts, &none);
 	if (signer == NULL)
-		return -1;
+		return none ? 0 : -1;
 	int r = body->streamed ? webhook_signer_update_reader(signer, &body->reader)
 			       : webhook_signer_update(signer, body->data, body->len);
 	/* finish frees the signer, so it runs whatever the update said */
@@ -490,7 +633,7 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 {
 	const char **rcpts = calloc(n, sizeof(*rcpts));
 	struct status *results = calloc(n, sizeof(*results));
-	char id[WEBHOOK_ID_SIZE] = "msg_?", sig[2 * WEBHOOK_SIG_SIZE + 8], mime_error[200];
+	char id[WEBHOOK_ID_SIZE] = "msg_?", sig[WEBHOOK_SIGNATURE_SIZE], mime_error[200];
 	struct webhook_body body = { 0 };
 	struct curl_slist *headers = NULL;
 	const char *error;
@@ -574,6 +717,233 @@ out:
 	free(done);
 }
 
+/* --- RCPT-time verification --------------------------------------------------------------- */
+
+static int64_t monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct verify_entry *verify_slot(struct webhook_state *st, const char *rcpt)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+
+	for (const unsigned char *p = (const unsigned char *)rcpt; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return &st->verify_cache[h % WEBHOOK_VERIFY_CACHE_SLOTS];
+}
+
+/* 1: a cached answer (accepted, or *refusal_r); 0: none. */
+static int verify_cache_get(struct webhook_state *st, const char *rcpt, bool *accepted_r,
+			    struct status *refusal_r)
+{
+	int found = 0;
+
+	if (st->verify_cache == NULL)
+		return 0;
+	pthread_mutex_lock(&st->verify_lock);
+	struct verify_entry *e = verify_slot(st, rcpt);
+	if (e->expires_ms > monotonic_ms() && strcmp(e->rcpt, rcpt) == 0) {
+		*accepted_r = e->accepted;
+		*refusal_r = e->refusal;
+		found = 1;
+	}
+	pthread_mutex_unlock(&st->verify_lock);
+	return found;
+}
+
+static void verify_cache_put(struct webhook_state *st, const char *rcpt, bool accepted,
+			     const struct status *refusal)
+{
+	if (st->verify_cache == NULL || strlen(rcpt) >= sizeof(st->verify_cache[0].rcpt))
+		return;
+	pthread_mutex_lock(&st->verify_lock);
+	struct verify_entry *e = verify_slot(st, rcpt);
+	snprintf(e->rcpt, sizeof(e->rcpt), "%s", rcpt);
+	e->accepted = accepted;
+	if (!accepted)
+		e->refusal = *refusal;
+	e->expires_ms = monotonic_ms() + st->set.verify_cache_ttl;
+	pthread_mutex_unlock(&st->verify_lock);
+}
+
+/* The request body (docs/backends/webhook.md, "Recipient verification"); NULL on failure. */
+static char *verify_body(const struct recipient *rcpt, const struct verify_context *ctx)
+{
+	json_t *root = json_pack("{s:s, s:i, s:{s:s, s:s, s:s, s:s}, s:{s:s}, s:{s:s, s:s}, s:s, s:s}",
+				 "type", "recipient.verify", "version", 1,
+				 "recipient", "address", rcpt->rcpt, "local", rcpt->local, "detail",
+				 rcpt->detail, "domain", rcpt->domain,
+				 "mail_from", "address", ctx->sender,
+				 "client", "address", ctx->client_addr, "lhlo", ctx->lhlo,
+				 "session", ctx->session_id, "transaction", ctx->txid);
+	if (root == NULL)
+		return NULL; /* not UTF-8 (jansson checks) or out of memory */
+	char *text = json_dumps(root, JSON_COMPACT);
+	json_decref(root);
+	return text;
+}
+
+/* POST the verification; 0 with *resp filled, or -1 with *transport and reason set. */
+static int verify_post(struct webhook_state *st, const char *url, const char *body,
+		       struct http_response *resp, struct status *transport, char *reason,
+		       size_t reason_size, char id[WEBHOOK_ID_SIZE])
+{
+	char sig[WEBHOOK_SIGNATURE_SIZE] = "";
+	struct curl_slist *headers = NULL;
+	long long ts = (long long)time(NULL);
+	size_t len = strlen(body);
+	bool none;
+	int hr = 0;
+
+	if (webhook_request_id("vrf_", body, len, ts, id) < 0)
+		goto local_error;
+	struct webhook_signer *signer = signer_start(st, id, ts, &none);
+	if (signer == NULL && !none)
+		goto local_error;
+	if (signer != NULL) {
+		int r = webhook_signer_update(signer, body, len);
+		if (webhook_signer_finish(&signer, sig, sizeof(sig)) < 0 || r < 0)
+			goto local_error;
+	}
+	hr |= http_header_add(&headers, "Content-Type: application/json");
+	hr |= http_header_add(&headers, "User-Agent: lmtpgw");
+	hr |= http_header_add(&headers, "webhook-id: %s", id);
+	hr |= http_header_add(&headers, "webhook-timestamp: %lld", ts);
+	if (sig[0] != '\0')
+		hr |= http_header_add(&headers, "webhook-signature: %s", sig);
+	if (st->authorization != NULL)
+		hr |= add_line(&headers, st->authorization);
+	for (size_t i = 0; i < st->set.headers.count; i++)
+		hr |= add_line(&headers, st->set.headers.items[i]);
+	if (hr != 0) {
+		http_headers_free(&headers);
+		goto local_error;
+	}
+	struct http_request req = {
+		.method = "POST",
+		.url = url,
+		.headers = headers,
+		.body = body,
+		.body_len = len,
+		.response_max = (size_t)st->set.max_response,
+	};
+	int r = http_perform(st->verify_http, &req, resp, transport, reason, reason_size);
+	http_headers_free(&headers);
+	return r;
+local_error:
+	status_must(transport, 451, "4.3.0", "Local error in processing");
+	snprintf(reason, reason_size, "cannot build the verification request");
+	return -1;
+}
+
+/* A verification without a verdict: accept the recipient (the delivery decides), or defer it
+ * with a 451 4.4.x saying why. */
+static int verify_no_verdict(struct webhook_state *st, const struct recipient *rcpt,
+			     const char *id, const struct status *why, const char *reason,
+			     struct status *st_r)
+{
+	char esc[LOG_ESC_SIZE], esc_rcpt[LOG_ESC_SIZE];
+	bool defer = st->set.verify_on_error == WEBHOOK_VERIFY_DEFER;
+
+	log_warn("backend=%s event=webhook_verify_failed id=%s rcpt=<%s> status=\"%d %s\" "
+		 "error=\"%s\" action=%s",
+		 st->name, id, log_esc(esc_rcpt, rcpt->rcpt), why->code, why->enhanced,
+		 log_esc(esc, reason), defer ? "defer" : "accept");
+	if (!defer)
+		return 0;
+	/* the network or the receiver failed us: a 4.4.x (network and routing) code, the
+	 * transport's own (4.4.1 connect, 4.4.2 timeout, 4.4.5 busy) when it has one */
+	if (strncmp(why->enhanced, "4.4.", 4) == 0)
+		status_must(st_r, 451, why->enhanced, "recipient verification failed: %s", why->text);
+	else
+		status_must(st_r, 451, "4.4.0", "recipient verification failed: %s", why->text);
+	return -1;
+}
+
+/* RCPT time (in a worker): ask verify_url about the recipient. */
+static int webhook_verify(void *state, const struct recipient *rcpt,
+			  const struct verify_context *ctx, struct status *st_r)
+{
+	struct webhook_state *st = state;
+	struct delivery d = { .sender = ctx->sender, .session_id = ctx->session_id,
+			      .txid = ctx->txid, .sha256 = "", .msgid = "" };
+	struct template_vars vars;
+	char url[2048], reason[512], id[WEBHOOK_ID_SIZE] = "vrf_?";
+	const char *error;
+	bool accepted;
+	struct status status;
+
+	if (st->verify_url == NULL)
+		return 0;
+	if (verify_cache_get(st, rcpt->rcpt, &accepted, &status) == 1) {
+		char esc[LOG_ESC_SIZE];
+		log_debug("backend=%s event=webhook_verify_cached rcpt=<%s> accepted=%s", st->name,
+			  log_esc(esc, rcpt->rcpt), accepted ? "yes" : "no");
+		if (accepted)
+			return 0;
+		*st_r = status;
+		return -1;
+	}
+	delivery_vars(&d, rcpt, &vars);
+	if (template_expand(st->verify_url, &vars, TEMPLATE_URL, url, sizeof(url), &error) < 0) {
+		status_must(&status, 451, "4.3.0", "cannot build the verification URL");
+		return verify_no_verdict(st, rcpt, id, &status, error, st_r);
+	}
+	char *body = verify_body(rcpt, ctx);
+	if (body == NULL) {
+		status_must(&status, 451, "4.3.0", "Local error in processing");
+		return verify_no_verdict(st, rcpt, id, &status, "cannot build the body", st_r);
+	}
+	struct http_response resp = { 0 };
+	int r = verify_post(st, url, body, &resp, &status, reason, sizeof(reason), id);
+	free(body);
+	if (r < 0)
+		return verify_no_verdict(st, rcpt, id, &status, reason, st_r);
+	char ref[96];
+	const char *rid = http_response_header(&resp, "x-request-id");
+	if (rid == NULL)
+		rid = http_response_header(&resp, "request-id");
+	if (rid != NULL)
+		webhook_sanitize_text(rid, strlen(rid), ref, 80);
+	else
+		snprintf(ref, sizeof(ref), "%s", id);
+	struct webhook_answer ans = {
+		.http_status = resp.status,
+		.content_type = http_response_header(&resp, "content-type"),
+		.body = resp.body,
+		.body_len = resp.body_len,
+		.truncated = resp.truncated,
+		.retry_after = http_response_header(&resp, "retry-after"),
+		.ref = ref,
+		.backend = st->name,
+	};
+	bool verdict = webhook_map_verify_answer(&ans, rcpt->rcpt, &status);
+	long http_status = resp.status;
+	http_response_free(&resp);
+	if (!verdict) {
+		snprintf(reason, sizeof(reason), "no verdict in the answer (HTTP %ld)", http_status);
+		return verify_no_verdict(st, rcpt, id, &status, reason, st_r);
+	}
+	switch (status_class_of(&status)) {
+	case STATUS_OK:
+		verify_cache_put(st, rcpt->rcpt, true, NULL);
+		return 0;
+	case STATUS_PERMFAIL:
+		verify_cache_put(st, rcpt->rcpt, false, &status);
+		break;
+	default:
+		/* the receiver's own temporary verdict (452 4.2.2 full): never cached, it may
+		 * change any moment */
+		break;
+	}
+	*st_r = status; /* bare: the session names the recipient (reply.h) */
+	return -1;
+}
+
 /* The request a target goes into: its URL (mode message), or none shared (mode recipient).
  * The dispatcher runs each request as its own job, concurrently (backend.h); deliver() still
  * groups by URL itself, for callers that hand it a whole batch. */
@@ -595,11 +965,21 @@ static void webhook_explain(void *state, const struct recipient *rcpt,
 	char url[2048];
 	const char *error;
 
+	char verify[2100] = "";
+
+	if (st->verify_url != NULL) {
+		char vurl[2048];
+		if (template_expand(st->verify_url, vars, TEMPLATE_URL, vurl, sizeof(vurl), &error) < 0)
+			snprintf(verify, sizeof(verify), ", verify_url: %s", error);
+		else
+			snprintf(verify, sizeof(verify), ", verified at RCPT by POST %s", vurl);
+	}
 	if (template_expand(st->url, vars, TEMPLATE_URL, url, sizeof(url), &error) < 0)
 		snprintf(buf, size, "url: %s", error);
 	else
-		snprintf(buf, size, "POST %s (format %s, mode %s)", url,
-			 webhook_format_words[st->set.format], webhook_mode_words[st->set.mode]);
+		snprintf(buf, size, "POST %s (format %s, mode %s%s)", url,
+			 webhook_format_words[st->set.format], webhook_mode_words[st->set.mode],
+			 verify);
 }
 
 /* Any HTTP answer to a HEAD of the URL's fixed part proves the receiver is reachable and its
@@ -632,6 +1012,8 @@ const struct backend_driver backend_webhook = {
 	.close = webhook_close,
 	.probe = webhook_probe,
 	.explain = webhook_explain,
+	.verify = webhook_verify,
+	.verify_blocking = true,
 	.batch = true,
 	.request_key = webhook_request_key,
 };

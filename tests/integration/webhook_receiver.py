@@ -13,6 +13,13 @@ independently of lmtpgw's code: HMAC-SHA256(key, id "." timestamp "." body), bas
 every "v1,..." entry of webhook-signature, for every secret the receiver knows (None when it
 knows no secret). `sig_matches` lists which of the receiver's secrets matched.
 
+Ed25519 (Standard Webhooks "v1a,"): Receiver(public_keys=[...]) with Ed25519 public keys (PEM
+bytes or `cryptography` key objects) checks every "v1a,..." entry with Python's `cryptography`
+package (OpenSSL underneath, but none of lmtpgw's code): `ed_sig_matches` lists which public
+keys verified a signature over id "." timestamp "." body, `ed_signature_ok` whether any did
+(None when the receiver knows no public key). `ed25519_public_key(private_pem_path)` derives
+the public key of a private key file.
+
 A rule (called once per request, with the whole body) returns a dict:
     status        HTTP status (default 200)
     json          an object sent as application/json
@@ -42,6 +49,10 @@ import subprocess
 import threading
 import time
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 
 def decode_secret(text):
     """The key bytes of a Standard Webhooks secret: "whsec_" + base64, or the raw text."""
@@ -56,8 +67,22 @@ def sign(key, msg_id, timestamp, body):
     return base64.b64encode(mac.digest()).decode()
 
 
+def ed25519_public_key(private_pem_path):
+    """The Ed25519 public key of a PEM private key file (with `cryptography`)."""
+    with open(private_pem_path, "rb") as f:
+        return serialization.load_pem_private_key(f.read(), password=None).public_key()
+
+
+def _ed25519_key(k):
+    if isinstance(k, Ed25519PublicKey):
+        return k
+    key = serialization.load_pem_public_key(k)
+    assert isinstance(key, Ed25519PublicKey), key
+    return key
+
+
 class Request:
-    def __init__(self, method, path, headers, body, keys):
+    def __init__(self, method, path, headers, body, keys, public_keys=()):
         self.method = method
         self.path = path
         self.headers = headers
@@ -75,6 +100,22 @@ class Request:
                 if any(hmac.compare_digest(expected, s) for s in sigs):
                     self.sig_matches.append(i)
             self.signature_ok = bool(self.sig_matches)
+        self.ed_sig_matches = []
+        self.ed_signature_ok = None
+        if public_keys:
+            sigs = [s[4:] for s in (headers.get("webhook-signature") or "").split()
+                    if s.startswith("v1a,")]
+            signed = ("%s.%s." % (headers.get("webhook-id") or "",
+                                  headers.get("webhook-timestamp") or "")).encode() + body
+            for i, key in enumerate(public_keys):
+                for s in sigs:
+                    try:
+                        key.verify(base64.b64decode(s), signed)
+                    except (InvalidSignature, ValueError):
+                        continue
+                    self.ed_sig_matches.append(i)
+                    break
+            self.ed_signature_ok = bool(self.ed_sig_matches)
 
     def json(self):
         return json.loads(self.body)
@@ -149,7 +190,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not chunk:
                 break
             body += chunk
-        req = Request(self.command, self.path, self.headers, bytes(body), recv.keys)
+        req = Request(self.command, self.path, self.headers, bytes(body), recv.keys,
+                      recv.public_keys)
         with recv.lock:
             recv.requests.append(req)
         rule = recv.answer(req) or {}
@@ -227,8 +269,9 @@ class TestCA:
 
 class Receiver:
     def __init__(self, secrets=(), tls=None, rogue=False, client_ca=False, rule=None,
-                 early_rule=None):
+                 early_rule=None, public_keys=()):
         self.keys = [decode_secret(s) if isinstance(s, str) else s for s in secrets]
+        self.public_keys = [_ed25519_key(k) for k in public_keys]
         self.requests = []
         self.lock = threading.Lock()
         self.rule = rule
@@ -256,6 +299,16 @@ class Receiver:
     @property
     def url(self):
         return "%s://127.0.0.1:%d/hook" % (self.scheme, self.port)
+
+    @property
+    def base(self):
+        """scheme://host:port, for other paths (a verify_url)."""
+        return "%s://127.0.0.1:%d" % (self.scheme, self.port)
+
+    def paths(self, path):
+        """The requests received on path (e.g. "/verify"), in order."""
+        with self.lock:
+            return [r for r in self.requests if r.path == path]
 
     def answer(self, req):
         if self.rule is None:
