@@ -196,3 +196,58 @@ Test(webhook_answer, sanitize)
 	webhook_sanitize_text("\xc3\xa9t\xc3\xa9", 6, out, sizeof(out));
 	cr_assert_str_eq(out, "t");
 }
+
+/* RCPT-time verification: which answers are the receiver's verdict (used as they are) and which
+ * are failures to get one (verify_on_error decides). */
+Test(webhook_answer, verify_verdicts_and_failures)
+{
+	static const struct {
+		long http;
+		const char *ct;
+		const char *body;
+		bool verdict;
+		int code;
+		const char *enhanced;
+	} rows[] = {
+		{ 200, NULL, NULL, true, 250, "2.0.0" },
+		{ 200, "application/json",
+		  "{\"results\":[{\"rcpt\":\"a@x.test\",\"code\":550,\"status\":\"5.1.1\"}]}", true,
+		  550, "5.1.1" },
+		{ 200, "application/json",
+		  "{\"results\":[{\"rcpt\":\"a@x.test\",\"code\":452,\"status\":\"4.2.2\"}]}", true,
+		  452, "4.2.2" },
+		{ 404, "application/json",
+		  "{\"results\":[{\"rcpt\":\"a@x.test\",\"code\":450,\"status\":\"4.2.1\"}]}", true,
+		  450, "4.2.1" },
+		{ 404, NULL, NULL, true, 550, "5.0.0" },
+		{ 413, NULL, NULL, true, 552, "5.3.4" },
+		{ 503, NULL, NULL, false, 451, "4.3.0" },
+		{ 500, "text/plain", "db down", false, 451, "4.3.0" },
+		{ 401, NULL, NULL, false, 451, "4.7.0" },
+		{ 429, NULL, NULL, false, 451, "4.4.5" },
+		{ 200, "application/json", "{not json", false, 451, "4.3.0" },
+		{ 200, "application/json", "{\"results\":[]}", false, 451, "4.3.0" },
+		{ 200, "application/json", "{\"results\":{}}", false, 451, "4.3.0" },
+		{ 200, "application/json",
+		  "{\"results\":[{\"rcpt\":\"a@x.test\",\"code\":550,\"status\":\"4.1.1\"}]}", false,
+		  451, "4.3.0" },
+		{ 200, "application/json",
+		  "{\"results\":[{\"rcpt\":\"a@x.test\",\"code\":250},{\"rcpt\":\"a@x.test\","
+		  "\"code\":550}]}", false, 451, "4.3.0" },
+		/* a 2xx entry in a non-2xx answer is invalid: no verdict */
+		{ 503, "application/json", "{\"results\":[{\"rcpt\":\"a@x.test\",\"code\":250}]}",
+		  false, 451, "4.3.0" },
+	};
+
+	for (size_t i = 0; i < N_ELEMENTS(rows); i++) {
+		struct webhook_answer a = { .http_status = rows[i].http, .content_type = rows[i].ct,
+					    .body = rows[i].body,
+					    .body_len = rows[i].body ? strlen(rows[i].body) : 0,
+					    .ref = "REF" };
+		struct status st;
+		bool verdict = webhook_map_verify_answer(&a, "a@x.test", &st);
+		cr_assert_eq(verdict, rows[i].verdict, "row %zu: verdict %d", i, verdict);
+		cr_assert_eq(st.code, rows[i].code, "row %zu: %d", i, st.code);
+		cr_assert_str_eq(st.enhanced, rows[i].enhanced, "row %zu", i);
+	}
+}
