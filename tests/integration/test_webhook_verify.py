@@ -142,6 +142,26 @@ def test_verify_pipelined_mixed_answers_in_order():
         assert [q.json()["recipient"]["address"] for q in verify_requests(r)] == rcpts
 
 
+def test_verify_does_not_block_other_sessions():
+    """A slow verification holds only its own session: the request runs in a worker, and
+    another client is served meanwhile (the event loop never waits for the receiver)."""
+    with Receiver(rule=verdicts) as r:
+        with gateway(r) as gw:
+            with gw.session() as a:
+                a.send(b"MAIL FROM:<s@example.test>\r\nRCPT TO:<slow40@example.test>\r\n")
+                r.wait_requests(1)
+                t0 = time.time()
+                with gw.session() as b:
+                    expect(b.cmd("NOOP"), 250)
+                    expect(b.cmd("MAIL FROM:<s@example.test>"), 250)
+                    expect(b.cmd("RCPT TO:<unknown@example.test>"), 550, "5.1.1")
+                waited = time.time() - t0
+                assert waited < 2.5, "another session waited %.1fs behind a verification" % waited
+                expect(a.reply(), 250)
+                expect(a.reply(), 250, "2.1.5")
+                assert time.time() - t0 > 3, "the slow verification was not waited for"
+
+
 def test_verify_timeout_and_failures_accept():
     """verify_on_error = accept (the default): a timeout, a 503, an unreadable answer and a
     refused connection all take the recipient; the delivery then decides (here: 250)."""
