@@ -28,7 +28,22 @@ void metrics_set_stopping(bool stopping);
 
 void metrics_connection_opened(void);
 void metrics_connection_closed(void);
-void metrics_connection_refused(void);
+/* Why a connection was refused at accept (the `reason` label). */
+enum metrics_refusal {
+	METRICS_REFUSED_MAX_CONNECTIONS, /* max_connections: 421 4.3.2 */
+	METRICS_REFUSED_PER_CLIENT,      /* max_connections_per_client: 421 4.7.0 */
+	METRICS_REFUSED_ALLOW_CLIENTS,   /* outside allow_clients: 554 5.7.1 */
+	METRICS_REFUSALS
+};
+void metrics_connection_refused(enum metrics_refusal reason);
+/* A read deadline passed and the session was closed (the `phase` label): a command line (the
+ * first one, after the greeting, included) or DATA/BDAT bytes under min_data_rate. */
+enum metrics_deadline_phase {
+	METRICS_DEADLINE_COMMAND,
+	METRICS_DEADLINE_DATA,
+	METRICS_DEADLINE_PHASES
+};
+void metrics_deadline_expired(enum metrics_deadline_phase phase);
 void metrics_transaction(uint64_t bytes);
 /* A reply to the client: counted by class (2xx/4xx/5xx) for RCPT-time and post-DATA results. */
 void metrics_recipient_result(const struct status *reply);

@@ -35,7 +35,8 @@ struct backend_row {
 static struct {
 	atomic_ullong connections_total;
 	atomic_llong connections_current;
-	atomic_ullong connections_refused;
+	atomic_ullong connections_refused[METRICS_REFUSALS];
+	atomic_ullong deadline_expiries[METRICS_DEADLINE_PHASES];
 	atomic_ullong transactions;
 	atomic_ullong bytes;
 	atomic_ullong recipients[3];       /* replies to recipients: 2xx, 4xx, 5xx */
@@ -89,9 +90,14 @@ void metrics_connection_closed(void)
 	atomic_fetch_sub_explicit(&m.connections_current, 1, memory_order_relaxed);
 }
 
-void metrics_connection_refused(void)
+void metrics_connection_refused(enum metrics_refusal reason)
 {
-	atomic_fetch_add_explicit(&m.connections_refused, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&m.connections_refused[reason], 1, memory_order_relaxed);
+}
+
+void metrics_deadline_expired(enum metrics_deadline_phase phase)
+{
+	atomic_fetch_add_explicit(&m.deadline_expiries[phase], 1, memory_order_relaxed);
 }
 
 void metrics_transaction(uint64_t bytes)
@@ -191,10 +197,22 @@ char *metrics_render(size_t *len_r)
 	put(&t, "# HELP lmtpgw_connections LMTP connections open now.\n"
 		"# TYPE lmtpgw_connections gauge\nlmtpgw_connections %lld\n",
 	    (long long)LOAD(m.connections_current));
-	put(&t, "# HELP lmtpgw_connections_refused_total Connections refused over max_connections.\n"
-		"# TYPE lmtpgw_connections_refused_total counter\n"
-		"lmtpgw_connections_refused_total %llu\n",
-	    (unsigned long long)LOAD(m.connections_refused));
+	/* Every label value from the start (zeros included): an alert on increase() sees the
+	 * first refusal, which it cannot when the series appears with its first sample. */
+	static const char *const refusals[METRICS_REFUSALS] = { "max_connections", "per_client",
+								"allow_clients" };
+	put(&t, "# HELP lmtpgw_connections_refused_total Connections refused at accept, by reason.\n"
+		"# TYPE lmtpgw_connections_refused_total counter\n");
+	for (int i = 0; i < METRICS_REFUSALS; i++)
+		put(&t, "lmtpgw_connections_refused_total{reason=\"%s\"} %llu\n", refusals[i],
+		    (unsigned long long)LOAD(m.connections_refused[i]));
+	static const char *const phases[METRICS_DEADLINE_PHASES] = { "command", "data" };
+	put(&t, "# HELP lmtpgw_deadline_expiries_total Sessions closed because the client was too "
+		"slow (421 4.4.2), by phase.\n"
+		"# TYPE lmtpgw_deadline_expiries_total counter\n");
+	for (int i = 0; i < METRICS_DEADLINE_PHASES; i++)
+		put(&t, "lmtpgw_deadline_expiries_total{phase=\"%s\"} %llu\n", phases[i],
+		    (unsigned long long)LOAD(m.deadline_expiries[i]));
 	put(&t, "# HELP lmtpgw_transactions_total Messages received (end of DATA or BDAT LAST).\n"
 		"# TYPE lmtpgw_transactions_total counter\nlmtpgw_transactions_total %llu\n",
 	    (unsigned long long)LOAD(m.transactions));
