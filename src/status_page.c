@@ -144,10 +144,11 @@ static void put_backend_row(FILE *f, const struct metrics_backend_snapshot *b, t
 	put_escaped(f, b->name);
 	fprintf(f, "\" data-state=\"%s\"><th scope=\"row\" class=\"name\">", state);
 	put_escaped(f, b->name);
-	fprintf(f, "</th><td><span class=\"badge %s\" style=\"background:%s\">%s</span>", state,
-		colour, state);
+	fprintf(f, "</th><td class=\"state\"><span class=\"badge %s\" style=\"background:%s\">%s"
+		   "</span>",
+		state, colour, state);
 	if (detail[0] != '\0')
-		fprintf(f, " <small>%s</small>", detail);
+		fprintf(f, "<br><small>%s</small>", detail);
 	fprintf(f, "</td><td class=\"num\" data-k=\"recent-ok\">%llu</td>"
 		   "<td class=\"num\" data-k=\"recent-tempfail\">%llu</td>"
 		   "<td class=\"num\" data-k=\"recent-permfail\">%llu</td><td>",
@@ -196,7 +197,8 @@ char *status_page_render(const struct metrics_snapshot *s, size_t *len_r)
 	      "td.num{text-align:right;font-variant-numeric:tabular-nums}\n"
 	      ".badge{display:inline-block;min-width:4.5em;text-align:center;color:#fff;"
 	      "font-weight:bold;padding:.15em .5em;border-radius:.3em}\n"
-	      ".lasterror{max-width:34em;word-break:break-word}small{color:#616161}\n"
+	      ".lasterror{min-width:14em;max-width:34em;word-break:break-word}small{color:#616161}\n"
+	      ".state{min-width:13em}\n"
 	      "</style></head><body>\n",
 	      f);
 	fputs("<h1>lmtpgw <span id=\"version\">", f);
