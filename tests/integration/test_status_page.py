@@ -192,3 +192,34 @@ def test_status_page_screenshot_shows_down_badge():
         assert white < width * height * 0.98, "the page is (nearly) blank"
         colours = {px for row in rows[::8] for px in row[::8]}
         assert len(colours) > 20, "too few colours for a page with text: %d" % len(colours)
+
+
+def test_status_page_and_backend_up_follow_a_reload():
+    """SIGHUP: a backend the reload removed leaves the page; one it kept unchanged keeps its
+    open breaker (down); one it changed is opened afresh with a closed breaker, and
+    lmtpgw_backend_up says 1 again (it used to stay 0 until a delivery succeeded)."""
+    import signal
+    gw, mport = gateway()
+    dead = re.search(r"127\.0\.0\.1:(\d+)/hook", gw.backends).group(1)
+    with gw:
+        break_hook(gw)
+        hook = ('hook: { driver = "webhook"; url = "http://127.0.0.1:%s/hook"; allow_http = true; '
+                'timeout = "%s"; breaker_failures = 2; breaker_cooloff = "60s"; };')
+        gw.backends = hook % (dead, "2s")                     # trash removed, hook unchanged
+        gw.routes = [("*@example.test", ["local"]), ("*@hook.test", ["hook"])]
+        gw.write_config()
+        gw.signal(signal.SIGHUP)
+        gw.wait_log(r"event=reloaded", count=1)
+        page = parse(fetch(mport, "/status")[2])
+        assert set(page.backends) == {"local", "hook"}, page.backends
+        assert page.backends["hook"]["state"] == "down", page.backends
+        assert metric(fetch(mport, "/metrics")[2], "lmtpgw_backend_up", '{backend="hook"}') == 0
+
+        gw.backends = hook % (dead, "3s")                     # hook changed: opened afresh
+        gw.write_config()
+        gw.signal(signal.SIGHUP)
+        gw.wait_log(r"event=reloaded", count=2)
+        page = parse(fetch(mport, "/status")[2])
+        assert page.backends["hook"]["state"] != "down", page.backends
+        assert page.backends["hook"]["last-error"].startswith("451 4.4.1"), page.backends
+        assert metric(fetch(mport, "/metrics")[2], "lmtpgw_backend_up", '{backend="hook"}') == 1
