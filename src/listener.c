@@ -87,7 +87,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sock
 			/* Not ours to serve: a short, fixed answer, and the details in our log. */
 			static const char msg[] = "554 5.7.1 Access denied\r\n";
 			/* Counted before the answer: whoever sees the answer sees the count. */
-			metrics_connection_refused();
+			metrics_connection_refused(METRICS_REFUSED_ALLOW_CLIENTS);
 			if (send(fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
 				log_debug("event=refuse_send_failed error=\"%s\"", strerror(errno));
 			log_warn("event=connection_refused client=%s reason=allow_clients", peer);
@@ -107,7 +107,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sock
 		int n = snprintf(buf, sizeof(buf),
 				 "421 4.7.0 %s Too many connections from your address, try again later\r\n",
 				 srv->cfg->hostname);
-		metrics_connection_refused();
+		metrics_connection_refused(METRICS_REFUSED_PER_CLIENT);
 		if (n > 0 && send(fd, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1,
 				  MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
 			log_debug("event=refuse_send_failed error=\"%s\"", strerror(errno));
@@ -126,7 +126,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sock
 		char buf[300];
 		int n = snprintf(buf, sizeof(buf), "421 4.3.2 %s Too many connections, try again later\r\n",
 				 srv->cfg->hostname);
-		metrics_connection_refused();
+		metrics_connection_refused(METRICS_REFUSED_MAX_CONNECTIONS);
 		if (send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
 			log_debug("event=refuse_send_failed error=\"%s\"", strerror(errno));
 		log_warn("event=connection_refused client=%s reason=max_connections limit=%lld", peer,

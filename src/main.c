@@ -351,7 +351,7 @@ int main(int argc, char **argv)
 		return 71;
 	}
 	if (cfg->metrics_listen != NULL &&
-	    metrics_start(cfg->metrics_listen, error, sizeof(error)) < 0) {
+	    metrics_start(cfg->metrics_listen, LMTPGW_VERSION, error, sizeof(error)) < 0) {
 		log_error("event=startup_failed error=\"%s\"", error);
 		listeners_close(&srv);
 		return 71;

@@ -7,16 +7,19 @@
 #include "metrics.h"
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <microhttpd.h>
 
 #include "spool.h"
+#include "status_page.h"
 
 static const double latency_buckets[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 					  1,     2.5,  5,     10,   30,  60 };
@@ -30,12 +33,24 @@ struct backend_row {
 	atomic_ullong count;
 	atomic_ullong micros_sum;
 	atomic_bool down;
+	atomic_bool configured;            /* in the configuration now serving */
+	/* For the status page, under history_lock: results per minute (a ring indexed by the
+	 * monotonic minute; a slot whose stamp is not that minute is stale) and the last failure. */
+	struct {
+		long long stamp;           /* monotonic minute + 1; 0 = never used */
+		unsigned long long counts[3];
+	} history[METRICS_HISTORY_MINUTES];
+	char last_error[METRICS_LAST_ERROR_MAX];
+	time_t last_error_at, last_ok_at;  /* wall clock, 0 = never */
+	int last_class;                    /* class of the latest result: 0 ok, 1 temp, 2 perm */
+	bool any_result;
 };
 
 static struct {
 	atomic_ullong connections_total;
 	atomic_llong connections_current;
-	atomic_ullong connections_refused;
+	atomic_ullong connections_refused[METRICS_REFUSALS];
+	atomic_ullong deadline_expiries[METRICS_DEADLINE_PHASES];
 	atomic_ullong transactions;
 	atomic_ullong bytes;
 	atomic_ullong recipients[3];       /* replies to recipients: 2xx, 4xx, 5xx */
@@ -43,7 +58,22 @@ static struct {
 	atomic_bool stopping;
 	struct backend_row backends[METRICS_BACKENDS_MAX + 1]; /* last: "other" */
 	struct MHD_Daemon *daemon;
+	char version[32];
+	long long started_mono_s;
 } m;
+
+/* The per-minute history and last errors are several fields that must change together, so
+ * unlike the counters they take a lock: the loop thread once per target result (uncontended
+ * but for a /status render), the HTTP thread once per /status. */
+static pthread_mutex_t history_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static long long mono_seconds(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec;
+}
 
 static int class_index(const struct status *st)
 {
@@ -89,9 +119,14 @@ void metrics_connection_closed(void)
 	atomic_fetch_sub_explicit(&m.connections_current, 1, memory_order_relaxed);
 }
 
-void metrics_connection_refused(void)
+void metrics_connection_refused(enum metrics_refusal reason)
 {
-	atomic_fetch_add_explicit(&m.connections_refused, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&m.connections_refused[reason], 1, memory_order_relaxed);
+}
+
+void metrics_deadline_expired(enum metrics_deadline_phase phase)
+{
+	atomic_fetch_add_explicit(&m.deadline_expiries[phase], 1, memory_order_relaxed);
 }
 
 void metrics_transaction(uint64_t bytes)
@@ -119,6 +154,44 @@ void metrics_target_result(const char *backend, const struct status *st, double 
 	atomic_fetch_add_explicit(&r->count, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&r->micros_sum, (unsigned long long)(seconds * 1e6),
 				  memory_order_relaxed);
+
+	int ci = class_index(st);
+	long long stamp = mono_seconds() / 60 + 1;
+	time_t now = time(NULL);
+	pthread_mutex_lock(&history_lock);
+	__typeof__(r->history[0]) *slot = &r->history[stamp % METRICS_HISTORY_MINUTES];
+	if (slot->stamp != stamp) {
+		memset(slot->counts, 0, sizeof(slot->counts));
+		slot->stamp = stamp;
+	}
+	slot->counts[ci]++;
+	r->last_class = ci;
+	r->any_result = true;
+	if (ci == 0) {
+		r->last_ok_at = now;
+	} else {
+		/* The status text is printable ASCII already (status_make); the page escapes it. */
+		snprintf(r->last_error, sizeof(r->last_error), "%d %s %s", st->code, st->enhanced,
+			 st->text);
+		r->last_error_at = now;
+	}
+	pthread_mutex_unlock(&history_lock);
+}
+
+void metrics_backends_configured_begin(void)
+{
+	for (size_t i = 0; i <= METRICS_BACKENDS_MAX; i++)
+		atomic_store(&m.backends[i].configured, false);
+}
+
+void metrics_backend_configured(const char *backend, bool fresh)
+{
+	struct backend_row *r = row_for(backend);
+
+	atomic_store(&r->configured, true);
+	/* A backend opened afresh has a closed breaker: its old row must not say "down". */
+	if (fresh)
+		atomic_store(&r->down, false);
 }
 
 void metrics_backend_down(const char *backend, bool down)
@@ -191,10 +264,22 @@ char *metrics_render(size_t *len_r)
 	put(&t, "# HELP lmtpgw_connections LMTP connections open now.\n"
 		"# TYPE lmtpgw_connections gauge\nlmtpgw_connections %lld\n",
 	    (long long)LOAD(m.connections_current));
-	put(&t, "# HELP lmtpgw_connections_refused_total Connections refused over max_connections.\n"
-		"# TYPE lmtpgw_connections_refused_total counter\n"
-		"lmtpgw_connections_refused_total %llu\n",
-	    (unsigned long long)LOAD(m.connections_refused));
+	/* Every label value from the start (zeros included): an alert on increase() sees the
+	 * first refusal, which it cannot when the series appears with its first sample. */
+	static const char *const refusals[METRICS_REFUSALS] = { "max_connections", "per_client",
+								"allow_clients" };
+	put(&t, "# HELP lmtpgw_connections_refused_total Connections refused at accept, by reason.\n"
+		"# TYPE lmtpgw_connections_refused_total counter\n");
+	for (int i = 0; i < METRICS_REFUSALS; i++)
+		put(&t, "lmtpgw_connections_refused_total{reason=\"%s\"} %llu\n", refusals[i],
+		    (unsigned long long)LOAD(m.connections_refused[i]));
+	static const char *const phases[METRICS_DEADLINE_PHASES] = { "command", "data" };
+	put(&t, "# HELP lmtpgw_deadline_expiries_total Sessions closed because the client was too "
+		"slow (421 4.4.2), by phase.\n"
+		"# TYPE lmtpgw_deadline_expiries_total counter\n");
+	for (int i = 0; i < METRICS_DEADLINE_PHASES; i++)
+		put(&t, "lmtpgw_deadline_expiries_total{phase=\"%s\"} %llu\n", phases[i],
+		    (unsigned long long)LOAD(m.deadline_expiries[i]));
 	put(&t, "# HELP lmtpgw_transactions_total Messages received (end of DATA or BDAT LAST).\n"
 		"# TYPE lmtpgw_transactions_total counter\nlmtpgw_transactions_total %llu\n",
 	    (unsigned long long)LOAD(m.transactions));
@@ -282,6 +367,22 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
 		if (resp != NULL)
 			MHD_add_response_header(resp, "Content-Type",
 						"text/plain; version=0.0.4; charset=utf-8");
+	} else if (strcmp(url, "/status") == 0) {
+		struct metrics_snapshot *snap = metrics_snapshot();
+		size_t len = 0;
+		char *html = snap != NULL ? status_page_render(snap, &len) : NULL;
+		free(snap);
+		if (html == NULL)
+			return MHD_NO;
+		resp = MHD_create_response_from_buffer(len, html, MHD_RESPMEM_MUST_FREE);
+		if (resp != NULL) {
+			MHD_add_response_header(resp, "Content-Type", "text/html; charset=utf-8");
+			MHD_add_response_header(resp, "Cache-Control", "no-store");
+			/* No script of ours, and none can be injected through a value we show. */
+			MHD_add_response_header(resp, "Content-Security-Policy",
+						"default-src 'none'; style-src 'unsafe-inline'");
+			MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+		}
 	} else if (strcmp(url, "/health") == 0) {
 		bool stopping = atomic_load(&m.stopping);
 		static const char ok[] = "ok\n", stop[] = "stopping\n";
@@ -290,7 +391,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
 						       MHD_RESPMEM_PERSISTENT);
 		code = stopping ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK;
 	} else {
-		static const char msg[] = "not found: try /metrics or /health\n";
+		static const char msg[] = "not found: try /metrics, /status or /health\n";
 		resp = MHD_create_response_from_buffer(sizeof(msg) - 1, (void *)msg,
 						       MHD_RESPMEM_PERSISTENT);
 		code = MHD_HTTP_NOT_FOUND;
@@ -302,7 +403,55 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
 	return ret;
 }
 
-int metrics_start(const char *listen, char *error_r, size_t error_size)
+struct metrics_snapshot *metrics_snapshot(void)
+{
+	struct metrics_snapshot *s = calloc(1, sizeof(*s));
+
+	if (s == NULL)
+		return NULL;
+	snprintf(s->version, sizeof(s->version), "%s", m.version);
+	s->now = time(NULL);
+	s->uptime_s = m.started_mono_s > 0 ? mono_seconds() - m.started_mono_s : 0;
+	s->connections_total = LOAD(m.connections_total);
+	s->connections_open = LOAD(m.connections_current);
+	for (int i = 0; i < METRICS_REFUSALS; i++)
+		s->refused[i] = LOAD(m.connections_refused[i]);
+	for (int i = 0; i < METRICS_DEADLINE_PHASES; i++)
+		s->deadline_expiries[i] = LOAD(m.deadline_expiries[i]);
+	s->transactions = LOAD(m.transactions);
+	for (int i = 0; i < 3; i++)
+		s->recipients[i] = LOAD(m.recipients[i]);
+	s->in_flight = LOAD(m.in_flight);
+
+	long long stamp = mono_seconds() / 60 + 1;
+	pthread_mutex_lock(&history_lock);
+	for (size_t b = 0; b <= METRICS_BACKENDS_MAX; b++) {
+		struct backend_row *r = &m.backends[b];
+		if (!atomic_load_explicit(&r->used, memory_order_acquire))
+			continue;
+		struct metrics_backend_snapshot *o = &s->backends[s->backend_count++];
+		snprintf(o->name, sizeof(o->name), "%s", r->name);
+		/* The overflow row counts backends past METRICS_BACKENDS_MAX names: shown too. */
+		o->configured = atomic_load(&r->configured) || b == METRICS_BACKENDS_MAX;
+		o->down = atomic_load(&r->down);
+		for (int i = 0; i < 3; i++)
+			o->results[i] = LOAD(r->results[i]);
+		for (long long ago = 0; ago < METRICS_HISTORY_MINUTES && stamp - ago > 0; ago++) {
+			const __typeof__(r->history[0]) *slot =
+				&r->history[(stamp - ago) % METRICS_HISTORY_MINUTES];
+			if (slot->stamp == stamp - ago)
+				memcpy(o->history[ago], slot->counts, sizeof(o->history[ago]));
+		}
+		snprintf(o->last_error, sizeof(o->last_error), "%s", r->last_error);
+		o->last_error_at = r->last_error_at;
+		o->last_ok_at = r->last_ok_at;
+		o->last_class = r->any_result ? r->last_class : -1;
+	}
+	pthread_mutex_unlock(&history_lock);
+	return s;
+}
+
+int metrics_start(const char *listen, const char *version, char *error_r, size_t error_size)
 {
 	struct sockaddr_storage ss;
 	char host[INET6_ADDRSTRLEN + 2];
@@ -310,6 +459,8 @@ int metrics_start(const char *listen, char *error_r, size_t error_size)
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD;
 
 	memset(&ss, 0, sizeof(ss));
+	snprintf(m.version, sizeof(m.version), "%s", version);
+	m.started_mono_s = mono_seconds();
 	if (colon == NULL || colon == listen || (size_t)(colon - listen) >= sizeof(host) ||
 	    atoi(colon + 1) <= 0 || atoi(colon + 1) > 65535) {
 		snprintf(error_r, error_size, "metrics_listen: expected HOST:PORT, got '%s'", listen);

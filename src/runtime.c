@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "metrics.h"
 #include "pool.h"
 
 /* Does this key name a file whose contents the driver reads at open() (a secret, a CA)? */
@@ -159,6 +160,10 @@ struct runtime *runtime_open(struct config *cfg, const struct runtime *previous,
 		rt->backends[i] = br;
 		rt->opened++;
 	}
+	/* The status page lists the backends of this configuration, traffic or not. */
+	metrics_backends_configured_begin();
+	for (size_t i = 0; i < cfg->backend_count; i++)
+		metrics_backend_configured(cfg->backends[i].name, rt->backends[i]->origin == cfg);
 	for (size_t i = 0; i < cfg->backend_count; i++) {
 		const struct backend_runtime *br = rt->backends[i];
 		if (br->inst->driver->uses_sha256 == NULL || br->inst->driver->uses_sha256(br->state))

@@ -1383,7 +1383,9 @@ static void session_deadline(void *owner, const struct conn_deadline_expired *ex
 
 	if (s->state == STATE_CLOSING)
 		return;
-	if (strcmp(expired->phase, "data") == 0) {
+	bool data_phase = strcmp(expired->phase, "data") == 0;
+	metrics_deadline_expired(data_phase ? METRICS_DEADLINE_DATA : METRICS_DEADLINE_COMMAND);
+	if (data_phase) {
 		log_info("session=%s tx=%s event=timeout phase=data bytes=%llu elapsed_ms=%lld "
 			 "min_data_rate=%lld stored=none",
 			 s->id, s->tx != NULL ? s->tx->id : "-",

@@ -65,14 +65,63 @@ def test_metrics_counts_real_traffic():
 
 
 def test_metrics_count_refused_connections():
+    """Each refusal is counted under its reason; every reason is there (0) before the first,
+    so an alert on increase() sees the first refusal."""
     port = free_port()
     with Lmtpgw(config={"metrics_listen": "127.0.0.1:%d" % port, "max_connections": 1}) as gw:
+        _, _, text = scrape(port)
+        for reason in ("max_connections", "per_client", "allow_clients"):
+            assert value(text, "lmtpgw_connections_refused_total", '{reason="%s"}' % reason) == 0
         with gw.client() as first:
             with gw.client(greeting=False) as second:
                 rep = second.reply()
                 expect(rep, 421, "4.3.2")
         _, _, text = scrape(port)
-        assert value(text, "lmtpgw_connections_refused_total") >= 1
+        assert value(text, "lmtpgw_connections_refused_total", '{reason="max_connections"}') == 1
+        assert value(text, "lmtpgw_connections_refused_total", '{reason="per_client"}') == 0
+        assert not re.search(r"^lmtpgw_connections_refused_total \S+$", text, re.M), \
+            "the unlabelled series is gone: its reason is a label now"
+
+
+def test_metrics_count_refused_per_client():
+    """max_connections_per_client refusals (421 4.7.0) are reason="per_client"."""
+    port = free_port()
+    with Lmtpgw(config={"metrics_listen": "127.0.0.1:%d" % port, "max_connections": 10,
+                        "max_connections_per_client": 1}) as gw:
+        with gw.client() as first:
+            with gw.client(greeting=False) as second:
+                expect(second.reply(), 421, "4.7.0")
+            with gw.client(greeting=False) as third:
+                expect(third.reply(), 421, "4.7.0")
+        _, _, text = scrape(port)
+        assert value(text, "lmtpgw_connections_refused_total", '{reason="per_client"}') == 2
+        assert value(text, "lmtpgw_connections_refused_total", '{reason="max_connections"}') == 0
+
+
+def test_metrics_count_deadline_expiries_by_phase():
+    """A client silent after the greeting or after LHLO (timeout_greeting/timeout_command) is
+    phase="command"; one stalled in DATA (timeout_data, min_data_rate) is phase="data"."""
+    port = free_port()
+    with Lmtpgw(config={"metrics_listen": "127.0.0.1:%d" % port, "timeout_command": "1s",
+                        "timeout_greeting": "1s", "timeout_data": "1s",
+                        "min_data_rate": 1000}) as gw:
+        _, _, text = scrape(port)
+        assert "# TYPE lmtpgw_deadline_expiries_total counter" in text
+        assert value(text, "lmtpgw_deadline_expiries_total", '{phase="command"}') == 0
+        assert value(text, "lmtpgw_deadline_expiries_total", '{phase="data"}') == 0
+        with gw.client() as silent:                       # greeting read, no LHLO
+            with gw.session() as idle:                    # LHLO, then nothing
+                with gw.session() as stalled:             # DATA, a few bytes, then nothing
+                    expect(stalled.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+                    expect(stalled.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+                    expect(stalled.cmd("DATA"), 354)
+                    stalled.send(b"Subject: slow\r\n")
+                    for c in (silent, idle, stalled):
+                        expect(c.reply(), 421, "4.4.2")
+        gw.wait_log(r"event=timeout phase=data", timeout=5)
+        _, _, text = scrape(port)
+        assert value(text, "lmtpgw_deadline_expiries_total", '{phase="command"}') == 2
+        assert value(text, "lmtpgw_deadline_expiries_total", '{phase="data"}') == 1
 
 
 def test_metrics_listen_bad_value_refused_at_start():
