@@ -90,7 +90,10 @@ static void usage(FILE *out)
 		     "RECIPIENT... < message\n"
 		     "  -f SENDER     envelope sender (\"\" or \"<>\": the null sender; default: the\n"
 		     "                invoking user at the configured hostname)\n"
+		     "  --sender-env VARIABLE  the envelope sender from this environment variable\n"
+		     "                (Exim's pipe transport: SENDER)\n"
 		     "  -a RECIPIENT  a recipient (also one that starts with '-')\n"
+		     "  --syslog      log to syslog (as the daemon) instead of standard error\n"
 		     "  --            everything after it is a recipient\n"
 		     "exit: 0 stored for every recipient, 75 any doubt, 67/65/73/77/76/69 refused "
 		     "(lmtpgw(8))\n");
@@ -548,10 +551,15 @@ int deliver_main(const char *config_path, bool debug, int argc, char **argv)
 	const char *sender = NULL;
 	const char **args = calloc((size_t)argc + 1, sizeof(*args));
 	size_t arg_count = 0;
-	bool options_done = false;
+	bool options_done = false, to_syslog = false;
 
-	log_init("lmtpgw", true, debug ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO);
 	signal(SIGPIPE, SIG_IGN);
+	for (int i = 0; i < argc && strcmp(argv[i], "--") != 0; i++)
+		to_syslog = to_syslog || strcmp(argv[i], "--syslog") == 0;
+	/* MTAs put a command's output (stdout and stderr) into their logs and bounces, OpenSMTPD
+	 * its last line only: with --syslog the log lines go where the daemon's go, and the
+	 * output is the reply lines alone. */
+	log_init("lmtpgw", !to_syslog, debug ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO);
 	if (args == NULL)
 		return EX_TEMPFAIL;
 	/* A command-line mistake is the admin's (a recipe): EX_TEMPFAIL keeps the mail queued
@@ -562,17 +570,32 @@ int deliver_main(const char *config_path, bool debug, int argc, char **argv)
 			args[arg_count++] = a;
 		} else if (strcmp(a, "--") == 0) {
 			options_done = true;
-		} else if (strcmp(a, "-f") == 0 || strcmp(a, "-a") == 0) {
+		} else if (strcmp(a, "--syslog") == 0) {
+			continue; /* read above */
+		} else if (strcmp(a, "-f") == 0 || strcmp(a, "-a") == 0 ||
+			   strcmp(a, "--sender-env") == 0) {
 			if (i + 1 >= argc) {
 				fprintf(stderr, "lmtpgw deliver: %s needs an argument\n", a);
 				usage(stderr);
 				free(args);
 				return EX_TEMPFAIL;
 			}
-			if (a[1] == 'f')
+			if (a[1] == 'f') {
 				sender = argv[++i];
-			else
+			} else if (a[1] == 'a') {
 				args[arg_count++] = argv[++i];
+			} else {
+				/* Exim 4.94+ refuses tainted data ($sender_address) in a pipe
+				 * command's arguments, but gives the command the sender in its
+				 * environment (SENDER; empty for a bounce). */
+				sender = getenv(argv[++i]);
+				if (sender == NULL) {
+					fprintf(stderr, "lmtpgw deliver: no environment variable %s\n",
+						argv[i]);
+					free(args);
+					return EX_TEMPFAIL;
+				}
+			}
 		} else if (strncmp(a, "-f", 2) == 0) {
 			sender = a + 2; /* sendmail's -fSENDER */
 		} else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -620,6 +643,8 @@ int deliver_main(const char *config_path, bool debug, int argc, char **argv)
 	}
 	d.cfg = d.rt->cfg;
 	if (privileges_drop(d.cfg, "deliver") < 0) {
+		if (to_syslog)
+			fprintf(stderr, "lmtpgw: cannot run as this user (see the log)\n");
 		runtime_unref(&d.rt);
 		free(args);
 		return EX_TEMPFAIL;
@@ -675,9 +700,12 @@ int deliver_main(const char *config_path, bool debug, int argc, char **argv)
 		else
 			drain_stdin();
 	}
-	print_replies(&d);
 	int ex = exit_status(&d);
 	log_info("session=%s event=disconnect client=%s exit=%d", d.session_id, d.client, ex);
+	/* The reply lines come last: where stdout and stderr share a pipe, an MTA that reads
+	 * the last line (OpenSMTPD) finds a recipient's reply there. */
+	fflush(stderr);
+	print_replies(&d);
 
 	if (dispatch_in_flight() > 0) {
 		/* The delivery deadline answered for workers still blocked in a backend: nobody
