@@ -230,3 +230,93 @@ def test_deliver_60mb_message_with_bounded_memory():
     if MEMORY_FIGURES_MEAN_SOMETHING:
         rss_mb = usage.ru_maxrss / 1024.0                  # KiB on Linux
         assert rss_mb < 32, "peak RSS %.1f MB for a 60 MB message" % rss_mb
+
+
+def test_deliver_imap_verify_recipients_at_rcpt_and_append():
+    """A backend whose RCPT-time check blocks (imap verify_recipients) runs in its worker pool on
+    deliver's private loop, as in the daemon: Dovecot's unknown user is refused before the
+    message is read (550 5.1.1, exit 67), a known one gets the message by APPEND."""
+    from harness import require_dovecot
+    from dovecot import DovecotServer
+    require_dovecot()
+    with DovecotServer() as dc:
+        gw = Lmtpgw(routes=[("*@" + DOMAIN, ["inbox"])])
+        pw = os.path.join(gw.dir, "master.pw")
+        with open(pw, "w") as f:
+            f.write(dc.master[1] + "\n")
+        os.chmod(pw, 0o600)
+        gw.backends = ('inbox: { driver = "imap"; url = %s; ca_file = %s; login = %s; '
+                       'password_file = %s; verify_recipients = true; '
+                       'unknown_user_permanent = true; };'
+                       % (cstr("imap://127.0.0.1:%d" % dc.imap_port), cstr(dc.ca_file),
+                          cstr(dc.master[0]), cstr(pw)))
+        gw.write_config()
+        rc, out, err = deliver(gw, ["-f", "s@example.test", "nobody@" + DOMAIN],
+                               message_lf("imap-nobody"))
+        assert rc == EX_NOUSER, (rc, out, err)
+        assert replies(out)[0][1:3] == (550, "5.1.1"), out
+        assert re.search(r"event=refused stage=rcpt .*rcpt=<nobody@example\.test> .*backend=inbox",
+                         err), err
+        rc, out, err = deliver(gw, ["-f", "s@example.test", "alice@" + DOMAIN, "nobody@" + DOMAIN,
+                                    "bob@" + DOMAIN], message_lf("imap"))
+        assert rc == EX_TEMPFAIL, (rc, out, err)               # stored and refused: 75
+        assert [(r, c) for r, c, _e, _t in replies(out)] == [
+            ("alice@" + DOMAIN, 250), ("nobody@" + DOMAIN, 550), ("bob@" + DOMAIN, 250)], out
+        assert dc.count("alice") == 1 and dc.count("bob") == 1
+
+
+def test_deliver_reply_lines_are_the_daemons_replies():
+    """The same configuration served by the daemon: its replies (RCPT refusal, post-DATA
+    verdicts) equal deliver's lines but for the transaction id."""
+    from harness import expect
+    gw = gateway()
+    rcpts = ["alice@" + DOMAIN, "carol@" + DOMAIN]
+    rc, out, err = deliver(gw, ["-f", "s@example.test", "ghost@nowhere.test"] + rcpts,
+                           message_lf("parity"))
+    assert rc == EX_TEMPFAIL, (rc, out, err)
+    def same(line):   # without the transaction id and the Maildir file name
+        return re.sub(r"\(local \S+\)", "(local FILE)", re.sub(r" \[[0-9a-f.]+\]$", "", line))
+    lines = [same(l.split(": ", 1)[1]) for l in out]
+    with gw:
+        with gw.session() as c:
+            expect(c.cmd("MAIL FROM:<s@example.test>"), 250)
+            ghost = c.cmd("RCPT TO:<ghost@nowhere.test>")
+            for r in rcpts:
+                expect(c.cmd("RCPT TO:<%s>" % r), 250)
+            expect(c.cmd("DATA"), 354)
+            c.send(message_lf("parity").replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+                   + b".\r\n")
+            after = c.replies(len(rcpts))
+    daemon = [str(ghost)] + [str(r) for r in after]
+    daemon = [same(l) for l in daemon]
+    # the daemon answers RCPT refusals without the transaction id
+    assert [re.sub(r"^(\d{3})[ -]", r"\1 ", l) for l in daemon] == lines, (daemon, lines)
+
+
+def test_deliver_webhook_verdicts_map_to_sysexits():
+    """A real HTTP receiver answering per recipient (JSON results): the enhanced code it gives
+    becomes the exit status, 5.7.1 -> 77 EX_NOPERM, 5.2.2 -> 73 EX_CANTCREAT, 5.0.0 (HTTP 404)
+    -> 69 EX_UNAVAILABLE, 4.2.2 -> 75."""
+    from webhook_receiver import Receiver
+    verdicts = {"deny@example.test": (550, "5.7.1", "policy says no"),
+                "full@example.test": (552, "5.2.2", "mailbox full"),
+                "later@example.test": (452, "4.2.2", "over quota for now")}
+
+    def rule(req):
+        rcpt = req.headers["X-Lmtpgw-Recipients"]
+        if rcpt == "gone@example.test":
+            return {"status": 404}
+        code, status, text = verdicts.get(rcpt, (250, "2.0.0", "ok"))
+        return {"status": 200, "json": {"results": [{"rcpt": rcpt, "code": code,
+                                                     "status": status, "text": text}]}}
+    with Receiver(rule=rule) as r:
+        gw = Lmtpgw(backends='hook: { driver = "webhook"; url = %s; allow_http = true; '
+                    'timeout = 10; format = "raw"; };' % cstr(r.url),
+                    routes=[("*@example.test", ["hook"])])
+        for rcpt, want_rc, want in (("deny@", 77, (550, "5.7.1")), ("full@", 73, (552, "5.2.2")),
+                                    ("gone@", EX_UNAVAILABLE, (550, "5.0.0")),
+                                    ("later@", EX_TEMPFAIL, (452, "4.2.2")),
+                                    ("fine@", EX_OK, (250, "2.0.0"))):
+            rc, out, err = deliver(gw, ["-f", "s@example.test", rcpt + DOMAIN],
+                                   message_lf("hook"))
+            assert rc == want_rc and replies(out)[0][1:3] == want, (rcpt, rc, out, err)
