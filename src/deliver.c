@@ -71,6 +71,7 @@ struct deliver {
 	char txid[40];
 	char client[48];           /* for the log lines: "deliver(uid=N)" */
 	unsigned uid;              /* the invoking user, for the Received line */
+	pid_t parent;              /* the process that started us, normally the MTA writing stdin */
 	struct address from;
 	char from_str[ADDRESS_PATH_MAX + 1];
 	struct mail_params mail;
@@ -353,6 +354,7 @@ struct stdin_spool {
 	struct header_scan headers;
 	const char *error;         /* first spool error, reported once at the end */
 	int error_errno;
+	pid_t parent;              /* the process that started us (and writes the message) */
 };
 
 static void spool_out(struct stdin_spool *in, const char *data, size_t len)
@@ -363,6 +365,32 @@ static void spool_out(struct stdin_spool *in, const char *data, size_t len)
 		header_scan_feed(&in->headers, data, len);
 	if (spool_write(in->spool, data, len, &in->error) < 0)
 		in->error_errno = errno;
+}
+
+/* True when the process that started us has exited or is exiting. A dying process closes its
+ * files (our end of file) before we are given to a new parent, so getppid() alone can still
+ * name it: Linux marks it PF_EXITING in /proc/PID/stat from the start of its exit on. */
+static bool parent_gone(pid_t parent)
+{
+	char path[64], stat[1024];
+
+	if (getppid() != parent)
+		return true;
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)parent);
+	FILE *f = fopen(path, "re");
+	if (f == NULL)
+		return false; /* no /proc: only the check above */
+	size_t n = fread(stat, 1, sizeof(stat) - 1, f);
+	fclose(f);
+	stat[n] = '\0';
+	/* "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may hold anything,
+	 * so fields are counted from its last ')'. */
+	const char *p = strrchr(stat, ')');
+	char state = 0;
+	unsigned long flags = 0;
+	if (p == NULL || sscanf(p + 1, " %c %*d %*d %*d %*d %*d %lu", &state, &flags) != 2)
+		return false;
+	return state == 'Z' || state == 'X' || (flags & 0x4UL) != 0; /* PF_EXITING */
 }
 
 /*
@@ -401,6 +429,14 @@ static int read_message(struct stdin_spool *in)
 		before = block[n - 1];
 		empty = false;
 		spool_out(in, out, o);
+	}
+	/* A pipe has no end-of-data mark: end of file is also what a writer that died half-way
+	 * leaves. The MTA that writes the message is the process that started us; if it is gone,
+	 * this may be a part of the message, and the MTA, which never saw our exit status, will
+	 * try again: store nothing. */
+	if (parent_gone(in->parent)) {
+		errno = EPIPE;
+		return -1;
 	}
 	/* An LMTP client ends the content with CRLF before the final dot; so do we. */
 	if (!empty && before != '\n')
@@ -453,7 +489,7 @@ static void on_result(void *ctx, size_t index, const struct status *reply)
 static void deliver_message(struct deliver *d, size_t accepted)
 {
 	const struct config *cfg = d->cfg;
-	struct stdin_spool in = { 0 };
+	struct stdin_spool in = { .parent = d->parent };
 	time_t received = time(NULL);
 
 	in.spool = spool_new((size_t)cfg->spool_memory_max, cfg->spool_dir,
@@ -470,7 +506,8 @@ static void deliver_message(struct deliver *d, size_t accepted)
 	header_scan_init(&in.headers);
 	if (read_message(&in) < 0) {
 		log_error("session=%s tx=%s event=input_error error=\"reading standard input: %s\"",
-			  d->session_id, d->txid, strerror(errno));
+			  d->session_id, d->txid,
+			  errno == EPIPE ? "the process that wrote it went away" : strerror(errno));
 		spool_free(&in.spool);
 		refuse_message(d, 451, "4.3.0", "Local error in processing (reading the message)");
 		return;
@@ -625,7 +662,7 @@ int deliver_main(const char *config_path, bool debug, int argc, char **argv)
 	}
 	server_apply_log_settings(cfg, debug);
 
-	struct deliver d = { .uid = (unsigned)getuid() };
+	struct deliver d = { .uid = (unsigned)getuid(), .parent = getppid() };
 	char default_sender[ADDRESS_PATH_MAX + 1];
 	if (sender == NULL) {
 		/* Like sendmail -t without -f: the invoking user at this host (before dropping

@@ -320,3 +320,34 @@ def test_deliver_webhook_verdicts_map_to_sysexits():
             rc, out, err = deliver(gw, ["-f", "s@example.test", rcpt + DOMAIN],
                                    message_lf("hook"))
             assert rc == want_rc and replies(out)[0][1:3] == want, (rcpt, rc, out, err)
+
+
+def test_deliver_stores_nothing_when_the_writer_dies_half_way():
+    """A pipe has no end-of-data mark: when the process that started deliver (the MTA writing
+    the message) dies in the middle, end of file is not the end of the message. Nothing is
+    stored (that MTA will try again), the log says why, exit 75."""
+    import sys
+    import time
+    gw = gateway()
+    log = os.path.join(gw.dir, "orphan.log")
+    helper = ("import os, subprocess, sys, time\n"
+              "p = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE,\n"
+              "                     stdout=open(%r, 'ab'), stderr=subprocess.STDOUT)\n"
+              "p.stdin.write(b'Subject: half\\n\\nthe first half of a message\\n')\n"
+              "p.stdin.flush()\n"
+              "for _ in range(1000):   # until deliver runs (it notes its parent at start)\n"
+              "    if b'event=connect' in open(%r, 'rb').read(): break\n"
+              "    time.sleep(0.01)\n"
+              "os._exit(0)   # the writer dies: no close of its own, no wait\n" % (log, log))
+    subprocess.run([sys.executable, "-c", helper, binary(), "-c", gw.conf_path, "deliver",
+                    "-f", "s@example.test", "alice@" + DOMAIN], timeout=30, check=True)
+    deadline = time.time() + 30 * SLOW
+    text = ""
+    while "event=disconnect" not in text and time.time() < deadline:
+        time.sleep(0.05)
+        with open(log) as f:
+            text = f.read()
+    assert "event=input_error" in text and "went away" in text, text
+    assert re.search(r"^<alice@example\.test>: 451 4\.3\.0 ", text, re.M), text
+    assert "exit=75" in text, text
+    assert gw.messages("alice") == []
