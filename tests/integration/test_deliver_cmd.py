@@ -351,3 +351,26 @@ def test_deliver_stores_nothing_when_the_writer_dies_half_way():
     assert re.search(r"^<alice@example\.test>: 451 4\.3\.0 ", text, re.M), text
     assert "exit=75" in text, text
     assert gw.messages("alice") == []
+
+
+def test_deliver_delivery_deadline_answers_451_and_exits_without_waiting():
+    """delivery_deadline as in the daemon: a backend that has not answered in time gets
+    451 4.4.7 (exit 75) and the command exits then, without waiting for the worker; a discard
+    recipient in the same call (an inline driver) is answered at once."""
+    import time
+    from webhook_receiver import Receiver
+    with Receiver(rule=lambda req: {"status": 200, "delay": 6}) as r:
+        gw = Lmtpgw(backends='hook: { driver = "webhook"; url = %s; allow_http = true; '
+                    'timeout = 30; format = "raw"; }; trash: { driver = "discard"; };'
+                    % cstr(r.url),
+                    routes=[("slow@" + DOMAIN, ["hook"]), ("gone@" + DOMAIN, ["trash"])],
+                    config={"delivery_deadline": "1s"})
+        started = time.monotonic()
+        rc, out, err = deliver(gw, ["-f", "s@example.test", "gone@" + DOMAIN, "slow@" + DOMAIN],
+                               message_lf("deadline"))
+        took = time.monotonic() - started
+        assert rc == EX_TEMPFAIL, (rc, out, err)
+        assert [c for _r, c, _e, _t in replies(out)] == [250, 451], out
+        assert replies(out)[1][2] == "4.4.7", out
+        assert took < 5 * SLOW, took
+        assert "event=exit_with_late_deliveries" in err, err
