@@ -165,6 +165,9 @@ def test_deliver_local_problems_are_tempfail():
         rc, out, err = deliver(gw, args, message_lf("usage"))
         assert rc == EX_TEMPFAIL and out == [], (args, rc, out, err)
         assert "usage:" in err, err
+    rc, out, err = deliver(gw, ["--sender-env", "LMTPGW_TEST_NO_SUCH_VARIABLE",
+                                "alice@" + DOMAIN], message_lf("env"))
+    assert rc == EX_TEMPFAIL and out == [] and "LMTPGW_TEST_NO_SUCH_VARIABLE" in err, (rc, err)
     p = subprocess.run([binary(), "-c", os.path.join(gw.dir, "missing.conf"), "deliver",
                         "alice@" + DOMAIN], input=b"x\n", capture_output=True, timeout=30)
     assert p.returncode == EX_TEMPFAIL, p
@@ -374,3 +377,16 @@ def test_deliver_delivery_deadline_answers_451_and_exits_without_waiting():
         assert replies(out)[1][2] == "4.4.7", out
         assert took < 5 * SLOW, took
         assert "event=exit_with_late_deliveries" in err, err
+
+
+def test_deliver_sender_from_the_environment():
+    """--sender-env: Exim's pipe transport gives the sender as SENDER (empty for a bounce)."""
+    gw = gateway()
+    for value, want in (("env@example.test", b"<env@example.test>"), ("", b"<>")):
+        p = subprocess.run([binary(), "-c", gw.conf_path, "deliver", "--sender-env", "SENDER",
+                            "--", "bob@" + DOMAIN], input=message_lf("env"), capture_output=True,
+                           timeout=30, env=dict(os.environ, SENDER=value))
+        assert p.returncode == EX_OK, p
+        newest = gw.messages("bob")[-1]
+        assert any(gw.read(m).startswith(b"Return-Path: " + want + b"\r\n")
+                   for m in gw.messages("bob")), newest
