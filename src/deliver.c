@@ -87,15 +87,15 @@ struct deliver {
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: lmtpgw [-c FILE] [-d] deliver [-f SENDER] [-a RECIPIENT]... [--] "
-		     "RECIPIENT... < message\n"
-		     "  -f SENDER     envelope sender (\"\" or \"<>\": the null sender; default: the\n"
-		     "                invoking user at the configured hostname)\n"
-		     "  --sender-env VARIABLE  the envelope sender from this environment variable\n"
-		     "                (Exim's pipe transport: SENDER)\n"
-		     "  -a RECIPIENT  a recipient (also one that starts with '-')\n"
-		     "  --syslog      log to syslog (as the daemon) instead of standard error\n"
-		     "  --            everything after it is a recipient\n"
+	fprintf(out, "usage: lmtpgw [-c FILE] [-d] deliver [--syslog] [-f SENDER | --sender-env VAR]\n"
+		     "                    [-a RECIPIENT]... [--] RECIPIENT... < message\n"
+		     "  -f SENDER           envelope sender (\"\" or \"<>\": the null sender; default:\n"
+		     "                      the invoking user at the configured hostname)\n"
+		     "  --sender-env VAR    the envelope sender from environment variable VAR\n"
+		     "                      (Exim's pipe transport: SENDER)\n"
+		     "  -a RECIPIENT        a recipient (also one that starts with '-')\n"
+		     "  --syslog            log to syslog (as the daemon) instead of standard error\n"
+		     "  --                  everything after it is a recipient\n"
 		     "exit: 0 stored for every recipient, 75 any doubt, 67/65/73/77/76/69 refused "
 		     "(lmtpgw(8))\n");
 }
