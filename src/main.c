@@ -5,6 +5,7 @@
  *   lmtpgw [-c FILE] -n                             print the effective configuration
  *   lmtpgw [-c FILE] check [--probe]                validate; --probe reaches every backend
  *   lmtpgw [-c FILE] route ADDRESS...               show where addresses are delivered
+ *   lmtpgw [-c FILE] deliver [-f SENDER] RCPT...     deliver stdin, exit per sysexits (deliver.c)
  *
  * Start-up order: load and check the configuration (which opens the backends), bind the
  * listeners, drop privileges, then serve. SIGTERM/SIGINT stop accepting and let transactions
@@ -27,6 +28,7 @@
 #include "address.h"
 #include "backend.h"
 #include "config.h"
+#include "deliver.h"
 #include "dispatcher.h"
 #include "listener.h"
 #include "log.h"
@@ -52,6 +54,8 @@ static void usage(FILE *out)
 		"       lmtpgw [-c FILE] check [--probe]                validate the configuration\n"
 		"                                                       (--probe: reach every backend)\n"
 		"       lmtpgw [-c FILE] route ADDRESS...               show the route of addresses\n"
+		"       lmtpgw [-c FILE] deliver [-f SENDER] [--] RECIPIENT... < message\n"
+		"                                                       deliver one message (sysexits)\n"
 		"options:\n"
 		"  -c, --config FILE   configuration file (default %s)\n"
 		"  -f, --foreground    stay in the foreground and log to stderr\n"
@@ -254,6 +258,11 @@ int main(int argc, char **argv)
 		}
 	}
 	const char *verb = optind < argc ? argv[optind] : NULL;
+	if (verb != NULL && strcmp(verb, "deliver") == 0) {
+		/* Its own exit statuses (sysexits) from the first error on: see deliver.h. */
+		free(listen.items);
+		return deliver_main(config_path, debug, argc - optind - 1, argv + optind + 1);
+	}
 	if (verb != NULL && strcmp(verb, "check") != 0 && strcmp(verb, "route") != 0) {
 		fprintf(stderr, "lmtpgw: unknown command '%s'\n", verb);
 		usage(stderr);
