@@ -321,6 +321,12 @@ static void check_recipient(struct deliver *d, struct deliver_rcpt *dr, size_t a
 		refuse(d, dr, "rcpt", NULL, &st);
 		return;
 	}
+	struct verify_context vctx;
+	snprintf(vctx.sender, sizeof(vctx.sender), "%s", d->from_str);
+	snprintf(vctx.client_addr, sizeof(vctx.client_addr), "local");
+	vctx.lhlo[0] = '\0';
+	snprintf(vctx.session_id, sizeof(vctx.session_id), "%s", d->session_id);
+	snprintf(vctx.txid, sizeof(vctx.txid), "%s", d->txid);
 	/* A fresh process has no circuit breaker history: every backend is tried. */
 	for (size_t k = 0; k < dr->r.rule->target_count; k++) {
 		const struct backend_instance *b = &d->cfg->backends[dr->r.rule->targets[k]];
@@ -331,13 +337,13 @@ static void check_recipient(struct deliver *d, struct deliver_rcpt *dr, size_t a
 			continue;
 		if (b->driver->verify_blocking) {
 			d->verify_done = false;
-			dispatch_verify_start(d->rt, br, &dr->r, on_verified, d);
+			dispatch_verify_start(d->rt, br, &dr->r, &vctx, on_verified, d);
 			while (!d->verify_done)
 				event_base_loop(d->base, EVLOOP_ONCE);
 			result = d->verify_result;
 			st = d->verify_status;
 		} else {
-			result = b->driver->verify(br->state, &dr->r, &st);
+			result = b->driver->verify(br->state, &dr->r, &vctx, &st);
 		}
 		if (result < 0) {
 			refuse(d, dr, "rcpt", b, &st);

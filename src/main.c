@@ -13,8 +13,6 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <grp.h>
-#include <pwd.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -34,6 +32,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
+#include "privileges.h"
 #include "router.h"
 #include "runtime.h"
 #include "server.h"
@@ -90,51 +89,6 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	listeners_close(srv);
 	session_stop_all(srv);
 	server_check_idle(srv);
-}
-
-static int drop_privileges(const struct config *cfg)
-{
-	if (cfg->user == NULL) {
-		if (geteuid() != 0)
-			return 0;
-		if (!cfg->run_as_root) {
-			/* Least privilege: a mail gateway parsing network input must not stay root. */
-			log_error("event=startup_failed error=\"refusing to serve as root: set 'user' (and "
-				  "'group') to drop privileges after binding, or run_as_root = true for a "
-				  "trial\"");
-			return -1;
-		}
-		log_warn("event=running_as_root hint=\"set 'user' in the configuration\"");
-		return 0;
-	}
-	struct passwd *pw = getpwnam(cfg->user);
-	if (pw == NULL) {
-		log_error("event=startup_failed error=\"unknown user '%s'\"", cfg->user);
-		return -1;
-	}
-	gid_t gid = pw->pw_gid;
-	if (cfg->group != NULL) {
-		struct group *gr = getgrnam(cfg->group);
-		if (gr == NULL) {
-			log_error("event=startup_failed error=\"unknown group '%s'\"", cfg->group);
-			return -1;
-		}
-		gid = gr->gr_gid;
-	}
-	if (geteuid() != 0) {
-		if (getuid() == pw->pw_uid)
-			return 0;
-		log_error("event=startup_failed error=\"must start as root to become '%s'\"", cfg->user);
-		return -1;
-	}
-	if (initgroups(pw->pw_name, gid) < 0 || setgid(gid) < 0 || setuid(pw->pw_uid) < 0) {
-		log_error("event=startup_failed error=\"cannot become %s: %s\"", cfg->user,
-			  strerror(errno));
-		return -1;
-	}
-	log_info("event=privileges_dropped user=%s uid=%d gid=%d", cfg->user, (int)pw->pw_uid,
-		 (int)gid);
-	return 0;
 }
 
 /* lmtpgw route ADDRESS...: the rule that matches, and where each backend would deliver. */
@@ -365,7 +319,7 @@ int main(int argc, char **argv)
 		listeners_close(&srv);
 		return 71;
 	}
-	if (drop_privileges(cfg) < 0) {
+	if (privileges_drop(cfg, "serve") < 0) {
 		listeners_close(&srv);
 		return 77;
 	}

@@ -1,8 +1,8 @@
 /*
  * privileges - drop root for `user`/`group`, or refuse to run as root (include/privileges.h).
  *
- * The same rule as the daemon's start-up in main.c, shared by the subcommands that deliver
- * mail (`deliver`): a process that parses a message from outside must not stay root.
+ * One rule for the daemon (after binding its sockets) and the subcommands that deliver mail
+ * (`deliver`): a process that parses a message from outside must not stay root.
  */
 #include "privileges.h"
 
