@@ -16,8 +16,11 @@ machine with dpkg.
   configuration's `user` drops privileges; spool in the package's /var/spool/lmtpgw): the
   message file is owned by lmtpgw.
 - `dpkg -i` of the same package again (an upgrade over itself) with a locally changed conffile
-  and no terminal: the change is kept, and so is a file in /var/lib/lmtpgw.
-- `dpkg --purge`: every file of the package, the conffile, /etc/lmtpgw, /var/lib/lmtpgw and
+  and no terminal: the change is kept, and so is a file in /var/lib/lmtpgw. Then an upgrade to
+  a next version (the .deb repacked with dpkg-deb, version V+conftest) whose conffile changed
+  too: dpkg's conffile question, answered by --force-confold without a terminal, keeps the
+  admin's file and leaves the package's as lmtpgw.conf.dpkg-dist.
+- `dpkg --purge`: every file of the package, the conffile and its .dpkg-dist, /etc/lmtpgw, /var/lib/lmtpgw and
   /var/spool/lmtpgw are gone. The user `lmtpgw` stays: Debian policy and adduser advise against
   removing a system user whose uid may still own files.
 The package is purged at the end whatever happened (and before starting, if a previous run left
@@ -258,11 +261,53 @@ def check_upgrade_keeps_conffile(deb):
     assert rc == 0, out
 
 
+def next_version_with_new_conffile(deb, tmp):
+    """The same package as version V+conftest whose /etc/lmtpgw/lmtpgw.conf changed (repacked
+    with dpkg-deb: no second build), to reach dpkg's conffile prompt."""
+    root = os.path.join(tmp, "next")
+    rc, out = run(["dpkg-deb", "-R", deb, root])
+    assert rc == 0, out
+    control = os.path.join(root, "DEBIAN", "control")
+    with open(control) as f:
+        text = f.read()
+    text = "\n".join(l + "+conftest" if l.startswith("Version: ") else l
+                     for l in text.split("\n"))
+    with open(control, "w") as f:
+        f.write(text)
+    with open(os.path.join(root, "etc", "lmtpgw", "lmtpgw.conf"), "a") as f:
+        f.write("# new in the next version\n")
+    md5 = os.path.join(root, "DEBIAN", "md5sums")
+    if os.path.exists(md5):
+        os.unlink(md5)  # optional; dpkg recomputes what it needs
+    out_deb = os.path.join(tmp, "lmtpgw-next.deb")
+    rc, out = run(["dpkg-deb", "--root-owner-group", "-b", root, out_deb])
+    assert rc == 0, out
+    return out_deb
+
+
+def check_upgrade_with_changed_package_conffile(deb, tmp):
+    """Both the admin and the new version changed the conffile: without a terminal, dpkg
+    --force-confold keeps the admin's file and puts the package's beside it (.dpkg-dist)."""
+    next_deb = next_version_with_new_conffile(deb, tmp)
+    rc, out = dpkg("--force-confdef", "--force-confold", "-i", next_deb)
+    assert rc == 0, out
+    rc, version = run(["dpkg-query", "-W", "-f=${Version}", PACKAGE])
+    assert version.endswith("+conftest"), version
+    with open("/etc/lmtpgw/lmtpgw.conf") as f:
+        mine = f.read()
+    assert "# changed locally by test_debian_package" in mine and "next version" not in mine
+    with open("/etc/lmtpgw/lmtpgw.conf.dpkg-dist") as f:
+        assert f.read().endswith("# new in the next version\n")
+    rc, out = run(["/usr/sbin/lmtpgw", "check"])
+    assert rc == 0, out
+
+
 def check_purged():
     rc, out = purge()
     assert rc == 0, out
     assert not installed()
-    for path in EXPECTED_FILES + STATE_DIRS + ["/etc/lmtpgw", "/usr/share/doc/lmtpgw"]:
+    for path in EXPECTED_FILES + STATE_DIRS + ["/etc/lmtpgw", "/usr/share/doc/lmtpgw",
+                                               "/etc/lmtpgw/lmtpgw.conf.dpkg-dist"]:
         assert not os.path.lexists(path), "%s left after purge" % path
 
 
@@ -288,6 +333,7 @@ def test_debian_package_build_install_upgrade_purge():
         check_default_config_refuses_temporarily(tmp)
         check_delivery_as_lmtpgw(tmp)
         check_upgrade_keeps_conffile(deb)
+        check_upgrade_with_changed_package_conffile(deb, tmp)
         check_purged()
     finally:
         if installed() or os.path.exists("/etc/lmtpgw/lmtpgw.conf"):
