@@ -280,8 +280,11 @@ def test_rsyslog_restarted_while_running():
     d = tmpdir("restart")
     try:
         with Rsyslog(d) as rs, SyslogLmtpgw(rs) as gw:
+            disconnects = len(gw.grep(r"event=disconnect"))
             deliver(gw)
             rs.wait_for("mail.log", r"event=delivery ")
+            # lmtpgw is quiet now (the session's last line is in): nothing to log while down
+            rs.wait_for("mail.log", r"event=disconnect", count=disconnects + 1)
             rs.stop()
             if os.path.exists(rs.socket):
                 os.unlink(rs.socket)
