@@ -21,9 +21,11 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <syslog.h>
 #include <time.h>
@@ -152,6 +154,7 @@ static struct sockaddr_un syslog_addr = { .sun_family = AF_UNIX, .sun_path = "/d
 static int syslog_facility_code = LOG_MAIL;
 static bool syslog_detached_default;      /* log_init chose syslog: "auto" means syslog */
 static bool syslog_failing;               /* the last send failed */
+static atomic_bool stderr_is_journal = false; /* stderr lines get a "<N>" severity prefix */
 static unsigned long syslog_lines_to_stderr;
 
 static const struct {
@@ -210,12 +213,45 @@ int log_configure_syslog(const char *facility, const char *socket_path)
 	return 0;
 }
 
+/* When stderr is the systemd journal, a line starts with "<N>", its syslog severity
+ * (sd-daemon(3)): journald takes the priority from it (SyslogLevelPrefix=, on by default) and
+ * strips it, so `journalctl -p warning` works and rsyslog reading the journal files the line
+ * under the right severity (the facility is the unit's SyslogFacility=). text must have three
+ * writable octets before it; returns where the line to write starts. */
+static const char *journal_prefix(enum log_level level, char *text)
+{
+	if (!atomic_load(&stderr_is_journal))
+		return text;
+	text[-3] = '<';
+	text[-2] = (char)('0' + level_priorities[level]);
+	text[-1] = '>';
+	return text - 3;
+}
+
+/* systemd sets JOURNAL_STREAM to "DEVICE:INODE" of the stream it connects to stdout and stderr
+ * (systemd.exec(5)); stderr is the journal only while it is still that stream (not when a test
+ * or a shell redirected it). */
+static bool stderr_is_journal_stream(void)
+{
+	const char *env = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+	char tail;
+
+	if (env == NULL || sscanf(env, "%llu:%llu%c", &dev, &ino, &tail) != 2)
+		return false;
+	if (fstat(STDERR_FILENO, &st) < 0)
+		return false;
+	return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
 void log_init(const char *ident, bool to_stderr, enum log_level level)
 {
 	if (ident != NULL)
 		log_ident = ident;
 	syslog_detached_default = !to_stderr;
 	atomic_store(&use_syslog, !to_stderr);
+	atomic_store(&stderr_is_journal, stderr_is_journal_stream());
 	log_set_level(level);
 }
 
@@ -363,7 +399,8 @@ static void syslog_line(enum log_level level, const char *msg, size_t msg_len,
 
 static void log_vline(enum log_level level, const char *fmt, va_list args)
 {
-	char line[LOG_LINE_MAX];
+	/* Three octets in front for the "<N>" of a line to the journal (journal_prefix). */
+	char buf[3 + LOG_LINE_MAX], *line = buf + 3;
 	size_t len = 0, msg_start;
 	int n;
 	bool to_syslog = atomic_load(&use_syslog);
@@ -372,18 +409,18 @@ static void log_vline(enum log_level level, const char *fmt, va_list args)
 		return;
 	/* The stderr form always ("time level message"): a syslog line that cannot be sent goes
 	 * to stderr in it. Syslog gets the message part. */
-	len = format_timestamp(line, sizeof(line));
+	len = format_timestamp(line, LOG_LINE_MAX);
 	size_t name_len = strlen(level_names[level]);
 	memcpy(line + len, level_names[level], name_len);
 	len += name_len;
 	line[len++] = ' ';
 	msg_start = len;
 	/* Keep room for the newline and the NUL. */
-	n = format_v(line + len, sizeof(line) - len - 1, fmt, args);
+	n = format_v(line + len, LOG_LINE_MAX - len - 1, fmt, args);
 	if (n < 0)
 		n = 0;
-	if ((size_t)n >= sizeof(line) - len - 1) {
-		len = sizeof(line) - 2;
+	if ((size_t)n >= LOG_LINE_MAX - len - 1) {
+		len = LOG_LINE_MAX - 2;
 		memcpy(line + len - 3, "...", 3);
 	} else {
 		len += (size_t)n;
@@ -394,26 +431,28 @@ static void log_vline(enum log_level level, const char *fmt, va_list args)
 	}
 	if (atomic_load(&use_json)) {
 		/* The same fields, as one JSON object per line. Syslog stamps its own time. */
-		char json[LOG_LINE_MAX * 2], stamp[40] = "";
+		char jbuf[3 + LOG_LINE_MAX * 2], *json = jbuf + 3, stamp[40] = "";
 		line[len] = '\0';
 		if (!to_syslog) {
 			size_t t = strcspn(line, " ");
 			snprintf(stamp, sizeof(stamp), "%.*s", (int)t, line);
 		}
 		size_t jlen = log_kv_to_json(line + msg_start, stamp, level_names[level], json,
-					     sizeof(json) - 1);
+					     LOG_LINE_MAX * 2 - 1);
 		json[jlen] = '\n';
+		const char *out = journal_prefix(level, json);
 		if (to_syslog)
-			syslog_line(level, json, jlen, json, jlen + 1);
+			syslog_line(level, json, jlen, out, (size_t)(json - out) + jlen + 1);
 		else
-			write_all(STDERR_FILENO, json, jlen + 1);
+			write_all(STDERR_FILENO, out, (size_t)(json - out) + jlen + 1);
 		return;
 	}
 	line[len] = '\n';
+	const char *out = journal_prefix(level, line);
 	if (to_syslog)
-		syslog_line(level, line + msg_start, len - msg_start, line, len + 1);
+		syslog_line(level, line + msg_start, len - msg_start, out, (size_t)(line - out) + len + 1);
 	else
-		write_all(STDERR_FILENO, line, len + 1);
+		write_all(STDERR_FILENO, out, (size_t)(line - out) + len + 1);
 }
 
 #define LOG_FUNCTION(name, level)                   \

@@ -327,3 +327,56 @@ def test_detached_daemon_logs_to_syslog_mail_by_default():
             shutil.rmtree(gw.dir, ignore_errors=True)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def start_with_journal_stream(gw, value):
+    """Start gw with JOURNAL_STREAM=value in its environment (as systemd would set it)."""
+    old = os.environ.get("JOURNAL_STREAM")
+    os.environ["JOURNAL_STREAM"] = value
+    try:
+        gw.start()
+    finally:
+        if old is None:
+            del os.environ["JOURNAL_STREAM"]
+        else:
+            os.environ["JOURNAL_STREAM"] = old
+
+
+def test_stderr_to_the_journal_carries_the_severity():
+    """Under systemd (the packaged unit runs -f) stderr is the journal: each line then starts
+    with "<N>", its syslog severity, which journald takes as the priority and strips (so
+    rsyslog reading the journal files it as mail.err, mail.warning, ...). Only when stderr
+    really is the stream JOURNAL_STREAM names (DEVICE:INODE): here the log file plays the
+    journal's part."""
+    gw = Lmtpgw(config={"log_level": "debug", "max_connections": 1})
+    open(gw.log_path, "ab").close()
+    st = os.stat(gw.log_path)
+    start_with_journal_stream(gw, "%d:%d" % (st.st_dev, st.st_ino))
+    with gw:
+        disconnects = len(gw.grep(r"event=disconnect"))
+        deliver(gw)
+        gw.wait_log(r"event=disconnect", count=disconnects + 1)
+        with gw.client():
+            extra = socket.create_connection((gw.host, gw.port), timeout=10 * SLOW)
+            extra.settimeout(10 * SLOW)
+            assert extra.recv(200).startswith(b"421 ")
+            extra.close()
+            gw.wait_log(r"event=connection_refused")
+        gw.write_config("not a configuration\n")
+        gw.signal(signal.SIGHUP)
+        gw.wait_log(r"event=reload_failed")
+        gw.write_config()
+        lines = gw.log().splitlines()
+        assert lines and all(re.match(r"^<[0-7]>\d{4}-", l) for l in lines), lines[:5]
+        def prefix(pattern):
+            return [l for l in lines if re.search(pattern, l)][0][:3]
+        assert prefix(r"event=reload_failed") == "<3>"
+        assert prefix(r"event=connection_refused") == "<4>"
+        assert prefix(r"event=delivery ") == "<6>"
+        assert prefix(r"event=command ") == "<7>"
+    # Another stream (stderr redirected by someone else): plain lines.
+    gw = Lmtpgw()
+    start_with_journal_stream(gw, "1:1")
+    with gw:
+        deliver(gw)
+        assert re.match(r"^\d{4}-", gw.log().splitlines()[0]), gw.log()[:200]
