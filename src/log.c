@@ -17,6 +17,7 @@
 #include "format.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -138,16 +139,22 @@ static const char *log_ident = "lmtpgw";
  * instead: one unix datagram per line, "<PRI>Mmm dd hh:mm:ss ident[pid]: message", the format
  * glibc's syslog(3) sends and rsyslog, syslog-ng and journald parse.
  *
- * Each line is a sendto() naming the socket path, on an unconnected datagram socket: a syslog
- * daemon that restarted (and made a new socket) is found by the next line without any reconnect
- * logic. The send never blocks (MSG_DONTWAIT): a daemon that falls behind or is gone costs a
- * line on stderr, never a delivery's time. A line that cannot be sent goes to stderr in the
- * foreground format, and the first line sent after an outage says how many went to stderr
+ * The datagram socket is connected to the daemon's: then the kernel lets us wait for room in
+ * the daemon's queue (poll POLLOUT), which it cannot for an unconnected socket, and that queue
+ * is short (net.unix.max_dgram_qlen, 10 datagrams on Debian 12), so a burst of lines would
+ * otherwise overflow it while rsyslog is merely busy. The send itself never blocks
+ * (MSG_DONTWAIT); a full queue is waited for at most SYSLOG_WAIT_MS, and only while syslog is
+ * healthy: after one such wait fails, lines go to stderr without waiting until a send
+ * succeeds again, so a stuck daemon costs the event loop one wait per outage, not one per
+ * line. A daemon that restarted leaves us connected to its old, closed socket (ECONNREFUSED):
+ * we connect again to the path, once per line. A line that cannot be sent goes to stderr in
+ * the foreground format, and the first line sent after an outage says how many went to stderr
  * (event=syslog_restored), so none is lost without a trace.
  *
- * syslog_lock guards the socket, the address and the outage count: a line is one sendto, so
- * holding it costs one system call.
+ * syslog_lock guards the socket, the address and the outage state: a line is one send, so
+ * holding it costs one system call (plus at most one bounded wait per outage).
  */
+#define SYSLOG_WAIT_MS 100
 static pthread_mutex_t syslog_lock = PTHREAD_MUTEX_INITIALIZER;
 static int syslog_fd = -1;
 static struct sockaddr_un syslog_addr = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
@@ -206,6 +213,10 @@ int log_configure_syslog(const char *facility, const char *socket_path)
 		return -1;
 	pthread_mutex_lock(&syslog_lock);
 	syslog_facility_code = code;
+	if (strcmp(syslog_addr.sun_path, socket_path) != 0 && syslog_fd >= 0) {
+		close(syslog_fd); /* connected to the old path */
+		syslog_fd = -1;
+	}
 	memset(syslog_addr.sun_path, 0, sizeof(syslog_addr.sun_path));
 	memcpy(syslog_addr.sun_path, socket_path, strlen(socket_path));
 	pthread_mutex_unlock(&syslog_lock);
@@ -319,6 +330,23 @@ static void write_all(int fd, const char *buf, size_t len)
 	}
 }
 
+/* A datagram socket connected to syslog_addr in syslog_fd; 0, or -1 with errno set. */
+static int syslog_connect_locked(void)
+{
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (const struct sockaddr *)&syslog_addr, sizeof(syslog_addr)) < 0) {
+		int err = errno;
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	syslog_fd = fd;
+	return 0;
+}
+
 /* One RFC 3164 datagram: "<PRI>Mmm dd hh:mm:ss ident[pid]: msg" (RFC 3164 4.1; the HOSTNAME
  * is left out, as glibc does for the local socket: the syslog daemon adds its own). The
  * time is local time, as the daemon's other lines. Returns 0, or -1 with errno set. */
@@ -344,19 +372,35 @@ static int syslog_send_locked(int severity, const char *msg, size_t msg_len)
 	memcpy(buf + len, msg, msg_len);
 	len += msg_len;
 
-	if (syslog_fd < 0) {
-		syslog_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-		if (syslog_fd < 0)
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (syslog_fd < 0 && syslog_connect_locked() < 0)
 			return -1;
-	}
-	for (;;) {
-		ssize_t sent = sendto(syslog_fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL,
-				      (const struct sockaddr *)&syslog_addr, sizeof(syslog_addr));
+		ssize_t sent;
+		do
+			sent = send(syslog_fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		while (sent < 0 && errno == EINTR);
 		if (sent >= 0)
 			return 0;
-		if (errno != EINTR)
+		if ((errno == EAGAIN || errno == EWOULDBLOCK) && !syslog_failing && attempt == 0) {
+			/* The daemon's queue is full: give it a moment to read. */
+			struct pollfd pfd = { .fd = syslog_fd, .events = POLLOUT };
+			if (poll(&pfd, 1, SYSLOG_WAIT_MS) > 0)
+				continue;
+			errno = EAGAIN;
 			return -1;
+		}
+		if (errno == ECONNREFUSED || errno == ENOTCONN || errno == ECONNRESET ||
+		    errno == EPIPE) {
+			/* The daemon restarted (or went away): connect to its socket anew. */
+			int err = errno;
+			close(syslog_fd);
+			syslog_fd = -1;
+			errno = err;
+			continue;
+		}
+		return -1;
 	}
+	return -1;
 }
 
 /* Send msg to syslog; on failure write stderr_line (the foreground form of the same line) to

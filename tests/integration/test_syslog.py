@@ -13,7 +13,9 @@ goes elsewhere), the level -> severity mapping (error->err, warn->warning, info,
 log_format = "json" through syslog, a line longer than LOG_LINE_MAX (truncated with "..." by
 lmtpgw, not by rsyslog), the syslog socket missing at start (lines on stderr, the delivery
 unaffected, then `event=syslog_restored lines_to_stderr=N` once rsyslog is there) and rsyslog
-restarted while lmtpgw runs (the next line reaches the new daemon: no reconnect needed).
+restarted while lmtpgw runs (the next line reaches the new daemon), a burst of lines longer than
+the kernel's datagram queue (all reach rsyslog), and the "<N>" severity prefix when stderr is
+the systemd journal.
 rsyslog is stopped by PID. python3 stdlib only.
 """
 import json
@@ -380,3 +382,23 @@ def test_stderr_to_the_journal_carries_the_severity():
     with gw:
         deliver(gw)
         assert re.match(r"^\d{4}-", gw.log().splitlines()[0]), gw.log()[:200]
+
+
+def test_burst_of_lines_all_reach_syslog():
+    """A burst far longer than the kernel's queue for a unix datagram socket
+    (net.unix.max_dgram_qlen, 10 on Debian 12): every line reaches rsyslog, none goes to
+    stderr. lmtpgw waits (briefly) for room in the daemon's queue instead of giving up."""
+    d = tmpdir("burst")
+    try:
+        with Rsyslog(d) as rs, SyslogLmtpgw(rs, config={"log_level": "debug"}) as gw:
+            n = 400
+            with gw.session() as c:
+                c.send(b"NOOP\r\n" * n)
+                for _ in range(n):
+                    expect(c.reply(), 250)
+            # debug: a command line and a reply line for each NOOP
+            rs.wait_for("mail.log", r"event=command line=\"NOOP\"", count=n)
+            rs.wait_for("mail.log", r"event=reply reply=\"250 ", count=n)
+            assert "event=" not in gw.stderr(), gw.stderr()[:2000]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
