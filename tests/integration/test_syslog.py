@@ -402,3 +402,27 @@ def test_burst_of_lines_all_reach_syslog():
             assert "event=" not in gw.stderr(), gw.stderr()[:2000]
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_reload_moves_lines_to_new_socket_and_facility():
+    """SIGHUP with another syslog_socket and syslog_facility: the next lines go to the new
+    daemon with the new facility (the connection to the old socket is dropped)."""
+    d1, d2 = tmpdir("reload1"), tmpdir("reload2")
+    try:
+        with Rsyslog(d1) as rs1, Rsyslog(d2) as rs2, SyslogLmtpgw(rs1) as gw:
+            deliver(gw)
+            rs1.wait_for("mail.log", r"event=delivery ")
+            gw.config.update({"syslog_socket": rs2.socket, "syslog_facility": "local3"})
+            gw.write_config()
+            gw.signal(signal.SIGHUP)
+            rs2.wait_for("other.log", r"event=reloaded ")
+            deliver(gw)
+            rs2.wait_for("other.log", r"event=delivery ")
+            assert re.search(r"^local3\.info lmtpgw\[%d\]: event=delivery " % gw.proc.pid,
+                             rs2.read("all.log"), re.M), rs2.read("all.log")
+            assert len(re.findall(r"event=delivery ", rs1.read("all.log"))) == 1
+            assert "event=" not in gw.stderr(), gw.stderr()
+            gw.log = lambda: rs2.read("other.log") + gw.stderr()  # for the harness's stop
+    finally:
+        shutil.rmtree(d1, ignore_errors=True)
+        shutil.rmtree(d2, ignore_errors=True)
