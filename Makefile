@@ -9,6 +9,7 @@
 #                                             (automatic in CI, where CI=true)
 #   make deps            only install missing Debian packages
 #   make install PREFIX=/usr/local DESTDIR=   (SYSTEMDDIR=$(PREFIX)/lib/systemd/system)
+#   make deb             $(BUILD)/lmtpgw_VERSION_ARCH.deb with dpkg-buildpackage (debian/)
 #   make fuzz FUZZ_SECONDS=60                 libFuzzer targets (tests/fuzz/), each run that long
 
 CC       ?= cc
@@ -57,7 +58,7 @@ LIB_OBJS  := $(filter-out $(BUILD)/src/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/*.c)
 UNIT_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(UNIT_SRCS))
 
-.PHONY: all run check deps unit integration install clean distclean soak fuzz fuzz-build bench
+.PHONY: all run check deps unit integration install clean distclean soak fuzz fuzz-build bench deb
 
 all: $(BUILD)/lmtpgw
 
@@ -116,6 +117,28 @@ install: all
 	chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/lmtpgw.service
 	install -m 0644 contrib/systemd/lmtpgw.socket $(DESTDIR)$(SYSTEMDDIR)/lmtpgw.socket
 	install -m 0644 contrib/systemd/lmtpgw.sysusers $(DESTDIR)$(SYSUSERSDIR)/lmtpgw.conf
+
+# The Debian package (debian/): dpkg-buildpackage -b in a copy of the tree under a temp dir
+# (without .git, build dirs, npm modules or var/), so nothing of this checkout's build/ can end
+# up in the package and the checkout gets no debian/build, debian/lmtpgw or ../*.deb litter.
+# The version is debian/changelog's; LMTPGW_VERSION in src/main.c must agree.
+DEB_VERSION := $(shell dpkg-parsechangelog -l debian/changelog -S Version 2>/dev/null)
+DEB_ARCH    := $(shell dpkg-architecture -qDEB_HOST_ARCH 2>/dev/null)
+DEB_FILE    := $(BUILD)/lmtpgw_$(DEB_VERSION)_$(DEB_ARCH).deb
+
+deb:
+	@grep -q '^#define LMTPGW_VERSION "$(DEB_VERSION)"' src/main.c || \
+		{ echo "debian/changelog version $(DEB_VERSION) differs from LMTPGW_VERSION in src/main.c"; exit 1; }
+	@mkdir -p $(BUILD)
+	@tmp=$$(mktemp -d /tmp/lmtpgw-deb.XXXXXX) && src=$$tmp/lmtpgw-$(DEB_VERSION) && \
+	mkdir $$src && \
+	tar -C . --exclude=.git --exclude='./build' --exclude='./build-*' --exclude=node_modules \
+		--exclude='./var' --exclude=__pycache__ --exclude='./debian/build' \
+		--exclude='./debian/lmtpgw' -cf - . | tar -C $$src -xf - && \
+	(cd $$src && dpkg-buildpackage -b -us -uc) > $$tmp/build.log 2>&1 || \
+		{ tail -40 $$tmp/build.log; echo "make deb: failed, log in $$tmp/build.log"; exit 1; }; \
+	cp $$tmp/lmtpgw_$(DEB_VERSION)_$(DEB_ARCH).deb $(DEB_FILE) && rm -rf $$tmp && \
+	echo "$(DEB_FILE)"
 
 # Fuzzing (tests/fuzz/README.md): every tests/fuzz/fuzz_*.c is a libFuzzer target, built with
 # clang and ASan/UBSan into build-fuzz/ and run FUZZ_SECONDS with its seed corpus; new inputs

@@ -77,7 +77,8 @@ struct config {
 	bool run_as_root;
 	int log_level;                 /* enum log_level */
 	int log_format;                /* enum config_log_format */
-	int syslog_facility;           /* index into config_syslog_facilities */
+	int syslog_facility;           /* index into config_syslog_facilities; 0: auto */
+	char *syslog_socket;
 	char *user;
 	char *group;
 

@@ -1,10 +1,11 @@
 /*
- * log - one line per event, key=value, to stderr (foreground) or syslog (daemon).
+ * log - one line per event, key=value, to stderr (foreground) or syslog (daemon, or when a
+ * syslog_facility is configured).
  *
  * Levels have fixed meanings: error = something failed that an admin must look at; warn = we
  * carry on; info = one line per recipient result and per connection; debug = per subsystem detail.
  * Every function is safe to call from any thread: a line is formatted on the stack and written
- * with a single write(2) or syslog(3) call. Anything that came from outside goes through
+ * with a single write(2) or one syslog datagram. Anything that came from outside goes through
  * log_escape() first. Secrets are never passed here.
  */
 #ifndef LMTPGW_LOG_H
@@ -15,12 +16,20 @@
 
 enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
 
-/* to_stderr: write lines to stderr with a timestamp; otherwise openlog(ident, LOG_PID, facility). */
+/* to_stderr: write lines to stderr with a timestamp; otherwise to syslog ("ident[pid]: ",
+ * facility mail, /dev/log) until log_configure_syslog says otherwise. */
 void log_init(const char *ident, bool to_stderr, enum log_level level);
 void log_set_level(enum log_level level);
-/* Reopen syslog with facility "mail", "daemon", "user" or "local0".."local7" (config key
- * syslog_facility); returns -1 for an unknown name. No effect when logging to stderr. */
+/* Set the syslog facility ("mail", "daemon", "user", "local0".."local7") without changing where
+ * lines go; returns -1 for an unknown name. */
 int log_set_facility(const char *name);
+/* Where lines go (config keys syslog_facility and syslog_socket): facility NULL or "auto" keeps
+ * log_init's choice (syslog, facility mail, when it was not to_stderr); a facility name sends
+ * every line to syslog with that facility, also in the foreground. socket_path (NULL:
+ * /dev/log) is the syslog daemon's unix datagram socket. Returns -1 for an unknown facility or
+ * a path too long for a unix socket (nothing changed then). A line syslog does not take (no
+ * socket, daemon restarting, queue full) goes to stderr; the send never blocks. */
+int log_configure_syslog(const char *facility, const char *socket_path);
 enum log_level log_get_level(void);
 /* json: each line becomes one JSON object ({"time":..,"level":..,"event":..,...}), the
  * key=value pairs of the message as members, anything else under "msg". */

@@ -43,7 +43,7 @@
 static const char *const log_levels[] = { "error", "warn", "info", "debug", NULL };
 static const char *const log_formats[] = { "text", "json", NULL };
 const char *const config_syslog_facilities[] = {
-	"mail", "daemon", "user", "local0", "local1", "local2", "local3",
+	"auto", "mail", "daemon", "user", "local0", "local1", "local2", "local3",
 	"local4", "local5", "local6", "local7", NULL,
 };
 
@@ -133,8 +133,11 @@ const struct conf_key config_global_keys[] = {
 	  "least important messages logged", log_levels },
 	{ "log_format", CONF_ENUM, offsetof(struct config, log_format), "text", 0, 0,
 	  "text (key=value lines) or json (one JSON object per line, same fields)", log_formats },
-	{ "syslog_facility", CONF_ENUM, offsetof(struct config, syslog_facility), "mail", 0, 0,
-	  "syslog facility when logging to syslog", config_syslog_facilities },
+	{ "syslog_facility", CONF_ENUM, offsetof(struct config, syslog_facility), "auto", 0, 0,
+	  "log to syslog with this facility; auto: mail when detached (no -f), else stderr",
+	  config_syslog_facilities },
+	{ "syslog_socket", CONF_STRING, offsetof(struct config, syslog_socket), "/dev/log", 1, 0,
+	  "the syslog daemon's unix datagram socket" },
 	{ "user", CONF_STRING, offsetof(struct config, user), NULL, 1, 0,
 	  "user to switch to after binding the sockets (when started as root)" },
 	{ "group", CONF_STRING, offsetof(struct config, group), NULL, 1, 0,
@@ -189,6 +192,10 @@ static int check_globals(struct conf_loader *ld, struct config *cfg, const confi
 	if (cfg->subaddress_separator[0] == '\0')
 		return conf_fail_at(ld, config_setting_get_member(root, "subaddress_separator"),
 			       "'subaddress_separator' must not be empty");
+	/* 108 octets of sun_path, NUL included; an absolute path, as the daemon's socket is. */
+	if (cfg->syslog_socket[0] != '/' || strlen(cfg->syslog_socket) > 107)
+		return conf_fail_at(ld, config_setting_get_member(root, "syslog_socket"),
+			       "'syslog_socket' must be an absolute path of at most 107 octets");
 	if (parse_networks(ld, root, "allow_clients", &cfg->allow_clients, &cfg->allow,
 			   &cfg->allow_count) < 0 ||
 	    parse_networks(ld, root, "trusted_networks", &cfg->trusted_networks, &cfg->trusted,

@@ -2,26 +2,32 @@
  * log - one line per event, to stderr with a timestamp or to syslog (see include/log.h).
  *
  * Owns: the process-wide level and destination, both atomics, so any thread may log while
- * another changes the level. Each line is formatted into a stack buffer (LOG_LINE_MAX octets,
- * truncated with "..." when longer) and leaves in one write(2) or one syslog(3) call, so lines
- * from concurrent threads never interleave.
+ * another changes the level, and the syslog client (its socket, below). Each line is formatted
+ * into a stack buffer (LOG_LINE_MAX octets, truncated with "..." when longer) and leaves in one
+ * write(2) or one syslog datagram, so lines from concurrent threads never interleave.
  * Stderr lines look like "2026-11-25T07:00:00.123Z info event=... key=value".
  * As a last defence against log injection, any control octet left in a formatted line (callers
  * should have used log_escape() already) becomes '?'.
  *
- * Error contract: logging never fails visibly; a failed write is dropped (there is nowhere
- * better to report it).
+ * Error contract: logging never fails visibly and never blocks on syslog; a line syslog does not
+ * take goes to stderr; a failed stderr write is dropped (there is nowhere better to report it).
  */
 #include "log.h"
 
 #include "format.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -126,36 +132,137 @@ static const int level_priorities[] = {
 
 static const char *log_ident = "lmtpgw";
 
+/*
+ * The syslog client. syslog(3) always writes to the compiled-in /dev/log and cannot be pointed
+ * at another socket (the test's own rsyslog, a chroot's /dev/log), blocks when the syslog
+ * daemon falls behind, and fails silently; so lines go out through this small RFC 3164 client
+ * instead: one unix datagram per line, "<PRI>Mmm dd hh:mm:ss ident[pid]: message", the format
+ * glibc's syslog(3) sends and rsyslog, syslog-ng and journald parse.
+ *
+ * The datagram socket is connected to the daemon's: then the kernel lets us wait for room in
+ * the daemon's queue (poll POLLOUT), which it cannot for an unconnected socket, and that queue
+ * is short (net.unix.max_dgram_qlen, 10 datagrams on Debian 12), so a burst of lines would
+ * otherwise overflow it while rsyslog is merely busy. The send itself never blocks
+ * (MSG_DONTWAIT); a full queue is waited for at most SYSLOG_WAIT_MS, and only while syslog is
+ * healthy: after one such wait fails, lines go to stderr without waiting until a send
+ * succeeds again, so a stuck daemon costs the event loop one wait per outage, not one per
+ * line. A daemon that restarted leaves us connected to its old, closed socket (ECONNREFUSED):
+ * we connect again to the path, once per line. A line that cannot be sent goes to stderr in
+ * the foreground format, and the first line sent after an outage says how many went to stderr
+ * (event=syslog_restored), so none is lost without a trace.
+ *
+ * syslog_lock guards the socket, the address and the outage state: a line is one send, so
+ * holding it costs one system call (plus at most one bounded wait per outage).
+ */
+#define SYSLOG_WAIT_MS 100
+static pthread_mutex_t syslog_lock = PTHREAD_MUTEX_INITIALIZER;
+static int syslog_fd = -1;
+static struct sockaddr_un syslog_addr = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
+static int syslog_facility_code = LOG_MAIL;
+static bool syslog_detached_default;      /* log_init chose syslog: "auto" means syslog */
+static bool syslog_failing;               /* the last send failed */
+static atomic_bool stderr_is_journal = false; /* stderr lines get a "<N>" severity prefix */
+static unsigned long syslog_lines_to_stderr;
+
+static const struct {
+	const char *name;
+	int facility;
+} facilities[] = {
+	{ "mail", LOG_MAIL },     { "daemon", LOG_DAEMON }, { "user", LOG_USER },
+	{ "local0", LOG_LOCAL0 }, { "local1", LOG_LOCAL1 }, { "local2", LOG_LOCAL2 },
+	{ "local3", LOG_LOCAL3 }, { "local4", LOG_LOCAL4 }, { "local5", LOG_LOCAL5 },
+	{ "local6", LOG_LOCAL6 }, { "local7", LOG_LOCAL7 },
+};
+
+static int facility_code(const char *name)
+{
+	for (size_t i = 0; i < sizeof(facilities) / sizeof(facilities[0]); i++)
+		if (strcmp(name, facilities[i].name) == 0)
+			return facilities[i].facility;
+	return -1;
+}
+
 int log_set_facility(const char *name)
 {
-	static const struct {
-		const char *name;
-		int facility;
-	} facilities[] = {
-		{ "mail", LOG_MAIL },     { "daemon", LOG_DAEMON }, { "user", LOG_USER },
-		{ "local0", LOG_LOCAL0 }, { "local1", LOG_LOCAL1 }, { "local2", LOG_LOCAL2 },
-		{ "local3", LOG_LOCAL3 }, { "local4", LOG_LOCAL4 }, { "local5", LOG_LOCAL5 },
-		{ "local6", LOG_LOCAL6 }, { "local7", LOG_LOCAL7 },
-	};
-	for (size_t i = 0; i < sizeof(facilities) / sizeof(facilities[0]); i++) {
-		if (strcmp(name, facilities[i].name) != 0)
-			continue;
-		if (atomic_load(&use_syslog)) {
-			closelog();
-			openlog(log_ident, LOG_PID | LOG_NDELAY, facilities[i].facility);
-		}
-		return 0;
+	int code = facility_code(name);
+
+	if (code < 0)
+		return -1;
+	pthread_mutex_lock(&syslog_lock);
+	syslog_facility_code = code;
+	pthread_mutex_unlock(&syslog_lock);
+	return 0;
+}
+
+int log_configure_syslog(const char *facility, const char *socket_path)
+{
+	bool to_syslog;
+	int code = LOG_MAIL;
+
+	if (facility == NULL || strcmp(facility, "auto") == 0) {
+		to_syslog = syslog_detached_default;
+	} else {
+		code = facility_code(facility);
+		if (code < 0)
+			return -1;
+		to_syslog = true;
 	}
-	return -1;
+	if (socket_path == NULL)
+		socket_path = "/dev/log";
+	if (strlen(socket_path) >= sizeof(syslog_addr.sun_path))
+		return -1;
+	pthread_mutex_lock(&syslog_lock);
+	syslog_facility_code = code;
+	if (strcmp(syslog_addr.sun_path, socket_path) != 0 && syslog_fd >= 0) {
+		close(syslog_fd); /* connected to the old path */
+		syslog_fd = -1;
+	}
+	memset(syslog_addr.sun_path, 0, sizeof(syslog_addr.sun_path));
+	memcpy(syslog_addr.sun_path, socket_path, strlen(socket_path));
+	pthread_mutex_unlock(&syslog_lock);
+	atomic_store(&use_syslog, to_syslog);
+	return 0;
+}
+
+/* When stderr is the systemd journal, a line starts with "<N>", its syslog severity
+ * (sd-daemon(3)): journald takes the priority from it (SyslogLevelPrefix=, on by default) and
+ * strips it, so `journalctl -p warning` works and rsyslog reading the journal files the line
+ * under the right severity (the facility is the unit's SyslogFacility=). text must have three
+ * writable octets before it; returns where the line to write starts. */
+static const char *journal_prefix(enum log_level level, char *text)
+{
+	if (!atomic_load(&stderr_is_journal))
+		return text;
+	text[-3] = '<';
+	text[-2] = (char)('0' + level_priorities[level]);
+	text[-1] = '>';
+	return text - 3;
+}
+
+/* systemd sets JOURNAL_STREAM to "DEVICE:INODE" of the stream it connects to stdout and stderr
+ * (systemd.exec(5)); stderr is the journal only while it is still that stream (not when a test
+ * or a shell redirected it). */
+static bool stderr_is_journal_stream(void)
+{
+	const char *env = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+	char tail;
+
+	if (env == NULL || sscanf(env, "%llu:%llu%c", &dev, &ino, &tail) != 2)
+		return false;
+	if (fstat(STDERR_FILENO, &st) < 0)
+		return false;
+	return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }
 
 void log_init(const char *ident, bool to_stderr, enum log_level level)
 {
 	if (ident != NULL)
 		log_ident = ident;
-	if (!to_stderr)
-		openlog(ident != NULL ? ident : "lmtpgw", LOG_PID | LOG_NDELAY, LOG_MAIL);
+	syslog_detached_default = !to_stderr;
 	atomic_store(&use_syslog, !to_stderr);
+	atomic_store(&stderr_is_journal, stderr_is_journal_stream());
 	log_set_level(level);
 }
 
@@ -223,29 +330,141 @@ static void write_all(int fd, const char *buf, size_t len)
 	}
 }
 
+/* A datagram socket connected to syslog_addr in syslog_fd; 0, or -1 with errno set. */
+static int syslog_connect_locked(void)
+{
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (const struct sockaddr *)&syslog_addr, sizeof(syslog_addr)) < 0) {
+		int err = errno;
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	syslog_fd = fd;
+	return 0;
+}
+
+/* One RFC 3164 datagram: "<PRI>Mmm dd hh:mm:ss ident[pid]: msg" (RFC 3164 4.1; the HOSTNAME
+ * is left out, as glibc does for the local socket: the syslog daemon adds its own). The
+ * time is local time, as the daemon's other lines. Returns 0, or -1 with errno set. */
+static int syslog_send_locked(int severity, const char *msg, size_t msg_len)
+{
+	static const char months[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+					    "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	char buf[LOG_LINE_MAX * 2 + 128];
+	time_t now = time(NULL);
+	struct tm tm;
+
+	if (localtime_r(&now, &tm) == NULL)
+		memset(&tm, 0, sizeof(tm));
+	/* getpid() each time: daemon(3) forks after the log is set up. */
+	int n = snprintf(buf, sizeof(buf), "<%d>%s %2d %02d:%02d:%02d %.32s[%ld]: ",
+			 syslog_facility_code | severity, months[tm.tm_mon % 12], tm.tm_mday,
+			 tm.tm_hour, tm.tm_min, tm.tm_sec, log_ident, (long)getpid());
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		return -1;
+	size_t len = (size_t)n;
+	if (msg_len > sizeof(buf) - len)
+		msg_len = sizeof(buf) - len;
+	memcpy(buf + len, msg, msg_len);
+	len += msg_len;
+
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (syslog_fd < 0 && syslog_connect_locked() < 0)
+			return -1;
+		ssize_t sent;
+		do
+			sent = send(syslog_fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		while (sent < 0 && errno == EINTR);
+		if (sent >= 0)
+			return 0;
+		if ((errno == EAGAIN || errno == EWOULDBLOCK) && !syslog_failing && attempt == 0) {
+			/* The daemon's queue is full: give it a moment to read. */
+			struct pollfd pfd = { .fd = syslog_fd, .events = POLLOUT };
+			if (poll(&pfd, 1, SYSLOG_WAIT_MS) > 0)
+				continue;
+			errno = EAGAIN;
+			return -1;
+		}
+		if (errno == ECONNREFUSED || errno == ENOTCONN || errno == ECONNRESET ||
+		    errno == EPIPE) {
+			/* The daemon restarted (or went away): connect to its socket anew. */
+			int err = errno;
+			close(syslog_fd);
+			syslog_fd = -1;
+			errno = err;
+			continue;
+		}
+		return -1;
+	}
+	return -1;
+}
+
+/* Send msg to syslog; on failure write stderr_line (the foreground form of the same line) to
+ * stderr instead, and say so once per outage. */
+static void syslog_line(enum log_level level, const char *msg, size_t msg_len,
+			const char *stderr_line, size_t stderr_len)
+{
+	pthread_mutex_lock(&syslog_lock);
+	if (syslog_send_locked(level_priorities[level], msg, msg_len) == 0) {
+		if (syslog_failing) {
+			char note[128];
+			int n = snprintf(note, sizeof(note),
+					 "event=syslog_restored lines_to_stderr=%lu",
+					 syslog_lines_to_stderr);
+			syslog_failing = false;
+			syslog_lines_to_stderr = 0;
+			if (n > 0)
+				syslog_send_locked(LOG_WARNING, note, (size_t)n);
+		}
+		pthread_mutex_unlock(&syslog_lock);
+		return;
+	}
+	int err = errno;
+	if (!syslog_failing) {
+		char note[LOG_LINE_MAX], stamp[40];
+		size_t slen = format_timestamp(stamp, sizeof(stamp));
+		int n = snprintf(note, sizeof(note),
+				 "%.*swarn event=syslog_unavailable socket=%s error=\"%s\" "
+				 "action=logging_to_stderr\n",
+				 (int)slen, stamp, syslog_addr.sun_path, strerror(err));
+		syslog_failing = true;
+		if (n > 0)
+			write_all(STDERR_FILENO, note, (size_t)n < sizeof(note) ? (size_t)n
+									: sizeof(note) - 1);
+	}
+	syslog_lines_to_stderr++;
+	pthread_mutex_unlock(&syslog_lock);
+	write_all(STDERR_FILENO, stderr_line, stderr_len);
+}
+
 static void log_vline(enum log_level level, const char *fmt, va_list args)
 {
-	char line[LOG_LINE_MAX];
+	/* Three octets in front for the "<N>" of a line to the journal (journal_prefix). */
+	char buf[3 + LOG_LINE_MAX], *line = buf + 3;
 	size_t len = 0, msg_start;
 	int n;
 	bool to_syslog = atomic_load(&use_syslog);
 
 	if ((int)level > atomic_load(&current_level))
 		return;
-	if (!to_syslog) {
-		len = format_timestamp(line, sizeof(line));
-		size_t name_len = strlen(level_names[level]);
-		memcpy(line + len, level_names[level], name_len);
-		len += name_len;
-		line[len++] = ' ';
-	}
+	/* The stderr form always ("time level message"): a syslog line that cannot be sent goes
+	 * to stderr in it. Syslog gets the message part. */
+	len = format_timestamp(line, LOG_LINE_MAX);
+	size_t name_len = strlen(level_names[level]);
+	memcpy(line + len, level_names[level], name_len);
+	len += name_len;
+	line[len++] = ' ';
 	msg_start = len;
 	/* Keep room for the newline and the NUL. */
-	n = format_v(line + len, sizeof(line) - len - 1, fmt, args);
+	n = format_v(line + len, LOG_LINE_MAX - len - 1, fmt, args);
 	if (n < 0)
 		n = 0;
-	if ((size_t)n >= sizeof(line) - len - 1) {
-		len = sizeof(line) - 2;
+	if ((size_t)n >= LOG_LINE_MAX - len - 1) {
+		len = LOG_LINE_MAX - 2;
 		memcpy(line + len - 3, "...", 3);
 	} else {
 		len += (size_t)n;
@@ -255,31 +474,29 @@ static void log_vline(enum log_level level, const char *fmt, va_list args)
 			line[i] = '?';
 	}
 	if (atomic_load(&use_json)) {
-		/* The same fields, as one JSON object per line. */
-		char json[LOG_LINE_MAX * 2], stamp[40] = "";
+		/* The same fields, as one JSON object per line. Syslog stamps its own time. */
+		char jbuf[3 + LOG_LINE_MAX * 2], *json = jbuf + 3, stamp[40] = "";
 		line[len] = '\0';
-		if (!to_syslog && msg_start > 0) {
+		if (!to_syslog) {
 			size_t t = strcspn(line, " ");
 			snprintf(stamp, sizeof(stamp), "%.*s", (int)t, line);
 		}
 		size_t jlen = log_kv_to_json(line + msg_start, stamp, level_names[level], json,
-					     sizeof(json) - 1);
-		if (to_syslog) {
-			syslog(level_priorities[level], "%s", json);
-		} else {
-			json[jlen++] = '\n';
-			write_all(STDERR_FILENO, json, jlen);
-		}
+					     LOG_LINE_MAX * 2 - 1);
+		json[jlen] = '\n';
+		const char *out = journal_prefix(level, json);
+		if (to_syslog)
+			syslog_line(level, json, jlen, out, (size_t)(json - out) + jlen + 1);
+		else
+			write_all(STDERR_FILENO, out, (size_t)(json - out) + jlen + 1);
 		return;
 	}
-	if (to_syslog) {
-		line[len] = '\0';
-		syslog(level_priorities[level], "%s", line + msg_start);
-	} else {
-		line[len++] = '\n';
-		line[len] = '\0';
-		write_all(STDERR_FILENO, line, len);
-	}
+	line[len] = '\n';
+	const char *out = journal_prefix(level, line);
+	if (to_syslog)
+		syslog_line(level, line + msg_start, len - msg_start, out, (size_t)(line - out) + len + 1);
+	else
+		write_all(STDERR_FILENO, out, (size_t)(line - out) + len + 1);
 }
 
 #define LOG_FUNCTION(name, level)                   \

@@ -21,7 +21,7 @@ void server_apply_log_settings(const struct config *cfg, bool debug_forced)
 {
 	if (!debug_forced)
 		log_set_level((enum log_level)cfg->log_level);
-	log_set_facility(config_syslog_facilities[cfg->syslog_facility]);
+	log_configure_syslog(config_syslog_facilities[cfg->syslog_facility], cfg->syslog_socket);
 	log_set_json(cfg->log_format == CONFIG_LOG_JSON);
 }
 

@@ -22,11 +22,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -145,20 +147,57 @@ static void remove_dir(void)
 	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+static char sink_path[108];
+
+static void *drain_log_sink(void *arg)
+{
+	int fd = *(int *)arg;
+	char buf[8192];
+
+	for (;;)
+		if (recv(fd, buf, sizeof(buf), 0) < 0 && errno != EINTR)
+			return NULL;
+}
+
+/* A unix datagram socket in dir, read and discarded by a thread: the syslog daemon's part. */
+static int start_log_sink(void)
+{
+	static int fd;
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	pthread_t thread;
+
+	if ((size_t)snprintf(sink_path, sizeof(sink_path), "%s/log.sock", dir) >= sizeof(sink_path))
+		return -1;
+	memcpy(addr.sun_path, sink_path, strlen(sink_path) + 1);
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (bind(fd, (const struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+	    pthread_create(&thread, NULL, drain_log_sink, &fd) != 0) {
+		close(fd);
+		return -1;
+	}
+	pthread_detach(thread);
+	return 0;
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	signal(SIGPIPE, SIG_IGN);
 	echo = getenv("FUZZ_SESSION_ECHO") != NULL;
-	/* Debug logging runs log_escape() on every hostile line; it goes to syslog only where
-	 * there is none to flood (no /dev/log), else errors only, to stderr. */
-	if (access("/dev/log", F_OK) != 0)
-		log_init("fuzz_session", false, LOG_LEVEL_DEBUG);
-	else
-		log_init("fuzz_session", true, LOG_LEVEL_ERROR);
 	snprintf(dir, sizeof(dir), "/tmp/lmtpgw-fuzz-session-XXXXXX");
 	if (mkdtemp(dir) == NULL)
 		abort();
 	atexit(remove_dir);
+	/* Debug logging runs log_escape() and the syslog client on every hostile line, into a
+	 * syslog socket of our own that a thread empties (lines the log cannot send would go to
+	 * stderr and flood the fuzzer's output). Without it: errors only, to stderr. */
+	if (start_log_sink() == 0) {
+		log_init("fuzz_session", false, LOG_LEVEL_DEBUG);
+		log_configure_syslog("mail", sink_path);
+	} else {
+		log_init("fuzz_session", true, LOG_LEVEL_ERROR);
+	}
 	snprintf(conf_path, sizeof(conf_path), "%s/fuzz.conf", dir);
 	snprintf(mail_dir, sizeof(mail_dir), "%s/mail", dir);
 	FILE *f = fopen(conf_path, "w");

@@ -310,7 +310,7 @@ Test(config, every_table_documented_with_parsing_defaults)
 	size_t n = 0;
 	for (const struct conf_key *k = config_global_keys; k->name != NULL; k++)
 		n++;
-	cr_expect_eq(n, 39, "a global key was added or removed: update struct config, docs and this count");
+	cr_expect_eq(n, 40, "a global key was added or removed: update struct config, docs and this count");
 }
 
 /* --- loading ------------------------------------------------------------------------------- */
@@ -348,7 +348,7 @@ Test(config, minimal_config_and_defaults)
 	cr_expect(!cfg->delivered_to);
 	cr_expect(!cfg->soft_bounce);
 	cr_expect_eq(cfg->log_level, LOG_LEVEL_INFO);
-	cr_expect_str_eq(config_syslog_facilities[cfg->syslog_facility], "mail");
+	cr_expect_str_eq(config_syslog_facilities[cfg->syslog_facility], "auto");
 	cr_expect_eq(cfg->log_format, CONFIG_LOG_TEXT);
 	cr_expect_null(cfg->user);
 	cr_expect_null(cfg->group);
@@ -549,7 +549,7 @@ Test(config, error_invalid_enumerations)
 	expect_error("log_level = \"verbose\";\n" BACKEND_SINK ROUTE_ALL, 1,
 		     "'log_level' must be one of: error, warn, info, debug (got \"verbose\")");
 	expect_error("syslog_facility = \"kern\";\n" BACKEND_SINK ROUTE_ALL, 1,
-		     "'syslog_facility' must be one of: mail, daemon, user, local0, local1, local2, "
+		     "'syslog_facility' must be one of: auto, mail, daemon, user, local0, local1, local2, "
 		     "local3, local4, local5, local6, local7 (got \"kern\")");
 	expect_error("hostname = \"\";\n" BACKEND_SINK ROUTE_ALL, 1,
 		     "'hostname' must not be empty");
