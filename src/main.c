@@ -32,6 +32,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
+#include "replay.h"
 #include "router.h"
 #include "runtime.h"
 #include "server.h"
@@ -52,6 +53,7 @@ static void usage(FILE *out)
 		"       lmtpgw [-c FILE] check [--probe]                validate the configuration\n"
 		"                                                       (--probe: reach every backend)\n"
 		"       lmtpgw [-c FILE] route ADDRESS...               show the route of addresses\n"
+		"       lmtpgw [-c FILE] replay --from B ... --to B     re-deliver archived messages\n"
 		"options:\n"
 		"  -c, --config FILE   configuration file (default %s)\n"
 		"  -f, --foreground    stay in the foreground and log to stderr\n"
@@ -254,7 +256,8 @@ int main(int argc, char **argv)
 		}
 	}
 	const char *verb = optind < argc ? argv[optind] : NULL;
-	if (verb != NULL && strcmp(verb, "check") != 0 && strcmp(verb, "route") != 0) {
+	if (verb != NULL && strcmp(verb, "check") != 0 && strcmp(verb, "route") != 0 &&
+	    strcmp(verb, "replay") != 0) {
 		fprintf(stderr, "lmtpgw: unknown command '%s'\n", verb);
 		usage(stderr);
 		return 64;
@@ -300,6 +303,12 @@ int main(int argc, char **argv)
 		printf("%s: OK (%zu backends, %zu routes)\n", config_path, cfg->backend_count,
 		       router_rule_count(cfg->router));
 		int rc = probe ? cmd_probe(rt) : 0;
+		runtime_unref(&rt);
+		free(listen.items);
+		return rc;
+	}
+	if (verb != NULL && strcmp(verb, "replay") == 0) {
+		int rc = replay_main(rt, argc - optind, argv + optind);
 		runtime_unref(&rt);
 		free(listen.items);
 		return rc;

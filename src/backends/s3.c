@@ -724,6 +724,11 @@ static int s3_probe(void *state, char *result, size_t size)
 	return 0;
 }
 
+const struct s3_client *s3_backend_client(const void *state)
+{
+	return &((const struct s3_state *)state)->client;
+}
+
 const struct backend_driver backend_s3 = {
 	.name = "s3",
 	.keys = s3_keys,
