@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 
-from harness import Lmtpgw, binary, conf_value, expect
+from harness import VALGRIND, Lmtpgw, binary, conf_value, expect
 from test_s3 import DOMAIN, creds_file, objects, transaction
 from harness import start_s3server
 from webhook_receiver import Receiver
@@ -65,9 +65,22 @@ def archive(gw, n, rcpts):
             expect(r, 250, "2.0.0")
 
 
+def command(gw, *args):
+    """lmtpgw replay, under valgrind too when the suite runs lmtpgw under valgrind (its errors
+    and definite leaks make the exit status 99)."""
+    cmd = [binary(), "-c", gw.conf_path, "replay"] + list(args)
+    if VALGRIND:
+        cmd = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
+               "--errors-for-leak-kinds=definite", "--show-possibly-lost=no",
+               "--log-file=" + os.path.join(gw.dir, "valgrind-replay-%p.log")] + cmd
+    return cmd
+
+
 def replay(gw, *args, stderr=subprocess.PIPE):
-    p = subprocess.run([binary(), "-c", gw.conf_path, "replay"] + list(args),
-                       stdout=subprocess.PIPE, stderr=stderr, timeout=120)
+    p = subprocess.run(command(gw, *args), stdout=subprocess.PIPE, stderr=stderr, timeout=300)
+    assert p.returncode != 99, "valgrind: %s" % [open(os.path.join(gw.dir, f)).read()
+                                                  for f in os.listdir(gw.dir)
+                                                  if f.startswith("valgrind-replay")]
     return p.returncode, p.stdout.decode("utf-8", "replace"), \
         (p.stderr or b"").decode("utf-8", "replace")
 
@@ -186,11 +199,11 @@ def test_replay_progress_only_on_a_terminal():
         archive(gw, 1, ["u1@" + DOMAIN])
         master, slave = pty.openpty()
         try:
-            p = subprocess.Popen([binary(), "-c", gw.conf_path, "replay", "--from", "archive",
-                                  "--to", "hook"], stdout=subprocess.PIPE, stderr=slave)
+            p = subprocess.Popen(command(gw, "--from", "archive", "--to", "hook"),
+                                 stdout=subprocess.PIPE, stderr=slave)
             os.close(slave)
             slave = None
-            out, _ = p.communicate(timeout=60)
+            out, _ = p.communicate(timeout=300)
             tty = b""
             while select.select([master], [], [], 0.2)[0]:
                 try:
