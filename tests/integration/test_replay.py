@@ -220,3 +220,27 @@ def test_replay_progress_only_on_a_terminal():
         assert p.returncode == 0, out
         assert b"\rreplay: 1/1 messages, 1 recipients delivered, 0 failed" in tty, tty
         assert b"1 messages, 1 delivered" in out
+
+
+def test_replay_journaled_original_not_the_kept_report():
+    """An archive of journal reports (journal_reports, journal_keep_report): replay sends the
+    journaled original once, under its own digest, and skips the kept report."""
+    from test_journal import EXCHANGE, JOURNAL, original, report
+    consumer = DedupConsumer()
+    with start_s3server() as s3, Receiver(rule=consumer) as recv:
+        gw = config(s3, recv.url)
+        gw.backends = gw.backends.replace("archive: { ", "archive: { journal_reports = true; ")
+        gw.write_config()
+        with gw:
+            orig = original()
+            with gw.session() as c:
+                for r in transaction(c, [JOURNAL], report(orig, ["Bcc: dave@contoso.test"]),
+                                     sender=EXCHANGE):
+                    expect(r, 250, "2.0.0")
+            assert len(objects(s3)[0]) == 2       # the original and the kept report
+            rc, out, err = replay(gw, "--from", "archive", "--to", "hook")
+            assert rc == 0, (out, err)
+            assert "2 messages, 1 delivered, 0 failed, 1 skipped" in out, out
+            assert len(recv.requests) == 1
+            assert recv.requests[0].body == orig
+            assert recv.requests[0].headers["X-Lmtpgw-Recipients"] == JOURNAL
