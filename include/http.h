@@ -55,6 +55,11 @@ struct http_request {
 	uint64_t reader_length;
 	size_t response_max;             /* body bytes kept (more are read and dropped) */
 	bool no_expect;                  /* suppress "Expect: 100-continue" */
+	/* Optional: the body of a 2xx answer is handed to sink as it arrives (a download that
+	 * must not be held in memory); other answers are kept in resp as usual. sink returns 0,
+	 * or -1 to abort the transfer (a transport failure). */
+	int (*sink)(void *ctx, const void *data, size_t len);
+	void *sink_ctx;
 };
 
 #define HTTP_MAX_HEADERS 32

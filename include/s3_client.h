@@ -51,6 +51,8 @@ struct s3_req {
 	size_t body_len;
 	struct spool_reader *reader;         /* or a window of the message */
 	uint64_t offset, length;
+	int (*sink)(void *ctx, const void *data, size_t len);  /* a GET's 2xx body (http.h) */
+	void *sink_ctx;
 };
 
 /* Sign and send. 0: an answer arrived (any status; resp filled, free it); -1: transport
@@ -81,5 +83,9 @@ void s3_copy_header(const struct http_response *resp, const char *name, char *ou
 /* The SHA-256 of `length` bytes of reader from offset (one streaming pass). */
 int s3_hash_window(struct spool_reader *reader, uint64_t offset, uint64_t length,
 		   char hex[SIGV4_HEX_SHA256_SIZE]);
+
+/* The client of an opened s3 backend (its driver state), for reading the archive back
+ * (lmtpgw replay). Defined in backends/s3.c. */
+const struct s3_client *s3_backend_client(const void *state);
 
 #endif

@@ -30,12 +30,13 @@ int s3_manifest_key(const struct delivery *d, const struct target *targets, size
 
 /* This transaction's manifest at mkey (from s3_manifest_key(), with its envelope_id): the
  * envelope plus what was stored at key (size bytes, SHA-256 obj_hash, *res), PUT with the
- * object's headers oh. 0 when it is stored now or was already (412: a retry of this
+ * object's headers oh. extra (NULL or an object) adds its members to the manifest (the
+ * "journal" object of a journal report). 0 when it is stored now or was already (412: a retry of this
  * envelope), -1 otherwise (*st_r, reason). */
 int s3_put_manifest(struct s3_client *c, const struct delivery *d, struct target *targets,
 		    size_t count, const char *key, const char *mkey, const char *envelope_id,
 		    uint64_t size, const char *obj_hash, const struct s3_result *res,
-		    const struct sigv4_param *oh, size_t oh_count, struct status *st_r,
+		    json_t *extra, const struct sigv4_param *oh, size_t oh_count, struct status *st_r,
 		    char *reason, size_t reason_size);
 
 #endif

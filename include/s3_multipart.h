@@ -14,11 +14,11 @@
 
 #define S3_MAX_PARTS 10000          /* S3's limit; part_size grows to stay within it */
 
-/* Store total bytes of reader at key in parts of part_size bytes (or more). oh: the object's
+/* Store total bytes of reader from offset at key in parts of part_size bytes (or more). oh: the object's
  * headers (s3.c). 0 stored (*res filled), 1 the key exists (412 at Complete), -1 failed
  * (*st_r, reason). */
 int s3_put_multipart(struct s3_client *c, const char *key, struct spool_reader *reader,
-		     uint64_t total, uint64_t part_size, const struct sigv4_param *oh,
+		     uint64_t offset, uint64_t total, uint64_t part_size, const struct sigv4_param *oh,
 		     size_t oh_count, struct s3_result *res, struct status *st_r, char *reason,
 		     size_t reason_size);
 

@@ -127,6 +127,10 @@ struct transfer {
 	/* Framing of the last response, checked after curl says CURLE_OK (see answer_complete). */
 	bool headers_ended;           /* its empty line came */
 	uint64_t body_received;       /* body bytes curl handed us for it */
+	/* A 2xx body goes to the sink instead of resp->body (a download, lmtpgw replay). */
+	int (*sink)(void *ctx, const void *data, size_t len);
+	void *sink_ctx;
+	long code;                    /* status of the response being received */
 };
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
@@ -137,6 +141,8 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
 	size_t keep = len < room ? len : room;
 
 	t->body_received += len;
+	if (t->sink != NULL && t->code >= 200 && t->code <= 299)
+		return t->sink(t->sink_ctx, data, len) == 0 ? len : 0;
 	if (keep > 0) {
 		char *body = realloc(t->resp->body, t->resp->body_len + keep + 1);
 		if (body == NULL)
@@ -167,6 +173,8 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
 		resp->header_count = 0;
 		t->headers_ended = false;
 		t->body_received = 0;
+		const char *sp = memchr(data, ' ', len);
+		t->code = sp != NULL && (size_t)(sp - data) + 4 <= len ? strtol(sp + 1, NULL, 10) : 0;
 		return len;
 	}
 	if ((len == 2 && data[0] == '\r' && data[1] == '\n') || (len == 1 && data[0] == '\n')) {
@@ -313,7 +321,8 @@ int http_perform(struct http_client *client, const struct http_request *req,
 		 struct http_response *resp, struct status *st_r, char *reason, size_t reason_size)
 {
 	struct transfer t = { .resp = resp, .max = req->response_max, .reader = req->reader,
-			      .body = req->body, .body_len = req->body_len };
+			      .body = req->body, .body_len = req->body_len, .sink = req->sink,
+			      .sink_ctx = req->sink_ctx };
 	char errbuf[CURL_ERROR_SIZE] = "";
 	struct curl_slist *extra = NULL, *headers = NULL;
 	CURL *h;

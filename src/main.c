@@ -33,6 +33,7 @@
 #include "metrics.h"
 #include "pool.h"
 #include "privileges.h"
+#include "replay.h"
 #include "router.h"
 #include "runtime.h"
 #include "server.h"
@@ -55,6 +56,7 @@ static void usage(FILE *out)
 		"       lmtpgw [-c FILE] route ADDRESS...               show the route of addresses\n"
 		"       lmtpgw [-c FILE] deliver [-f SENDER] [--] RECIPIENT... < message\n"
 		"                                                       deliver one message (sysexits)\n"
+		"       lmtpgw [-c FILE] replay --from B ... --to B     re-deliver archived messages\n"
 		"options:\n"
 		"  -c, --config FILE   configuration file (default %s)\n"
 		"  -f, --foreground    stay in the foreground and log to stderr\n"
@@ -217,7 +219,8 @@ int main(int argc, char **argv)
 		free(listen.items);
 		return deliver_main(config_path, debug, argc - optind - 1, argv + optind + 1);
 	}
-	if (verb != NULL && strcmp(verb, "check") != 0 && strcmp(verb, "route") != 0) {
+	if (verb != NULL && strcmp(verb, "check") != 0 && strcmp(verb, "route") != 0 &&
+	    strcmp(verb, "replay") != 0) {
 		fprintf(stderr, "lmtpgw: unknown command '%s'\n", verb);
 		usage(stderr);
 		return 64;
@@ -263,6 +266,12 @@ int main(int argc, char **argv)
 		printf("%s: OK (%zu backends, %zu routes)\n", config_path, cfg->backend_count,
 		       router_rule_count(cfg->router));
 		int rc = probe ? cmd_probe(rt) : 0;
+		runtime_unref(&rt);
+		free(listen.items);
+		return rc;
+	}
+	if (verb != NULL && strcmp(verb, "replay") == 0) {
+		int rc = replay_main(rt, argc - optind, argv + optind);
 		runtime_unref(&rt);
 		free(listen.items);
 		return rc;

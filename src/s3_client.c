@@ -115,6 +115,7 @@ int s3_perform(struct s3_client *c, const struct s3_req *r, struct http_response
 		.method = r->method, .url = url, .headers = list, .body = r->body,
 		.body_len = r->body_len, .reader = r->reader, .reader_offset = r->offset,
 		.reader_length = r->length, .response_max = S3_RESPONSE_MAX,
+		.sink = r->sink, .sink_ctx = r->sink_ctx,
 	};
 	ret = http_perform(c->http, &req, resp, st_r, reason, reason_size);
 	http_headers_free(&list);

@@ -43,7 +43,7 @@ int s3_manifest_key(const struct delivery *d, const struct target *targets, size
 static char *manifest_text(const struct s3_client *c, const struct delivery *d,
 			   struct target *targets, size_t count, const char *key,
 			   const char *envelope_id, uint64_t size, const char *obj_hash,
-			   const struct s3_result *res)
+			   const struct s3_result *res, json_t *extra)
 {
 	json_t *m = manifest_build(d, targets, count);
 	json_t *obj = json_object();
@@ -70,6 +70,8 @@ static char *manifest_text(const struct s3_client *c, const struct delivery *d,
 			json_object_set_new(obj, "version_id", json_string(res->version));
 	}
 	json_object_set_new(m, "object", obj);
+	if (extra != NULL)
+		json_object_update(m, extra);
 	char *text = json_dumps(m, JSON_INDENT(2));
 	json_decref(m);
 	return text;
@@ -78,14 +80,15 @@ static char *manifest_text(const struct s3_client *c, const struct delivery *d,
 int s3_put_manifest(struct s3_client *c, const struct delivery *d, struct target *targets,
 		    size_t count, const char *key, const char *mkey, const char *envelope_id,
 		    uint64_t size, const char *obj_hash, const struct s3_result *res,
-		    const struct sigv4_param *oh, size_t oh_count, struct status *st_r,
+		    json_t *extra, const struct sigv4_param *oh, size_t oh_count, struct status *st_r,
 		    char *reason, size_t reason_size)
 {
 	char hash[SIGV4_HEX_SHA256_SIZE], b64[48];
 	struct sigv4_param h[S3_HEADERS_MAX];
 	struct http_response resp;
 	size_t n = 0;
-	char *text = manifest_text(c, d, targets, count, key, envelope_id, size, obj_hash, res);
+	char *text = manifest_text(c, d, targets, count, key, envelope_id, size, obj_hash, res,
+				   extra);
 
 	if (text == NULL) {
 		status_must(st_r, 451, "4.3.0", "Local error in processing");

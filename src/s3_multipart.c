@@ -145,7 +145,7 @@ static int complete_upload(struct s3_client *c, const char *key, const char *upl
 }
 
 int s3_put_multipart(struct s3_client *c, const char *key, struct spool_reader *reader,
-		     uint64_t total, uint64_t part_size, const struct sigv4_param *oh,
+		     uint64_t offset, uint64_t total, uint64_t part_size, const struct sigv4_param *oh,
 		     size_t oh_count, struct s3_result *res, struct status *st_r, char *reason,
 		     size_t reason_size)
 {
@@ -170,6 +170,7 @@ int s3_put_multipart(struct s3_client *c, const char *key, struct spool_reader *
 	for (size_t i = 0; i < parts; i++) {
 		uint64_t off = (uint64_t)i * part;
 		uint64_t len = total - off < part ? total - off : part;
+		off += offset; /* the object is a window of the reader (a journaled original) */
 		char b64[48], etag[80];
 		if (upload_part(c, key, upload_id, reader, i + 1, off, len, etag, sizeof(etag), b64,
 				sizeof(b64), st_r, reason, reason_size) < 0)

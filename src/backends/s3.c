@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include "http.h"
+#include "journal.h"
 #include "log.h"
 #include "manifest.h"
 #include "s3_answer.h"
@@ -74,6 +75,8 @@ struct s3_settings {
 	long long part_size;
 	long long timeout;
 	long long connect_timeout;
+	bool journal_reports;
+	bool journal_keep_report;
 };
 
 enum s3_addressing { S3_ADDRESSING_PATH, S3_ADDRESSING_VIRTUAL };
@@ -141,6 +144,11 @@ static const struct conf_key s3_keys[] = {
 	  "limit for one S3 request (a PUT or a part) from connect to answer" },
 	{ "connect_timeout", CONF_DURATION, offsetof(struct s3_settings, connect_timeout), "10s",
 	  100, 600000, "limit for connecting to the endpoint" },
+	{ "journal_reports", CONF_BOOL, offsetof(struct s3_settings, journal_reports), "false", 1,
+	  0, "Exchange / Microsoft 365 journal reports (X-MS-Journal-Report): store the journaled "
+	  "message as the object and the report's envelope in its manifest" },
+	{ "journal_keep_report", CONF_BOOL, offsetof(struct s3_settings, journal_keep_report),
+	  "true", 1, 0, "with journal_reports: store the report itself too, as an object of its own" },
 	{ NULL, 0, 0, NULL, 0, 0, NULL },
 };
 
@@ -251,6 +259,15 @@ static int s3_open(const void *settings, const char *instance_name, void **state
 	if (check_key_template(st, error_r, error_size) < 0 ||
 	    check_object_options(set, error_r, error_size) < 0)
 		goto fail;
+	if (set->journal_reports &&
+	    (st->per_recipient || !st->key_has_sha256 || !set->manifest)) {
+		/* The journaled message gets its own content key (its digest, not the report's),
+		 * and its envelope lives only in the manifest. */
+		snprintf(error_r, error_size,
+			 "journal_reports needs mode = \"message\", %%{sha256} in key and "
+			 "manifest = true");
+		goto fail;
+	}
 	if (s3_tagging(&set->tags, &st->tagging, error_r, error_size) < 0)
 		goto fail;
 	struct s3_credential_files files = {
@@ -294,14 +311,15 @@ static void s3_close(void *state)
 /* --- storing ---------------------------------------------------------------------------- */
 
 /* The headers every stored object gets (content type, metadata, Object Lock, encryption,
- * storage class, tags). Strings live in buf. Returns the count added to h. */
+ * storage class, tags). sha256 and msgid describe the stored message (the delivery's, or the
+ * journaled original's). Strings live in oh. Returns the count added to h. */
 struct object_headers {
 	char sender[300], count[24], session[100], sha256[72], retain[32], msgid[300];
 };
 
 static size_t add_object_headers(struct s3_state *st, const struct delivery *d, size_t rcpt_count,
-				 const char *content_type, struct object_headers *oh,
-				 struct sigv4_param *h)
+				 const char *sha256, const char *msgid, const char *content_type,
+				 struct object_headers *oh, struct sigv4_param *h)
 {
 	size_t n = 0;
 
@@ -309,13 +327,13 @@ static size_t add_object_headers(struct s3_state *st, const struct delivery *d, 
 	s3_meta_value(d->sender, 256, oh->sender, sizeof(oh->sender));
 	snprintf(oh->count, sizeof(oh->count), "%zu", rcpt_count);
 	s3_meta_value(d->session_id, 64, oh->session, sizeof(oh->session));
-	s3_meta_value(d->sha256, 64, oh->sha256, sizeof(oh->sha256));
+	s3_meta_value(sha256, 64, oh->sha256, sizeof(oh->sha256));
 	h[n++] = (struct sigv4_param){ "x-amz-meta-sender", oh->sender };
 	h[n++] = (struct sigv4_param){ "x-amz-meta-recipient-count", oh->count };
 	h[n++] = (struct sigv4_param){ "x-amz-meta-session", oh->session };
 	h[n++] = (struct sigv4_param){ "x-amz-meta-sha256", oh->sha256 };
-	if (d->msgid != NULL && d->msgid[0] != '\0') {
-		s3_meta_value(d->msgid, 256, oh->msgid, sizeof(oh->msgid));
+	if (msgid != NULL && msgid[0] != '\0') {
+		s3_meta_value(msgid, 256, oh->msgid, sizeof(oh->msgid));
 		h[n++] = (struct sigv4_param){ "x-amz-meta-message-id", oh->msgid };
 	}
 	if (st->set.storage_class != NULL)
@@ -349,11 +367,12 @@ static size_t add_object_headers(struct s3_state *st, const struct delivery *d, 
 	return n;
 }
 
-/* One PUT of the whole object from the reader. 0 stored, 1 exists (412), -1 failed. */
+/* One PUT of the object (length bytes of the reader from offset). 0 stored, 1 exists (412),
+ * -1 failed. */
 static int put_single(struct s3_state *st, const char *key, struct spool_reader *reader,
-		      const char *hash_hex, const char *checksum_b64, struct sigv4_param *oh,
-		      size_t oh_count, struct s3_result *res, struct status *st_r, char *reason,
-		      size_t reason_size)
+		      uint64_t offset, uint64_t length, const char *hash_hex,
+		      const char *checksum_b64, struct sigv4_param *oh, size_t oh_count,
+		      struct s3_result *res, struct status *st_r, char *reason, size_t reason_size)
 {
 	struct sigv4_param h[S3_HEADERS_MAX];
 	size_t n = 0;
@@ -364,7 +383,8 @@ static int put_single(struct s3_state *st, const char *key, struct spool_reader 
 	h[n++] = (struct sigv4_param){ "x-amz-checksum-sha256", checksum_b64 };
 	h[n++] = (struct sigv4_param){ "If-None-Match", "*" };
 	struct s3_req r = { .method = "PUT", .key = key, .headers = h, .header_count = n,
-			    .payload_hash = hash_hex, .reader = reader };
+			    .payload_hash = hash_hex, .reader = reader, .offset = offset,
+			    .length = length };
 	if (s3_perform(&st->client, &r, &resp, st_r, reason, reason_size) < 0)
 		return -1;
 	int m = s3_check_answer(&st->client, "PUT", key, &resp, st_r, reason, reason_size);
@@ -386,37 +406,131 @@ static void fail_all(struct target *targets, size_t count, const struct status *
 	backend_fail_targets(targets, count, st, ref);
 }
 
-/* Store one object for targets[0..count) (all recipients in message mode, one otherwise). */
-static void store_object(struct s3_state *st, const struct delivery *d, struct target *targets,
-			 size_t count)
+/* What one object is made of: a window of "prefix + content" (the whole of it when length is
+ * 0), the digest and Message-ID of the message it holds, and what the manifest adds to the
+ * envelope (a "journal" object, or NULL). */
+struct object_source {
+	const char *prefix;
+	size_t prefix_len;
+	uint64_t offset, length;
+	const char *sha256;
+	const char *msgid;
+	json_t *extra;
+};
+
+/* Store one object at key from src and this envelope's manifest beside it. 0 stored (or found
+ * stored: res->existed), -1 failed (*status, reason). */
+static int store_at(struct s3_state *st, const struct delivery *d, struct target *targets,
+		    size_t count, const char *key, const struct object_source *src,
+		    struct s3_result *res, struct status *status, char *reason, size_t reason_size)
 {
-	char key[S3_KEY_MAX + 1], mkey[S3_KEY_MAX + 1], envelope_id[MANIFEST_ENVELOPE_ID_SIZE];
-	char reason[400];
+	char mkey[S3_KEY_MAX + 1], envelope_id[MANIFEST_ENVELOPE_ID_SIZE];
 	char obj_hash[SIGV4_HEX_SHA256_SIZE], b64[48];
 	const char *error;
-	struct status status;
-	struct s3_result res = { "", "", false };
 	struct object_headers ohb;
 	struct sigv4_param oh[S3_HEADERS_MAX];
 
-	if (template_expand(st->key_tmpl, &targets[0].vars, TEMPLATE_URL, key, sizeof(key),
-			    &error) < 0 ||
-	    s3_key_check(key, &error) < 0) {
-		status_must(&status, 451, "4.3.0", "Cannot build the archive key");
-		snprintf(reason, sizeof(reason), "key: %s", error);
-		fail_all(targets, count, &status, "-", reason);
-		return;
-	}
 	/* The manifest's key before anything is stored: one that cannot be built must not leave
 	 * an object without its envelope. */
 	if (st->set.manifest &&
 	    s3_manifest_key(d, targets, count, key, mkey, envelope_id, &error) < 0) {
+		status_must(status, 451, "4.3.0", "Cannot build the archive key");
+		snprintf(reason, reason_size, "manifest key: %s", error);
+		return -1;
+	}
+	struct spool_reader reader;
+	spool_reader_init(&reader, d->spool, src->prefix, src->prefix_len);
+	uint64_t total = src->length > 0 ? src->length : spool_reader_total(&reader);
+	size_t nh = add_object_headers(st, d, count, src->sha256, src->msgid, "message/rfc822",
+				       &ohb, oh);
+	int r;
+	if (s3_hash_window(&reader, src->offset, total, obj_hash) < 0 ||
+	    s3_checksum_b64(obj_hash, b64, sizeof(b64)) < 0) {
+		status_must(status, 451, "4.3.0", "Local error reading the message");
+		snprintf(reason, reason_size, "spool read failed");
+		r = -1;
+	} else if (total > (uint64_t)st->set.multipart_threshold) {
+		r = s3_put_multipart(&st->client, key, &reader, src->offset, total,
+				     (uint64_t)st->set.part_size, oh, nh, res, status, reason,
+				     reason_size);
+	} else {
+		r = put_single(st, key, &reader, src->offset, src->length, obj_hash, b64, oh, nh,
+			       res, status, reason, reason_size);
+	}
+	if (r == 1) {
+		if (st->key_has_sha256) {
+			/* Same content under a content-derived key: already archived. */
+			res->existed = true;
+			r = 0;
+		} else {
+			char esc_key[LOG_ESC_SIZE];
+			log_warn("backend=%s event=s3_key_exists key=%s reason=\"the key does not "
+				 "derive from the content (no %%{sha256}), so an existing object "
+				 "may be another message; not overwritten\"",
+				 st->name, log_esc(esc_key, key));
+			status_must(status, 451, "4.3.0", "Archive key already in use");
+			r = -1;
+		}
+	}
+	if (r == 0 && st->set.manifest)
+		r = s3_put_manifest(&st->client, d, targets, count, key, mkey, envelope_id, total,
+				    obj_hash, res, src->extra, oh, nh, status, reason,
+				    reason_size);
+	return r < 0 ? -1 : 0;
+}
+
+/* Every target ok: stored at key (res). */
+static void succeed_all(struct s3_state *st, struct target *targets, size_t count,
+			const char *key, const struct s3_result *res, const char *note)
+{
+	for (size_t i = 0; i < count; i++) {
+		struct target *t = &targets[i];
+		if (res->existed)
+			status_must(&t->status, 250, "2.0.0", "already stored (%s)", st->name);
+		else
+			status_must(&t->status, 250, "2.0.0", "stored (%s etag %.40s)", st->name,
+				    res->etag[0] ? res->etag : "-");
+		snprintf(t->ref, sizeof(t->ref), "key=%s etag=%s%s%s%s%s", key,
+			 res->etag[0] ? res->etag : "-", res->version[0] ? " version=" : "",
+			 res->version, res->existed ? " already-stored" : "", note);
+	}
+}
+
+/* The key of a message from the key template, with the digest and Message-ID of what is
+ * stored (the delivery's, or the journaled original's). 0, or -1 with reason. */
+static int object_key(struct s3_state *st, const struct target *target, const char *sha256,
+		      const char *msgid, char key[S3_KEY_MAX + 1], char *reason,
+		      size_t reason_size)
+{
+	struct template_vars vars = target->vars;
+	const char *error;
+
+	vars.sha256 = sha256;
+	vars.msgid = msgid;
+	if (template_expand(st->key_tmpl, &vars, TEMPLATE_URL, key, S3_KEY_MAX + 1, &error) < 0 ||
+	    s3_key_check(key, &error) < 0) {
+		snprintf(reason, reason_size, "key: %s", error);
+		return -1;
+	}
+	return 0;
+}
+
+/* Store one object for targets[0..count) (all recipients in message mode, one otherwise), as
+ * received: the trace headers (with Delivered-To in recipient mode) + content. extra: what
+ * the manifest adds (a journal report that could not be parsed says so), or NULL. */
+static void store_object(struct s3_state *st, const struct delivery *d, struct target *targets,
+			 size_t count, json_t *extra)
+{
+	char key[S3_KEY_MAX + 1], reason[400];
+	struct status status;
+	struct s3_result res = { "", "", false };
+
+	if (object_key(st, &targets[0], targets[0].vars.sha256, targets[0].vars.msgid, key,
+		       reason, sizeof(reason)) < 0) {
 		status_must(&status, 451, "4.3.0", "Cannot build the archive key");
-		snprintf(reason, sizeof(reason), "manifest key: %s", error);
-		fail_all(targets, count, &status, key, reason);
+		fail_all(targets, count, &status, "-", reason);
 		return;
 	}
-	/* The object: trace headers (with Delivered-To in recipient mode) + content. */
 	char small[2048], *prefix = small;
 	size_t prefix_len;
 	if (st->per_recipient) {
@@ -434,59 +548,122 @@ static void store_object(struct s3_state *st, const struct delivery *d, struct t
 		prefix = (char *)d->trace;
 		prefix_len = d->trace_len;
 	}
-	struct spool_reader reader;
-	spool_reader_init(&reader, d->spool, prefix, prefix_len);
-	uint64_t total = spool_reader_total(&reader);
-	size_t nh = add_object_headers(st, d, count, "message/rfc822", &ohb, oh);
-	int r;
-	if (s3_hash_window(&reader, 0, total, obj_hash) < 0 ||
-	    s3_checksum_b64(obj_hash, b64, sizeof(b64)) < 0) {
-		status_must(&status, 451, "4.3.0", "Local error reading the message");
-		snprintf(reason, sizeof(reason), "spool read failed");
-		r = -1;
-	} else if (total > (uint64_t)st->set.multipart_threshold) {
-		r = s3_put_multipart(&st->client, key, &reader, total,
-				     (uint64_t)st->set.part_size, oh, nh, &res, &status, reason,
-				     sizeof(reason));
-	} else {
-		r = put_single(st, key, &reader, obj_hash, b64, oh, nh, &res, &status, reason,
-			       sizeof(reason));
-	}
-	if (r == 1) {
-		if (st->key_has_sha256) {
-			/* Same content under a content-derived key: already archived. */
-			res.existed = true;
-			r = 0;
-		} else {
-			char esc_key[LOG_ESC_SIZE];
-			log_warn("backend=%s event=s3_key_exists key=%s reason=\"the key does not "
-				 "derive from the content (no %%{sha256}), so an existing object "
-				 "may be another message; not overwritten\"",
-				 st->name, log_esc(esc_key, key));
-			status_must(&status, 451, "4.3.0", "Archive key already in use");
-			r = -1;
-		}
-	}
-	if (r == 0 && st->set.manifest)
-		r = s3_put_manifest(&st->client, d, targets, count, key, mkey, envelope_id, total,
-				    obj_hash, &res, oh, nh, &status, reason, sizeof(reason));
+	struct object_source src = { .prefix = prefix, .prefix_len = prefix_len,
+				     .sha256 = d->sha256, .msgid = d->msgid, .extra = extra };
+	int r = store_at(st, d, targets, count, key, &src, &res, &status, reason, sizeof(reason));
 	if (prefix != small && prefix != d->trace)
 		free(prefix);
 	if (r < 0) {
 		fail_all(targets, count, &status, key, reason);
 		return;
 	}
-	for (size_t i = 0; i < count; i++) {
-		struct target *t = &targets[i];
-		if (res.existed)
-			status_must(&t->status, 250, "2.0.0", "already stored (%s)", st->name);
-		else
-			status_must(&t->status, 250, "2.0.0", "stored (%s etag %.40s)", st->name,
-				    res.etag[0] ? res.etag : "-");
-		snprintf(t->ref, sizeof(t->ref), "key=%s etag=%s%s%s%s", key,
-			 res.etag[0] ? res.etag : "-", res.version[0] ? " version=" : "",
-			 res.version, res.existed ? " already-stored" : "");
+	succeed_all(st, targets, count, key, &res, "");
+}
+
+/* A journal report stored as it came: the manifest says why it was not taken apart. */
+static void store_unparsed_report(struct s3_state *st, const struct delivery *d,
+				  struct target *targets, size_t count, const char *why)
+{
+	char esc[LOG_ESC_SIZE];
+	json_t *extra = json_pack("{s:{s:b,s:s}}", "journal", "parsed", 0, "error", why);
+
+	log_warn("backend=%s event=journal_report_unparsable session=%s reason=\"%s\" "
+		 "action=stored_as_received",
+		 st->name, d->session_id, log_esc(esc, why));
+	store_object(st, d, targets, count, extra);
+	json_decref(extra);
+}
+
+/* A journal report (X-MS-Journal-Report, journal.h): the journaled original, byte-exact,
+ * under its own content key, with the report's envelope in this transaction's manifest; the
+ * report itself too when journal_keep_report. Returns false when the message is not a report
+ * (the caller stores it as usual). */
+static bool store_journal_report(struct s3_state *st, const struct delivery *d,
+				 struct target *targets, size_t count)
+{
+	const void *data;
+	size_t len;
+	const char *error;
+	struct journal_report jr;
+
+	/* The spool mapped (a file is mapped, not read into memory): the parser touches the
+	 * header blocks and the envelope part, and memmem skips over the attachment. */
+	if (spool_map(d->spool, &data, &len) < 0) {
+		store_unparsed_report(st, d, targets, count, "cannot map the spool");
+		return true;
 	}
+	if (!journal_is_report(data, len))
+		return false;
+	if (journal_parse(data, len, &jr, &error) < 0) {
+		store_unparsed_report(st, d, targets, count, error);
+		return true;
+	}
+
+	char orig_hash[SIGV4_HEX_SHA256_SIZE], msgid[JOURNAL_VALUE_MAX + 1];
+	char key[S3_KEY_MAX + 1], report_key[S3_KEY_MAX + 1], reason[400];
+	struct status status;
+	struct s3_result res = { "", "", false }, rres = { "", "", false };
+	struct spool_reader reader;
+	json_t *extra = NULL, *journal = NULL;
+	int r = -1;
+
+	journal_message_id_bare(&jr, msgid, sizeof(msgid));
+	spool_reader_init(&reader, d->spool, "", 0);
+	if (s3_hash_window(&reader, jr.original_offset, jr.original_length, orig_hash) < 0) {
+		status_must(&status, 451, "4.3.0", "Local error reading the message");
+		snprintf(reason, sizeof(reason), "spool read failed");
+		snprintf(key, sizeof(key), "-");
+		goto done;
+	}
+	if (object_key(st, &targets[0], orig_hash, msgid, key, reason, sizeof(reason)) < 0 ||
+	    (st->set.journal_keep_report &&
+	     object_key(st, &targets[0], d->sha256, d->msgid, report_key, reason,
+			sizeof(reason)) < 0)) {
+		status_must(&status, 451, "4.3.0", "Cannot build the archive key");
+		snprintf(key, sizeof(key), "-");
+		goto done;
+	}
+	journal = journal_json(&jr);
+	extra = json_object();
+	if (journal == NULL || extra == NULL) {
+		status_must(&status, 451, "4.3.0", "Local error in processing");
+		snprintf(reason, sizeof(reason), "out of memory");
+		goto done;
+	}
+	json_object_set_new(journal, "parsed", json_true());
+	json_object_set_new(journal, "original_key", json_string(key));
+	json_object_set_new(journal, "original_sha256", json_string(orig_hash));
+	json_object_set_new(journal, "original_size", json_integer((json_int_t)jr.original_length));
+	json_object_set_new(journal, "report_sha256", json_string(d->sha256));
+	if (st->set.journal_keep_report)
+		json_object_set_new(journal, "report_key", json_string(report_key));
+	json_object_set(extra, "journal", journal);
+
+	/* The original as it was attached: no trace headers of ours (they describe the
+	 * report's delivery, which the manifest records). */
+	struct object_source orig = { .prefix = "", .prefix_len = 0,
+				      .offset = jr.original_offset,
+				      .length = jr.original_length, .sha256 = orig_hash,
+				      .msgid = msgid, .extra = extra };
+	r = store_at(st, d, targets, count, key, &orig, &res, &status, reason, sizeof(reason));
+	if (r == 0 && st->set.journal_keep_report) {
+		struct object_source rep = { .prefix = d->trace, .prefix_len = d->trace_len,
+					     .sha256 = d->sha256, .msgid = d->msgid,
+					     .extra = extra };
+		r = store_at(st, d, targets, count, report_key, &rep, &rres, &status, reason,
+			     sizeof(reason));
+		if (r < 0)
+			snprintf(key, sizeof(key), "%s", report_key);
+	}
+done:
+	if (r < 0)
+		fail_all(targets, count, &status, key, reason);
+	else
+		succeed_all(st, targets, count, key, &res, " journal-report");
+	json_decref(journal);
+	json_decref(extra);
+	journal_report_free(&jr);
+	return true;
 }
 
 static void s3_deliver(void *state, const struct delivery *delivery, struct target *targets,
@@ -498,9 +675,10 @@ static void s3_deliver(void *state, const struct delivery *delivery, struct targ
 		return;
 	if (st->per_recipient) {
 		for (size_t i = 0; i < count; i++)
-			store_object(st, delivery, &targets[i], 1);
-	} else {
-		store_object(st, delivery, targets, count);
+			store_object(st, delivery, &targets[i], 1, NULL);
+	} else if (!st->set.journal_reports ||
+		   !store_journal_report(st, delivery, targets, count)) {
+		store_object(st, delivery, targets, count, NULL);
 	}
 }
 
@@ -544,6 +722,11 @@ static int s3_probe(void *state, char *result, size_t size)
 	snprintf(result, size, "bucket %s at %s reachable, credentials accepted", st->set.bucket,
 		 st->client.base_url);
 	return 0;
+}
+
+const struct s3_client *s3_backend_client(const void *state)
+{
+	return &((const struct s3_state *)state)->client;
 }
 
 const struct backend_driver backend_s3 = {
