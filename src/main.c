@@ -185,12 +185,12 @@ static int cmd_route(const struct runtime *rt, int argc, char **argv)
 			const struct route_target *target = &r.rule->targets[k];
 			char where[1024] = "";
 			explain_target(rt, &r, &vars, target->backend, where, sizeof(where));
-			printf("  -> %s (driver %s) %s%s%s%s%s\n", cfg->backends[target->backend].name,
-			       cfg->backends[target->backend].driver->name,
+			/* The role last, so the "-> NAME (driver D): WHERE" part reads as it always did. */
+			printf("  -> %s (driver %s)%s%s [%s%s%s]\n", cfg->backends[target->backend].name,
+			       cfg->backends[target->backend].driver->name, where[0] ? ": " : "", where,
 			       target->required ? "required" : "best-effort",
 			       target->fallback >= 0 ? ", fallback " : "",
-			       target->fallback >= 0 ? cfg->backends[target->fallback].name : "",
-			       where[0] ? ": " : "", where);
+			       target->fallback >= 0 ? cfg->backends[target->fallback].name : "");
 			if (target->fallback < 0)
 				continue;
 			explain_target(rt, &r, &vars, (unsigned)target->fallback, where,

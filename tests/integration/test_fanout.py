@@ -315,10 +315,11 @@ def test_route_explain_and_print_show_roles():
                                             {"backend": "archive", "fallback": "quarantine"}])])
     rc, out, err = gw.run_cli("route", "alice@example.test")
     assert rc == 0, (out, err)
-    assert re.search(r"-> local \(driver maildir\) required: ", out), out
-    assert re.search(r"-> hook \(driver webhook\) best-effort: POST http://127\.0\.0\.1:9/hook", out), out
-    assert "-> archive (driver discard) required, fallback quarantine" in out, out
-    assert re.search(r"\n     fallback quarantine \(driver maildir\): .*/var/tmp/q", out), out
+    assert re.search(r"\n  -> local \(driver maildir\): maildir .*/alice/new/ \[required\]\n", out), out
+    assert re.search(r"\n  -> hook \(driver webhook\): POST http://127\.0\.0\.1:9/hook .*"
+                     r" \[best-effort\]\n", out), out
+    assert "\n  -> archive (driver discard): discarded (not stored) [required, fallback quarantine]\n" \
+        "     fallback quarantine (driver maildir): maildir /var/tmp/q/new/\n" in out, out
     rc, printed, err = gw.run_cli("-n")
     assert rc == 0, err
     assert ('deliver = ( "local", { backend = "hook"; required = false; }, '
