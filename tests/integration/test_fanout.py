@@ -334,3 +334,50 @@ def test_route_explain_and_print_show_roles():
         return [l for l in text.splitlines() if not l.lstrip().startswith("#")]
     assert settings(again) == settings(printed)
     assert gw.run_cli("route", "alice@example.test", conf=path)[1] == out
+
+
+# --- end to end through a real Postfix --------------------------------------------------------
+
+def test_postfix_best_effort_down_and_archive_stopped_all_sent_once():
+    """smtplib -> Postfix -> lmtp:inet -> lmtpgw: three recipients routed to a Maildir, a
+    best-effort webhook nobody listens to, and an S3 archive whose store is stopped, with a
+    Maildir fallback. Postfix logs status=sent once per recipient (nothing deferred, so no
+    retry and no second Maildir copy), its log names the fallback, and every recipient has
+    exactly one mailbox copy and one quarantined copy."""
+    from test_postfix_e2e import message, postfix
+    s3 = start_s3server()
+    try:
+        url = "http://127.0.0.1:%d/hook" % free_port()
+        route = [("*@example.test", ["local", {"backend": "hook", "required": False},
+                                     {"backend": "archive", "fallback": "quarantine"}])]
+        gw = gateway(lambda d: webhook(url) + " " + s3_block(s3) + " " +
+                     quarantine_block(d, path=os.path.join(d, "quarantine", "%{local}")), route)
+        with gw, postfix(gw) as pf:
+            s3.stop()
+            content = message("fan-out")
+            rcpts = ["alice@example.test", "bob@example.test", "carol@example.test"]
+            assert pf.send(SENDER, rcpts, content) == {}
+            pf.wait_queue_empty()
+            for r in rcpts:
+                user = r.split("@")[0]
+                assert pf.statuses(r) == ["sent"], pf.delivery_lines(r)
+                line = pf.delivery_lines(r)[0]
+                assert "stored (local, quarantine in place of archive)" in line, line
+                assert len(gw.messages(user)) == 1, gw.messages(user)
+                q = files(os.path.join(gw.dir, "quarantine", user))
+                assert len(q) == 1, q
+                body = content.split(b"\r\n\r\n", 1)[1]
+                assert gw.read(gw.messages(user)[0]).endswith(body)
+                with open(os.path.join(gw.dir, "quarantine", user, "new", q[0]), "rb") as f:
+                    assert f.read().endswith(body)
+            lines = delivery_lines(gw)
+            assert len(lines) == 3, lines
+            for l in lines:
+                assert "best_effort_failed=hook" in l and "fallback=archive>quarantine" in l, l
+            assert len(fallback_lines(gw)) == 3
+            text = metrics(gw.metrics_port)
+            assert metric(text, "lmtpgw_fallback_deliveries_total",
+                          '{backend="archive",fallback="quarantine"}') == 3, text
+            assert metric(text, "lmtpgw_best_effort_failures_total", '{backend="hook"}') == 3
+    finally:
+        s3.stop()
