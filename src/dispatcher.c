@@ -368,7 +368,8 @@ static void log_recipient(struct dispatch *d, size_t ri, const struct status *re
 		 d->queue_id[0] ? log_esc(esc_qid, d->queue_id) : "", d->client, xclient,
 		 log_esc(esc_from, d->sender), log_esc(esc_rcpt, d->rcpts[ri].rcpt),
 		 class_name(reply), reply->code, reply->enhanced, esc_text, esc_targets,
-		 best_effort_failed, fallbacks, (unsigned long long)spool_size(d->delivery.spool), delay_ms / 1000,
+		 best_effort_failed, fallbacks, (unsigned long long)spool_size(d->delivery.spool),
+		 delay_ms / 1000,
 		 delay_ms % 1000 < 10 ? "00" : delay_ms % 1000 < 100 ? "0" : "", delay_ms % 1000);
 }
 
