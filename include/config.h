@@ -27,13 +27,23 @@
 
 struct backend_instance;
 struct cidr;
+struct route_target;
 struct router;
 
 /* One entry of `routes`, as configured (the router holds the compiled form; config_print
  * writes these back). */
 struct config_route {
 	char *match;
-	struct conf_strlist deliver;   /* backend names */
+	struct conf_strlist deliver;   /* the targets' backend names, in configured order */
+	struct route_target *targets;  /* deliver.count entries: backend, role, fallback */
+};
+
+/* One group entry of a route's `deliver` list: { backend = "x"; required = false;
+ * fallback = "y"; } (a plain string entry is a required target without fallback). */
+struct config_route_target {
+	char *backend;
+	bool required;
+	char *fallback;
 };
 
 struct config {
@@ -102,8 +112,11 @@ extern const char *const config_syslog_facilities[];
 
 /* The table of global keys (for docs checks and -n). */
 extern const struct conf_key config_global_keys[];
-/* The keys of one `routes` entry (fills struct config_route). */
+/* The keys of one `routes` entry (fills struct config_route; `deliver` is read and printed by
+ * config.c itself, since its entries may be groups). */
 extern const struct conf_key config_route_keys[];
+/* The keys of a group entry of `deliver` (fills struct config_route_target). */
+extern const struct conf_key config_route_target_keys[];
 
 /* Load and check path. Returns a config with refcount 1. (To override a
  * key such as `listen` from the command line, use conf_parse_value on the result before use.) */

@@ -56,6 +56,9 @@ int conf_parse_value(const struct conf_key *key, const char *text, void *base, c
 		     size_t error_size);
 /* Print "name = value;" lines for every key of the table, values as config-file syntax. */
 void conf_print(FILE *out, const struct conf_key *keys, const void *base, int indent);
+/* s as a libconfig string literal (quotes, backslashes and control bytes escaped), for
+ * printers of values no row describes (a route's deliver list). */
+void conf_print_string(FILE *out, const char *s);
 /* Parse "25M" etc.; return -1 on syntax error or overflow. */
 int conf_parse_size(const char *text, long long *bytes_r);
 int conf_parse_duration(const char *text, long long *ms_r);

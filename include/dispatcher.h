@@ -3,9 +3,12 @@
  *
  * For every recipient, one target per backend of its route. Targets of inline drivers run at
  * once; the others go to their backend's pool, batched per backend when the driver takes
- * batches. When the last target of a recipient is known the results are folded (all ok -> ok;
- * any temporary -> that 4xx; else the permanent 5xx; soft bounce turns 5xx into 4xx), one log
- * line is written for the recipient, and the caller's callback gets the reply. The dispatch
+ * batches. A target with a fallback (router.h) that fails, or whose breaker is open at
+ * dispatch, is delivered to its fallback backend, whose result then stands for it. When the
+ * last target of a recipient is known the required targets' results are folded (all ok -> ok;
+ * any temporary -> that 4xx; else the permanent 5xx; soft bounce turns 5xx into 4xx;
+ * best-effort targets are only logged and counted), one log line is written for the
+ * recipient, and the caller's callback gets the reply. The dispatch
  * owns the delivery data handed to it and frees it when every target is finished, even when
  * the session went away (dispatch_detach).
  *

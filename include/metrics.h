@@ -54,6 +54,10 @@ void metrics_recipient_result(const struct status *reply);
 /* One target finished on a backend, with its latency. */
 void metrics_target_result(const char *backend, const struct status *st, double seconds);
 void metrics_backend_down(const char *backend, bool down);
+/* A recipient's best-effort target on backend failed (after its fallback, if any). */
+void metrics_best_effort_failure(const char *backend);
+/* A fallback backend stored the message of a target on backend that failed. */
+void metrics_fallback_delivery(const char *backend, const char *fallback);
 void metrics_deliveries_in_flight(int delta);
 /* The backends of the configuration now serving (at start and after each reload, on the loop
  * thread): begin, then one call per backend; fresh = opened anew (its breaker is closed). */

@@ -149,7 +149,21 @@ const struct conf_key config_route_keys[] = {
 	{ "match", CONF_STRING, offsetof(struct config_route, match), NULL, 1, 0,
 	  "recipient pattern: address, \"@domain\", \"*@domain\", wildcard, \"/regex/\" or \"*\"" },
 	{ "deliver", CONF_STRING_LIST, offsetof(struct config_route, deliver), NULL, 1, 0,
-	  "backend name, or list of backend names, that every matching recipient goes to" },
+	  "the targets of every matching recipient: a backend name, or a list of backend names "
+	  "(required targets) and groups { backend; required; fallback; }" },
+	{ NULL, 0, 0, NULL, 0, 0, NULL },
+};
+
+const struct conf_key config_route_target_keys[] = {
+	{ "backend", CONF_STRING, offsetof(struct config_route_target, backend), NULL, 1, 0,
+	  "in a deliver group: the backend of the target (required)" },
+	{ "required", CONF_BOOL, offsetof(struct config_route_target, required), "true", 1, 0,
+	  "in a deliver group: true, the recipient's reply follows this target; false, best-effort: "
+	  "its failure is logged and counted, the reply does not change" },
+	{ "fallback", CONF_STRING, offsetof(struct config_route_target, fallback), NULL, 1, 0,
+	  "in a deliver group: backend that stores the message when this target fails (any "
+	  "non-2xx result, or its circuit breaker open); the result of the fallback then stands "
+	  "for the target" },
 	{ NULL, 0, 0, NULL, 0, 0, NULL },
 };
 
@@ -344,14 +358,151 @@ static void defined_backends(const struct config *cfg, char *buf, size_t size)
 	}
 }
 
-/* Route number i (1-based in messages, as an admin counts): keys, backend names, router. */
+/* The setting of target t of a deliver list (the list itself when it is one string): for
+ * messages at the target's own line. */
+static const config_setting_t *deliver_entry(const config_setting_t *deliver, size_t t)
+{
+	if (config_setting_type(deliver) == CONFIG_TYPE_STRING)
+		return deliver;
+	return config_setting_get_elem(deliver, (unsigned)t);
+}
+
+/* One entry of `deliver`: a backend name (a required target without fallback) or a group
+ * (config_route_target_keys). Fills *target and the name list. */
+static int load_target(struct conf_loader *ld, struct config *cfg, struct config_route *route,
+		       const config_setting_t *e, size_t t, const char *section)
+{
+	struct config_route_target entry;
+	struct route_target *target = &route->targets[t];
+	char where[64], msg[512], defined[256];
+	int ret = -1;
+
+	memset(&entry, 0, sizeof(entry));
+	if (conf_defaults(config_route_target_keys, &entry, msg, sizeof(msg)) < 0)
+		return conf_fail_at(ld, e, "%s: %s", section, msg);
+	snprintf(where, sizeof(where), "%s, target %zu", section, t + 1);
+	if (config_setting_type(e) == CONFIG_TYPE_STRING) {
+		entry.backend = conf_xstrdup(config_setting_get_string(e));
+	} else if (config_setting_is_group(e)) {
+		struct conf_table table = { config_route_target_keys, &entry };
+		if (conf_apply_group(ld, e, &table, 1, where, false, NULL) < 0)
+			goto out;
+		if (entry.backend == NULL) {
+			conf_fail_at(ld, e, "%s: 'backend' is required in a target group", where);
+			goto out;
+		}
+	} else {
+		/* libconfig's [ ] arrays hold only strings: a list with groups is written ( ). */
+		conf_fail_at(ld, e, "%s: a target is a backend name or a group { backend = \"name\"; "
+			     "required = false; fallback = \"name\"; } (a list with groups is written "
+			     "with ( ), not [ ])", where);
+		goto out;
+	}
+	defined_backends(cfg, defined, sizeof(defined));
+	int idx = config_backend_index(cfg, entry.backend);
+	if (idx < 0) {
+		conf_fail_at(ld, e, "%s: unknown backend '%s' (defined: %s)", section, entry.backend,
+			     defined);
+		goto out;
+	}
+	for (size_t u = 0; u < t; u++) {
+		if (route->targets[u].backend == (unsigned)idx) {
+			conf_fail_at(ld, e, "%s: backend '%s' is listed twice", section, entry.backend);
+			goto out;
+		}
+	}
+	target->backend = (unsigned)idx;
+	target->required = entry.required;
+	target->fallback = -1;
+	if (entry.fallback != NULL) {
+		int fb = config_backend_index(cfg, entry.fallback);
+		if (fb < 0) {
+			conf_fail_at(ld, e, "%s: unknown fallback backend '%s' of '%s' (defined: %s)",
+				     section, entry.fallback, entry.backend, defined);
+			goto out;
+		}
+		if (fb == idx) {
+			conf_fail_at(ld, e, "%s: '%s' cannot be its own fallback", section,
+				     entry.backend);
+			goto out;
+		}
+		target->fallback = fb;
+	}
+	route->deliver.items[t] = entry.backend;
+	entry.backend = NULL;
+	route->deliver.count++;
+	ret = 0;
+out:
+	conf_release(config_route_target_keys, &entry);
+	return ret;
+}
+
+/* `deliver`: a backend name, or a list (or array) of backend names and target groups. Checks
+ * what needs the whole list: a fallback is no target of the same route and serves one target
+ * only (either would store one recipient's message twice in one backend), and one target at
+ * least is required (else a 250 could be given with nothing stored). */
+static int load_deliver(struct conf_loader *ld, struct config *cfg, struct config_route *route,
+			const config_setting_t *r, const char *section)
+{
+	const config_setting_t *deliver = config_setting_get_member(r, "deliver");
+	int type = deliver != NULL ? config_setting_type(deliver) : CONFIG_TYPE_NONE;
+	size_t n;
+	bool any_required = false;
+
+	if (deliver == NULL)
+		return conf_fail_at(ld, r, "%s: 'deliver' must name at least one backend", section);
+	if (type == CONFIG_TYPE_STRING)
+		n = 1;
+	else if (type == CONFIG_TYPE_ARRAY || type == CONFIG_TYPE_LIST)
+		n = (size_t)config_setting_length(deliver);
+	else
+		return conf_fail_at(ld, deliver, "%s: 'deliver' must be a backend name or a list: "
+				    "( \"name\", { backend = \"name\"; required = false; fallback = "
+				    "\"name\"; }, ... )", section);
+	if (n == 0)
+		return conf_fail_at(ld, deliver, "%s: 'deliver' must name at least one backend",
+				    section);
+	route->targets = calloc(n, sizeof(*route->targets));
+	route->deliver.items = calloc(n, sizeof(*route->deliver.items));
+	if (route->targets == NULL || route->deliver.items == NULL)
+		abort();
+	for (size_t t = 0; t < n; t++) {
+		if (load_target(ld, cfg, route, deliver_entry(deliver, t), t, section) < 0)
+			return -1;
+		any_required = any_required || route->targets[t].required;
+	}
+	for (size_t t = 0; t < n; t++) {
+		int fb = route->targets[t].fallback;
+		if (fb < 0)
+			continue;
+		for (size_t u = 0; u < n; u++) {
+			if (route->targets[u].backend == (unsigned)fb)
+				return conf_fail_at(ld, deliver_entry(deliver, t),
+						    "%s: fallback '%s' of '%s' is also a target of this "
+						    "route (it would store the message twice)",
+						    section, cfg->backends[fb].name,
+						    route->deliver.items[t]);
+			if (u < t && route->targets[u].fallback == fb)
+				return conf_fail_at(ld, deliver_entry(deliver, t),
+						    "%s: '%s' is the fallback of both '%s' and '%s' (it "
+						    "would store the message twice)",
+						    section, cfg->backends[fb].name,
+						    route->deliver.items[u], route->deliver.items[t]);
+		}
+	}
+	if (!any_required)
+		return conf_fail_at(ld, deliver, "%s: no required target: at least one target of a "
+				    "route must be required, or a 250 could be given with nothing "
+				    "stored", section);
+	return 0;
+}
+
+/* Route number i (1-based in messages, as an admin counts): keys, targets, router. */
 static int load_route(struct conf_loader *ld, struct config *cfg, const config_setting_t *r, size_t i)
 {
+	static const char *const read_here[] = { "deliver", NULL };
 	struct config_route *route = &cfg->routes[cfg->route_count];
-	const config_setting_t *deliver = config_setting_get_member(r, "deliver");
-	char section[32], msg[512], defined[256];
-	unsigned *targets;
-	int ret = -1;
+	char section[32], msg[512];
 
 	snprintf(section, sizeof(section), "route %zu", i + 1);
 	if (!config_setting_is_group(r))
@@ -360,46 +511,18 @@ static int load_route(struct conf_loader *ld, struct config *cfg, const config_s
 	/* Counted before filling, so config_unref frees a half-read route too. */
 	cfg->route_count++;
 	struct conf_table table = { config_route_keys, route };
-	if (conf_apply_group(ld, r, &table, 1, section, false, NULL) < 0)
+	if (conf_apply_group(ld, r, &table, 1, section, false, read_here) < 0)
 		return -1;
 	if (route->match == NULL)
 		return conf_fail_at(ld, r, "%s: 'match' is required", section);
-	if (route->deliver.count == 0)
-		return conf_fail_at(ld, deliver != NULL ? deliver : r,
-			       "%s: 'deliver' must name at least one backend", section);
-
-	targets = calloc(route->deliver.count, sizeof(*targets));
-	if (targets == NULL)
-		abort();
-	for (size_t t = 0; t < route->deliver.count; t++) {
-		int idx = config_backend_index(cfg, route->deliver.items[t]);
-
-		if (idx < 0) {
-			defined_backends(cfg, defined, sizeof(defined));
-			conf_fail_at(ld, deliver, "%s: unknown backend '%s' (defined: %s)", section,
-				route->deliver.items[t], defined);
-			goto out;
-		}
-		for (size_t u = 0; u < t; u++) {
-			if (targets[u] == (unsigned)idx) {
-				conf_fail_at(ld, deliver, "%s: backend '%s' is listed twice", section,
-					route->deliver.items[t]);
-				goto out;
-			}
-		}
-		targets[t] = (unsigned)idx;
-	}
+	if (load_deliver(ld, cfg, route, r, section) < 0)
+		return -1;
 	msg[0] = '\0';
-	if (router_add(cfg->router, route->match, targets, route->deliver.count, msg,
-		       sizeof(msg)) < 0) {
-		conf_fail_at(ld, config_setting_get_member(r, "match"), "%s: %s", section,
-			msg[0] != '\0' ? msg : "bad pattern");
-		goto out;
-	}
-	ret = 0;
-out:
-	free(targets);
-	return ret;
+	if (router_add(cfg->router, route->match, route->targets, route->deliver.count, msg,
+		       sizeof(msg)) < 0)
+		return conf_fail_at(ld, config_setting_get_member(r, "match"), "%s: %s", section,
+				    msg[0] != '\0' ? msg : "bad pattern");
+	return 0;
 }
 
 static int load_routes(struct conf_loader *ld, struct config *cfg, const config_setting_t *root)
@@ -507,8 +630,10 @@ void config_unref(struct config **cfgp)
 	free(cfg->backends);
 	if (cfg->router != NULL)
 		router_free(&cfg->router);
-	for (size_t i = 0; i < cfg->route_count; i++)
+	for (size_t i = 0; i < cfg->route_count; i++) {
 		conf_release(config_route_keys, &cfg->routes[i]);
+		free(cfg->routes[i].targets);
+	}
 	free(cfg->routes);
 	if (cfg->tls_ctx != NULL)
 		tls_context_free(cfg->tls_ctx);
@@ -526,6 +651,37 @@ int config_backend_index(const struct config *cfg, const char *name)
 			return (int)i;
 	}
 	return -1;
+}
+
+/* A route's deliver list as it reads back to the same targets: an array of names when every
+ * target is required without fallback (as routes were written before roles existed), else a
+ * list in which those stay names and the others are groups with their role and fallback. */
+static void print_deliver(FILE *out, const struct config *cfg, const struct config_route *route)
+{
+	bool plain = true;
+
+	for (size_t t = 0; t < route->deliver.count; t++)
+		plain = plain && route->targets[t].required && route->targets[t].fallback < 0;
+	fputs(plain ? "    deliver = [" : "    deliver = (", out);
+	for (size_t t = 0; t < route->deliver.count; t++) {
+		const struct route_target *target = &route->targets[t];
+
+		fputs(t == 0 ? " " : ", ", out);
+		if (target->required && target->fallback < 0) {
+			conf_print_string(out, route->deliver.items[t]);
+			continue;
+		}
+		fputs("{ backend = ", out);
+		conf_print_string(out, route->deliver.items[t]);
+		fprintf(out, "; required = %s;", target->required ? "true" : "false");
+		if (target->fallback >= 0) {
+			fputs(" fallback = ", out);
+			conf_print_string(out, cfg->backends[target->fallback].name);
+			fputc(';', out);
+		}
+		fputs(" }", out);
+	}
+	fputs(plain ? " ];\n" : " );\n", out);
 }
 
 void config_print(FILE *out, const struct config *cfg)
@@ -548,7 +704,17 @@ void config_print(FILE *out, const struct config *cfg)
 	fputs("};\n\nroutes = (\n", out);
 	for (size_t i = 0; i < cfg->route_count; i++) {
 		fputs("  {\n", out);
-		conf_print(out, config_route_keys, &cfg->routes[i], 4);
+		for (const struct conf_key *k = config_route_keys; k->name != NULL; k++) {
+			struct conf_key one[2];
+
+			if (strcmp(k->name, "deliver") == 0) {
+				print_deliver(out, cfg, &cfg->routes[i]);
+				continue;
+			}
+			memset(one, 0, sizeof(one));
+			one[0] = *k;
+			conf_print(out, one, &cfg->routes[i], 4);
+		}
 		fputs(i + 1 < cfg->route_count ? "  },\n" : "  }\n", out);
 	}
 	fputs(");\n", out);

@@ -374,7 +374,7 @@ void conf_release(const struct conf_key *keys, void *base)
 }
 
 /* A libconfig string literal: quotes, backslashes and control bytes escaped; UTF-8 as is. */
-static void print_string(FILE *out, const char *s)
+void conf_print_string(FILE *out, const char *s)
 {
 	fputc('"', out);
 	for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
@@ -411,7 +411,7 @@ void conf_print(FILE *out, const struct conf_key *keys, const void *base, int in
 				continue;
 			}
 			fprintf(out, "%s = ", key->name);
-			print_string(out, s);
+			conf_print_string(out, s);
 			break;
 		}
 		case CONF_BOOL:
@@ -440,7 +440,7 @@ void conf_print(FILE *out, const struct conf_key *keys, const void *base, int in
 			char words[256];
 
 			fprintf(out, "%s = ", key->name);
-			print_string(out, conf_enum_word(key, base));
+			conf_print_string(out, conf_enum_word(key, base));
 			enum_words(key, words, sizeof(words));
 			/* The allowed words, listed once in the table, shown where an admin looks. */
 			fprintf(out, "; # one of: %s\n", words);
@@ -452,7 +452,7 @@ void conf_print(FILE *out, const struct conf_key *keys, const void *base, int in
 			fprintf(out, "%s = [", key->name);
 			for (size_t i = 0; i < list->count; i++) {
 				fputs(i == 0 ? " " : ", ", out);
-				print_string(out, list->items[i]);
+				conf_print_string(out, list->items[i]);
 			}
 			fputs(" ]", out);
 			break;

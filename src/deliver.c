@@ -327,13 +327,15 @@ static void check_recipient(struct deliver *d, struct deliver_rcpt *dr, size_t a
 	vctx.lhlo[0] = '\0';
 	snprintf(vctx.session_id, sizeof(vctx.session_id), "%s", d->session_id);
 	snprintf(vctx.txid, sizeof(vctx.txid), "%s", d->txid);
-	/* A fresh process has no circuit breaker history: every backend is tried. */
+	/* A fresh process has no circuit breaker history: every backend is tried. As in the
+	 * daemon, only required targets without a fallback may refuse here. */
 	for (size_t k = 0; k < dr->r.rule->target_count; k++) {
-		const struct backend_instance *b = &d->cfg->backends[dr->r.rule->targets[k]];
-		struct backend_runtime *br = d->rt->backends[dr->r.rule->targets[k]];
+		const struct route_target *target = &dr->r.rule->targets[k];
+		const struct backend_instance *b = &d->cfg->backends[target->backend];
+		struct backend_runtime *br = d->rt->backends[target->backend];
 		int result;
 
-		if (b->driver->verify == NULL)
+		if (!target->required || target->fallback >= 0 || b->driver->verify == NULL)
 			continue;
 		if (b->driver->verify_blocking) {
 			d->verify_done = false;

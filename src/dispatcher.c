@@ -8,6 +8,12 @@
  * (request_key), each request gets its own contiguous run and its own pool job. All
  * bookkeeping happens on the loop thread: workers only run driver->deliver() on their own
  * targets.
+ *
+ * Roles (router.h): a recipient's reply follows its required targets only; a best-effort
+ * target's failure goes to the log line and a metric. A target with a fallback that fails
+ * (any non-2xx, or its breaker open at dispatch) is delivered again to the fallback backend,
+ * as a job of its own launched from the loop when the target's result comes in; the
+ * fallback's result then stands for the target (fold_recipient, target_result).
  */
 #include "dispatcher.h"
 
@@ -66,6 +72,12 @@ struct dispatch {
 	struct event *deadline;
 	size_t *rcpt_targets;         /* per recipient: its target indexes, rcpt_target_start[i].. */
 	size_t *rcpt_target_start;
+	const struct route_target **target_route; /* each target's route entry: role, fallback */
+	bool *target_skipped;         /* breaker open at dispatch: not tried (may fail unreplied) */
+	/* Per target, only when a route of the transaction names a fallback (else NULL): */
+	struct target *fallback_targets; /* the fallback's delivery of target ti */
+	unsigned char *fallback_state;   /* enum fallback_state */
+	size_t fallbacks_queued;
 
 	struct dispatch_job *jobs;
 	size_t job_count;
@@ -75,6 +87,19 @@ struct dispatch {
 	dispatch_result_fn *cb;
 	void *ctx;
 	struct timespec started;
+};
+
+enum fallback_state { FALLBACK_NONE, FALLBACK_QUEUED, FALLBACK_RUNNING, FALLBACK_DONE };
+
+/* The deliveries of failed targets to their fallback backend: one deliver() call, its own
+ * copies of the targets (a batch needs them contiguous). */
+struct fallback_job {
+	struct pool_job job;          /* first: the pool hands us back this pointer */
+	struct dispatch *dispatch;
+	struct backend_runtime *backend;
+	size_t count;
+	size_t *primary;              /* primary[k]: the target that targets[k] stands in for */
+	struct target targets[];
 };
 
 static unsigned in_flight;
@@ -145,6 +170,8 @@ static void dispatch_free(struct dispatch *d)
 	free(d->strings);
 	free(d->rcpts);
 	free(d->target_block);
+	free(d->fallback_targets);
+	free(d->fallback_state);
 	if (d->deadline != NULL)
 		event_free(d->deadline);
 	free(d->jobs);
@@ -169,49 +196,98 @@ static const char *class_name(const struct status *st)
 	}
 }
 
-/* Fold one recipient's targets into one bare reply: all ok -> ok; any temporary -> the first
- * temporary; otherwise the first permanent. Soft bounce was applied per target already.
+/* The result of target ti as its recipient sees it: the target's own, or, once the target
+ * failed and its fallback ran, the fallback's (backend_r says whose). When the fallback refused
+ * for good the target's own failure stands: temporary, a retry may find the target back;
+ * permanent, both refused. NULL while the target or its fallback still runs. */
+static const struct status *target_result(const struct dispatch *d, size_t ti, unsigned *backend_r,
+					  bool *by_fallback_r)
+{
+	const struct status *own = &d->targets[ti].status;
+
+	*backend_r = d->target_backend[ti];
+	*by_fallback_r = false;
+	if (!d->target_done[ti])
+		return NULL;
+	if (d->fallback_state == NULL || d->fallback_state[ti] == FALLBACK_NONE)
+		return own;
+	if (d->fallback_state[ti] != FALLBACK_DONE)
+		return NULL;
+	const struct status *fb = &d->fallback_targets[ti].status;
+	if (status_class_of(fb) != STATUS_OK && status_class_of(fb) != STATUS_TEMPFAIL)
+		return own;
+	*backend_r = (unsigned)d->target_route[ti]->fallback;
+	*by_fallback_r = true;
+	return fb;
+}
+
+/* Fold one recipient's required targets into one bare reply: all ok -> ok; any temporary ->
+ * the first temporary; otherwise the first permanent. Best-effort targets never decide it (a
+ * route has a required target: config.c). Soft bounce was applied per target already.
  * Returns the backend whose verdict it is (NULL for the session's own: expired, several
  * stores). */
 static const struct backend_instance *fold_recipient(struct dispatch *d, size_t ri,
 						     struct status *reply)
 {
 	size_t first = d->rcpt_target_start[ri], end = d->rcpt_target_start[ri + 1];
-	const struct status *temp = NULL, *perm = NULL;
-	size_t temp_ti = 0, perm_ti = 0;
+	const struct status *temp = NULL, *perm = NULL, *stored_st = NULL;
+	unsigned temp_b = 0, perm_b = 0, stored_b = 0;
+	size_t stored = 0;
+	bool stored_by_fallback = false;
 	static struct status expired;
 
 	/* Only the loop thread folds, so one static status for "still running" is safe. */
 	status_must(&expired, 451, "4.4.7", "delivery time expired, try again later");
 	for (size_t k = first; k < end; k++) {
 		size_t ti = d->rcpt_targets[k];
-		const struct status *st = d->target_done[ti] ? &d->targets[ti].status : &expired;
+		unsigned b;
+		bool by_fallback;
+		const struct status *st = target_result(d, ti, &b, &by_fallback);
+		if (st != NULL && status_class_of(st) == STATUS_OK) {
+			stored++;
+			stored_st = st;
+			stored_b = b;
+			stored_by_fallback = by_fallback;
+			continue;
+		}
+		if (!d->target_route[ti]->required)
+			continue; /* best-effort: logged and counted by report_recipient */
+		if (st == NULL)
+			st = &expired;
 		if (status_class_of(st) == STATUS_TEMPFAIL && temp == NULL) {
 			temp = st;
-			temp_ti = ti;
-		} else if (status_class_of(st) != STATUS_OK &&
-			   status_class_of(st) != STATUS_TEMPFAIL && perm == NULL) {
+			temp_b = b;
+		} else if (status_class_of(st) != STATUS_TEMPFAIL && perm == NULL) {
 			perm = st;
-			perm_ti = ti;
+			perm_b = b;
 		}
 	}
 	if (temp != NULL) {
 		*reply = *temp;
-		return temp == &expired ? NULL : &d->cfg->backends[d->target_backend[temp_ti]];
+		return temp == &expired ? NULL : &d->cfg->backends[temp_b];
 	} else if (perm != NULL) {
 		*reply = *perm;
-		return &d->cfg->backends[d->target_backend[perm_ti]];
-	} else if (end - first == 1) {
-		size_t ti = d->rcpt_targets[first];
-		*reply = d->targets[ti].status; /* finished: else temp != NULL */
-		return &d->cfg->backends[d->target_backend[ti]];
+		return &d->cfg->backends[perm_b];
+	} else if (stored == 1 && !stored_by_fallback) {
+		*reply = *stored_st; /* one store: its own words and reference */
+		return &d->cfg->backends[stored_b];
 	} else {
+		/* Every store by name; a fallback as "FALLBACK in place of TARGET". */
 		char names[STATUS_TEXT_MAX] = "";
 		size_t len = 0;
 		for (size_t k = first; k < end && len < sizeof(names); k++) {
-			unsigned b = d->target_backend[d->rcpt_targets[k]];
-			int n = format(names + len, sizeof(names) - len, "%s%s",
-					 k > first ? ", " : "", d->cfg->backends[b].name);
+			size_t ti = d->rcpt_targets[k];
+			unsigned b;
+			bool by_fallback;
+			const struct status *st = target_result(d, ti, &b, &by_fallback);
+			if (st == NULL || status_class_of(st) != STATUS_OK)
+				continue;
+			int n = by_fallback ? format(names + len, sizeof(names) - len,
+						     "%s%s in place of %s", len > 0 ? ", " : "",
+						     d->cfg->backends[b].name,
+						     d->cfg->backends[d->target_backend[ti]].name)
+					    : format(names + len, sizeof(names) - len, "%s%s",
+						     len > 0 ? ", " : "", d->cfg->backends[b].name);
 			if (n > 0)
 				len += (size_t)n;
 		}
@@ -224,6 +300,8 @@ static void log_recipient(struct dispatch *d, size_t ri, const struct status *re
 {
 	char targets[1024] = "", esc_rcpt[LOG_ESC_SIZE], esc_from[LOG_ESC_SIZE];
 	char esc_targets[1400], esc_text[LOG_ESC_SIZE], esc_qid[LOG_ESC_SIZE];
+	char best_effort_failed[256] = "", fallbacks[256] = "";
+	size_t be_len = 0, fb_len = 0;
 	char xclient[LOG_ESC_SIZE] = "", esc_xname[LOG_ESC_SIZE], esc_xaddr[LOG_ESC_SIZE];
 	size_t len = 0;
 	struct timespec now;
@@ -243,6 +321,32 @@ static void log_recipient(struct dispatch *d, size_t ri, const struct status *re
 		if (n < 0 || (size_t)n >= sizeof(targets) - len)
 			break;
 		len += (size_t)n;
+		unsigned rb;
+		bool by_fallback;
+		const struct status *st = target_result(d, ti, &rb, &by_fallback);
+		if (!d->target_route[ti]->required && st != NULL && status_class_of(st) != STATUS_OK) {
+			n = format(best_effort_failed + be_len, sizeof(best_effort_failed) - be_len,
+				   "%s%s", be_len > 0 ? "," : " best_effort_failed=",
+				   d->cfg->backends[b].name);
+			if (n > 0 && (size_t)n < sizeof(best_effort_failed) - be_len)
+				be_len += (size_t)n;
+		}
+		if (d->fallback_state == NULL || d->fallback_state[ti] == FALLBACK_NONE)
+			continue;
+		/* The fallback's own entry right after the target it stands in for. */
+		const struct target *f = &d->fallback_targets[ti];
+		const char *fb_name = d->cfg->backends[d->target_route[ti]->fallback].name;
+		n = format(fallbacks + fb_len, sizeof(fallbacks) - fb_len, "%s%s>%s",
+			   fb_len > 0 ? "," : " fallback=", d->cfg->backends[b].name, fb_name);
+		if (n > 0 && (size_t)n < sizeof(fallbacks) - fb_len)
+			fb_len += (size_t)n;
+		n = d->fallback_state[ti] == FALLBACK_DONE
+			    ? format(targets + len, sizeof(targets) - len, ",%s:%d:%s:%s", fb_name,
+				     f->status.code, f->status.enhanced, f->ref[0] ? f->ref : "-")
+			    : format(targets + len, sizeof(targets) - len, ",%s:running", fb_name);
+		if (n < 0 || (size_t)n >= sizeof(targets) - len)
+			break;
+		len += (size_t)n;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	/* Milliseconds as integers: a "%.3f" would send the whole line through vsnprintf. */
@@ -259,12 +363,13 @@ static void log_recipient(struct dispatch *d, size_t ri, const struct status *re
 		       d->xforward_name[0] ? log_esc(esc_xname, d->xforward_name) : "unknown",
 		       d->xforward_addr[0] ? log_esc(esc_xaddr, d->xforward_addr) : "unknown");
 	log_info("event=delivery session=%s tx=%s%s%s client=%s%s from=<%s> rcpt=<%s> result=%s "
-		 "reply=\"%d %s %s\" targets=\"%s\" size=%llu delay=%lld.%s%lld",
+		 "reply=\"%d %s %s\" targets=\"%s\"%s%s size=%llu delay=%lld.%s%lld",
 		 d->session_id, d->txid, d->queue_id[0] ? " qid=" : "",
 		 d->queue_id[0] ? log_esc(esc_qid, d->queue_id) : "", d->client, xclient,
 		 log_esc(esc_from, d->sender), log_esc(esc_rcpt, d->rcpts[ri].rcpt),
 		 class_name(reply), reply->code, reply->enhanced, esc_text, esc_targets,
-		 (unsigned long long)spool_size(d->delivery.spool), delay_ms / 1000,
+		 best_effort_failed, fallbacks, (unsigned long long)spool_size(d->delivery.spool),
+		 delay_ms / 1000,
 		 delay_ms % 1000 < 10 ? "00" : delay_ms % 1000 < 100 ? "0" : "", delay_ms % 1000);
 }
 
@@ -329,6 +434,14 @@ static void report_recipient(struct dispatch *d, size_t ri)
 	reply_for_recipient(d->cfg, backend, d->rcpts[ri].rcpt, d->txid, &reply);
 	log_recipient(d, ri, &reply);
 	metrics_recipient_result(&reply);
+	for (size_t k = d->rcpt_target_start[ri]; k < d->rcpt_target_start[ri + 1]; k++) {
+		size_t ti = d->rcpt_targets[k];
+		unsigned b;
+		bool by_fallback;
+		const struct status *st = target_result(d, ti, &b, &by_fallback);
+		if (!d->target_route[ti]->required && st != NULL && status_class_of(st) != STATUS_OK)
+			metrics_best_effort_failure(d->cfg->backends[d->target_backend[ti]].name);
+	}
 	d->rcpt_reported[ri] = true;
 	if (--d->rcpts_pending == 0)
 		unanswered--;
@@ -338,8 +451,45 @@ static void report_recipient(struct dispatch *d, size_t ri)
 		d->cb(d->ctx, ri, &reply);
 }
 
-/* A target's verdict is in: apply the reply policy (soft bounce), and report its recipient
- * when complete. */
+/* One of recipient ri's targets has its final result (its fallback's, when it has one and
+ * failed): report the recipient when it was the last. */
+static void target_settled(struct dispatch *d, size_t ri, const char *backend,
+			   const struct status *st)
+{
+	d->rcpt_pending[ri]--;
+	if (d->rcpt_reported[ri]) {
+		/* Answered 451 4.4.7 at the deadline already. A late success means a copy is stored
+		 * that the MTA will send again: say so loudly. */
+		char esc[LOG_ESC_SIZE];
+		(status_class_of(st) == STATUS_OK ? log_warn : log_info)(
+			"event=late_result session=%s tx=%s rcpt=<%s> backend=%s reply=\"%d %s\" "
+			"note=%s",
+			d->session_id, d->txid, log_esc(esc, d->rcpts[ri].rcpt), backend, st->code,
+			st->enhanced,
+			status_class_of(st) == STATUS_OK ? "stored_after_deadline_duplicate_likely"
+							 : "none_stored");
+		return;
+	}
+	if (d->rcpt_pending[ri] > 0)
+		return;
+	report_recipient(d, ri);
+}
+
+static void count_result(struct dispatch *d, unsigned b, const struct target *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	metrics_target_result(d->cfg->backends[b].name, &t->status,
+			      (double)(now.tv_sec - d->started.tv_sec) +
+				      (double)(now.tv_nsec - d->started.tv_nsec) / 1e9);
+	if (!t->same_failure)
+		breaker_account(d->rt->backends[b], &t->status);
+}
+
+/* A target's verdict is in: apply the reply policy (soft bounce); hand a failure to the
+ * target's fallback (launch_fallbacks) unless the recipient was answered at the deadline
+ * already; else settle it. */
 static void target_finished(struct dispatch *d, size_t ti)
 {
 	struct target *t = &d->targets[ti];
@@ -351,32 +501,114 @@ static void target_finished(struct dispatch *d, size_t ti)
 			    b->name);
 	reply_policy_final(d->cfg, b, &t->status);
 	d->target_done[ti] = true;
-	{
-		struct timespec now;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		metrics_target_result(b->name, &t->status,
-				      (double)(now.tv_sec - d->started.tv_sec) +
-					      (double)(now.tv_nsec - d->started.tv_nsec) / 1e9);
-	}
-	if (!t->same_failure)
-		breaker_account(d->rt->backends[d->target_backend[ti]], &t->status);
-	d->rcpt_pending[ri]--;
-	if (d->rcpt_reported[ri]) {
-		/* Answered 451 4.4.7 at the deadline already. A late success means a copy is stored
-		 * that the MTA will send again: say so loudly. */
-		char esc[LOG_ESC_SIZE];
-		(status_class_of(&t->status) == STATUS_OK ? log_warn : log_info)(
-			"event=late_result session=%s tx=%s rcpt=<%s> backend=%s reply=\"%d %s\" "
-			"note=%s",
-			d->session_id, d->txid, log_esc(esc, t->rcpt->rcpt), b->name, t->status.code,
-			t->status.enhanced,
-			status_class_of(&t->status) == STATUS_OK ? "stored_after_deadline_duplicate_likely"
-								 : "none_stored");
+	/* A target skipped for an open breaker was not tried: no latency, nothing to count. */
+	if (!d->target_skipped[ti])
+		count_result(d, d->target_backend[ti], t);
+	if (status_class_of(&t->status) != STATUS_OK && d->target_route[ti]->fallback >= 0 &&
+	    !d->rcpt_reported[ri]) {
+		d->fallback_state[ti] = FALLBACK_QUEUED;
+		d->fallbacks_queued++;
 		return;
 	}
-	if (d->rcpt_pending[ri] > 0)
-		return;
-	report_recipient(d, ri);
+	target_settled(d, ri, b->name, &t->status);
+}
+
+/* The fallback of target ti has its result (in fallback_targets[ti]). */
+static void fallback_finished(struct dispatch *d, size_t ti)
+{
+	struct target *f = &d->fallback_targets[ti];
+	unsigned fb = (unsigned)d->target_route[ti]->fallback;
+	const struct backend_instance *b = &d->cfg->backends[fb];
+	const char *primary = d->cfg->backends[d->target_backend[ti]].name;
+	const struct status *own = &d->targets[ti].status;
+	size_t ri = (size_t)(f->rcpt - d->rcpts);
+	char esc_rcpt[LOG_ESC_SIZE], esc_own[LOG_ESC_SIZE], esc_ref[LOG_ESC_SIZE];
+
+	if (f->status.code == 0)
+		status_must(&f->status, 451, "4.3.0", "internal error: backend %s gave no result",
+			    b->name);
+	reply_policy_final(d->cfg, b, &f->status);
+	d->fallback_state[ti] = FALLBACK_DONE;
+	count_result(d, fb, f);
+	if (status_class_of(&f->status) == STATUS_OK)
+		metrics_fallback_delivery(primary, b->name);
+	/* A warning either way: the target failed, and an admin should know where the message
+	 * went (or that it went nowhere and the reply says so). */
+	log_warn("event=fallback session=%s tx=%s rcpt=<%s> backend=%s fallback=%s "
+		 "failed=\"%d %s %s\" result=%s reply=\"%d %s\" ref=%s",
+		 d->session_id, d->txid, log_esc(esc_rcpt, d->rcpts[ri].rcpt), primary, b->name,
+		 own->code, own->enhanced, log_esc(esc_own, own->text), class_name(&f->status),
+		 f->status.code, f->status.enhanced, log_esc(esc_ref, f->ref[0] ? f->ref : "-"));
+	target_settled(d, ri, b->name, &f->status);
+}
+
+static void fallback_job_run(struct pool_job *pj)
+{
+	struct fallback_job *job = (struct fallback_job *)pj;
+
+	job->backend->inst->driver->deliver(job->backend->state, &job->dispatch->delivery,
+					    job->targets, job->count);
+}
+
+static void fallback_job_done(struct pool_job *pj)
+{
+	struct fallback_job *job = (struct fallback_job *)pj;
+	struct dispatch *d = job->dispatch;
+
+	for (size_t k = 0; k < job->count; k++) {
+		d->fallback_targets[job->primary[k]] = job->targets[k];
+		fallback_finished(d, job->primary[k]);
+	}
+	free(job->primary);
+	free(job);
+	d->jobs_pending--;
+	maybe_free(d);
+}
+
+/* Deliver every queued failed target to its fallback: per fallback backend one job (a batch
+ * driver: one S3 object or request for them all) or one job per target. Called on the loop
+ * while the caller still counts in jobs_pending, so an inline fallback cannot free d. */
+static void launch_fallbacks(struct dispatch *d)
+{
+	while (d->fallbacks_queued > 0) {
+		size_t first = 0, count = 0;
+		while (d->fallback_state[first] != FALLBACK_QUEUED)
+			first++;
+		int fb = d->target_route[first]->fallback;
+		struct backend_runtime *br = d->rt->backends[fb];
+		for (size_t ti = first; ti < d->target_count; ti++)
+			count += d->fallback_state[ti] == FALLBACK_QUEUED &&
+				 d->target_route[ti]->fallback == fb;
+		size_t per_job = br->inst->driver->batch ? count : 1;
+		for (size_t ti = first; count > 0;) {
+			struct fallback_job *job =
+				xcalloc(1, sizeof(*job) + per_job * sizeof(job->targets[0]));
+			job->primary = xcalloc(per_job, sizeof(*job->primary));
+			job->job.run = fallback_job_run;
+			job->job.done = fallback_job_done;
+			job->dispatch = d;
+			job->backend = br;
+			for (; ti < d->target_count && job->count < per_job; ti++) {
+				if (d->fallback_state[ti] != FALLBACK_QUEUED ||
+				    d->target_route[ti]->fallback != fb)
+					continue;
+				struct target *t = &job->targets[job->count];
+				t->rcpt = d->targets[ti].rcpt;
+				t->vars = d->targets[ti].vars;
+				job->primary[job->count++] = ti;
+				d->fallback_state[ti] = FALLBACK_RUNNING;
+				d->fallbacks_queued--;
+				count--;
+			}
+			d->jobs_pending++;
+			if (br->inst->driver->inline_deliver) {
+				fallback_job_run(&job->job);
+				fallback_job_done(&job->job);
+			} else {
+				pool_submit(backend_runtime_pool(br), &job->job);
+			}
+		}
+	}
 }
 
 /* The deadline passed: answer every recipient still waiting (451 4.4.7 for its running
@@ -408,9 +640,10 @@ static void job_done(struct pool_job *pj)
 	struct dispatch_job *job = (struct dispatch_job *)pj;
 	struct dispatch *d = job->dispatch;
 
-	d->jobs_pending--;
 	for (size_t k = 0; k < job->count; k++)
 		target_finished(d, job->first + k);
+	launch_fallbacks(d);
+	d->jobs_pending--; /* after the fallbacks: an inline one must not free d under us */
 	maybe_free(d);
 }
 
@@ -485,13 +718,14 @@ static void build_targets(struct dispatch *d)
 
 	for (size_t i = 0; i < d->rcpt_count; i++)
 		total += d->rcpts[i].rule->target_count;
-	/* Eight arrays in one zeroed block, each aligned for any type. */
+	/* Ten arrays in one zeroed block, each aligned for any type. */
 	size_t rcpts = d->rcpt_count;
 	size_t sizes[] = {
 		total * sizeof(*d->targets), total * sizeof(*d->target_backend),
 		rcpts * sizeof(*d->rcpt_pending), rcpts * sizeof(*d->rcpt_reported),
 		total * sizeof(*d->target_done), total * sizeof(*d->rcpt_targets),
 		(rcpts + 1) * sizeof(*d->rcpt_target_start), total * sizeof(*d->target_job_start),
+		total * sizeof(*d->target_route), total * sizeof(*d->target_skipped),
 	};
 	size_t offsets[sizeof(sizes) / sizeof(sizes[0])], block = 0;
 	const size_t align = _Alignof(max_align_t);
@@ -509,32 +743,60 @@ static void build_targets(struct dispatch *d)
 	d->rcpt_targets = (size_t *)(void *)(base + offsets[5]);
 	d->rcpt_target_start = (size_t *)(void *)(base + offsets[6]);
 	d->target_job_start = (bool *)(void *)(base + offsets[7]);
+	d->target_route = (const struct route_target **)(void *)(base + offsets[8]);
+	d->target_skipped = (bool *)(void *)(base + offsets[9]);
 
-	/* Grouped by backend, so a batch call gets a contiguous slice. */
+	/* Grouped by backend, so a batch call gets a contiguous slice. While a backend's breaker
+	 * is open, its targets that may fail without a refusal (best-effort, or with a fallback)
+	 * are not tried: they go after the backend's jobs, outside any, and dispatch_start()
+	 * fails them at once (451 4.4.1), which sends them to their fallback. */
 	size_t n = 0;
+	bool any_fallback = false;
 	for (unsigned b = 0; b < d->cfg->backend_count; b++) {
 		size_t first = n;
-		for (size_t i = 0; i < d->rcpt_count; i++) {
-			const struct route_rule *rule = d->rcpts[i].rule;
-			for (size_t k = 0; k < rule->target_count; k++) {
-				if (rule->targets[k] != b)
-					continue;
-				/* A backend named twice in one route delivers once. */
-				bool seen = false;
-				for (size_t j = 0; j < k; j++)
-					seen = seen || rule->targets[j] == b;
-				if (seen)
-					continue;
-				d->targets[n].rcpt = &d->rcpts[i];
-				delivery_vars(&d->delivery, &d->rcpts[i], &d->targets[n].vars);
-				d->target_backend[n] = b;
-				d->rcpt_pending[i]++;
-				n++;
+		bool down = dispatch_backend_down(d->rt->backends[b]);
+		for (int skipped_pass = 0; skipped_pass < 2; skipped_pass++) {
+			for (size_t i = 0; i < d->rcpt_count; i++) {
+				const struct route_rule *rule = d->rcpts[i].rule;
+				for (size_t k = 0; k < rule->target_count; k++) {
+					const struct route_target *rt = &rule->targets[k];
+					if (rt->backend != b)
+						continue;
+					/* A backend named twice in one route delivers once. */
+					bool seen = false;
+					for (size_t j = 0; j < k; j++)
+						seen = seen || rule->targets[j].backend == b;
+					bool skip = down && (!rt->required || rt->fallback >= 0);
+					if (seen || skip != (skipped_pass == 1))
+						continue;
+					d->targets[n].rcpt = &d->rcpts[i];
+					delivery_vars(&d->delivery, &d->rcpts[i], &d->targets[n].vars);
+					d->target_backend[n] = b;
+					d->target_skipped[n] = skip;
+					d->rcpt_pending[i]++;
+					any_fallback = any_fallback || rt->fallback >= 0;
+					n++;
+				}
 			}
+			if (skipped_pass == 0)
+				split_jobs(d, d->rt->backends[b], first, n);
 		}
-		split_jobs(d, d->rt->backends[b], first, n);
 	}
 	d->target_count = n;
+	/* Each target's route entry (split_jobs may have reordered the targets). */
+	for (size_t t = 0; t < n; t++) {
+		const struct route_rule *rule = d->targets[t].rcpt->rule;
+		for (size_t k = 0; k < rule->target_count; k++) {
+			if (rule->targets[k].backend == d->target_backend[t]) {
+				d->target_route[t] = &rule->targets[k];
+				break;
+			}
+		}
+	}
+	if (any_fallback) {
+		d->fallback_targets = xcalloc(n, sizeof(*d->fallback_targets));
+		d->fallback_state = xcalloc(n, sizeof(*d->fallback_state));
+	}
 	/* Per recipient index, in the route's backend order. */
 	size_t pos = 0;
 	for (size_t i = 0; i < d->rcpt_count; i++) {
@@ -543,7 +805,7 @@ static void build_targets(struct dispatch *d)
 		for (size_t k = 0; k < rule->target_count; k++) {
 			for (size_t t = 0; t < n; t++) {
 				if (d->targets[t].rcpt == &d->rcpts[i] &&
-				    d->target_backend[t] == rule->targets[k]) {
+				    d->target_backend[t] == rule->targets[k].backend) {
 					bool dup = false;
 					for (size_t j = d->rcpt_target_start[i]; j < pos; j++)
 						dup = dup || d->rcpt_targets[j] == t;
@@ -665,9 +927,14 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 	 * target otherwise: split_jobs() marked where each starts. */
 	d->jobs = xcalloc(d->target_count, sizeof(*d->jobs));
 	for (size_t t = 0; t < d->target_count;) {
+		if (d->target_skipped[t]) {
+			t++;
+			continue;
+		}
 		struct backend_runtime *b = d->rt->backends[d->target_backend[t]];
 		size_t count = 1;
-		while (t + count < d->target_count && !d->target_job_start[t + count])
+		while (t + count < d->target_count && !d->target_job_start[t + count] &&
+		       !d->target_skipped[t + count])
 			count++;
 		struct dispatch_job *job = &d->jobs[d->job_count++];
 		job->job.run = job_run;
@@ -693,13 +960,24 @@ struct dispatch *dispatch_start(struct dispatch_request *req, dispatch_result_fn
 		}
 		pool_submit(backend_runtime_pool(b), &job->job);
 	}
+	/* Targets not tried for an open breaker: failed now, on to their fallback. */
+	for (size_t t = 0; t < d->target_count; t++) {
+		if (!d->target_skipped[t])
+			continue;
+		status_must(&d->targets[t].status, 451, "4.4.1",
+			    "backend %s temporarily unavailable (circuit breaker open)",
+			    d->cfg->backends[d->target_backend[t]].name);
+		target_finished(d, t);
+	}
+	if (d->fallback_state != NULL)
+		launch_fallbacks(d);
 	d->jobs_pending--;
-	if (job_count > 0 && d->jobs_pending == 0 && d->rcpts_pending == 0) {
+	if (d->target_count > 0 && d->jobs_pending == 0 && d->rcpts_pending == 0) {
 		/* Everything ran inline and every result has been reported. */
 		dispatch_free(d);
 		return NULL;
 	}
-	if (job_count == 0) {
+	if (d->target_count == 0) {
 		/* No target at all cannot happen (every route has a backend); be safe. */
 		for (size_t i = 0; i < d->rcpt_count; i++) {
 			struct status st;

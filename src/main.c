@@ -93,7 +93,19 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	server_check_idle(srv);
 }
 
-/* lmtpgw route ADDRESS...: the rule that matches, and where each backend would deliver. */
+/* Where backend b would deliver recipient r ("" when its driver cannot say). */
+static void explain_target(const struct runtime *rt, const struct recipient *r,
+			   const struct template_vars *vars, unsigned b, char *where, size_t size)
+{
+	const struct backend_instance *inst = &rt->cfg->backends[b];
+
+	where[0] = '\0';
+	if (inst->driver->explain != NULL)
+		inst->driver->explain(rt->backends[b]->state, r, vars, where, size);
+}
+
+/* lmtpgw route ADDRESS...: the rule that matches, and for each target its role, its fallback
+ * and where it would deliver. */
 static int cmd_route(const struct runtime *rt, int argc, char **argv)
 {
 	const struct config *cfg = rt->cfg;
@@ -130,13 +142,23 @@ static int cmd_route(const struct runtime *rt, int argc, char **argv)
 		struct template_vars vars;
 		delivery_vars(&d, &r, &vars);
 		for (size_t k = 0; k < r.rule->target_count; k++) {
-			const struct backend_instance *b = &cfg->backends[r.rule->targets[k]];
+			const struct route_target *target = &r.rule->targets[k];
 			char where[1024] = "";
-			if (b->driver->explain != NULL)
-				b->driver->explain(rt->backends[r.rule->targets[k]]->state, &r, &vars,
-						   where, sizeof(where));
-			printf("  -> %s (driver %s)%s%s\n", b->name, b->driver->name,
-			       where[0] ? ": " : "", where);
+			explain_target(rt, &r, &vars, target->backend, where, sizeof(where));
+			/* The role last, so the "-> NAME (driver D): WHERE" part reads as it always did. */
+			printf("  -> %s (driver %s)%s%s [%s%s%s]\n", cfg->backends[target->backend].name,
+			       cfg->backends[target->backend].driver->name, where[0] ? ": " : "", where,
+			       target->required ? "required" : "best-effort",
+			       target->fallback >= 0 ? ", fallback " : "",
+			       target->fallback >= 0 ? cfg->backends[target->fallback].name : "");
+			if (target->fallback < 0)
+				continue;
+			explain_target(rt, &r, &vars, (unsigned)target->fallback, where,
+				       sizeof(where));
+			printf("     fallback %s (driver %s)%s%s\n",
+			       cfg->backends[target->fallback].name,
+			       cfg->backends[target->fallback].driver->name, where[0] ? ": " : "",
+			       where);
 		}
 	}
 	return rc;

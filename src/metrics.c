@@ -44,6 +44,14 @@ struct backend_row {
 	time_t last_error_at, last_ok_at;  /* wall clock, 0 = never */
 	int last_class;                    /* class of the latest result: 0 ok, 1 temp, 2 perm */
 	bool any_result;
+	atomic_ullong best_effort_failures; /* recipients whose best-effort target here failed */
+};
+
+/* Messages a fallback stored for a failed target: one row per (backend, fallback) pair. */
+struct fallback_row {
+	char backend[64], fallback[64];
+	atomic_bool used;
+	atomic_ullong count;
 };
 
 static struct {
@@ -57,6 +65,7 @@ static struct {
 	atomic_llong in_flight;
 	atomic_bool stopping;
 	struct backend_row backends[METRICS_BACKENDS_MAX + 1]; /* last: "other" */
+	struct fallback_row fallbacks[METRICS_BACKENDS_MAX + 1]; /* last: "other" pairs */
 	struct MHD_Daemon *daemon;
 	char version[32];
 	long long started_mono_s;
@@ -194,6 +203,38 @@ void metrics_backend_configured(const char *backend, bool fresh)
 		atomic_store(&r->down, false);
 }
 
+void metrics_best_effort_failure(const char *backend)
+{
+	atomic_fetch_add_explicit(&row_for(backend)->best_effort_failures, 1, memory_order_relaxed);
+}
+
+/* Claimed on the loop thread only, as row_for(). */
+void metrics_fallback_delivery(const char *backend, const char *fallback)
+{
+	struct fallback_row *r = &m.fallbacks[METRICS_BACKENDS_MAX];
+
+	for (size_t i = 0; i < METRICS_BACKENDS_MAX; i++) {
+		struct fallback_row *f = &m.fallbacks[i];
+		if (!atomic_load_explicit(&f->used, memory_order_acquire)) {
+			snprintf(f->backend, sizeof(f->backend), "%s", backend);
+			snprintf(f->fallback, sizeof(f->fallback), "%s", fallback);
+			atomic_store_explicit(&f->used, true, memory_order_release);
+			r = f;
+			break;
+		}
+		if (strcmp(f->backend, backend) == 0 && strcmp(f->fallback, fallback) == 0) {
+			r = f;
+			break;
+		}
+	}
+	if (r == &m.fallbacks[METRICS_BACKENDS_MAX] && !atomic_load(&r->used)) {
+		snprintf(r->backend, sizeof(r->backend), "other");
+		snprintf(r->fallback, sizeof(r->fallback), "other");
+		atomic_store(&r->used, true);
+	}
+	atomic_fetch_add_explicit(&r->count, 1, memory_order_relaxed);
+}
+
 void metrics_backend_down(const char *backend, bool down)
 {
 	atomic_store(&row_for(backend)->down, down);
@@ -309,6 +350,24 @@ char *metrics_render(size_t *len_r)
 		for (int i = 0; i < 3; i++)
 			put(&t, "lmtpgw_backend_results_total{backend=\"%s\",result=\"%s\"} %llu\n",
 			    r->name, results[i], (unsigned long long)LOAD(r->results[i]));
+	}
+	put(&t, "# HELP lmtpgw_best_effort_failures_total Recipients whose best-effort target "
+		"failed (the reply did not change).\n"
+		"# TYPE lmtpgw_best_effort_failures_total counter\n");
+	for (size_t b = 0; b <= METRICS_BACKENDS_MAX; b++) {
+		struct backend_row *r = &m.backends[b];
+		if (atomic_load_explicit(&r->used, memory_order_acquire))
+			put(&t, "lmtpgw_best_effort_failures_total{backend=\"%s\"} %llu\n", r->name,
+			    (unsigned long long)LOAD(r->best_effort_failures));
+	}
+	put(&t, "# HELP lmtpgw_fallback_deliveries_total Messages a fallback backend stored for a "
+		"failed target.\n"
+		"# TYPE lmtpgw_fallback_deliveries_total counter\n");
+	for (size_t b = 0; b <= METRICS_BACKENDS_MAX; b++) {
+		struct fallback_row *f = &m.fallbacks[b];
+		if (atomic_load_explicit(&f->used, memory_order_acquire))
+			put(&t, "lmtpgw_fallback_deliveries_total{backend=\"%s\",fallback=\"%s\"} "
+				"%llu\n", f->backend, f->fallback, (unsigned long long)LOAD(f->count));
 	}
 	put(&t, "# HELP lmtpgw_backend_up 0 while the circuit breaker holds the backend down.\n"
 		"# TYPE lmtpgw_backend_up gauge\n");

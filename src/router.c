@@ -37,7 +37,7 @@ struct rule {
 	char *pattern;
 	const char *match;       /* EXACT: pattern; DOMAIN: the domain; WILDCARD: the glob */
 	char *glob;              /* WILDCARD from "@*.dom": "*@*.dom" (owned), else NULL */
-	unsigned *targets;
+	struct route_target *targets;
 	regex_t re;
 };
 
@@ -249,7 +249,7 @@ static int rule_parse(struct rule *rule, char *error_r, size_t error_size)
 	return 0;
 }
 
-int router_add(struct router *router, const char *pattern, const unsigned *targets,
+int router_add(struct router *router, const char *pattern, const struct route_target *targets,
 	       size_t target_count, char *error_r, size_t error_size)
 {
 	struct rule *rule;

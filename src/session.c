@@ -698,7 +698,7 @@ static void rcpt_verified(void *ctx, int result, const struct status *st)
 	if (tx == NULL || s->state != STATE_VERIFYING)
 		return; /* the transaction ended meanwhile (session_reset_tx detaches; be safe) */
 	const struct backend_instance *b =
-		&tx->cfg->backends[s->pending_rcpt.rule->targets[s->pending_k]];
+		&tx->cfg->backends[s->pending_rcpt.rule->targets[s->pending_k].backend];
 
 	s->state = STATE_MAIL;
 	timeouts_for_state(s);
@@ -715,7 +715,9 @@ static void rcpt_verified(void *ctx, int result, const struct status *st)
 
 /* Check a routed recipient against its backends from target index `from` on (breaker, then
  * each backend's verification), then accept it. A verification that talks to the store runs
- * in a worker: the session holds its pipeline meanwhile, so replies stay in order. */
+ * in a worker: the session holds its pipeline meanwhile, so replies stay in order.
+ * Only required targets without a fallback can refuse here: a best-effort target's failure
+ * never changes the reply, and a target with a fallback hands a failure to its fallback. */
 static void rcpt_check(struct session *s, const struct recipient *r, size_t from)
 {
 	struct transaction *tx = s->tx;
@@ -729,8 +731,11 @@ static void rcpt_check(struct session *s, const struct recipient *r, size_t from
 	snprintf(vctx.txid, sizeof(vctx.txid), "%s", tx->id);
 
 	for (size_t k = from; k < r->rule->target_count; k++) {
-		const struct backend_instance *b = &tx->cfg->backends[r->rule->targets[k]];
-		struct backend_runtime *br = tx->rt->backends[r->rule->targets[k]];
+		const struct route_target *target = &r->rule->targets[k];
+		if (!target->required || target->fallback >= 0)
+			continue;
+		const struct backend_instance *b = &tx->cfg->backends[target->backend];
+		struct backend_runtime *br = tx->rt->backends[target->backend];
 		if (dispatch_backend_down(br)) {
 			/* Circuit breaker open: say so now instead of after DATA. */
 			status_must(&st, 451, "4.4.1", "backend %s temporarily unavailable", b->name);

@@ -179,11 +179,18 @@ def cstr(s):
 
 
 def conf_value(v):
+    """A libconfig value. A dict is a group ({ k = v; }); a list holding a group is written
+    as a libconfig list ( ), since an array [ ] holds only scalars (a route's deliver list with
+    target groups)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
         return str(v)
+    if isinstance(v, dict):
+        return "{ " + " ".join("%s = %s;" % (k, conf_value(x)) for k, x in v.items()) + " }"
     if isinstance(v, (list, tuple)):
+        if any(isinstance(x, dict) for x in v):
+            return "( " + ", ".join(conf_value(x) for x in v) + " )"
         return "[ " + ", ".join(conf_value(x) for x in v) + " ]"
     return cstr(str(v))
 
@@ -420,7 +427,9 @@ class Lmtpgw:
     config:    extra global settings {key: value} (strings, ints, bools, lists)
     local:     extra settings of the maildir backend "local" {key: value}
     backends:  extra backend blocks as libconfig text, e.g. 'trash: { driver = "discard"; };'
-    routes:    list of (match, [backend, ...]); default [("*@example.test", ["local"])]
+    routes:    list of (match, [target, ...]); a target is a backend name or a dict
+               {"backend": .., "required": .., "fallback": ..}; default
+               [("*@example.test", ["local"])]
     listen:    listen address for --listen; default "127.0.0.1:<random port>". If config has
                "listen" and this is None, no --listen is given and clients use its first entry.
     """

@@ -603,6 +603,100 @@ Test(config, error_routes)
 		     "route 1: 'deliver' must name at least one backend");
 }
 
+#define BACKENDS_FOUR "backends: { sink: { driver = \"discard\"; }; hook: { driver = \"discard\"; };\n" \
+	"  arch: { driver = \"discard\"; }; quar: { driver = \"discard\"; }; };\n"
+
+/* Route targets: plain names are required without fallback; groups give the role and the
+ * fallback; the router holds both. */
+Test(config, route_target_roles_and_fallback)
+{
+	struct config *cfg = load_text(BACKENDS_FOUR
+		"routes = (\n"
+		"  { match = \"*\"; deliver = ( \"sink\", { backend = \"hook\"; required = false; },\n"
+		"      { backend = \"arch\"; fallback = \"quar\"; } ); }\n"
+		");\n");
+
+	cr_assert_not_null(cfg, "%s", err);
+	const struct config_route *r = &cfg->routes[0];
+	cr_assert_eq(r->deliver.count, 3);
+	cr_expect_str_eq(r->deliver.items[1], "hook");
+	cr_expect(r->targets[0].required && r->targets[0].fallback == -1);
+	cr_expect(!r->targets[1].required && r->targets[1].fallback == -1);
+	cr_expect(r->targets[2].required);
+	cr_expect_eq(r->targets[2].fallback, config_backend_index(cfg, "quar"));
+	const struct route_rule *rule = router_match(cfg->router, "a@b.test", NULL);
+	cr_assert_not_null(rule);
+	cr_expect_eq(rule->targets[2].backend, (unsigned)config_backend_index(cfg, "arch"));
+	cr_expect_eq(rule->targets[2].fallback, config_backend_index(cfg, "quar"));
+	cr_expect(!rule->targets[1].required);
+
+	/* printed as a list with groups, and it reads back to the same */
+	char *first = print_to_string(cfg);
+	cr_expect(strstr(first, "\n    deliver = ( \"sink\", { backend = \"hook\"; required = false; }, "
+			 "{ backend = \"arch\"; required = true; fallback = \"quar\"; } );\n") != NULL,
+		  "%s", first);
+	struct config *again = load_text(first);
+	cr_assert_not_null(again, "%s\n--- printed:\n%s", err, first);
+	char *second = print_to_string(again);
+	cr_expect_str_eq(strchr(first, '\n'), strchr(second, '\n'));
+	free(first);
+	free(second);
+	config_unref(&again);
+	config_unref(&cfg);
+
+	/* a best-effort target with a fallback of its own is fine beside a required one; an
+	 * array of names stays an array */
+	cfg = load_text(BACKENDS_FOUR "routes = ( { match = \"*\"; deliver = ( \"sink\", { backend = "
+			"\"arch\"; required = false; fallback = \"quar\"; } ); },\n"
+			"  { match = \"x@y.test\"; deliver = [ \"sink\", \"hook\" ]; } );\n");
+	cr_assert_not_null(cfg, "%s", err);
+	first = print_to_string(cfg);
+	cr_expect(strstr(first, "\n    deliver = [ \"sink\", \"hook\" ];\n") != NULL, "%s", first);
+	free(first);
+	config_unref(&cfg);
+}
+
+Test(config, error_route_targets)
+{
+	/* every target best-effort: a 250 could be given with nothing stored */
+	expect_error(BACKENDS_FOUR "routes = (\n  { match = \"*\";\n    deliver = ( { backend = "
+		     "\"hook\"; required = false; } ); }\n);\n", 5,
+		     "route 1: no required target: at least one target of a route must be required, "
+		     "or a 250 could be given with nothing stored");
+	/* an unknown fallback, at the line of its target */
+	expect_error(BACKENDS_FOUR "routes = (\n  { match = \"*\"; deliver = ( \"sink\",\n"
+		     "    { backend = \"arch\"; fallback = \"nosuch\"; } ); }\n);\n", 5,
+		     "route 1: unknown fallback backend 'nosuch' of 'arch' (defined: sink, hook, "
+		     "arch, quar)");
+	expect_error(BACKENDS_FOUR "routes = (\n  { match = \"*\"; deliver = ( { backend = \"arch\"; "
+		     "fallback = \"arch\"; } ); }\n);\n", 4,
+		     "route 1: 'arch' cannot be its own fallback");
+	expect_error(BACKENDS_FOUR "routes = (\n  { match = \"*\"; deliver = ( \"quar\", { backend = "
+		     "\"arch\"; fallback = \"quar\"; } ); }\n);\n", 4,
+		     "route 1: fallback 'quar' of 'arch' is also a target of this route (it would "
+		     "store the message twice)");
+	expect_error(BACKENDS_FOUR "routes = (\n  { match = \"*\"; deliver = ( { backend = \"arch\"; "
+		     "fallback = \"quar\"; },\n    { backend = \"hook\"; fallback = \"quar\"; } ); }\n);\n",
+		     5, "route 1: 'quar' is the fallback of both 'arch' and 'hook' (it would store the "
+		     "message twice)");
+	/* fallbacks do not chain: one backend name, not a list */
+	expect_error(BACKENDS_FOUR "routes = (\n  { match = \"*\"; deliver = ( { backend = \"arch\";\n"
+		     "    fallback = [ \"quar\", \"hook\" ]; } ); }\n);\n", 5,
+		     "route 1, target 1: 'fallback' must be a string");
+	expect_error(BACKENDS_FOUR "routes = (\n  { match = \"*\"; deliver = ( { required = true; } "
+		     "); }\n);\n", 4, "route 1, target 1: 'backend' is required in a target group");
+	expect_error(BACKENDS_FOUR "routes = (\n  { match = \"*\"; deliver = ( { backend = \"sink\";\n"
+		     "    fallbak = \"quar\"; } ); }\n);\n", 5,
+		     "unknown key 'fallbak' in route 1, target 1");
+	expect_error(BACKENDS_FOUR "routes = (\n  { match = \"*\"; deliver = ( \"sink\", 7 ); }\n);\n",
+		     4, "route 1, target 2: a target is a backend name or a group { backend = \"name\"; "
+		     "required = false; fallback = \"name\"; } (a list with groups is written with ( ), "
+		     "not [ ])");
+	expect_error(BACKENDS_FOUR "routes = (\n  { match = \"*\"; deliver = 7; }\n);\n", 4,
+		     "route 1: 'deliver' must be a backend name or a list: ( \"name\", { backend = "
+		     "\"name\"; required = false; fallback = \"name\"; }, ... )");
+}
+
 /* --- config_print -> config_load ----------------------------------------------------------- */
 
 Test(config, print_reads_back_identically)

@@ -14,7 +14,7 @@ static struct router *router_with(const char *const *patterns, size_t count)
 
 	cr_assert_not_null(r);
 	for (size_t i = 0; i < count; i++) {
-		unsigned target = (unsigned)i;
+		struct route_target target = { (unsigned)i, true, -1 };
 
 		cr_assert_eq(router_add(r, patterns[i], &target, 1, error, sizeof(error)), 0,
 			     "add %s: %s", patterns[i], error);
@@ -185,15 +185,16 @@ Test(router, rule_contents)
 {
 	struct router *r = router_new();
 	char error[128];
-	unsigned targets_a[] = { 3, 1, 2 };
-	unsigned targets_b[] = { 7 };
+	struct route_target targets_a[] = { { 3, true, -1 }, { 1, false, -1 }, { 2, true, 5 } };
+	struct route_target targets_b[] = { { 7, true, -1 } };
 	char pattern[] = "@x.test";
 
 	cr_assert_eq(router_add(r, "bob@x.test", targets_a, 3, error, sizeof(error)), 0);
 	cr_assert_eq(router_add(r, pattern, targets_b, 1, error, sizeof(error)), 0);
 	/* the router owns copies: the caller's buffers may change or go away */
-	targets_a[0] = 99;
-	targets_b[0] = 99;
+	targets_a[0].backend = 99;
+	targets_a[1].required = true;
+	targets_b[0].backend = 99;
 	pattern[1] = 'Q';
 
 	const struct route_rule *rule = router_match(r, "bob@x.test", NULL);
@@ -201,16 +202,20 @@ Test(router, rule_contents)
 	cr_assert_str_eq(rule->pattern, "bob@x.test");
 	cr_assert_eq(rule->index, 0);
 	cr_assert_eq(rule->target_count, 3);
-	cr_assert_eq(rule->targets[0], 3);
-	cr_assert_eq(rule->targets[1], 1);
-	cr_assert_eq(rule->targets[2], 2);
+	cr_assert_eq(rule->targets[0].backend, 3);
+	cr_assert_eq(rule->targets[1].backend, 1);
+	cr_assert_eq(rule->targets[2].backend, 2);
+	/* roles and fallbacks are the caller's, copied as given */
+	cr_assert(rule->targets[0].required && !rule->targets[1].required);
+	cr_assert_eq(rule->targets[0].fallback, -1);
+	cr_assert_eq(rule->targets[2].fallback, 5);
 
 	rule = router_match(r, "al@x.test", NULL);
 	cr_assert_not_null(rule);
 	cr_assert_str_eq(rule->pattern, "@x.test");
 	cr_assert_eq(rule->index, 1);
 	cr_assert_eq(rule->target_count, 1);
-	cr_assert_eq(rule->targets[0], 7);
+	cr_assert_eq(rule->targets[0].backend, 7);
 
 	/* a rule pointer stays valid while more rules are added */
 	for (int i = 0; i < 40; i++)
@@ -242,7 +247,7 @@ Test(router, add_errors)
 		{ "*@", "bad domain" },
 		{ "@a@b.test", "bad domain" },
 	};
-	unsigned target = 0;
+	struct route_target target = { 0, true, -1 };
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct router *r = router_new();
@@ -279,7 +284,7 @@ Test(router, wildcard_no_blowup, .timeout = 5)
 	char pattern[128], address[4096];
 	struct router *r;
 	char error[64];
-	unsigned target = 0;
+	struct route_target target = { 0, true, -1 };
 
 	memset(pattern, 0, sizeof(pattern));
 	for (int i = 0; i < 30; i++)
