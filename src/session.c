@@ -336,6 +336,9 @@ static const char *result_name(const struct status *st)
  *   result= reply="..." [backend=]
  * stage is "rcpt" (refused at RCPT) or "data" (refused after the message, before any
  * delivery). A RCPT too malformed to have an address is logged with its argument as arg="...".
+ * Each refusal is also counted in lmtpgw_recipients_total, by the class of the reply sent (soft
+ * bounce applied): a refused recipient gets no other final reply, so counting it here and the
+ * delivered ones in the dispatcher counts every recipient once (metrics.h).
  */
 static void log_refusal(struct session *s, const char *stage, const char *rcpt, const char *arg,
 			const struct backend_instance *backend, const struct status *st)
@@ -345,6 +348,7 @@ static void log_refusal(struct session *s, const char *stage, const char *rcpt, 
 	char esc_rcpt[LOG_ESC_SIZE], esc_from[LOG_ESC_SIZE], esc_text[LOG_ESC_SIZE];
 	char esc_qid[LOG_ESC_SIZE], esc_xf[LOG_ESC_SIZE], esc_arg[LOG_ESC_SIZE];
 
+	metrics_recipient_result(st); /* whatever the log level */
 	if (log_get_level() < LOG_LEVEL_INFO)
 		return; /* nothing would be written: do not build the line */
 	log_escape(esc_text, sizeof(esc_text), st->text, strlen(st->text), 200);
