@@ -133,6 +133,8 @@ struct session {
 
 	/* post-DATA replies, filled in any order, written in RCPT order */
 	struct dispatch *dispatch;
+	char dispatch_txid[40];         /* its transaction's id (the transaction is gone), for logs */
+	bool client_gone_logged;        /* event=client_gone_during_delivery written for it */
 	struct reply_queue replies;
 };
 
@@ -551,6 +553,8 @@ static void end_of_message(struct session *s)
 	tx->rcpt_count = 0;
 	s->state = STATE_DELIVERING;
 	timeouts_for_state(s);
+	snprintf(s->dispatch_txid, sizeof(s->dispatch_txid), "%s", tx->id);
+	s->client_gone_logged = false;
 	/* req points into tx (sender, ids): the dispatch copies them before tx goes. */
 	struct dispatch *dispatch = dispatch_start(&req, delivery_result, s);
 	tx_free(&s->tx);
@@ -1348,11 +1352,29 @@ static void session_input(void *owner)
 	session_process(owner, CONN_FLUSH_NOW);
 }
 
+/*
+ * The client hung up after its final dot while the backends still store: the delivery goes on,
+ * but the replies may never reach the client, whose MTA will then retry (a second copy, never a
+ * loss). Logged once per delivery, when first noticed: how=eof for a FIN (a client that only
+ * half-closed may still read its replies), how=reset for a RST or a failed connection.
+ */
+static void log_client_gone(struct session *s, const char *how)
+{
+	if (s->dispatch == NULL || s->client_gone_logged)
+		return;
+	s->client_gone_logged = true;
+	log_info("session=%s tx=%s event=client_gone_during_delivery how=%s", s->id,
+		 s->dispatch_txid, how);
+}
+
 /* A half-close: the client may still read. Answer everything it sent first. */
 static void session_input_end(void *owner)
 {
 	struct session *s = owner;
 
+	/* Nothing else marks a FIN during delivery: the session waits for the results. */
+	if (s->state == STATE_DELIVERING)
+		log_client_gone(s, "eof");
 	if (!s->processing)
 		session_process(s, CONN_FLUSH_NOW);
 }
@@ -1363,6 +1385,7 @@ static void session_lost(void *owner)
 
 	if (s->tx != NULL && (s->state == STATE_DATA || s->state == STATE_BDAT))
 		log_info("session=%s tx=%s event=lost_during_data stored=none", s->id, s->tx->id);
+	log_client_gone(s, "reset");
 	session_free(s);
 }
 
@@ -1434,8 +1457,8 @@ static void session_free(struct session *s)
 		dispatch_verify_detach(s->verify);
 	if (s->dispatch != NULL) {
 		/* Backends are still working: they finish, we just stop listening for them. */
+		log_client_gone(s, "closed"); /* unless said already (a FIN or RST came first) */
 		dispatch_detach(s->dispatch);
-		log_info("session=%s event=client_gone_during_delivery", s->id);
 	}
 	tx_free(&s->tx);
 	log_info("session=%s event=disconnect messages=%llu", s->id, s->messages);
