@@ -444,9 +444,27 @@ static void reply_all_recipients(struct session *s, int code, const char *enhanc
 		status_make(&st, code, enhanced, "%s", text);
 		reply_for_recipient(tx->cfg, NULL, tx->rcpts[i].rcpt, tx->id, &st);
 		reply_status(s, &st);
-		log_refusal(s, "data", tx->rcpts[i].rcpt, NULL, NULL, &st);
+		if (!tx->bdat_failed) /* else logged and counted at the refused chunk */
+			log_refusal(s, "data", tx->rcpts[i].rcpt, NULL, NULL, &st);
 	}
 	session_reset_tx(s);
+}
+
+/* A BDAT chunk before LAST made the message too big. The client sends no more BDAT after an
+ * error reply (RFC 3030 section 2): this reply may be the message's only answer, so each
+ * recipient gets its event=refused line (and its count) now, with the reply sent. A client that
+ * sends BDAT LAST anyway gets a reply per recipient, not logged again (bdat_failed). */
+static void refuse_bdat_chunk(struct session *s)
+{
+	struct transaction *tx = s->tx;
+	struct status st;
+
+	tx->bdat_failed = true;
+	status_must(&st, 552, "5.3.4", "Message too big for system");
+	reply_policy_final(tx->cfg, NULL, &st);
+	reply_status(s, &st);
+	for (size_t i = 0; i < tx->rcpt_count; i++)
+		log_refusal(s, "data", tx->rcpts[i].rcpt, NULL, NULL, &st);
 }
 
 static size_t build_trace(struct session *s, char *buf, size_t size)
@@ -940,8 +958,7 @@ static void bdat_chunk_done(struct session *s)
 		return;
 	}
 	if (spool_too_big(tx->spool)) {
-		tx->bdat_failed = true;
-		reply_refusal(s, tx->cfg, 552, "5.3.4", "Message too big for system");
+		refuse_bdat_chunk(s);
 		return;
 	}
 	reply(s, 250, "2.0.0", "%" PRIu64 " octets received", spool_received(tx->spool));
