@@ -49,7 +49,10 @@ enum metrics_deadline_phase {
 };
 void metrics_deadline_expired(enum metrics_deadline_phase phase);
 void metrics_transaction(uint64_t bytes);
-/* A reply to the client: counted by class (2xx/4xx/5xx) for RCPT-time and post-DATA results. */
+/* A final reply for one recipient, counted by class (2xx/4xx/5xx) of the reply sent: a refusal
+ * at RCPT (no route, the breaker, a verification, a limit, bad syntax; session.c), a refusal of
+ * the message by the session, or the delivery result (dispatcher.c). A 250 to RCPT is not final:
+ * each recipient is counted once. */
 void metrics_recipient_result(const struct status *reply);
 /* One target finished on a backend, with its latency. */
 void metrics_target_result(const char *backend, const struct status *st, double seconds);

@@ -133,6 +133,8 @@ struct session {
 
 	/* post-DATA replies, filled in any order, written in RCPT order */
 	struct dispatch *dispatch;
+	char dispatch_txid[40];         /* its transaction's id (the transaction is gone), for logs */
+	bool client_gone_logged;        /* event=client_gone_during_delivery written for it */
 	struct reply_queue replies;
 };
 
@@ -336,6 +338,9 @@ static const char *result_name(const struct status *st)
  *   result= reply="..." [backend=]
  * stage is "rcpt" (refused at RCPT) or "data" (refused after the message, before any
  * delivery). A RCPT too malformed to have an address is logged with its argument as arg="...".
+ * Each refusal is also counted in lmtpgw_recipients_total, by the class of the reply sent (soft
+ * bounce applied): a refused recipient gets no other final reply, so counting it here and the
+ * delivered ones in the dispatcher counts every recipient once (metrics.h).
  */
 static void log_refusal(struct session *s, const char *stage, const char *rcpt, const char *arg,
 			const struct backend_instance *backend, const struct status *st)
@@ -345,6 +350,7 @@ static void log_refusal(struct session *s, const char *stage, const char *rcpt, 
 	char esc_rcpt[LOG_ESC_SIZE], esc_from[LOG_ESC_SIZE], esc_text[LOG_ESC_SIZE];
 	char esc_qid[LOG_ESC_SIZE], esc_xf[LOG_ESC_SIZE], esc_arg[LOG_ESC_SIZE];
 
+	metrics_recipient_result(st); /* whatever the log level */
 	if (log_get_level() < LOG_LEVEL_INFO)
 		return; /* nothing would be written: do not build the line */
 	log_escape(esc_text, sizeof(esc_text), st->text, strlen(st->text), 200);
@@ -438,9 +444,27 @@ static void reply_all_recipients(struct session *s, int code, const char *enhanc
 		status_make(&st, code, enhanced, "%s", text);
 		reply_for_recipient(tx->cfg, NULL, tx->rcpts[i].rcpt, tx->id, &st);
 		reply_status(s, &st);
-		log_refusal(s, "data", tx->rcpts[i].rcpt, NULL, NULL, &st);
+		if (!tx->bdat_failed) /* else logged and counted at the refused chunk */
+			log_refusal(s, "data", tx->rcpts[i].rcpt, NULL, NULL, &st);
 	}
 	session_reset_tx(s);
+}
+
+/* A BDAT chunk before LAST made the message too big. The client sends no more BDAT after an
+ * error reply (RFC 3030 section 2): this reply may be the message's only answer, so each
+ * recipient gets its event=refused line (and its count) now, with the reply sent. A client that
+ * sends BDAT LAST anyway gets a reply per recipient, not logged again (bdat_failed). */
+static void refuse_bdat_chunk(struct session *s)
+{
+	struct transaction *tx = s->tx;
+	struct status st;
+
+	tx->bdat_failed = true;
+	status_must(&st, 552, "5.3.4", "Message too big for system");
+	reply_policy_final(tx->cfg, NULL, &st);
+	reply_status(s, &st);
+	for (size_t i = 0; i < tx->rcpt_count; i++)
+		log_refusal(s, "data", tx->rcpts[i].rcpt, NULL, NULL, &st);
 }
 
 static size_t build_trace(struct session *s, char *buf, size_t size)
@@ -547,6 +571,8 @@ static void end_of_message(struct session *s)
 	tx->rcpt_count = 0;
 	s->state = STATE_DELIVERING;
 	timeouts_for_state(s);
+	snprintf(s->dispatch_txid, sizeof(s->dispatch_txid), "%s", tx->id);
+	s->client_gone_logged = false;
 	/* req points into tx (sender, ids): the dispatch copies them before tx goes. */
 	struct dispatch *dispatch = dispatch_start(&req, delivery_result, s);
 	tx_free(&s->tx);
@@ -937,8 +963,7 @@ static void bdat_chunk_done(struct session *s)
 		return;
 	}
 	if (spool_too_big(tx->spool)) {
-		tx->bdat_failed = true;
-		reply_refusal(s, tx->cfg, 552, "5.3.4", "Message too big for system");
+		refuse_bdat_chunk(s);
 		return;
 	}
 	reply(s, 250, "2.0.0", "%" PRIu64 " octets received", spool_received(tx->spool));
@@ -1349,11 +1374,29 @@ static void session_input(void *owner)
 	session_process(owner, CONN_FLUSH_NOW);
 }
 
+/*
+ * The client hung up after its final dot while the backends still store: the delivery goes on,
+ * but the replies may never reach the client, whose MTA will then retry (a second copy, never a
+ * loss). Logged once per delivery, when first noticed: how=eof for a FIN (a client that only
+ * half-closed may still read its replies), how=reset for a RST or a failed connection.
+ */
+static void log_client_gone(struct session *s, const char *how)
+{
+	if (s->dispatch == NULL || s->client_gone_logged)
+		return;
+	s->client_gone_logged = true;
+	log_info("session=%s tx=%s event=client_gone_during_delivery how=%s", s->id,
+		 s->dispatch_txid, how);
+}
+
 /* A half-close: the client may still read. Answer everything it sent first. */
 static void session_input_end(void *owner)
 {
 	struct session *s = owner;
 
+	/* Nothing else marks a FIN during delivery: the session waits for the results. */
+	if (s->state == STATE_DELIVERING)
+		log_client_gone(s, "eof");
 	if (!s->processing)
 		session_process(s, CONN_FLUSH_NOW);
 }
@@ -1364,6 +1407,7 @@ static void session_lost(void *owner)
 
 	if (s->tx != NULL && (s->state == STATE_DATA || s->state == STATE_BDAT))
 		log_info("session=%s tx=%s event=lost_during_data stored=none", s->id, s->tx->id);
+	log_client_gone(s, "reset");
 	session_free(s);
 }
 
@@ -1435,8 +1479,8 @@ static void session_free(struct session *s)
 		dispatch_verify_detach(s->verify);
 	if (s->dispatch != NULL) {
 		/* Backends are still working: they finish, we just stop listening for them. */
+		log_client_gone(s, "closed"); /* unless said already (a FIN or RST came first) */
 		dispatch_detach(s->dispatch);
-		log_info("session=%s event=client_gone_during_delivery", s->id);
 	}
 	tx_free(&s->tx);
 	log_info("session=%s event=disconnect messages=%llu", s->id, s->messages);

@@ -162,6 +162,12 @@ def test_client_gone_during_delivery():
             lines = gw.grep(r"event=delivery .*rcpt=<(alice|bob)@example.test>")
             assert len(lines) == 2 * n, lines
             assert all('reply="250 ' in l for l in lines), "\n".join(lines)
+            # Each hang-up is logged once, as it came (test_logs.py checks the ids too).
+            gw.wait_log(r"session=\S+ event=disconnect messages=1", count=n, timeout=5)
+            gone = gw.grep(r"event=client_gone_during_delivery")
+            assert len(gone) == n, gone
+            assert sorted(l.split(" how=")[1] for l in gone) == sorted(
+                "reset" if i % 2 else "eof" for i in range(n)), gone
             with gw.session() as c:
                 for r in send_message(c, "s@example.test", ["carol@example.test"], CONTENT):
                     expect(r, 250, "2.0.0")

@@ -51,3 +51,50 @@ def test_bad_log_format_refused():
     gw = Lmtpgw(config={"log_format": "xml"})
     p = subprocess.run([binary(), "-c", gw.conf_path, "check"], capture_output=True, text=True)
     assert p.returncode != 0 and "'log_format' must be one of: text, json" in p.stderr, p.stderr
+
+
+def test_client_gone_during_delivery_logged_once():
+    """A client that sends the final dot and hangs up while a backend still stores (the webhook
+    answers after 1 s): the delivery completes, and event=client_gone_during_delivery is logged
+    exactly once for it, with its session and transaction ids and how it went (a FIN, or a
+    RST). A client that waits for its replies gets no such line."""
+    import socket
+    import struct
+    from harness import conf_value
+    from webhook_receiver import Receiver
+
+    with Receiver(rule=lambda req: {"status": 200, "delay": 1.0}) as hook:
+        backend = ('hook: { driver = "webhook"; url = %s; allow_http = true; format = "raw"; '
+                   'timeout = 30; };' % conf_value(hook.url))
+        with Lmtpgw(backends=backend, routes=[("*@example.test", ["local", "hook"])]) as gw:
+            ids = {}
+            for how in ("eof", "reset", "stays"):
+                c = gw.session()
+                sid = re.search(r"\(session (\w+)\)", str(c.greeting)).group(1)
+                rep = c.cmd("MAIL FROM:<s@example.test>")
+                txid = re.search(r"\(transaction (\S+)\)", str(rep)).group(1)
+                expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+                expect(c.cmd("DATA"), 354)
+                c.send(b"Subject: gone\r\n\r\n" + how.encode() + b"\r\n.\r\n")
+                if how == "stays":
+                    expect(c.reply(), 250, "2.0.0")
+                    c.close()
+                else:
+                    if how == "reset":
+                        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0))
+                    c.close()                      # before the webhook's answer
+                ids[how] = (sid, txid)
+            gw.wait_log(r"event=delivery .*rcpt=<alice@example.test>", count=3, timeout=15)
+            gw.wait_log(r"session=%s event=disconnect" % ids["reset"][0], timeout=5)
+            gw.wait_log(r"session=%s event=disconnect" % ids["eof"][0], timeout=5)
+            lines = gw.grep(r"event=delivery .*rcpt=<alice@example.test>")
+            assert all('reply="250 ' in l for l in lines), lines
+            gone = gw.grep(r"event=client_gone_during_delivery")
+            assert len(gone) == 2, gw.log()
+            for how in ("eof", "reset"):
+                sid, txid = ids[how]
+                mine = [l for l in gone if "session=%s " % sid in l]
+                assert len(mine) == 1, (how, gone)
+                assert " tx=%s " % txid in mine[0] + " " and " how=%s" % how in mine[0], mine
+            assert len(gw.messages("alice")) == 3

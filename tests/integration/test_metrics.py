@@ -6,7 +6,7 @@ import re
 import urllib.error
 import urllib.request
 
-from harness import Lmtpgw, expect, free_port
+from harness import Lmtpgw, cstr, expect, free_port
 
 
 def scrape(port, path="/metrics"):
@@ -141,3 +141,98 @@ def test_metrics_listen_bad_value_refused_at_start():
             gw.stop(expect_clean=False)
         except Exception:
             pass
+
+
+def classes(port):
+    _, _, text = scrape(port)
+    return {c: value(text, "lmtpgw_recipients_total", '{class="%s"}' % c)
+            for c in ("2xx", "4xx", "5xx")}
+
+
+def test_metrics_count_rcpt_time_refusals():
+    """lmtpgw_recipients_total counts every final per-recipient reply (include/metrics.h), those
+    given at RCPT included: no route (550 5.1.1), a verification in the session (maildir
+    create = false: 550 5.1.1) and in a worker (webhook verify_url: 550 5.1.1 and 452 4.2.2),
+    the open circuit breaker (451 4.4.1), too many recipients (452 4.5.3), a malformed address
+    (501), and after the message those the session refuses itself (552 5.3.4). A 250 to RCPT is
+    not final: the recipient is counted once, by its reply after the message. So the counter
+    equals the number of event=refused and event=delivery lines."""
+    import os
+    from webhook_receiver import Receiver
+    from test_reliability import imap_backend
+    from test_webhook import backend as webhook_backend
+    from test_webhook_verify import verdicts
+
+    port = free_port()
+    down_port = free_port()                       # nothing listens there: connection refused
+    with Receiver(rule=verdicts) as hook:
+        gw = Lmtpgw(config={"metrics_listen": "127.0.0.1:%d" % port, "max_recipients": 3,
+                            "max_message_size": "4K"},
+                    routes=[("down@example.test", ["down"]), ("*@example.test", ["local"]),
+                            ("*@strict.test", ["strict"]), ("*@hook.test", ["hook"])])
+        pw = os.path.join(gw.dir, "imap.pw")
+        with open(pw, "w") as f:
+            f.write("secret\n")
+        os.chmod(pw, 0o600)
+        gw.backends = (
+            imap_backend("down", down_port, 'breaker_failures = 1; breaker_cooloff = "60s";')
+            % {"pw": cstr(pw)}
+            + 'strict: { driver = "maildir"; path = %s; create = false; };'
+            % cstr(os.path.join(gw.dir, "strict", "%{local}"))
+            + webhook_backend(hook.url, verify_url=hook.base + "/verify/%{domain}/%{local}"))
+        gw.write_config()
+        with gw:
+            assert classes(port) == {"2xx": 0, "4xx": 0, "5xx": 0}
+            with gw.session() as c:
+                # After the message: one 451 4.4.1 from the backend; the breaker opens.
+                expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+                expect(c.cmd("RCPT TO:<down@example.test>"), 250, "2.1.5")
+                expect(c.cmd("DATA"), 354)
+                c.send(b"Subject: t\r\n\r\nx\r\n.\r\n")
+                expect(c.reply(), 451, "4.4.1")
+                gw.wait_log(r"event=backend_down backend=down")
+                assert classes(port) == {"2xx": 0, "4xx": 1, "5xx": 0}
+
+                expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+                expect(c.cmd("RCPT TO:<down@example.test>"), 451, "4.4.1")      # breaker
+                expect(c.cmd("RCPT TO:<nobody@unrouted.test>"), 550, "5.1.1")   # no route
+                expect(c.cmd("RCPT TO:<ghost@strict.test>"), 550, "5.1.1")      # maildir verify
+                expect(c.cmd("RCPT TO:<unknown@hook.test>"), 550, "5.1.1")      # webhook verify
+                expect(c.cmd("RCPT TO:<full@hook.test>"), 452, "4.2.2")         # webhook verify
+                expect(c.cmd("RCPT TO:<no-brackets"), 501)                      # syntax
+                assert classes(port) == {"2xx": 0, "4xx": 3, "5xx": 4}, "RCPT-time replies"
+
+                for r in ("alice", "bob", "carol"):
+                    expect(c.cmd("RCPT TO:<%s@example.test>" % r), 250, "2.1.5")
+                expect(c.cmd("RCPT TO:<dave@example.test>"), 452, "4.5.3")      # limit
+                # A 250 to RCPT is no final reply: nothing counted for alice, bob, carol yet.
+                assert classes(port) == {"2xx": 0, "4xx": 4, "5xx": 4}
+                expect(c.cmd("DATA"), 354)
+                c.send(b"Subject: t\r\n\r\nhello\r\n.\r\n")
+                for _ in range(3):
+                    expect(c.reply(), 250, "2.0.0")
+                assert classes(port) == {"2xx": 3, "4xx": 4, "5xx": 4}
+
+                # Refused by the session after the message (too big): one per recipient.
+                expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+                expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+                expect(c.cmd("RCPT TO:<bob@example.test>"), 250, "2.1.5")
+                expect(c.cmd("DATA"), 354)
+                c.send(b"Subject: big\r\n\r\n" + b"x" * 5000 + b"\r\n.\r\n")
+                expect(c.reply(), 552, "5.3.4")
+                expect(c.reply(), 552, "5.3.4")
+            got = classes(port)
+            assert got == {"2xx": 3, "4xx": 4, "5xx": 6}, got
+            lines = gw.grep(r"event=(refused|delivery) ")
+            assert len(lines) == sum(got.values()), lines
+
+
+def test_metrics_count_soft_bounced_rcpt_refusals_as_sent():
+    """With soft_bounce the client gets 450 4.1.1 for an unknown recipient: counted as 4xx, the
+    class of the reply sent."""
+    port = free_port()
+    with Lmtpgw(config={"metrics_listen": "127.0.0.1:%d" % port, "soft_bounce": True}) as gw:
+        with gw.session() as c:
+            expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+            expect(c.cmd("RCPT TO:<nobody@unrouted.test>"), 450, "4.1.1")
+        assert classes(port) == {"2xx": 0, "4xx": 1, "5xx": 0}

@@ -161,3 +161,38 @@ def test_refusal_json_fields():
         assert r["from"] == "<s@example.test>" and r["result"] == "permfail", r
         assert r["reply"].startswith("550 5.1.1 ") and r["backend"] == "strict", r
         assert r["client"].startswith("[127.0.0.1]:") and r["session"] == txid.split(".")[0], r
+
+
+def test_refused_bdat_chunk_logged_and_counted_per_recipient():
+    """A BDAT chunk before LAST that makes the message too big gets 552 5.3.4, and the client
+    sends no more BDAT (RFC 3030 section 2): that reply is the message's only answer. Each
+    recipient has its event=refused stage=data line and is counted in lmtpgw_recipients_total
+    then, once, also when the client sends BDAT LAST anyway and gets a 552 per recipient."""
+    from test_bdat import bdat
+    from test_metrics import classes
+
+    port = free_port()
+    with Lmtpgw(config={"max_message_size": "4K", "metrics_listen": "127.0.0.1:%d" % port}) as gw:
+        with gw.session() as c:
+            # The client stops at the refused chunk, as RFC 3030 says, and resets.
+            expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+            expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+            expect(c.cmd("RCPT TO:<bob@example.test>"), 250, "2.1.5")
+            bdat(c, b"a" * 5000)
+            expect(c.reply(), 552, "5.3.4")
+            expect(c.cmd("RSET"), 250)
+            # This one goes on to BDAT LAST regardless: still one line per recipient.
+            expect(c.cmd("MAIL FROM:<s@example.test>"), 250, "2.1.0")
+            expect(c.cmd("RCPT TO:<carol@example.test>"), 250, "2.1.5")
+            bdat(c, b"c" * 5000)
+            expect(c.reply(), 552, "5.3.4")
+            bdat(c, b"d" * 10, last=True)
+            expect(c.reply(), 552, "5.3.4")
+            expect(c.cmd("NOOP"), 250, "2.0.0")
+        lines = refused_lines(gw)
+        assert len(lines) == 3, gw.log()
+        for r in ("alice@example.test", "bob@example.test", "carol@example.test"):
+            l = one_line(lines, r)
+            assert " stage=data " in l and ' result=permfail reply="552 5.3.4 ' in l, l
+        assert classes(port) == {"2xx": 0, "4xx": 0, "5xx": 3}
+        assert gw.all_files() == [], gw.all_files()
