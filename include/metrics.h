@@ -35,6 +35,8 @@ void metrics_recipient_result(const struct status *reply);
 /* One target finished on a backend, with its latency. */
 void metrics_target_result(const char *backend, const struct status *st, double seconds);
 void metrics_backend_down(const char *backend, bool down);
+/* One request to an OAuth2 token endpoint for backend: a token obtained, or not. */
+void metrics_oauth2_token_request(const char *backend, bool ok);
 void metrics_deliveries_in_flight(int delta);
 
 /* The whole exposition text into a malloc'd buffer (for tests and the HTTP handler). */

@@ -288,7 +288,8 @@ bool dispatch_backend_down(const struct backend_runtime *b)
 
 /* Only failures that say "the backend as a whole is unreachable" count: network (x.4.x) and
  * its TLS certificate (4.7.5). A full mailbox says nothing about it. */
-static void breaker_account(struct backend_runtime *b, const struct status *st)
+static void breaker_account(struct backend_runtime *b, const struct status *st,
+			    bool backend_failure_flagged)
 {
 	const char *name = b->inst->name;
 
@@ -296,7 +297,7 @@ static void breaker_account(struct backend_runtime *b, const struct status *st)
 	 * admin password, and must not let a few such recipients take the backend down. */
 	bool backend_failure = status_class_of(st) == STATUS_TEMPFAIL &&
 			       (strncmp(st->enhanced, "4.4.", 4) == 0 ||
-				strcmp(st->enhanced, "4.7.5") == 0);
+				strcmp(st->enhanced, "4.7.5") == 0 || backend_failure_flagged);
 
 	if (!backend_failure) {
 		if (status_class_of(st) == STATUS_OK && b->down_until_ms > 0) {
@@ -359,7 +360,8 @@ static void target_finished(struct dispatch *d, size_t ti)
 					      (double)(now.tv_nsec - d->started.tv_nsec) / 1e9);
 	}
 	if (!t->same_failure)
-		breaker_account(d->rt->backends[d->target_backend[ti]], &t->status);
+		breaker_account(d->rt->backends[d->target_backend[ti]], &t->status,
+				t->backend_failure);
 	d->rcpt_pending[ri]--;
 	if (d->rcpt_reported[ri]) {
 		/* Answered 451 4.4.7 at the deadline already. A late success means a copy is stored

@@ -30,6 +30,8 @@ struct backend_row {
 	atomic_ullong count;
 	atomic_ullong micros_sum;
 	atomic_bool down;
+	atomic_bool oauth2_used;
+	atomic_ullong oauth2_requests[2];  /* token endpoint requests: ok, failed */
 };
 
 static struct {
@@ -124,6 +126,14 @@ void metrics_target_result(const char *backend, const struct status *st, double 
 void metrics_backend_down(const char *backend, bool down)
 {
 	atomic_store(&row_for(backend)->down, down);
+}
+
+void metrics_oauth2_token_request(const char *backend, bool ok)
+{
+	struct backend_row *r = row_for(backend);
+
+	atomic_store(&r->oauth2_used, true);
+	atomic_fetch_add_explicit(&r->oauth2_requests[ok ? 0 : 1], 1, memory_order_relaxed);
 }
 
 void metrics_deliveries_in_flight(int delta)
@@ -224,6 +234,18 @@ char *metrics_render(size_t *len_r)
 		for (int i = 0; i < 3; i++)
 			put(&t, "lmtpgw_backend_results_total{backend=\"%s\",result=\"%s\"} %llu\n",
 			    r->name, results[i], (unsigned long long)LOAD(r->results[i]));
+	}
+	put(&t, "# HELP lmtpgw_oauth2_token_requests_total OAuth2 token endpoint requests.\n"
+		"# TYPE lmtpgw_oauth2_token_requests_total counter\n");
+	for (size_t b = 0; b <= METRICS_BACKENDS_MAX; b++) {
+		struct backend_row *r = &m.backends[b];
+		if (!atomic_load_explicit(&r->used, memory_order_acquire) ||
+		    !atomic_load(&r->oauth2_used))
+			continue;
+		for (int i = 0; i < 2; i++)
+			put(&t, "lmtpgw_oauth2_token_requests_total{backend=\"%s\",result=\"%s\"} %llu\n",
+			    r->name, i == 0 ? "ok" : "failed",
+			    (unsigned long long)LOAD(r->oauth2_requests[i]));
 	}
 	put(&t, "# HELP lmtpgw_backend_up 0 while the circuit breaker holds the backend down.\n"
 		"# TYPE lmtpgw_backend_up gauge\n");
