@@ -98,6 +98,17 @@ struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const
 					char *error_r, size_t error_size);
 void oauth2_source_free(struct oauth2_source **src);
 
+/* For optional use (the webhook): *src_r NULL when grant is none, else as oauth2_source_new.
+ * 0, or -1 with error_r (prefixed "oauth2: "). */
+int oauth2_source_open(const struct oauth2_settings *set, const char *backend,
+		       struct oauth2_source **src_r, char *error_r, size_t error_size);
+
+struct curl_slist;
+/* Append "Authorization: Bearer TOKEN" to *headers with a token from src (nothing when src is
+ * NULL). 0, or -1 with *st_r (451 4.7.0) and reason. */
+int oauth2_add_bearer(struct oauth2_source *src, struct curl_slist **headers,
+		      struct status *st_r, char *reason, size_t reason_size);
+
 /* Does the token depend on the subject (jwt_bearer)? Otherwise one token serves everyone. */
 int oauth2_per_subject(const struct oauth2_source *src);
 

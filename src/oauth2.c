@@ -68,6 +68,11 @@ struct oauth2_source {
 	size_t entry_count;
 };
 
+static void fail_status(struct status *st_r)
+{
+	status_must(st_r, 451, "4.7.0", "OAuth2 token not available");
+}
+
 static int64_t now_ms(void)
 {
 	struct timespec ts;
@@ -245,6 +250,41 @@ void oauth2_source_free(struct oauth2_source **srcp)
 	pthread_mutex_destroy(&src->lock);
 	pthread_cond_destroy(&src->done);
 	free(src);
+}
+
+int oauth2_source_open(const struct oauth2_settings *set, const char *backend,
+		       struct oauth2_source **src_r, char *error_r, size_t error_size)
+{
+	char why[240];
+
+	*src_r = NULL;
+	if (set->grant == OAUTH2_GRANT_NONE)
+		return 0;
+	*src_r = oauth2_source_new(set, backend, why, sizeof(why));
+	if (*src_r == NULL) {
+		snprintf(error_r, error_size, "oauth2: %s", why);
+		return -1;
+	}
+	return 0;
+}
+
+int oauth2_add_bearer(struct oauth2_source *src, struct curl_slist **headers,
+		      struct status *st_r, char *reason, size_t reason_size)
+{
+	char *token = NULL;
+
+	if (src == NULL)
+		return 0;
+	if (oauth2_token(src, NULL, NULL, &token, st_r, reason, reason_size) < 0)
+		return -1;
+	/* curl copies the line; the copy lives until the list is freed (not wiped: curl's). */
+	int r = http_header_add(headers, "Authorization: Bearer %s", token);
+	secret_free(&token);
+	if (r < 0) {
+		fail_status(st_r);
+		snprintf(reason, reason_size, "out of memory");
+	}
+	return r;
 }
 
 int oauth2_per_subject(const struct oauth2_source *src)
@@ -577,11 +617,6 @@ static struct entry *entry_for(struct oauth2_source *src, const char *identity)
 		return NULL;
 	src->entry_count++;
 	return e;
-}
-
-static void fail_status(struct status *st_r)
-{
-	status_must(st_r, 451, "4.7.0", "OAuth2 token not available");
 }
 
 int oauth2_token(struct oauth2_source *src, const char *subject, const char *refused,

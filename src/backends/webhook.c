@@ -30,6 +30,7 @@
 #include "base64.h"
 #include "http.h"
 #include "log.h"
+#include "oauth2.h"
 #include "secret.h"
 #include "webhook_answer.h"
 #include "webhook_body.h"
@@ -54,6 +55,7 @@ struct webhook_settings {
 	long long connect_timeout;
 	long long max_response;
 	long long attachment_max;
+	struct oauth2_settings oauth2; /* optional OAuth2 bearer token (client credentials, ...) */
 };
 
 /* One request for all of a transaction's targets with the same URL, or one per recipient. */
@@ -100,6 +102,7 @@ static const struct conf_key webhook_keys[] = {
 	  16 * 1024 * 1024, "answer body bytes read at most" },
 	{ "attachment_max", CONF_SIZE, offsetof(struct webhook_settings, attachment_max), "10M", 0,
 	  1LL << 30, "json-parsed: attachments larger than this are listed without content" },
+	OAUTH2_CONF_KEYS(struct webhook_settings, oauth2),
 	{ NULL, 0, 0, NULL, 0, 0, NULL },
 };
 
@@ -118,6 +121,7 @@ struct webhook_state {
 	size_t key_count;
 	char *authorization;           /* "Authorization: ..." line, or NULL; wiped at close */
 	struct http_client *http;
+	struct oauth2_source *oauth2;  /* NULL without oauth2_grant */
 };
 
 static void webhook_close(void *state);
@@ -284,10 +288,15 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 	}
 	st->format = (enum webhook_format)set->format;
 	st->per_recipient = set->mode == WEBHOOK_MODE_RECIPIENT;
+	if (set->bearer_token_file != NULL && set->oauth2.grant != OAUTH2_GRANT_NONE) {
+		snprintf(error_r, error_size, "bearer_token_file and oauth2_grant exclude each other");
+		goto fail;
+	}
 	if (load_signing_keys(st, error_r, error_size) < 0 ||
 	    load_authorization(st, error_r, error_size) < 0 ||
 	    check_extra_headers(&set->headers, error_r, error_size) < 0 ||
-	    check_client_key(set, error_r, error_size) < 0)
+	    check_client_key(set, error_r, error_size) < 0 ||
+	    oauth2_source_open(&set->oauth2, instance_name, &st->oauth2, error_r, error_size) < 0)
 		goto fail;
 	struct http_options ho = {
 		.ca_file = set->ca_file,
@@ -315,6 +324,7 @@ static void webhook_close(void *state)
 	if (st == NULL)
 		return;
 	http_client_free(&st->http);
+	oauth2_source_free(&st->oauth2);
 	template_free(&st->url);
 	for (size_t i = 0; i < st->key_count; i++)
 		secret_free_bytes(st->keys[i].bytes, st->keys[i].len);
@@ -522,6 +532,14 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 	}
 	if (request_headers(st, d, rcpts, n, &body, id, ts, sig, &headers) < 0) {
 		fail_all(tg, n, "headers failed", 451, "4.3.0", "Local error in processing");
+		goto out;
+	}
+	struct status token_failure;
+	char why[256];
+	if (oauth2_add_bearer(st->oauth2, &headers, &token_failure, why, sizeof(why)) < 0) {
+		backend_fail_group(tg, n, &token_failure, why);
+		for (size_t i = 0; i < n; i++)
+			tg[i]->backend_failure = true; /* the token endpoint: the breaker counts it */
 		goto out;
 	}
 	post_request(st, tg, n, rcpts, url, headers, &body, id, results);

@@ -11,7 +11,7 @@ contrib/test-servers/oauth2/server.mjs) over TLS on loopback, a random port.
         az.service_account_file          # a Google-style JSON key (client_email, private_key, ...)
         az.stats()                       # {"token": {grant: {"ok": n, "failed": m}}, ...}
         az.token_requests(grant=None)    # ok + failed token requests (of one grant)
-        az.set(mode="down"|"refuse"|"hang"|"ok", lifetime=s, delay_ms=ms)
+        az.set(mode="down"|"refuse"|"hang"|"ok", lifetime=s, delay_ms=ms, revoke_new=bool)
         az.revoke_all()                  # every token issued so far becomes inactive
     # leaving the block stops node by PID and removes the temp dir
 

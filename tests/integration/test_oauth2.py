@@ -174,3 +174,177 @@ def test_oauth2_token_file_reread_when_it_changes():
             expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
             no_secrets(gw, new)
         assert dc.count("alice@" + DOMAIN) == 2
+
+
+# --- the cache: expiry, revocation, endpoint down, one refresh for many ------------------------
+
+def test_oauth2_token_expiring_mid_run_is_refreshed_before_it_expires():
+    # 4 s tokens: lmtpgw replaces each after 3 s (a quarter of its lifetime early); every
+    # delivery logs in anew (max_idle 0), and none may fail while tokens come and go.
+    with servers(lifetime=4) as (dc, az):
+        with gateway(backend(dc, az, "client_credentials", max_idle=0)) as gw:
+            replies = []
+            until = time.monotonic() + 9
+            while time.monotonic() < until:
+                replies.append(deliver(gw, "alice@" + DOMAIN))
+                time.sleep(0.3)
+            for r in replies:
+                expect(r, 250, "2.0.0")
+            n = az.token_requests("client_credentials", "ok")
+            assert 3 <= n <= 5, "%d token requests in 9 s of 4 s tokens: %s" % (n, az.stats())
+            assert "Token has expired" not in dc.log()
+        assert dc.count("alice@" + DOMAIN) == len(replies)
+
+
+def test_oauth2_revoked_token_refreshed_once_then_451():
+    with servers() as (dc, az):
+        with gateway(backend(dc, az, "client_credentials", max_idle=0)) as gw:
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            assert az.token_requests() == 1
+            # the cached token is revoked: the login is refused, one new token, delivered
+            az.revoke_all()
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            assert az.token_requests() == 2, az.stats()
+            # every token refused from now on: one refresh, then 451 4.7.0 (never a bounce)
+            az.revoke_all()
+            az.set(revoke_new=True)
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            assert az.token_requests() == 3, "refreshed more than once: %s" % az.stats()
+        assert dc.count("alice@" + DOMAIN) == 2
+
+
+def test_oauth2_token_endpoint_down_451_and_breaker():
+    with servers() as (dc, az):
+        be = backend(dc, az, "client_credentials", breaker_failures=2, breaker_cooloff="60s")
+        port = free_port()
+        with gateway(be, config={"metrics_listen": "127.0.0.1:%d" % port}) as gw:
+            az.set(mode="down")               # 503 from the token endpoint
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            az.kill()                          # nothing listening any more
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            # two failures in a row: the breaker holds the backend down, at RCPT already
+            c = gw.session()
+            expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+            expect(c.cmd("RCPT TO:<alice@%s>" % DOMAIN), 451, "4.4.1")
+            c.close()
+            metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port,
+                                             timeout=5).read().decode()
+            assert re.search(r'lmtpgw_oauth2_token_requests_total\{backend="inbox",'
+                             r'result="failed"\} 2\b', metrics), metrics
+            assert 'lmtpgw_backend_up{backend="inbox"} 0' in metrics, metrics
+            assert "event=backend_down backend=inbox" in gw.log()
+            no_secrets(gw, CLIENT_SECRET)
+        assert dc.count("alice@" + DOMAIN) == 0
+
+
+def test_oauth2_token_endpoint_refusing_is_451_not_a_bounce():
+    with servers() as (dc, az):
+        with gateway(backend(dc, az, "client_credentials")) as gw:
+            az.set(mode="refuse")             # 400 invalid_client, as for a revoked secret
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            assert az.token_requests("client_credentials", "failed") == 1
+            az.set(mode="ok")
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+
+
+def _concurrent(gw, n, rcpt):
+    replies = [None] * n
+    start = threading.Barrier(n)
+
+    def one(i):
+        start.wait()
+        replies[i] = deliver(gw, rcpt, subject="c%d" % i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return replies
+
+
+def test_oauth2_32_concurrent_deliveries_share_one_token_request():
+    with servers() as (dc, az):
+        # 32 workers, each delivery alone (multiappend 1) on its own login (max_idle 0); the
+        # token endpoint answers slowly, so every worker asks while the request is in flight
+        be = backend(dc, az, "client_credentials", concurrency=32, multiappend=1, max_idle=0)
+        with gateway(be, config={"max_connections_per_client": 100}) as gw:
+            az.set(delay_ms=1000)
+            for r in _concurrent(gw, 32, "alice@" + DOMAIN):
+                expect(r, 250, "2.0.0")
+            assert az.token_requests() == 1, "a stampede: %s" % az.stats()
+            # all refused at once (revoked): one refresh for all of them
+            az.revoke_all()
+            for r in _concurrent(gw, 32, "alice@" + DOMAIN):
+                expect(r, 250, "2.0.0")
+            assert az.token_requests() == 2, "a stampede on refresh: %s" % az.stats()
+        assert dc.count("alice@" + DOMAIN) == 64
+
+
+# --- check --probe and route -------------------------------------------------------------------
+
+def test_oauth2_probe_gets_a_token_and_logs_in_route_names_the_identity():
+    with servers() as (dc, az):
+        be = backend(dc, az, "jwt_bearer", login="alice@" + DOMAIN)
+        gw = gateway(be)
+        p = subprocess.run([binary(), "-c", gw.conf_path, "check", "--probe"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "OAuth2 token obtained, login ok as alice@example.test" in p.stdout + p.stderr, \
+            p.stdout + p.stderr
+        assert az.token_requests(JWT_BEARER, "ok") == 1
+        p = subprocess.run([binary(), "-c", gw.conf_path, "route", "bob@" + DOMAIN],
+                           capture_output=True, text=True, timeout=60)
+        out = p.stdout + p.stderr
+        assert "auth=xoauth2" in out and "sub=bob@example.test" in out and \
+            "iss=%s" % SERVICE_ACCOUNT in out, out
+        # a refusing endpoint fails the probe, saying so
+        az.set(mode="refuse")
+        p = subprocess.run([binary(), "-c", gw.conf_path, "check", "--probe"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and "OAuth2 token request failed" in p.stdout + p.stderr, \
+            p.stdout + p.stderr
+
+
+# --- webhook bearer ----------------------------------------------------------------------------
+
+def test_oauth2_webhook_bearer_checked_by_the_receiver():
+    from webhook_receiver import Receiver
+    with OAuth2Server() as az:
+        ctx = ssl.create_default_context(cafile=az.ca_file)
+
+        def check(req):
+            # the receiver asks the authorization server whether the token is good (RFC 7662)
+            auth = req.headers.get("Authorization", "")
+            if not auth.startswith("Bearer "):
+                return {"status": 401}
+            q = urllib.request.Request(az.introspect_app_url,
+                                       data=urllib.parse.urlencode({"token": auth[7:]}).encode())
+            ok = json.loads(urllib.request.urlopen(q, context=ctx, timeout=10).read())["active"]
+            return {"status": 200 if ok else 401}
+
+        d = os.path.join(az.dir, "conf")
+        os.mkdir(d)
+        secret = os.path.join(d, "client.secret")
+        with open(secret, "w") as f:
+            f.write(CLIENT_SECRET + "\n")
+        os.chmod(secret, 0o600)
+        with Receiver(rule=check) as r:
+            s = {"driver": "webhook", "url": r.url, "allow_http": True,
+                 "oauth2_grant": "client_credentials", "oauth2_token_url": az.token_url,
+                 "oauth2_client_id": CLIENT_ID, "oauth2_client_secret_file": secret,
+                 "oauth2_scope": "api://receiver/.default", "oauth2_ca_file": az.ca_file}
+            be = "hook: { %s };" % " ".join("%s = %s;" % (k, conf_value(v)) for k, v in s.items())
+            with gateway(be, route_to="hook") as gw:
+                expect(deliver(gw, "alice@" + DOMAIN), 250)
+                expect(deliver(gw, "bob@" + DOMAIN), 250)
+                assert az.token_requests("client_credentials", "ok") == 1, az.stats()
+                assert all(q.headers.get("Authorization", "").startswith("Bearer ")
+                           for q in r.requests)
+            # a gateway with no token yet and the token endpoint down: 451 4.7.0, no request
+            az.set(mode="down")
+            before = len(r.requests)
+            with gateway(be, route_to="hook") as gw:
+                expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+                assert len(r.requests) == before
+                no_secrets(gw, CLIENT_SECRET)

@@ -16,7 +16,7 @@
 //     username is "app@<domain>" of the domain the app was granted (Dovecot compares domains).
 //   - test controls under /_test/: counters, fault modes (down: 503, refuse: 400
 //     invalid_client, hang), token lifetime, a delay per token request, revocation of every
-//     token issued so far.
+//     token issued so far (revoke) or of every token as it is issued (revoke_new).
 //
 // Usage: node server.mjs --port N --cert server.crt --key server.key --config config.json
 // Prints "listening N" on stdout once ready. Loopback only.
@@ -41,6 +41,7 @@ const state = {
   refreshTokens: new Map(Object.entries(config.refresh_tokens ?? {})),
   issued: new Set(),          // jti of every access token issued
   revoked: new Set(),
+  revokeNew: false,           // every token is revoked as it is issued (a server refusing all)
 };
 
 const issuer = new OAuth2Issuer();
@@ -61,6 +62,7 @@ service.on("beforeTokenSigning", (token, req) => {
   token.payload.jti = randomUUID();
   Object.assign(token.payload, claims);
   state.issued.add(token.payload.jti);
+  if (state.revokeNew) state.revoked.add(token.payload.jti);
 });
 service.on("beforeResponse", (response, req) => {
   if (response.statusCode === 200) {
@@ -188,6 +190,7 @@ async function control(req, res, path) {
     if (body.mode !== undefined) state.mode = body.mode;
     if (body.lifetime !== undefined) state.lifetime = body.lifetime;
     if (body.delay_ms !== undefined) state.delayMs = body.delay_ms;
+    if (body.revoke_new !== undefined) state.revokeNew = body.revoke_new;
     return send(res, 200, { ok: true });
   }
   if (path === "/_test/revoke" && req.method === "POST") {
