@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <openssl/crypto.h>
 #include <openssl/pem.h>
 
 #include "base64.h"
@@ -114,9 +115,10 @@ static int load_service_account(struct oauth2_source *src, const char *path, cha
 	BIO *bio = BIO_new_mem_buf(pem, -1);
 	src->sa_key = bio != NULL ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
 	BIO_free(bio);
+	/* jansson's copy of the key text is freed with doc: wipe it first */
+	OPENSSL_cleanse((char *)pem, strlen(pem));
 	if (src->sa_key == NULL || EVP_PKEY_base_id(src->sa_key) != EVP_PKEY_RSA) {
 		snprintf(error_r, error_size, "%s: private_key is not a PEM RSA key", path);
-		/* the JSON text held the key: let jansson's copy go too */
 		json_decref(doc);
 		return -1;
 	}
