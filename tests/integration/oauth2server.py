@@ -10,6 +10,7 @@ contrib/test-servers/oauth2/server.mjs) over TLS on loopback, a random port.
         az.refresh_token                 # one refresh token of ("lmtpgw-app", REFRESH_USER)
         az.service_account_file          # a Google-style JSON key (client_email, private_key, ...)
         az.stats()                       # {"token": {grant: {"ok": n, "failed": m}}, ...}
+        az.stats()["tokens"]             # the last 100 access tokens issued
         az.token_requests(grant=None)    # ok + failed token requests (of one grant)
         az.set(mode="down"|"refuse"|"hang"|"ok", lifetime=s, delay_ms=ms, revoke_new=bool)
         az.revoke_all()                  # every token issued so far becomes inactive

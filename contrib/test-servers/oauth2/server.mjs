@@ -14,7 +14,7 @@
 //     checked; /introspect answers for delegated tokens (username = the subject's address),
 //     /introspect/app for app-only tokens (client_credentials with IMAP.AccessAsApp), whose
 //     username is "app@<domain>" of the domain the app was granted (Dovecot compares domains).
-//   - test controls under /_test/: counters, fault modes (down: 503, refuse: 400
+//   - test controls under /_test/: counters (and the last tokens issued), fault modes (down: 503, refuse: 400
 //     invalid_client, hang), token lifetime, a delay per token request, revocation of every
 //     token issued so far (revoke) or of every token as it is issued (revoke_new).
 //
@@ -41,7 +41,8 @@ const state = {
   refreshTokens: new Map(Object.entries(config.refresh_tokens ?? {})),
   issued: new Set(),          // jti of every access token issued
   revoked: new Set(),
-  revokeNew: false,           // every token is revoked as it is issued (a server refusing all)
+  revokeNew: false,
+  tokens: [],                 // the last 100 access tokens issued (tests: never in a log)           // every token is revoked as it is issued (a server refusing all)
 };
 
 const issuer = new OAuth2Issuer();
@@ -67,6 +68,8 @@ service.on("beforeTokenSigning", (token, req) => {
 service.on("beforeResponse", (response, req) => {
   if (response.statusCode === 200) {
     response.body.expires_in = state.lifetime;
+    state.tokens.push(response.body.access_token);
+    if (state.tokens.length > 100) state.tokens.shift();
     const rt = response.body.refresh_token;
     if (rt !== undefined) {
       if (req.lmtpgw?.refreshUser !== undefined)
@@ -183,7 +186,7 @@ async function introspect(req, res, app) {
 
 async function control(req, res, path) {
   if (path === "/_test/stats") {
-    return send(res, 200, { token: state.counts, introspections: state.introspections });
+    return send(res, 200, { token: state.counts, introspections: state.introspections, tokens: state.tokens });
   }
   if (path === "/_test/set" && req.method === "POST") {
     const body = JSON.parse((await readBody(req)) || "{}");
