@@ -69,6 +69,10 @@ struct target {
 	/* out: this failure is another target's (one lost connection or request for a whole
 	 * batch), so the circuit breaker counts the event once, not once a recipient */
 	bool same_failure;
+	/* out: this failure concerns the backend as a whole although its code does not say so
+	 * (an OAuth2 token that cannot be had: 451 4.7.0 like a refused login, but no user of
+	 * the backend can log in): the circuit breaker counts it. */
+	bool backend_failure;
 };
 
 /* What a RCPT-time verification knows of the transaction besides the recipient (copied, so a

@@ -48,6 +48,17 @@ enum etpan_tagged {
  * etpan_response_text(). */
 enum etpan_tagged etpan_read_tagged(mailimap *imap);
 
+/* The same in two steps, for a command whose server may first ask for more (a SASL
+ * continuation "+ ..." that libetpan's parser would wait past): read one response line (with
+ * its literals) into the session's buffer and return it (NULL: stream lost); when it is not a
+ * continuation, parse the answer it begins up to its tagged line. */
+const char *etpan_read_line(mailimap *imap);
+enum etpan_tagged etpan_parse_tagged(mailimap *imap);
+
+/* After an AUTHENTICATE written by hand succeeded: the session's state as after libetpan's own
+ * login, so that its commands (SELECT, APPEND, ...) are allowed. */
+void etpan_set_authenticated(mailimap *imap);
+
 /* The response information of the last command (response code atom, [TRYCREATE], extension
  * codes such as APPENDUID), or NULL. */
 const struct mailimap_response_info *etpan_response_info(const mailimap *imap);

@@ -44,10 +44,14 @@ enum imap_login_mode {
 	IMAP_LOGIN_PLAIN_AUTHZID,   /* SASL PLAIN: authzid = user, authcid = admin */
 	IMAP_LOGIN_MASTER_SUFFIX,   /* LOGIN "user*admin" (Dovecot master users) */
 	IMAP_LOGIN_USER,            /* LOGIN user password */
+	IMAP_LOGIN_XOAUTH2,         /* SASL XOAUTH2: user + OAuth2 token (password) */
+	IMAP_LOGIN_OAUTHBEARER,     /* SASL OAUTHBEARER (RFC 7628): user + token (password) */
 };
 
 /* Log in. On failure, *st_r is 451 4.7.0 (our credential: never a bounce) unless the server
- * said unambiguously that the user does not exist. */
+ * said unambiguously that the user does not exist. With XOAUTH2 and OAUTHBEARER, password is
+ * the access token; the server's error continuation (RFC 7628 3.2.3) is answered as each
+ * mechanism wants, and the connection stays usable for another attempt. */
 int imapconn_login(struct imapconn *conn, enum imap_login_mode mode, const char *user,
 		   const char *admin, const char *password, struct status *st_r, char *reason,
 		   size_t reason_size);

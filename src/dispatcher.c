@@ -393,7 +393,8 @@ bool dispatch_backend_down(const struct backend_runtime *b)
 
 /* Only failures that say "the backend as a whole is unreachable" count: network (x.4.x) and
  * its TLS certificate (4.7.5). A full mailbox says nothing about it. */
-static void breaker_account(struct backend_runtime *b, const struct status *st)
+static void breaker_account(struct backend_runtime *b, const struct status *st,
+			    bool backend_failure_flagged)
 {
 	const char *name = b->inst->name;
 
@@ -401,7 +402,7 @@ static void breaker_account(struct backend_runtime *b, const struct status *st)
 	 * admin password, and must not let a few such recipients take the backend down. */
 	bool backend_failure = status_class_of(st) == STATUS_TEMPFAIL &&
 			       (strncmp(st->enhanced, "4.4.", 4) == 0 ||
-				strcmp(st->enhanced, "4.7.5") == 0);
+				strcmp(st->enhanced, "4.7.5") == 0 || backend_failure_flagged);
 
 	if (!backend_failure) {
 		if (status_class_of(st) == STATUS_OK && b->down_until_ms > 0) {
@@ -484,7 +485,7 @@ static void count_result(struct dispatch *d, unsigned b, const struct target *t)
 			      (double)(now.tv_sec - d->started.tv_sec) +
 				      (double)(now.tv_nsec - d->started.tv_nsec) / 1e9);
 	if (!t->same_failure)
-		breaker_account(d->rt->backends[b], &t->status);
+		breaker_account(d->rt->backends[b], &t->status, t->backend_failure);
 }
 
 /* A target's verdict is in: apply the reply policy (soft bounce); hand a failure to the

@@ -52,12 +52,27 @@ int etpan_command_flush(mailimap *imap)
 	return mailstream_flush(imap->imap_stream) == -1 ? -1 : 0;
 }
 
+const char *etpan_read_line(mailimap *imap)
+{
+	return mailimap_read_line(imap);
+}
+
+void etpan_set_authenticated(mailimap *imap)
+{
+	imap->imap_state = MAILIMAP_STATE_AUTHENTICATED;
+}
+
 enum etpan_tagged etpan_read_tagged(mailimap *imap)
+{
+	if (mailimap_read_line(imap) == NULL)
+		return ETPAN_TAGGED_LOST;
+	return etpan_parse_tagged(imap);
+}
+
+enum etpan_tagged etpan_parse_tagged(mailimap *imap)
 {
 	struct mailimap_response *response = NULL;
 
-	if (mailimap_read_line(imap) == NULL)
-		return ETPAN_TAGGED_LOST;
 	int r = mailimap_parse_response(imap, &response);
 	if (r == MAILIMAP_ERROR_PROTOCOL)
 		return ETPAN_TAGGED_BAD;

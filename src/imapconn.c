@@ -20,7 +20,10 @@
 
 #include <libetpan/libetpan.h>
 
+#include "base64.h"
 #include "etpan_private.h"
+#include "oauth2.h"
+#include "secret.h"
 
 struct imapconn {
 	mailimap *imap;
@@ -28,6 +31,7 @@ struct imapconn {
 	bool literal_started;       /* the last APPEND began to send message bytes */
 	struct io_clock clock;      /* read by the stream before each read and write */
 	char user[256];
+	char host[256], port[16];   /* for OAUTHBEARER's host and port */
 	time_t last_used;
 };
 
@@ -51,6 +55,8 @@ struct imapconn *imapconn_open(const struct imap_endpoint *ep, int64_t deadline_
 		return NULL;
 	}
 	conn->clock.timeout_ms = ep->timeout_ms;
+	snprintf(conn->host, sizeof(conn->host), "%s", ep->host);
+	snprintf(conn->port, sizeof(conn->port), "%s", ep->port);
 	conn->clock.deadline_ms = deadline_ms;
 	stream = imap_transport_open(ep, &conn->clock, st_r, reason, reason_size);
 	if (stream == NULL) {
@@ -128,6 +134,67 @@ static bool stream_error(int r)
 	       r == MAILIMAP_ERROR_MEMORY;
 }
 
+/* AUTHENTICATE XOAUTH2 / OAUTHBEARER written by hand: libetpan 1.9 has XOAUTH2 only with an
+ * initial response and no way to answer the server's error continuation. Without SASL-IR (RFC
+ * 4959) the exchange works on every server: command, "+", the base64 response, then either the
+ * tagged answer or an error continuation (base64 JSON, RFC 7628 3.2.2) that the client must
+ * answer -- an empty line for XOAUTH2, %x01 for OAUTHBEARER -- before the tagged NO.
+ * Returns 0 (logged in), 1 (the server refused: tagged NO/BAD), -1 (stream lost). The token
+ * is in no log line and is wiped after sending. */
+static int sasl_bearer(struct imapconn *conn, enum imap_login_mode mode, const char *user,
+		       const char *token)
+{
+	bool xoauth2 = mode == IMAP_LOGIN_XOAUTH2;
+	char *raw = xoauth2 ? oauth2_sasl_xoauth2(user, token)
+			    : oauth2_sasl_oauthbearer(user, conn->host, conn->port, token);
+	if (raw == NULL)
+		return -1;
+	size_t raw_len = strlen(raw);
+	size_t enc_size = base64_encoded_size(raw_len) + 3;
+	char *enc = malloc(enc_size);
+	if (enc == NULL) {
+		secret_free(&raw);
+		return -1;
+	}
+	size_t n = base64_encode(raw, raw_len, enc);
+	secret_free(&raw);
+	memcpy(enc + n, "\r\n", 2);
+	const char *command = xoauth2 ? "AUTHENTICATE XOAUTH2\r\n" : "AUTHENTICATE OAUTHBEARER\r\n";
+	int rc = -1;
+	const char *line;
+	enum etpan_tagged answer;
+	if (etpan_command_begin(conn->imap) < 0 ||
+	    etpan_command_write(conn->imap, command, strlen(command)) < 0 ||
+	    etpan_command_flush(conn->imap) < 0 || (line = etpan_read_line(conn->imap)) == NULL)
+		goto out;
+	if (line[0] != '+') {
+		/* mechanism refused at once */
+		answer = etpan_parse_tagged(conn->imap);
+		rc = answer == ETPAN_TAGGED_LOST ? -1 : 1;
+		goto out;
+	}
+	if (etpan_command_write(conn->imap, enc, n + 2) < 0 || etpan_command_flush(conn->imap) < 0 ||
+	    (line = etpan_read_line(conn->imap)) == NULL)
+		goto out;
+	if (line[0] == '+') {
+		const char *reply = xoauth2 ? "\r\n" : "AQ==\r\n";
+		if (etpan_command_write(conn->imap, reply, strlen(reply)) < 0 ||
+		    etpan_command_flush(conn->imap) < 0)
+			goto out;
+		answer = etpan_read_tagged(conn->imap);
+	} else {
+		answer = etpan_parse_tagged(conn->imap);
+	}
+	if (answer == ETPAN_TAGGED_LOST)
+		goto out;
+	rc = answer == ETPAN_TAGGED_OK ? 0 : 1;
+	if (rc == 0)
+		etpan_set_authenticated(conn->imap);
+out:
+	secret_free_bytes(enc, enc_size);
+	return rc;
+}
+
 int imapconn_login(struct imapconn *conn, enum imap_login_mode mode, const char *user,
 		   const char *admin, const char *password, struct status *st_r, char *reason,
 		   size_t reason_size)
@@ -135,6 +202,12 @@ int imapconn_login(struct imapconn *conn, enum imap_login_mode mode, const char 
 	int r;
 
 	switch (mode) {
+	case IMAP_LOGIN_XOAUTH2:
+	case IMAP_LOGIN_OAUTHBEARER: {
+		int sr = sasl_bearer(conn, mode, user, password);
+		r = sr == 0 ? MAILIMAP_NO_ERROR : sr < 0 ? MAILIMAP_ERROR_STREAM : MAILIMAP_ERROR_LOGIN;
+		break;
+	}
 	case IMAP_LOGIN_PLAIN_AUTHZID:
 		r = mailimap_authenticate(conn->imap, "PLAIN", NULL, NULL, NULL, user, admin,
 					  password, NULL);

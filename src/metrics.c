@@ -45,6 +45,8 @@ struct backend_row {
 	int last_class;                    /* class of the latest result: 0 ok, 1 temp, 2 perm */
 	bool any_result;
 	atomic_ullong best_effort_failures; /* recipients whose best-effort target here failed */
+	atomic_bool oauth2_used;
+	atomic_ullong oauth2_requests[2];  /* token endpoint requests: ok, failed */
 };
 
 /* Messages a fallback stored for a failed target: one row per (backend, fallback) pair. */
@@ -240,6 +242,14 @@ void metrics_backend_down(const char *backend, bool down)
 	atomic_store(&row_for(backend)->down, down);
 }
 
+void metrics_oauth2_token_request(const char *backend, bool ok)
+{
+	struct backend_row *r = row_for(backend);
+
+	atomic_store(&r->oauth2_used, true);
+	atomic_fetch_add_explicit(&r->oauth2_requests[ok ? 0 : 1], 1, memory_order_relaxed);
+}
+
 void metrics_deliveries_in_flight(int delta)
 {
 	atomic_fetch_add_explicit(&m.in_flight, delta, memory_order_relaxed);
@@ -368,6 +378,18 @@ char *metrics_render(size_t *len_r)
 		if (atomic_load_explicit(&f->used, memory_order_acquire))
 			put(&t, "lmtpgw_fallback_deliveries_total{backend=\"%s\",fallback=\"%s\"} "
 				"%llu\n", f->backend, f->fallback, (unsigned long long)LOAD(f->count));
+	}
+	put(&t, "# HELP lmtpgw_oauth2_token_requests_total OAuth2 token endpoint requests.\n"
+		"# TYPE lmtpgw_oauth2_token_requests_total counter\n");
+	for (size_t b = 0; b <= METRICS_BACKENDS_MAX; b++) {
+		struct backend_row *r = &m.backends[b];
+		if (!atomic_load_explicit(&r->used, memory_order_acquire) ||
+		    !atomic_load(&r->oauth2_used))
+			continue;
+		for (int i = 0; i < 2; i++)
+			put(&t, "lmtpgw_oauth2_token_requests_total{backend=\"%s\",result=\"%s\"} %llu\n",
+			    r->name, i == 0 ? "ok" : "failed",
+			    (unsigned long long)LOAD(r->oauth2_requests[i]));
 	}
 	put(&t, "# HELP lmtpgw_backend_up 0 while the circuit breaker holds the backend down.\n"
 		"# TYPE lmtpgw_backend_up gauge\n");

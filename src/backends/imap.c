@@ -29,6 +29,7 @@
 #include <openssl/evp.h>
 
 #include "imapconn.h"
+#include "oauth2.h"
 #include "secret.h"
 
 /* The words of the enum keys, in the order of their C enums. */
@@ -36,6 +37,8 @@ enum login_kind { LOGIN_MASTER, LOGIN_USER, LOGIN_SHARED };
 static const char *const login_modes[] = { "master", "user", "shared", NULL };
 enum master_kind { MASTER_AUTO, MASTER_SASL, MASTER_DOVECOT };
 static const char *const master_formats[] = { "auto", "sasl", "dovecot", NULL };
+enum auth_kind { AUTH_PASSWORD, AUTH_XOAUTH2, AUTH_OAUTHBEARER };
+static const char *const auth_mechanisms[] = { "password", "xoauth2", "oauthbearer", NULL };
 
 struct imap_settings {
 	char *url;
@@ -64,6 +67,8 @@ struct imap_settings {
 	long long idle_timeout;
 	long long max_idle;
 	long long multiappend;
+	int auth_mechanism;            /* enum auth_kind */
+	struct oauth2_settings oauth2;
 };
 
 static const struct conf_key imap_keys[] = {
@@ -129,6 +134,10 @@ static const struct conf_key imap_keys[] = {
 	{ "multiappend", CONF_INT, offsetof(struct imap_settings, multiappend), "16", 1, 1000,
 	  "most concurrent deliveries to one folder sent as one APPEND command (MULTIAPPEND with "
 	  "LITERAL+, when the server offers both); 1 appends every message alone" },
+	{ "auth_mechanism", CONF_ENUM, offsetof(struct imap_settings, auth_mechanism), "password",
+	  0, 0, "password (LOGIN / SASL PLAIN), or xoauth2 / oauthbearer with an OAuth2 token "
+	  "from the oauth2_* keys (login_mode user or shared)", auth_mechanisms },
+	OAUTH2_CONF_KEYS(struct imap_settings, oauth2),
 	{ NULL, 0, 0, NULL, 0, 0, NULL },
 };
 
@@ -149,6 +158,7 @@ struct imap_state {
 	struct user_password *users;  /* login_mode user */
 	size_t user_count;
 	struct template *user_tmpl, *folder_tmpl, *detail_tmpl;
+	struct oauth2_source *oauth2;  /* auth_mechanism xoauth2 / oauthbearer */
 	char flags[512];
 	struct imap_settings set;
 
@@ -252,7 +262,28 @@ static int imap_open(const void *settings, const char *instance_name, void **sta
 	/* The loader refused any other word (CONF_ENUM). */
 	st->login_kind = (enum login_kind)set->login_mode;
 	st->master_kind = (enum master_kind)set->master_format;
-	if (st->login_kind == LOGIN_USER) {
+	if (set->auth_mechanism != AUTH_PASSWORD) {
+		/* OAuth2: the login name is the mailbox (its token says who may open it). */
+		if (st->login_kind == LOGIN_MASTER) {
+			snprintf(error_r, error_size, "auth_mechanism %s needs login_mode user (each "
+				 "mailbox logs in with a token) or shared",
+				 auth_mechanisms[set->auth_mechanism]);
+			goto fail;
+		}
+		if (st->login_kind == LOGIN_SHARED && set->login == NULL) {
+			snprintf(error_r, error_size, "login_mode shared needs login");
+			goto fail;
+		}
+		char why[240];
+		st->oauth2 = oauth2_source_new(&set->oauth2, instance_name, why, sizeof(why));
+		if (st->oauth2 == NULL) {
+			snprintf(error_r, error_size, "auth_mechanism %s: %s",
+				 auth_mechanisms[set->auth_mechanism], why);
+			goto fail;
+		}
+		if (set->login != NULL)
+			st->login = strdup(set->login);
+	} else if (st->login_kind == LOGIN_USER) {
 		if (set->passwords_file == NULL) {
 			snprintf(error_r, error_size, "login_mode user needs passwords_file");
 			goto fail;
@@ -315,6 +346,7 @@ static void imap_close(void *state)
 	if (st->ep.ssl_ctx != NULL)
 		imap_tls_context_free(st->ep.ssl_ctx);
 	secret_free(&st->password);
+	oauth2_source_free(&st->oauth2);
 	free(st->login);
 	for (size_t i = 0; i < st->user_count; i++) {
 		free(st->users[i].user);
@@ -329,6 +361,10 @@ static void imap_close(void *state)
 	pthread_cond_destroy(&st->batch_done);
 	free(st);
 }
+
+static struct imapconn *connect_as_flagged(struct imap_state *st, const char *identity,
+					   int64_t deadline, struct status *status,
+					   bool *token_failure_r, char *reason, size_t reason_size);
 
 /* --- connection pool --- */
 
@@ -410,14 +446,66 @@ static const char *user_password(const struct imap_state *st, const char *user)
 	return NULL;
 }
 
+/* OAuth2 login as identity: a token from the cache; when the server refuses it, a new token
+ * and one more try on the same connection. A token that cannot be had is 451 4.7.0 and
+ * *token_failure_r (the circuit breaker counts it: the token endpoint concerns every user). */
+static int oauth2_login(struct imap_state *st, struct imapconn *conn, const char *identity,
+			struct status *status, bool *token_failure_r, char *reason,
+			size_t reason_size)
+{
+	enum imap_login_mode mode = st->set.auth_mechanism == AUTH_XOAUTH2 ? IMAP_LOGIN_XOAUTH2
+									 : IMAP_LOGIN_OAUTHBEARER;
+	char *token = NULL, *refused = NULL;
+	int r = -1;
+
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (oauth2_token(st->oauth2, identity, refused, &token, status, reason,
+				 reason_size) < 0) {
+			*token_failure_r = true;
+			break;
+		}
+		r = imapconn_login(conn, mode, identity, NULL, token, status, reason, reason_size);
+		if (r == 0 || imapconn_broken(conn) || status->code != 451 ||
+		    strcmp(status->enhanced, "4.7.0") != 0)
+			break;
+		/* Refused: perhaps revoked or expired early. Refresh once and retry. */
+		secret_free(&refused);
+		refused = token;
+		token = NULL;
+	}
+	secret_free(&token);
+	secret_free(&refused);
+	return r;
+}
+
 static struct imapconn *connect_as(struct imap_state *st, const char *identity, int64_t deadline,
 				   struct status *status, char *reason, size_t reason_size)
 {
-	struct imapconn *conn = imapconn_open(&st->ep, deadline, status, reason, reason_size);
+	return connect_as_flagged(st, identity, deadline, status, NULL, reason, reason_size);
+}
 
+static struct imapconn *connect_as_flagged(struct imap_state *st, const char *identity,
+					   int64_t deadline, struct status *status,
+					   bool *token_failure_r, char *reason, size_t reason_size)
+{
+	struct imapconn *conn = imapconn_open(&st->ep, deadline, status, reason, reason_size);
+	bool token_failure = false;
+
+	if (token_failure_r != NULL)
+		*token_failure_r = false;
 	if (conn == NULL)
 		return NULL;
 	int r;
+	if (st->oauth2 != NULL) {
+		r = oauth2_login(st, conn, identity, status, &token_failure, reason, reason_size);
+		if (token_failure_r != NULL)
+			*token_failure_r = token_failure;
+		if (r < 0) {
+			imapconn_close(&conn);
+			return NULL;
+		}
+		return conn;
+	}
 	switch (st->login_kind) {
 	case LOGIN_USER: {
 		const char *password = user_password(st, identity);
@@ -627,7 +715,8 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 	struct imapconn *conn = pool_take(st, identity, deadline);
 	bool pooled = conn != NULL;
 	if (conn == NULL) {
-		conn = connect_as(st, identity, deadline, &t->status, reason, sizeof(reason));
+		conn = connect_as_flagged(st, identity, deadline, &t->status, &t->backend_failure,
+					  reason, sizeof(reason));
 		if (conn == NULL) {
 			snprintf(t->ref, sizeof(t->ref), "user=%s %s", user, reason);
 			return;
@@ -815,13 +904,16 @@ static bool run_batch(struct imap_state *st, const char *identity, const char *f
 	 * queue, so the deliveries arriving meanwhile form the next batch. */
 	struct imapconn *conn = pool_take(st, identity, deadline);
 	bool pooled = conn != NULL;
+	bool token_failure = false;
 	if (conn == NULL)
-		conn = connect_as(st, identity, deadline, &failure, reason, sizeof(reason));
+		conn = connect_as_flagged(st, identity, deadline, &failure, &token_failure, reason,
+					  sizeof(reason));
 	if (conn == NULL) {
 		/* Server down or login refused: the same answer for every waiter, as each would
 		 * have got alone (without each waiting out its own connect timeout after ours). */
 		for (struct append_waiter *w = batch; w != NULL; w = w->next) {
 			w->t->status = failure;
+			w->t->backend_failure = token_failure;
 			w->t->same_failure = w != batch; /* one refused connection */
 			snprintf(w->t->ref, sizeof(w->t->ref), "user=%s %s", w->user, reason);
 		}
@@ -1097,6 +1189,17 @@ static void imap_explain(void *state, const struct recipient *rcpt,
 		snprintf(buf, size, "imap: 550 5.1.1, +detail not usable as an IMAP folder name");
 		return;
 	}
+	if (st->oauth2 != NULL) {
+		char identity[400];
+		const char *login = st->login_kind == LOGIN_SHARED ? st->login : user;
+		oauth2_describe(st->oauth2, login, identity, sizeof(identity));
+		snprintf(buf, size, "imap %s:%s user=%s folder=%s%s login=%s auth=%s token=\"%s\"",
+			 st->ep.host, st->ep.port, login, folder,
+			 detail_refused ? " (+detail not usable as a folder name)" : "",
+			 st->login_kind == LOGIN_USER ? "own token" : "shared account",
+			 auth_mechanisms[st->set.auth_mechanism], identity);
+		return;
+	}
 	snprintf(buf, size, "imap %s:%s user=%s folder=%s%s login=%s", st->ep.host, st->ep.port,
 		 st->login_kind == LOGIN_SHARED ? st->login : user, folder,
 		 detail_refused ? " (+detail not usable as a folder name)" : "",
@@ -1118,6 +1221,34 @@ static int imap_probe(void *state, char *result, size_t size)
 	if (conn == NULL) {
 		snprintf(result, size, "%d %s: %s", status.code, status.enhanced, reason);
 		return -1;
+	}
+	if (st->oauth2 != NULL) {
+		/* A token for the shared account, or for `login` as a sample mailbox; without one,
+		 * a token is obtained but no login tried (no mailbox to try it on). */
+		bool token_failure = false;
+		int r;
+		if (st->login != NULL) {
+			r = oauth2_login(st, conn, st->login, &status, &token_failure, reason,
+					 sizeof(reason));
+		} else {
+			char *token = NULL;
+			r = oauth2_token(st->oauth2, NULL, NULL, &token, &status, reason,
+					 sizeof(reason));
+			secret_free(&token);
+		}
+		if (r < 0) {
+			imapconn_close(&conn);
+			snprintf(result, size, "connected, %s %s failed: %s",
+				 token_failure ? "OAuth2 token" : "login as",
+				 token_failure ? "request" : st->login, reason);
+			return -1;
+		}
+		snprintf(result, size, "%s:%s reachable, %s, OAuth2 token obtained%s%s",
+			 st->ep.host, st->ep.port,
+			 st->ep.security == IMAP_PLAINTEXT ? "plain text (loopback)" : "TLS verified",
+			 st->login != NULL ? ", login ok as " : "", st->login != NULL ? st->login : "");
+		imapconn_close(&conn);
+		return 0;
 	}
 	if (st->login_kind == LOGIN_SHARED &&
 	    imapconn_login(conn, IMAP_LOGIN_USER, st->login, NULL, st->password, &status, reason,

@@ -39,6 +39,7 @@
 #include "base64.h"
 #include "http.h"
 #include "log.h"
+#include "oauth2.h"
 #include "secret.h"
 #include "webhook_answer.h"
 #include "webhook_body.h"
@@ -68,6 +69,7 @@ struct webhook_settings {
 	long long verify_timeout;
 	long long verify_cache_ttl;
 	int verify_on_error;           /* enum webhook_verify_on_error */
+	struct oauth2_settings oauth2; /* optional OAuth2 bearer token (client credentials, ...) */
 };
 
 /* What a verification that got no verdict (timeout, 5xx, no answer) does with the recipient. */
@@ -130,6 +132,7 @@ static const struct conf_key webhook_keys[] = {
 	{ "verify_on_error", CONF_ENUM, offsetof(struct webhook_settings, verify_on_error), "accept",
 	  0, 0, "verification without a verdict: accept (delivery decides) or defer (451 4.4.x)",
 	  webhook_verify_on_error_words },
+	OAUTH2_CONF_KEYS(struct webhook_settings, oauth2),
 	{ NULL, 0, 0, NULL, 0, 0, NULL },
 };
 
@@ -166,6 +169,7 @@ struct webhook_state {
 	pthread_mutex_t verify_lock;      /* guards verify_cache: verifications run in workers */
 	bool verify_lock_ready;
 	struct verify_entry *verify_cache; /* WEBHOOK_VERIFY_CACHE_SLOTS, NULL without a TTL */
+	struct oauth2_source *oauth2;  /* NULL without oauth2_grant */
 };
 
 static void webhook_close(void *state);
@@ -399,11 +403,16 @@ static int webhook_open(const void *settings, const char *instance_name, void **
 	}
 	st->format = (enum webhook_format)set->format;
 	st->per_recipient = set->mode == WEBHOOK_MODE_RECIPIENT;
+	if (set->bearer_token_file != NULL && set->oauth2.grant != OAUTH2_GRANT_NONE) {
+		snprintf(error_r, error_size, "bearer_token_file and oauth2_grant exclude each other");
+		goto fail;
+	}
 	if (load_signing_keys(st, error_r, error_size) < 0 ||
 	    load_ed25519_keys(st, error_r, error_size) < 0 ||
 	    load_authorization(st, error_r, error_size) < 0 ||
 	    check_extra_headers(&set->headers, error_r, error_size) < 0 ||
-	    check_client_key(set, error_r, error_size) < 0)
+	    check_client_key(set, error_r, error_size) < 0 ||
+	    oauth2_source_open(&set->oauth2, instance_name, &st->oauth2, error_r, error_size) < 0)
 		goto fail;
 	struct http_options ho = {
 		.ca_file = set->ca_file,
@@ -433,6 +442,7 @@ static void webhook_close(void *state)
 	if (st == NULL)
 		return;
 	http_client_free(&st->http);
+	oauth2_source_free(&st->oauth2);
 	template_free(&st->url);
 	http_client_free(&st->verify_http);
 	template_free(&st->verify_url);
@@ -667,6 +677,14 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 		fail_all(tg, n, "headers failed", 451, "4.3.0", "Local error in processing");
 		goto out;
 	}
+	struct status token_failure;
+	char why[256];
+	if (oauth2_add_bearer(st->oauth2, &headers, &token_failure, why, sizeof(why)) < 0) {
+		backend_fail_group(tg, n, &token_failure, why);
+		for (size_t i = 0; i < n; i++)
+			tg[i]->backend_failure = true; /* the token endpoint: the breaker counts it */
+		goto out;
+	}
 	post_request(st, tg, n, rcpts, url, headers, &body, id, results);
 out:
 	webhook_body_free(&body);
@@ -822,6 +840,12 @@ static int verify_post(struct webhook_state *st, const char *url, const char *bo
 	if (hr != 0) {
 		http_headers_free(&headers);
 		goto local_error;
+	}
+	/* The verification carries the same OAuth2 bearer token as deliveries; no token is a
+	 * verification without a verdict (verify_on_error decides). */
+	if (oauth2_add_bearer(st->oauth2, &headers, transport, reason, reason_size) < 0) {
+		http_headers_free(&headers);
+		return -1;
 	}
 	struct http_request req = {
 		.method = "POST",

@@ -24,6 +24,11 @@ Options: lmtp=True adds Dovecot's LMTP (unix socket .lmtp_socket and 127.0.0.1:.
 local part of the recipient) for the benchmark peer; untrusted_cert=True has the server certificate
 signed by a second CA that is NOT ca_file (a verifying client must refuse it); cert_san changes the
 subjectAltName (e.g. "DNS:wrong.test" for a host name mismatch).
+oauth2={"introspect_url": U, "introspect_app_url": A, "ca_file": PEM} (an oauth2server.OAuth2Server
+gives all three) adds SASL XOAUTH2 and OAUTHBEARER with two oauth2 passdbs checking the token by
+introspection over TLS (verified against ca_file): the first for tokens of a user (the username the
+server returns must equal the login), the second for app-only tokens (username "app@DOMAIN": its
+domain must equal the login's, as an Exchange app granted a tenant's mailboxes).
 
 As root, mail processes run as the system user "lmtpgw-test" (created with useradd when missing;
 "nobody"/"nogroup" when that fails) and the temp dir is world-traversable; as non-root, everything
@@ -202,7 +207,9 @@ class DovecotServer:
 
     def __init__(self, tmpdir=None, users=None, quotas=None, master=DEFAULT_MASTER, lmtp=False,
                  untrusted_cert=False, cert_san="IP:127.0.0.1,DNS:localhost", separator=".",
-                 default_quota="1G", auth_penalty=False, start_timeout=10.0, dovecot=None):
+                 default_quota="1G", auth_penalty=False, start_timeout=10.0, dovecot=None,
+                 oauth2=None):
+        self.oauth2 = oauth2
         self.dovecot = find_dovecot(dovecot)
         if lmtp:
             lmtpd = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(self.dovecot))),
@@ -315,6 +322,23 @@ class DovecotServer:
             f.write(line(*self.master))
         for fn in ("users", "master-users"):
             os.chmod(os.path.join(t, "auth", fn), 0o644)
+        if self.oauth2:
+            # read by the auth process, which may run as another user: a copy under auth/
+            shutil.copy(self.oauth2["ca_file"], os.path.join(t, "auth", "oauth2-ca.crt"))
+            for name, url, fmt in (("user", self.oauth2["introspect_url"], "%Lu"),
+                                   ("app", self.oauth2["introspect_app_url"], "%Ld")):
+                with open(os.path.join(t, "auth", "oauth2-%s.conf.ext" % name), "w") as f:
+                    f.write("introspection_mode = post\n"
+                            "introspection_url = %s\n"
+                            "username_attribute = username\n"
+                            "username_format = %s\n"
+                            "active_attribute = active\n"
+                            "active_value = true\n"
+                            "tls_ca_cert_file = %s\n"
+                            "timeout_msecs = 10000\n"
+                            % (url, fmt, os.path.join(t, "auth", "oauth2-ca.crt")))
+            for fn in os.listdir(os.path.join(t, "auth")):
+                os.chmod(os.path.join(t, "auth", fn), 0o644)
 
     def _write_conf(self):
         with open(TEMPLATE) as f:
@@ -348,6 +372,11 @@ class DovecotServer:
             "DEFAULT_QUOTA": self.default_quota,
             "AUTH_FAILURE_DELAY": "2 secs" if self.auth_penalty else "0",
             "PENALTY_MODE": "0600" if self.auth_penalty else "0",
+            "OAUTH_MECHANISMS": "xoauth2 oauthbearer" if self.oauth2 else "",
+            "OAUTH_PASSDBS": "".join(
+                "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                "  args = %s/auth/oauth2-%s.conf.ext\n}\n" % (self.tmpdir, n)
+                for n in ("user", "app")) if self.oauth2 else "",
         }
         if self.mail_uid == 0:
             raise DovecotError("mail processes would run as root: refusing")

@@ -1,0 +1,221 @@
+// server.mjs - the OAuth2 authorization server of lmtpgw's integration tests.
+//
+// oauth2-mock-server (npm, pinned in package-lock.json) issues and signs the tokens (RS256
+// JWTs, its JWKS, its token endpoint for client_credentials and refresh_token). The mock checks
+// no client and no refresh token and has no JWT-bearer grant, so this front adds what a real
+// authorization server does before it answers, with independent code (Node's crypto through
+// `jose`, the JOSE library the mock itself depends on):
+//   - client authentication (client_secret_basic or client_secret_post) against the config;
+//   - refresh tokens: only those in the config, or issued here, not revoked;
+//   - the JWT-bearer grant (RFC 7523; Google's service accounts): the assertion's RS256
+//     signature checked with the service account's public key, iss, aud, exp, sub, scope; the
+//     token is then issued by the mock as for client_credentials, for the subject;
+//   - introspection (RFC 7662) for Dovecot's oauth2 passdb: signature, expiry and revocation
+//     checked; /introspect answers for delegated tokens (username = the subject's address),
+//     /introspect/app for app-only tokens (client_credentials with IMAP.AccessAsApp), whose
+//     username is "app@<domain>" of the domain the app was granted (Dovecot compares domains).
+//   - test controls under /_test/: counters (and the last tokens issued), fault modes (down: 503, refuse: 400
+//     invalid_client, hang), token lifetime, a delay per token request, revocation of every
+//     token issued so far (revoke) or of every token as it is issued (revoke_new).
+//
+// Usage: node server.mjs --port N --cert server.crt --key server.key --config config.json
+// Prints "listening N" on stdout once ready. Loopback only.
+import { readFileSync } from "node:fs";
+import { createServer } from "node:https";
+import { randomUUID } from "node:crypto";
+import { OAuth2Issuer, OAuth2Service } from "oauth2-mock-server";
+import { jwtVerify, importSPKI, createLocalJWKSet } from "jose";
+
+const args = {};
+for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^--/, "")] = process.argv[i + 1];
+const config = JSON.parse(readFileSync(args.config, "utf8"));
+const port = Number(args.port);
+const base = `https://127.0.0.1:${port}`;
+
+const state = {
+  mode: "ok",                 // ok | down | refuse | hang
+  lifetime: config.lifetime ?? 3600,
+  delayMs: 0,
+  counts: {},                 // grant -> {ok, failed}
+  introspections: 0,
+  refreshTokens: new Map(Object.entries(config.refresh_tokens ?? {})),
+  issued: new Set(),          // jti of every access token issued
+  revoked: new Set(),
+  revokeNew: false,
+  tokens: [],                 // the last 100 access tokens issued (tests: never in a log)           // every token is revoked as it is issued (a server refusing all)
+};
+
+const issuer = new OAuth2Issuer();
+issuer.url = base;
+await issuer.keys.generate("RS256");
+const service = new OAuth2Service(issuer);
+
+function count(grant, result) {
+  state.counts[grant] ??= { ok: 0, failed: 0 };
+  state.counts[grant][result] += 1;
+}
+
+// Claims of the token being built: set by the front for the request, applied here.
+service.on("beforeTokenSigning", (token, req) => {
+  const claims = req.lmtpgw ?? {};
+  const now = Math.floor(Date.now() / 1000);
+  token.payload.exp = now + state.lifetime;
+  token.payload.jti = randomUUID();
+  Object.assign(token.payload, claims);
+  state.issued.add(token.payload.jti);
+  if (state.revokeNew) state.revoked.add(token.payload.jti);
+});
+service.on("beforeResponse", (response, req) => {
+  if (response.statusCode === 200) {
+    response.body.expires_in = state.lifetime;
+    state.tokens.push(response.body.access_token);
+    if (state.tokens.length > 100) state.tokens.shift();
+    const rt = response.body.refresh_token;
+    if (rt !== undefined) {
+      if (req.lmtpgw?.refreshUser !== undefined)
+        state.refreshTokens.set(rt, { client_id: req.lmtpgw.clientId, user: req.lmtpgw.refreshUser });
+      else
+        delete response.body.refresh_token;
+    }
+    delete response.body.id_token;
+  }
+  count(req.lmtpgwGrant, response.statusCode === 200 ? "ok" : "failed");
+});
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    req.on("error", reject);
+  });
+}
+
+function send(res, status, body) {
+  res.writeHead(status, { "Content-Type": "application/json", "Cache-Control": "no-store" });
+  res.end(JSON.stringify(body));
+}
+
+// The client of the request, authenticated, or null (RFC 6749 2.3.1).
+function clientOf(req, body) {
+  let id, secret;
+  const auth = req.headers.authorization ?? "";
+  if (auth.startsWith("Basic ")) {
+    const text = Buffer.from(auth.slice(6), "base64").toString("utf8");
+    const colon = text.indexOf(":");
+    if (colon < 0) return null;
+    id = decodeURIComponent(text.slice(0, colon));
+    secret = decodeURIComponent(text.slice(colon + 1));
+  } else {
+    id = body.client_id;
+    secret = body.client_secret;
+  }
+  if (id === undefined || config.clients?.[id] === undefined || config.clients[id] !== secret) return null;
+  return id;
+}
+
+async function tokenRequest(req, res) {
+  const body = Object.fromEntries(new URLSearchParams(await readBody(req)));
+  const grant = body.grant_type ?? "none";
+  req.lmtpgwGrant = grant;
+  if (state.delayMs > 0) await new Promise((r) => setTimeout(r, state.delayMs));
+  if (state.mode === "hang") return;                       // never answers
+  if (state.mode === "down") { count(grant, "failed"); return send(res, 503, { error: "temporarily_unavailable" }); }
+  if (state.mode === "refuse") { count(grant, "failed"); return send(res, 400, { error: "invalid_client" }); }
+  const refuse = (error, why) => { count(grant, "failed"); send(res, 400, { error, error_description: why }); };
+
+  if (grant === "client_credentials") {
+    const client = clientOf(req, body);
+    if (client === null) return refuse("invalid_client", "client authentication failed");
+    req.lmtpgw = { appid: client, roles: ["IMAP.AccessAsApp"], kind: "app" };
+    req.body = { grant_type: "client_credentials", scope: body.scope };
+  } else if (grant === "refresh_token") {
+    const client = clientOf(req, body);
+    if (client === null) return refuse("invalid_client", "client authentication failed");
+    const rt = state.refreshTokens.get(body.refresh_token ?? "");
+    if (rt === undefined || rt.client_id !== client) return refuse("invalid_grant", "unknown refresh token");
+    req.lmtpgw = { sub: rt.user, email: rt.user, kind: "delegated", clientId: client, refreshUser: rt.user };
+    req.body = { grant_type: "refresh_token", refresh_token: body.refresh_token, scope: body.scope };
+  } else if (grant === "urn:ietf:params:oauth:grant-type:jwt-bearer") {
+    let claims;
+    try {
+      const header = JSON.parse(Buffer.from((body.assertion ?? "").split(".")[0], "base64url").toString());
+      const iss = JSON.parse(Buffer.from((body.assertion ?? "").split(".")[1], "base64url").toString()).iss;
+      const account = config.service_accounts?.[iss];
+      if (account === undefined || header.alg !== "RS256") throw new Error("unknown service account");
+      if (account.key_id !== undefined && header.kid !== account.key_id) throw new Error("wrong kid");
+      const key = await importSPKI(account.public_key, "RS256");
+      ({ payload: claims } = await jwtVerify(body.assertion, key, {
+        algorithms: ["RS256"], issuer: iss, audience: `${base}/token`, maxTokenAge: "1h", requiredClaims: ["exp", "iat"],
+      }));
+    } catch (e) {
+      return refuse("invalid_grant", `assertion refused: ${e.message}`);
+    }
+    if (typeof claims.sub !== "string" || typeof claims.scope !== "string")
+      return refuse("invalid_grant", "assertion needs sub and scope");
+    req.lmtpgw = { sub: claims.sub, email: claims.sub, azp: claims.iss, kind: "delegated" };
+    // Issued by the mock like an app token, for the subject (claims set in beforeTokenSigning).
+    req.body = { grant_type: "client_credentials", scope: claims.scope };
+  } else {
+    return refuse("unsupported_grant_type", grant);
+  }
+  for (const k of Object.keys(req.body)) if (req.body[k] === undefined) delete req.body[k];
+  service.requestHandler(req, res);
+}
+
+async function introspect(req, res, app) {
+  state.introspections += 1;
+  const body = Object.fromEntries(new URLSearchParams(await readBody(req)));
+  const jwks = createLocalJWKSet({ keys: issuer.keys.toJSON() });
+  let claims;
+  try {
+    ({ payload: claims } = await jwtVerify(body.token ?? "", jwks, { issuer: base }));
+  } catch (e) {
+    return send(res, 200, { active: false });
+  }
+  if (state.revoked.has(claims.jti)) return send(res, 200, { active: false });
+  if (app) {
+    const domain = config.app_domains?.[claims.appid];
+    if (claims.kind !== "app" || domain === undefined || !(claims.roles ?? []).includes("IMAP.AccessAsApp"))
+      return send(res, 200, { active: false });
+    return send(res, 200, { active: true, username: `app@${domain}`, exp: claims.exp });
+  }
+  if (claims.kind !== "delegated") return send(res, 200, { active: true, username: `${claims.appid}@app.invalid` });
+  return send(res, 200, { active: true, username: claims.email, exp: claims.exp });
+}
+
+async function control(req, res, path) {
+  if (path === "/_test/stats") {
+    return send(res, 200, { token: state.counts, introspections: state.introspections, tokens: state.tokens });
+  }
+  if (path === "/_test/set" && req.method === "POST") {
+    const body = JSON.parse((await readBody(req)) || "{}");
+    if (body.mode !== undefined) state.mode = body.mode;
+    if (body.lifetime !== undefined) state.lifetime = body.lifetime;
+    if (body.delay_ms !== undefined) state.delayMs = body.delay_ms;
+    if (body.revoke_new !== undefined) state.revokeNew = body.revoke_new;
+    return send(res, 200, { ok: true });
+  }
+  if (path === "/_test/revoke" && req.method === "POST") {
+    for (const jti of state.issued) state.revoked.add(jti);
+    return send(res, 200, { revoked: state.revoked.size });
+  }
+  if (path === "/_test/reset" && req.method === "POST") {
+    state.counts = {};
+    state.introspections = 0;
+    return send(res, 200, { ok: true });
+  }
+  return send(res, 404, { error: "not found" });
+}
+
+const server = createServer({ key: readFileSync(args.key), cert: readFileSync(args.cert) }, (req, res) => {
+  const path = new URL(req.url, base).pathname;
+  let work;
+  if (path === "/token" && req.method === "POST") work = tokenRequest(req, res);
+  else if (path === "/introspect" && req.method === "POST") work = introspect(req, res, false);
+  else if (path === "/introspect/app" && req.method === "POST") work = introspect(req, res, true);
+  else if (path.startsWith("/_test/")) work = control(req, res, path);
+  else { service.requestHandler(req, res); return; }
+  work.catch((e) => { console.error(e); send(res, 500, { error: "server_error" }); });
+});
+server.listen(port, "127.0.0.1", () => { process.stdout.write(`listening ${port}\n`); });

@@ -1,0 +1,784 @@
+/*
+ * oauth2 - token sources and the per-identity token cache (oauth2.h says what and why).
+ *
+ * Owns: the HTTP client of the token endpoint, the secrets read at open (wiped at free), the
+ * cache entries. Locking: one mutex guards every entry; a token request runs outside it with
+ * the entry marked `fetching`, and waiters sleep on the condition variable until it is done.
+ */
+#include "oauth2.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/crypto.h>
+#include <openssl/pem.h>
+
+#include "base64.h"
+#include "http.h"
+#include "metrics.h"
+#include "secret.h"
+
+const char *const oauth2_grant_words[] = { "none", "client_credentials", "refresh_token",
+					   "jwt_bearer", "token_file", NULL };
+
+#define JWT_BEARER_GRANT "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#define RESPONSE_MAX (64 * 1024)
+#define DEFAULT_LIFETIME_S 3600
+
+struct entry {
+	char *identity;                /* subject, or "" when one token serves everyone */
+	char *token;                   /* secret; NULL when none */
+	int64_t refresh_at_ms;         /* hand it out until then */
+	bool fetching;                 /* a request for this identity is in flight */
+	unsigned generation;           /* +1 at the end of every request */
+	bool last_failed;              /* the last request failed: its status and reason */
+	struct status last_status;
+	char last_reason[256];
+	/* token_file: the file the token came from */
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+};
+
+struct oauth2_source {
+	enum oauth2_grant grant;
+	char backend[64];
+	char *token_url;
+	char *client_id;
+	char *scope;
+	char *client_secret;           /* secret */
+	char *refresh_token;           /* secret; replaced when the server rotates it */
+	char *token_file;
+	char *sa_email;                /* jwt_bearer: the service account */
+	char *sa_key_id;
+	EVP_PKEY *sa_key;              /* its private key */
+	long long refresh_margin_ms;
+	struct http_client *http;
+
+	pthread_mutex_t lock;
+	pthread_cond_t done;
+	struct entry *entries;
+	size_t entry_count;
+};
+
+static void fail_status(struct status *st_r)
+{
+	status_must(st_r, 451, "4.7.0", "OAuth2 token not available");
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static char *xstrdup_or_null(const char *s)
+{
+	return s == NULL ? NULL : strdup(s);
+}
+
+/* --- service account key (Google's JSON key file) --- */
+
+static int load_service_account(struct oauth2_source *src, const char *path, char *error_r,
+				size_t error_size)
+{
+	char *text = secret_read_file(path, error_r, error_size);
+	if (text == NULL)
+		return -1;
+	json_error_t jerr;
+	json_t *doc = json_loads(text, 0, &jerr);
+	secret_free(&text);
+	if (doc == NULL || !json_is_object(doc)) {
+		snprintf(error_r, error_size, "%s: not a JSON service account key (line %d)", path,
+			 jerr.line);
+		json_decref(doc);
+		return -1;
+	}
+	const char *email = json_string_value(json_object_get(doc, "client_email"));
+	const char *pem = json_string_value(json_object_get(doc, "private_key"));
+	const char *kid = json_string_value(json_object_get(doc, "private_key_id"));
+	const char *uri = json_string_value(json_object_get(doc, "token_uri"));
+	if (email == NULL || pem == NULL) {
+		snprintf(error_r, error_size, "%s: needs client_email and private_key", path);
+		json_decref(doc);
+		return -1;
+	}
+	BIO *bio = BIO_new_mem_buf(pem, -1);
+	src->sa_key = bio != NULL ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+	BIO_free(bio);
+	/* jansson's copy of the key text is freed with doc: wipe it first */
+	OPENSSL_cleanse((char *)pem, strlen(pem));
+	if (src->sa_key == NULL || EVP_PKEY_base_id(src->sa_key) != EVP_PKEY_RSA) {
+		snprintf(error_r, error_size, "%s: private_key is not a PEM RSA key", path);
+		json_decref(doc);
+		return -1;
+	}
+	src->sa_email = strdup(email);
+	src->sa_key_id = xstrdup_or_null(kid);
+	if (src->token_url == NULL && uri != NULL)
+		src->token_url = strdup(uri);
+	json_decref(doc);
+	return 0;
+}
+
+struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const char *backend,
+					char *error_r, size_t error_size)
+{
+	struct oauth2_source *src = calloc(1, sizeof(*src));
+
+	if (src == NULL) {
+		snprintf(error_r, error_size, "out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&src->lock, NULL);
+	pthread_cond_init(&src->done, NULL);
+	src->grant = (enum oauth2_grant)set->grant;
+	snprintf(src->backend, sizeof(src->backend), "%s", backend);
+	src->token_url = xstrdup_or_null(set->token_url);
+	src->client_id = xstrdup_or_null(set->client_id);
+	src->scope = xstrdup_or_null(set->scope);
+	src->refresh_margin_ms = set->refresh_margin;
+
+	switch (src->grant) {
+	case OAUTH2_GRANT_NONE:
+		snprintf(error_r, error_size, "oauth2_grant is none");
+		goto fail;
+	case OAUTH2_GRANT_TOKEN_FILE:
+		if (set->token_file == NULL) {
+			snprintf(error_r, error_size, "oauth2_grant token_file needs oauth2_token_file");
+			goto fail;
+		}
+		/* Checked now (mode 600), read at each change. */
+		char *t = secret_read_line(set->token_file, 0, error_r, error_size);
+		if (t == NULL)
+			goto fail;
+		secret_free(&t);
+		src->token_file = strdup(set->token_file);
+		return src;
+	case OAUTH2_GRANT_CLIENT_CREDENTIALS:
+	case OAUTH2_GRANT_REFRESH_TOKEN:
+		if (set->client_id == NULL || set->token_url == NULL) {
+			snprintf(error_r, error_size, "oauth2_grant %s needs oauth2_client_id and "
+				 "oauth2_token_url", oauth2_grant_words[src->grant]);
+			goto fail;
+		}
+		if (src->grant == OAUTH2_GRANT_CLIENT_CREDENTIALS && set->client_secret_file == NULL) {
+			snprintf(error_r, error_size,
+				 "oauth2_grant client_credentials needs oauth2_client_secret_file");
+			goto fail;
+		}
+		if (set->client_secret_file != NULL) {
+			src->client_secret = secret_read_line(set->client_secret_file, 0, error_r,
+							      error_size);
+			if (src->client_secret == NULL)
+				goto fail;
+		}
+		if (src->grant == OAUTH2_GRANT_REFRESH_TOKEN) {
+			if (set->refresh_token_file == NULL) {
+				snprintf(error_r, error_size, "oauth2_grant refresh_token needs "
+					 "oauth2_refresh_token_file");
+				goto fail;
+			}
+			src->refresh_token = secret_read_line(set->refresh_token_file, 0, error_r,
+							      error_size);
+			if (src->refresh_token == NULL)
+				goto fail;
+		}
+		break;
+	case OAUTH2_GRANT_JWT_BEARER:
+		if (set->key_file == NULL || set->scope == NULL) {
+			snprintf(error_r, error_size,
+				 "oauth2_grant jwt_bearer needs oauth2_key_file and oauth2_scope");
+			goto fail;
+		}
+		if (load_service_account(src, set->key_file, error_r, error_size) < 0)
+			goto fail;
+		if (src->token_url == NULL) {
+			snprintf(error_r, error_size, "oauth2_grant jwt_bearer needs oauth2_token_url "
+				 "(or token_uri in the key file)");
+			goto fail;
+		}
+		break;
+	}
+	if (strncmp(src->token_url, "https://", 8) != 0) {
+		snprintf(error_r, error_size, "oauth2_token_url must be https://");
+		goto fail;
+	}
+	struct http_options ho = {
+		.ca_file = set->ca_file,
+		.connect_timeout_ms = set->timeout,
+		.timeout_ms = set->timeout,
+	};
+	src->http = http_client_new(&ho, error_r, error_size);
+	if (src->http == NULL)
+		goto fail;
+	return src;
+fail:
+	oauth2_source_free(&src);
+	return NULL;
+}
+
+void oauth2_source_free(struct oauth2_source **srcp)
+{
+	struct oauth2_source *src = *srcp;
+
+	if (src == NULL)
+		return;
+	*srcp = NULL;
+	for (size_t i = 0; i < src->entry_count; i++) {
+		free(src->entries[i].identity);
+		secret_free(&src->entries[i].token);
+	}
+	free(src->entries);
+	http_client_free(&src->http);
+	free(src->token_url);
+	free(src->client_id);
+	free(src->scope);
+	secret_free(&src->client_secret);
+	secret_free(&src->refresh_token);
+	free(src->token_file);
+	free(src->sa_email);
+	free(src->sa_key_id);
+	EVP_PKEY_free(src->sa_key);
+	pthread_mutex_destroy(&src->lock);
+	pthread_cond_destroy(&src->done);
+	free(src);
+}
+
+int oauth2_source_open(const struct oauth2_settings *set, const char *backend,
+		       struct oauth2_source **src_r, char *error_r, size_t error_size)
+{
+	char why[240];
+
+	*src_r = NULL;
+	if (set->grant == OAUTH2_GRANT_NONE)
+		return 0;
+	*src_r = oauth2_source_new(set, backend, why, sizeof(why));
+	if (*src_r == NULL) {
+		snprintf(error_r, error_size, "oauth2: %s", why);
+		return -1;
+	}
+	return 0;
+}
+
+int oauth2_add_bearer(struct oauth2_source *src, struct curl_slist **headers,
+		      struct status *st_r, char *reason, size_t reason_size)
+{
+	char *token = NULL;
+
+	if (src == NULL)
+		return 0;
+	if (oauth2_token(src, NULL, NULL, &token, st_r, reason, reason_size) < 0)
+		return -1;
+	/* curl copies the line; the copy lives until the list is freed (not wiped: curl's). */
+	int r = http_header_add(headers, "Authorization: Bearer %s", token);
+	secret_free(&token);
+	if (r < 0) {
+		fail_status(st_r);
+		snprintf(reason, reason_size, "out of memory");
+	}
+	return r;
+}
+
+int oauth2_per_subject(const struct oauth2_source *src)
+{
+	return src->grant == OAUTH2_GRANT_JWT_BEARER;
+}
+
+void oauth2_describe(const struct oauth2_source *src, const char *subject, char *buf,
+		     size_t size)
+{
+	switch (src->grant) {
+	case OAUTH2_GRANT_JWT_BEARER:
+		snprintf(buf, size, "oauth2 jwt_bearer iss=%s sub=%s scope=%s", src->sa_email,
+			 subject != NULL ? subject : "", src->scope);
+		break;
+	case OAUTH2_GRANT_TOKEN_FILE:
+		snprintf(buf, size, "oauth2 token_file %s", src->token_file);
+		break;
+	default:
+		snprintf(buf, size, "oauth2 %s client=%s scope=%s (one token for every mailbox)",
+			 oauth2_grant_words[src->grant], src->client_id,
+			 src->scope != NULL ? src->scope : "");
+		break;
+	}
+}
+
+/* --- requests --- */
+
+struct buf {
+	char *data;
+	size_t len, cap;
+	bool failed;
+};
+
+static void buf_add(struct buf *b, const char *s, size_t n)
+{
+	if (b->failed)
+		return;
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = (b->len + n + 1) * 2;
+		char *d = malloc(cap);
+		if (d == NULL) {
+			b->failed = true;
+			return;
+		}
+		if (b->data != NULL) {
+			memcpy(d, b->data, b->len);
+			secret_free_bytes(b->data, b->cap);
+		}
+		b->data = d;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, s, n);
+	b->len += n;
+	b->data[b->len] = '\0';
+}
+
+/* application/x-www-form-urlencoded name=value (RFC 6749 appendix B). */
+static void form_add(struct buf *b, const char *name, const char *value)
+{
+	static const char hex[] = "0123456789ABCDEF";
+
+	if (value == NULL)
+		return;
+	if (b->len > 0)
+		buf_add(b, "&", 1);
+	buf_add(b, name, strlen(name));
+	buf_add(b, "=", 1);
+	for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+		if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+		    *p == '-' || *p == '.' || *p == '_' || *p == '~') {
+			buf_add(b, (const char *)p, 1);
+		} else {
+			char esc[3] = { '%', hex[*p >> 4], hex[*p & 15] };
+			buf_add(b, esc, 3);
+		}
+	}
+}
+
+/* base64url without padding (RFC 7515 2). */
+static void b64url_add(struct buf *b, const void *data, size_t len)
+{
+	char *tmp = malloc(base64_encoded_size(len) + 1);
+	if (tmp == NULL) {
+		b->failed = true;
+		return;
+	}
+	size_t n = base64_encode(data, len, tmp);
+	while (n > 0 && tmp[n - 1] == '=')
+		n--;
+	for (size_t i = 0; i < n; i++)
+		tmp[i] = tmp[i] == '+' ? '-' : tmp[i] == '/' ? '_' : tmp[i];
+	buf_add(b, tmp, n);
+	free(tmp);
+}
+
+/* The RS256 assertion of RFC 7523 2.1 for subject, signed with the service account's key. */
+static char *jwt_assertion(struct oauth2_source *src, const char *subject)
+{
+	struct buf jwt = { 0 };
+	json_t *header = json_pack("{s:s, s:s}", "alg", "RS256", "typ", "JWT");
+	json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:I}", "iss", src->sa_email, "scope",
+				   src->scope, "aud", src->token_url, "iat",
+				   (json_int_t)(now_ms() / 1000), "exp",
+				   (json_int_t)(now_ms() / 1000 + 3600));
+	char *h = NULL, *c = NULL;
+	unsigned char *sig = NULL;
+	size_t sig_len = 0;
+	EVP_MD_CTX *md = NULL;
+
+	if (header == NULL || claims == NULL)
+		goto out;
+	if (src->sa_key_id != NULL)
+		json_object_set_new(header, "kid", json_string(src->sa_key_id));
+	if (subject != NULL && subject[0] != '\0')
+		json_object_set_new(claims, "sub", json_string(subject));
+	h = json_dumps(header, JSON_COMPACT);
+	c = json_dumps(claims, JSON_COMPACT);
+	if (h == NULL || c == NULL)
+		goto out;
+	b64url_add(&jwt, h, strlen(h));
+	buf_add(&jwt, ".", 1);
+	b64url_add(&jwt, c, strlen(c));
+	if (jwt.failed)
+		goto out;
+	md = EVP_MD_CTX_new();
+	if (md == NULL || EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, src->sa_key) != 1 ||
+	    EVP_DigestSign(md, NULL, &sig_len, (const unsigned char *)jwt.data, jwt.len) != 1)
+		goto fail;
+	sig = malloc(sig_len);
+	if (sig == NULL ||
+	    EVP_DigestSign(md, sig, &sig_len, (const unsigned char *)jwt.data, jwt.len) != 1)
+		goto fail;
+	buf_add(&jwt, ".", 1);
+	b64url_add(&jwt, sig, sig_len);
+	if (!jwt.failed)
+		goto out;
+fail:
+	jwt.failed = true;
+out:
+	EVP_MD_CTX_free(md);
+	free(sig);
+	free(h);
+	free(c);
+	json_decref(header);
+	json_decref(claims);
+	if (jwt.failed) {
+		if (jwt.data != NULL)
+			secret_free_bytes(jwt.data, jwt.cap);
+		return NULL;
+	}
+	return jwt.data;
+}
+
+/* A token request for subject: 0 with a new token and its lifetime in seconds, or -1 with a
+ * reason (no secret in it). */
+static int request_token(struct oauth2_source *src, const char *subject, char **token_r,
+			 long long *lifetime_r, char *reason, size_t reason_size)
+{
+	struct buf form = { 0 };
+	char *assertion = NULL;
+
+	switch (src->grant) {
+	case OAUTH2_GRANT_CLIENT_CREDENTIALS:
+		form_add(&form, "grant_type", "client_credentials");
+		form_add(&form, "client_id", src->client_id);
+		form_add(&form, "client_secret", src->client_secret);
+		form_add(&form, "scope", src->scope);
+		break;
+	case OAUTH2_GRANT_REFRESH_TOKEN:
+		form_add(&form, "grant_type", "refresh_token");
+		form_add(&form, "refresh_token", src->refresh_token);
+		form_add(&form, "client_id", src->client_id);
+		form_add(&form, "client_secret", src->client_secret);
+		form_add(&form, "scope", src->scope);
+		break;
+	case OAUTH2_GRANT_JWT_BEARER:
+		assertion = jwt_assertion(src, subject);
+		if (assertion == NULL) {
+			snprintf(reason, reason_size, "cannot sign the JWT assertion");
+			return -1;
+		}
+		form_add(&form, "grant_type", JWT_BEARER_GRANT);
+		form_add(&form, "assertion", assertion);
+		secret_free(&assertion);
+		break;
+	default:
+		snprintf(reason, reason_size, "no token request for this grant");
+		return -1;
+	}
+	if (form.failed) {
+		if (form.data != NULL)
+			secret_free_bytes(form.data, form.cap);
+		snprintf(reason, reason_size, "out of memory");
+		return -1;
+	}
+
+	struct curl_slist *headers = NULL;
+	http_header_add(&headers, "Content-Type: application/x-www-form-urlencoded");
+	http_header_add(&headers, "Accept: application/json");
+	struct http_request req = {
+		.method = "POST",
+		.url = src->token_url,
+		.headers = headers,
+		.body = form.data,
+		.body_len = form.len,
+		.response_max = RESPONSE_MAX,
+		.no_expect = true,
+	};
+	struct http_response resp = { 0 };
+	struct status st;
+	int r = http_perform(src->http, &req, &resp, &st, reason, reason_size);
+	http_headers_free(&headers);
+	secret_free_bytes(form.data, form.cap);
+	if (r < 0) {
+		/* reason is the transport's: prefix which endpoint it was */
+		char detail[256];
+		snprintf(detail, sizeof(detail), "%s", reason);
+		snprintf(reason, reason_size, "token endpoint %s: %s", src->token_url, detail);
+		return -1;
+	}
+
+	json_error_t jerr;
+	json_t *doc = resp.body != NULL && !resp.truncated ? json_loads(resp.body, 0, &jerr) : NULL;
+	int rc = -1;
+	if (resp.status != 200) {
+		/* RFC 6749 5.2: {"error": "invalid_client", ...}; the code only, the description
+		 * may echo what we sent. */
+		const char *error = json_string_value(json_object_get(doc, "error"));
+		char word[64] = "";
+		if (error != NULL) {
+			size_t n = 0;
+			for (const char *p = error; *p && n + 1 < sizeof(word); p++)
+				word[n++] = (*p >= 'a' && *p <= 'z') || *p == '_' ? *p : '?';
+			word[n] = '\0';
+		}
+		snprintf(reason, reason_size, "token endpoint %s answered %ld %s", src->token_url,
+			 resp.status, word);
+		goto out;
+	}
+	const char *token = json_string_value(json_object_get(doc, "access_token"));
+	const char *type = json_string_value(json_object_get(doc, "token_type"));
+	json_t *expires = json_object_get(doc, "expires_in");
+	if (token == NULL || token[0] == '\0' || strpbrk(token, " \r\n\x01") != NULL) {
+		snprintf(reason, reason_size, "token endpoint %s: no usable access_token in the answer",
+			 src->token_url);
+		goto out;
+	}
+	if (type != NULL && strcasecmp(type, "bearer") != 0) {
+		snprintf(reason, reason_size, "token endpoint %s: token_type is not Bearer",
+			 src->token_url);
+		goto out;
+	}
+	*lifetime_r = DEFAULT_LIFETIME_S;
+	if (json_is_integer(expires) && json_integer_value(expires) > 0)
+		*lifetime_r = json_integer_value(expires);
+	else if (json_is_string(expires) && atoll(json_string_value(expires)) > 0)
+		*lifetime_r = atoll(json_string_value(expires)); /* some servers quote it */
+	*token_r = strdup(token);
+	/* A rotated refresh token replaces ours (in memory: the file stays as the admin wrote
+	 * it, and the server keeps the first one valid or the admin renews it). */
+	const char *rotated = json_string_value(json_object_get(doc, "refresh_token"));
+	if (src->grant == OAUTH2_GRANT_REFRESH_TOKEN && rotated != NULL && rotated[0] != '\0') {
+		char *copy = strdup(rotated);
+		if (copy != NULL) {
+			pthread_mutex_lock(&src->lock);
+			secret_free(&src->refresh_token);
+			src->refresh_token = copy;
+			pthread_mutex_unlock(&src->lock);
+		}
+	}
+	rc = *token_r != NULL ? 0 : -1;
+	if (rc < 0)
+		snprintf(reason, reason_size, "out of memory");
+out:
+	/* The answer held the token: wipe it before it is freed. */
+	if (resp.body != NULL)
+		memset(resp.body, 0, resp.body_len);
+	json_decref(doc);
+	http_response_free(&resp);
+	return rc;
+}
+
+/* token_file: the current token of the file, or -1. */
+static int read_token_file(struct oauth2_source *src, struct entry *e, char **token_r,
+			   char *reason, size_t reason_size)
+{
+	struct stat sb;
+	char error[256];
+
+	if (stat(src->token_file, &sb) < 0) {
+		snprintf(reason, reason_size, "token file %s: cannot stat", src->token_file);
+		return -1;
+	}
+	*token_r = secret_read_line(src->token_file, 0, error, sizeof(error));
+	if (*token_r == NULL) {
+		snprintf(reason, reason_size, "%s", error);
+		return -1;
+	}
+	e->ino = sb.st_ino;
+	e->size = sb.st_size;
+	e->mtime = sb.st_mtim;
+	return 0;
+}
+
+static bool token_file_changed(const struct oauth2_source *src, const struct entry *e)
+{
+	struct stat sb;
+
+	if (stat(src->token_file, &sb) < 0)
+		return true;
+	return sb.st_ino != e->ino || sb.st_size != e->size ||
+	       sb.st_mtim.tv_sec != e->mtime.tv_sec || sb.st_mtim.tv_nsec != e->mtime.tv_nsec;
+}
+
+static struct entry *entry_for(struct oauth2_source *src, const char *identity)
+{
+	for (size_t i = 0; i < src->entry_count; i++) {
+		if (strcmp(src->entries[i].identity, identity) == 0)
+			return &src->entries[i];
+	}
+	struct entry *n = realloc(src->entries, (src->entry_count + 1) * sizeof(*n));
+	if (n == NULL)
+		return NULL;
+	src->entries = n;
+	struct entry *e = &src->entries[src->entry_count];
+	memset(e, 0, sizeof(*e));
+	e->identity = strdup(identity);
+	if (e->identity == NULL)
+		return NULL;
+	src->entry_count++;
+	return e;
+}
+
+int oauth2_token(struct oauth2_source *src, const char *subject, const char *refused,
+		 char **token_r, struct status *st_r, char *reason, size_t reason_size)
+{
+	const char *identity = oauth2_per_subject(src) && subject != NULL ? subject : "";
+	bool waited = false;
+
+	*token_r = NULL;
+	pthread_mutex_lock(&src->lock);
+	for (;;) {
+		/* entries may move when another identity is added: look it up each round */
+		struct entry *e = entry_for(src, identity);
+		if (e == NULL) {
+			pthread_mutex_unlock(&src->lock);
+			fail_status(st_r);
+			snprintf(reason, reason_size, "out of memory");
+			return -1;
+		}
+		if (e->token != NULL && src->grant == OAUTH2_GRANT_TOKEN_FILE && !e->fetching &&
+		    token_file_changed(src, e))
+			secret_free(&e->token);
+		bool usable = e->token != NULL && (refused == NULL || strcmp(e->token, refused) != 0) &&
+			      (src->grant == OAUTH2_GRANT_TOKEN_FILE || now_ms() < e->refresh_at_ms);
+		if (usable) {
+			*token_r = strdup(e->token);
+			pthread_mutex_unlock(&src->lock);
+			if (*token_r == NULL) {
+				fail_status(st_r);
+				snprintf(reason, reason_size, "out of memory");
+				return -1;
+			}
+			return 0;
+		}
+		if (e->fetching) {
+			/* One request per identity: wait for it and take its result. */
+			unsigned generation = e->generation;
+			while ((e = entry_for(src, identity)) != NULL && e->fetching &&
+			       e->generation == generation)
+				pthread_cond_wait(&src->done, &src->lock);
+			if (e != NULL && e->generation != generation && e->last_failed) {
+				*st_r = e->last_status;
+				snprintf(reason, reason_size, "%s", e->last_reason);
+				pthread_mutex_unlock(&src->lock);
+				return -1;
+			}
+			if (waited)
+				refused = NULL; /* a second round: take what the other request got */
+			waited = true;
+			continue;
+		}
+		e->fetching = true;
+		pthread_mutex_unlock(&src->lock);
+
+		char *token = NULL;
+		long long lifetime_s = 0;
+		char why[256] = "";
+		int r;
+		if (src->grant == OAUTH2_GRANT_TOKEN_FILE) {
+			struct entry scratch = { 0 };
+			r = read_token_file(src, &scratch, &token, why, sizeof(why));
+			if (r == 0 && refused != NULL && strcmp(token, refused) == 0) {
+				/* The file still holds the token the server refused. */
+				secret_free(&token);
+				snprintf(why, sizeof(why), "token file %s: its token was refused; waiting "
+					 "for the program that renews it", src->token_file);
+				r = -1;
+			}
+			pthread_mutex_lock(&src->lock);
+			e = entry_for(src, identity);
+			if (e != NULL && r == 0) {
+				e->ino = scratch.ino;
+				e->size = scratch.size;
+				e->mtime = scratch.mtime;
+			}
+		} else {
+			r = request_token(src, subject, &token, &lifetime_s, why, sizeof(why));
+			metrics_oauth2_token_request(src->backend, r == 0);
+			pthread_mutex_lock(&src->lock);
+			e = entry_for(src, identity);
+		}
+		if (e == NULL) {
+			secret_free(&token);
+			pthread_mutex_unlock(&src->lock);
+			fail_status(st_r);
+			snprintf(reason, reason_size, "out of memory");
+			return -1;
+		}
+		e->fetching = false;
+		e->generation++;
+		secret_free(&e->token);
+		if (r == 0) {
+			e->token = token;
+			long long margin = src->refresh_margin_ms;
+			if (margin > lifetime_s * 1000 / 4)
+				margin = lifetime_s * 1000 / 4;
+			e->refresh_at_ms = now_ms() + lifetime_s * 1000 - margin;
+			e->last_failed = false;
+			*token_r = strdup(token);
+		} else {
+			e->last_failed = true;
+			fail_status(&e->last_status);
+			snprintf(e->last_reason, sizeof(e->last_reason), "%s", why);
+		}
+		pthread_cond_broadcast(&src->done);
+		pthread_mutex_unlock(&src->lock);
+		if (r < 0 || *token_r == NULL) {
+			fail_status(st_r);
+			snprintf(reason, reason_size, "%s", r < 0 ? why : "out of memory");
+			return -1;
+		}
+		return 0;
+	}
+}
+
+/* --- SASL --- */
+
+char *oauth2_sasl_xoauth2(const char *user, const char *token)
+{
+	struct buf b = { 0 };
+
+	buf_add(&b, "user=", 5);
+	buf_add(&b, user, strlen(user));
+	buf_add(&b, "\001auth=Bearer ", 13);
+	buf_add(&b, token, strlen(token));
+	buf_add(&b, "\001\001", 2);
+	if (b.failed) {
+		if (b.data != NULL)
+			secret_free_bytes(b.data, b.cap);
+		return NULL;
+	}
+	return b.data;
+}
+
+char *oauth2_sasl_oauthbearer(const char *user, const char *host, const char *port,
+			      const char *token)
+{
+	struct buf b = { 0 };
+
+	/* gs2-header "n,a=saslname," with ',' as =2C and '=' as =3D (RFC 5801 4). */
+	buf_add(&b, "n,a=", 4);
+	for (const char *p = user; *p; p++) {
+		if (*p == ',')
+			buf_add(&b, "=2C", 3);
+		else if (*p == '=')
+			buf_add(&b, "=3D", 3);
+		else
+			buf_add(&b, p, 1);
+	}
+	buf_add(&b, ",\001host=", 7);
+	buf_add(&b, host, strlen(host));
+	buf_add(&b, "\001port=", 6);
+	buf_add(&b, port, strlen(port));
+	buf_add(&b, "\001auth=Bearer ", 13);
+	buf_add(&b, token, strlen(token));
+	buf_add(&b, "\001\001", 2);
+	if (b.failed) {
+		if (b.data != NULL)
+			secret_free_bytes(b.data, b.cap);
+		return NULL;
+	}
+	return b.data;
+}

@@ -1,0 +1,360 @@
+"""OAuth2 for the imap backend (SASL XOAUTH2 and OAUTHBEARER) and the webhook bearer token,
+against a real Dovecot 2.3 whose oauth2 passdb introspects every token over TLS at a real
+authorization server (npm oauth2-mock-server behind contrib/test-servers/oauth2/server.mjs).
+
+The authorization server counts its token requests per grant: the tests check how many lmtpgw
+made (one per identity while a token is valid; one refresh for 32 concurrent deliveries).
+"""
+import contextlib
+import json
+import os
+import re
+import ssl
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+from harness import Lmtpgw, binary, conf_value, expect, free_port, require_dovecot
+
+from dovecot import DovecotServer
+from oauth2server import (CLIENT_ID, CLIENT_SECRET, JWT_BEARER, REFRESH_USER, SERVICE_ACCOUNT,
+                          OAuth2Server)
+
+DOMAIN = "example.test"
+SENDER = "sender@remote.test"
+USERS = {"alice@" + DOMAIN: "alice-pw", "bob@" + DOMAIN: "bob-pw"}
+M365_SCOPE = "https://outlook.office365.com/.default"
+GOOGLE_SCOPE = "https://mail.google.com/"
+
+
+@contextlib.contextmanager
+def servers(lifetime=3600):
+    """(Dovecot with the oauth2 passdbs, the authorization server), both running."""
+    require_dovecot()
+    with OAuth2Server(lifetime=lifetime) as az:
+        oauth2 = {"introspect_url": az.introspect_url,
+                  "introspect_app_url": az.introspect_app_url, "ca_file": az.ca_file}
+        with DovecotServer(users=USERS, quotas={}, oauth2=oauth2) as dc:
+            yield dc, az
+
+
+def secret_file(dc, name, text, mode=0o600):
+    path = os.path.join(dc.tmpdir, name)
+    with open(path, "w") as f:
+        f.write(text + "\n")
+    os.chmod(path, mode)
+    return path
+
+
+def backend(dc, az, grant, mechanism="xoauth2", name="inbox", **opts):
+    """libconfig text of an imap backend logging in to each mailbox with an OAuth2 token."""
+    s = {"driver": "imap", "url": "imap://127.0.0.1:%d" % dc.imap_port, "ca_file": dc.ca_file,
+         "login_mode": "user", "user": "%{user}@%{domain}", "auth_mechanism": mechanism,
+         "oauth2_grant": grant, "oauth2_ca_file": az.ca_file,
+         # generous: under valgrind the first TLS handshake alone can take seconds
+         "oauth2_timeout": "30s"}
+    if grant in ("client_credentials", "refresh_token"):
+        s.update(oauth2_token_url=az.token_url, oauth2_client_id=CLIENT_ID,
+                 oauth2_client_secret_file=secret_file(dc, "client.secret", CLIENT_SECRET))
+    if grant == "client_credentials":
+        s["oauth2_scope"] = M365_SCOPE
+    if grant == "refresh_token":
+        s["oauth2_refresh_token_file"] = secret_file(dc, "refresh.token", az.refresh_token)
+    if grant == "jwt_bearer":
+        s.update(oauth2_key_file=az.service_account_file, oauth2_scope=GOOGLE_SCOPE)
+    s.update(opts)
+    return "%s: { %s };" % (name, " ".join("%s = %s;" % (k, conf_value(v)) for k, v in s.items()))
+
+
+def gateway(backends, route_to="inbox", **kw):
+    return Lmtpgw(backends=backends, routes=[("*@" + DOMAIN, [route_to])], **kw)
+
+
+def message(subject="oauth2"):
+    return (b"From: <%s>\r\nTo: <x@%s>\r\nSubject: %s\r\nMessage-ID: <%s.%s@t>\r\n\r\nhello\r\n"
+            % (SENDER.encode(), DOMAIN.encode(), subject.encode(), subject.encode(),
+               os.urandom(4).hex().encode()))
+
+
+def deliver(gw, rcpt, subject="oauth2"):
+    """One message to one recipient over its own LMTP session; the reply after DATA."""
+    c = gw.session()
+    try:
+        expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        expect(c.cmd("RCPT TO:<%s>" % rcpt), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send(message(subject) + b".\r\n")
+        r = c.reply()
+        c.cmd("QUIT")
+        return r
+    finally:
+        c.close()
+
+
+def token_for(az, data):
+    ctx = ssl.create_default_context(cafile=az.ca_file)
+    req = urllib.request.Request(az.token_url, data=urllib.parse.urlencode(data).encode())
+    return json.loads(urllib.request.urlopen(req, context=ctx, timeout=10).read())
+
+
+def dovecot_logins(dc, user, method):
+    time.sleep(0.3)
+    return [l for l in dc.log().splitlines()
+            if "imap-login: Info: Login: user=<%s>" % user in l and "method=%s" % method in l]
+
+
+def no_secrets(gw, *secrets):
+    log = gw.log()
+    for s in secrets:
+        assert s and s not in log, "a secret appears in lmtpgw's log"
+
+
+# --- one delivery per grant and mechanism ------------------------------------------------------
+
+def test_oauth2_client_credentials_xoauth2_one_token_for_every_mailbox():
+    with servers() as (dc, az):
+        # debug logging: not even there may a secret or a token appear
+        with gateway(backend(dc, az, "client_credentials"), debug=True) as gw:
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            expect(deliver(gw, "bob@" + DOMAIN), 250, "2.0.0")
+            # the app-only token serves every mailbox: one request
+            assert az.token_requests("client_credentials", "ok") == 1, az.stats()
+            assert dovecot_logins(dc, "bob@" + DOMAIN, "XOAUTH2"), dc.log()[-2000:]
+            no_secrets(gw, CLIENT_SECRET, *az.stats()["tokens"])
+        assert dc.count("alice@" + DOMAIN) == 1
+        assert dc.count("bob@" + DOMAIN) == 1
+
+
+def test_oauth2_refresh_token_oauthbearer():
+    with servers() as (dc, az):
+        with gateway(backend(dc, az, "refresh_token", "oauthbearer")) as gw:
+            expect(deliver(gw, REFRESH_USER), 250, "2.0.0")
+            assert az.token_requests("refresh_token", "ok") == 1, az.stats()
+            assert dovecot_logins(dc, REFRESH_USER, "OAUTHBEARER"), dc.log()[-2000:]
+            # the token is the account's: another mailbox refuses it, and that is never a bounce
+            expect(deliver(gw, "bob@" + DOMAIN), 451, "4.7.0")
+            no_secrets(gw, CLIENT_SECRET, az.refresh_token)
+        assert dc.count(REFRESH_USER) == 1
+        assert dc.count("bob@" + DOMAIN) == 0
+
+
+def test_oauth2_jwt_bearer_token_per_mailbox_subject():
+    with servers() as (dc, az):
+        with gateway(backend(dc, az, "jwt_bearer")) as gw:
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            expect(deliver(gw, "bob@" + DOMAIN), 250, "2.0.0")
+            expect(deliver(gw, "bob@" + DOMAIN), 250, "2.0.0")
+            # one token per subject (domain-wide delegation: sub = the mailbox)
+            assert az.token_requests(JWT_BEARER, "ok") == 2, az.stats()
+            assert az.token_requests(JWT_BEARER, "failed") == 0, az.log()
+            with open(az.service_account_file) as f:
+                key = json.load(f)["private_key"]
+            no_secrets(gw, key.splitlines()[1])
+        assert dc.count("alice@" + DOMAIN) == 1
+        assert dc.count("bob@" + DOMAIN) == 2
+
+
+def test_oauth2_token_file_reread_when_it_changes():
+    with servers() as (dc, az):
+        cc = {"grant_type": "client_credentials", "client_id": CLIENT_ID,
+              "client_secret": CLIENT_SECRET, "scope": M365_SCOPE}
+        path = secret_file(dc, "access.token", token_for(az, cc)["access_token"])
+        # max_idle 0: every delivery logs in (a pooled connection stays logged in)
+        with gateway(backend(dc, az, "token_file", oauth2_token_file=path, max_idle=0)) as gw:
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            # the program that keeps the file renews it after the server stopped taking
+            # the old token: lmtpgw reads the new one
+            az.revoke_all()
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            new = token_for(az, cc)["access_token"]
+            tmp = path + ".new"
+            with open(tmp, "w") as f:
+                f.write(new + "\n")
+            os.chmod(tmp, 0o600)
+            os.rename(tmp, path)
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            no_secrets(gw, new)
+        assert dc.count("alice@" + DOMAIN) == 2
+
+
+# --- the cache: expiry, revocation, endpoint down, one refresh for many ------------------------
+
+def test_oauth2_token_expiring_mid_run_is_refreshed_before_it_expires():
+    # 4 s tokens: lmtpgw replaces each after 3 s (a quarter of its lifetime early); every
+    # delivery logs in anew (max_idle 0), and none may fail while tokens come and go.
+    with servers(lifetime=4) as (dc, az):
+        with gateway(backend(dc, az, "client_credentials", max_idle=0)) as gw:
+            replies = []
+            until = time.monotonic() + 12      # three lifetimes
+            while time.monotonic() < until or len(replies) < 6:
+                replies.append(deliver(gw, "alice@" + DOMAIN))
+                time.sleep(0.3)
+            for r in replies:
+                expect(r, 250, "2.0.0")
+            n = az.token_requests("client_credentials", "ok")
+            # at least one per lifetime that passed (slower under valgrind: fewer deliveries)
+            assert 2 <= n <= 6, "%d token requests in 12 s of 4 s tokens: %s" % (n, az.stats())
+            # and none used after it expired: Dovecot refused no token (the user passdb's
+            # "did not match" for an app token is expected: the app passdb takes it)
+            refused = [l for l in dc.log().splitlines()
+                       if "oauth2 failed" in l and "did not match" not in l]
+            assert not refused, "\n".join(refused)
+        assert dc.count("alice@" + DOMAIN) == len(replies)
+
+
+def test_oauth2_revoked_token_refreshed_once_then_451():
+    with servers() as (dc, az):
+        with gateway(backend(dc, az, "client_credentials", max_idle=0)) as gw:
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            assert az.token_requests() == 1
+            # the cached token is revoked: the login is refused, one new token, delivered
+            az.revoke_all()
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            assert az.token_requests() == 2, az.stats()
+            # every token refused from now on: one refresh, then 451 4.7.0 (never a bounce)
+            az.revoke_all()
+            az.set(revoke_new=True)
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            assert az.token_requests() == 3, "refreshed more than once: %s" % az.stats()
+        assert dc.count("alice@" + DOMAIN) == 2
+
+
+def test_oauth2_token_endpoint_down_451_and_breaker():
+    with servers() as (dc, az):
+        be = backend(dc, az, "client_credentials", breaker_failures=2, breaker_cooloff="60s")
+        port = free_port()
+        with gateway(be, config={"metrics_listen": "127.0.0.1:%d" % port}) as gw:
+            az.set(mode="down")               # 503 from the token endpoint
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            az.kill()                          # nothing listening any more
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            # two failures in a row: the breaker holds the backend down, at RCPT already
+            c = gw.session()
+            expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+            expect(c.cmd("RCPT TO:<alice@%s>" % DOMAIN), 451, "4.4.1")
+            c.close()
+            metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port,
+                                             timeout=5).read().decode()
+            assert re.search(r'lmtpgw_oauth2_token_requests_total\{backend="inbox",'
+                             r'result="failed"\} 2\b', metrics), metrics
+            assert 'lmtpgw_backend_up{backend="inbox"} 0' in metrics, metrics
+            assert "event=backend_down backend=inbox" in gw.log()
+            no_secrets(gw, CLIENT_SECRET)
+        assert dc.count("alice@" + DOMAIN) == 0
+
+
+def test_oauth2_token_endpoint_refusing_is_451_not_a_bounce():
+    with servers() as (dc, az):
+        with gateway(backend(dc, az, "client_credentials")) as gw:
+            az.set(mode="refuse")             # 400 invalid_client, as for a revoked secret
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            assert az.token_requests("client_credentials", "failed") == 1
+            az.set(mode="ok")
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+
+
+def _concurrent(gw, n, rcpt):
+    replies = [None] * n
+    start = threading.Barrier(n)
+
+    def one(i):
+        start.wait()
+        replies[i] = deliver(gw, rcpt, subject="c%d" % i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return replies
+
+
+def test_oauth2_32_concurrent_deliveries_share_one_token_request():
+    with servers() as (dc, az):
+        # 32 workers, each delivery alone (multiappend 1) on its own login (max_idle 0); the
+        # token endpoint answers slowly, so every worker asks while the request is in flight
+        be = backend(dc, az, "client_credentials", concurrency=32, multiappend=1, max_idle=0)
+        with gateway(be, config={"max_connections_per_client": 100}) as gw:
+            az.set(delay_ms=1000)
+            for r in _concurrent(gw, 32, "alice@" + DOMAIN):
+                expect(r, 250, "2.0.0")
+            assert az.token_requests() == 1, "a stampede: %s" % az.stats()
+            # all refused at once (revoked): one refresh for all of them
+            az.revoke_all()
+            for r in _concurrent(gw, 32, "alice@" + DOMAIN):
+                expect(r, 250, "2.0.0")
+            assert az.token_requests() == 2, "a stampede on refresh: %s" % az.stats()
+            no_secrets(gw, CLIENT_SECRET, *az.stats()["tokens"])
+        assert dc.count("alice@" + DOMAIN) == 64
+
+
+# --- check --probe and route -------------------------------------------------------------------
+
+def test_oauth2_probe_gets_a_token_and_logs_in_route_names_the_identity():
+    with servers() as (dc, az):
+        be = backend(dc, az, "jwt_bearer", login="alice@" + DOMAIN)
+        gw = gateway(be)
+        p = subprocess.run([binary(), "-c", gw.conf_path, "check", "--probe"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "OAuth2 token obtained, login ok as alice@example.test" in p.stdout + p.stderr, \
+            p.stdout + p.stderr
+        assert az.token_requests(JWT_BEARER, "ok") == 1
+        p = subprocess.run([binary(), "-c", gw.conf_path, "route", "bob@" + DOMAIN],
+                           capture_output=True, text=True, timeout=60)
+        out = p.stdout + p.stderr
+        assert "auth=xoauth2" in out and "sub=bob@example.test" in out and \
+            "iss=%s" % SERVICE_ACCOUNT in out, out
+        # a refusing endpoint fails the probe, saying so
+        az.set(mode="refuse")
+        p = subprocess.run([binary(), "-c", gw.conf_path, "check", "--probe"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and "OAuth2 token request failed" in p.stdout + p.stderr, \
+            p.stdout + p.stderr
+
+
+# --- webhook bearer ----------------------------------------------------------------------------
+
+def test_oauth2_webhook_bearer_checked_by_the_receiver():
+    from webhook_receiver import Receiver
+    with OAuth2Server() as az:
+        ctx = ssl.create_default_context(cafile=az.ca_file)
+
+        def check(req):
+            # the receiver asks the authorization server whether the token is good (RFC 7662)
+            auth = req.headers.get("Authorization", "")
+            if not auth.startswith("Bearer "):
+                return {"status": 401}
+            q = urllib.request.Request(az.introspect_app_url,
+                                       data=urllib.parse.urlencode({"token": auth[7:]}).encode())
+            ok = json.loads(urllib.request.urlopen(q, context=ctx, timeout=10).read())["active"]
+            return {"status": 200 if ok else 401}
+
+        d = os.path.join(az.dir, "conf")
+        os.mkdir(d)
+        secret = os.path.join(d, "client.secret")
+        with open(secret, "w") as f:
+            f.write(CLIENT_SECRET + "\n")
+        os.chmod(secret, 0o600)
+        with Receiver(rule=check) as r:
+            s = {"driver": "webhook", "url": r.url, "allow_http": True,
+                 "oauth2_grant": "client_credentials", "oauth2_token_url": az.token_url,
+                 "oauth2_client_id": CLIENT_ID, "oauth2_client_secret_file": secret,
+                 "oauth2_scope": "api://receiver/.default", "oauth2_ca_file": az.ca_file,
+                 "oauth2_timeout": "30s"}
+            be = "hook: { %s };" % " ".join("%s = %s;" % (k, conf_value(v)) for k, v in s.items())
+            with gateway(be, route_to="hook") as gw:
+                expect(deliver(gw, "alice@" + DOMAIN), 250)
+                expect(deliver(gw, "bob@" + DOMAIN), 250)
+                assert az.token_requests("client_credentials", "ok") == 1, az.stats()
+                assert all(q.headers.get("Authorization", "").startswith("Bearer ")
+                           for q in r.requests)
+            # a gateway with no token yet and the token endpoint down: 451 4.7.0, no request
+            az.set(mode="down")
+            before = len(r.requests)
+            with gateway(be, route_to="hook") as gw:
+                expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+                assert len(r.requests) == before
+                no_secrets(gw, CLIENT_SECRET)
