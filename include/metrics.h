@@ -61,6 +61,8 @@ void metrics_backend_down(const char *backend, bool down);
 void metrics_best_effort_failure(const char *backend);
 /* A fallback backend stored the message of a target on backend that failed. */
 void metrics_fallback_delivery(const char *backend, const char *fallback);
+/* backend gets its tokens from an OAuth2 token source (its counters are shown from now on). */
+void metrics_oauth2_configured(const char *backend);
 /* One request to an OAuth2 token endpoint for backend: a token obtained, or not. */
 void metrics_oauth2_token_request(const char *backend, bool ok);
 void metrics_deliveries_in_flight(int delta);

@@ -242,6 +242,12 @@ void metrics_backend_down(const char *backend, bool down)
 	atomic_store(&row_for(backend)->down, down);
 }
 
+void metrics_oauth2_configured(const char *backend)
+{
+	/* From the start, as zeros: an alert on increase() then sees the first failure. */
+	atomic_store(&row_for(backend)->oauth2_used, true);
+}
+
 void metrics_oauth2_token_request(const char *backend, bool ok)
 {
 	struct backend_row *r = row_for(backend);

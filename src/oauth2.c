@@ -163,7 +163,7 @@ struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const
 			goto fail;
 		secret_free(&t);
 		src->token_file = strdup(set->token_file);
-		return src;
+		return src; /* no token endpoint: no requests to count */
 	case OAUTH2_GRANT_CLIENT_CREDENTIALS:
 	case OAUTH2_GRANT_REFRESH_TOKEN:
 		if (set->client_id == NULL || set->token_url == NULL) {
@@ -221,6 +221,7 @@ struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const
 	src->http = http_client_new(&ho, error_r, error_size);
 	if (src->http == NULL)
 		goto fail;
+	metrics_oauth2_configured(backend);
 	return src;
 fail:
 	oauth2_source_free(&src);
