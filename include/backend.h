@@ -69,6 +69,8 @@ struct target {
 	/* out: this failure is another target's (one lost connection or request for a whole
 	 * batch), so the circuit breaker counts the event once, not once a recipient */
 	bool same_failure;
+	/* out: not stored again, an earlier attempt stored it (dedupe.h) */
+	bool duplicate;
 };
 
 struct backend_driver {
@@ -115,6 +117,11 @@ struct backend_driver {
 	 * one after another (where their timeouts would add up). Runs on the loop thread: quick,
 	 * no I/O. */
 	int (*request_key)(void *state, const struct target *target, char *key, size_t size);
+	/* Optional: the mailbox a target's copy goes to (a Maildir directory, an IMAP user and
+	 * folder) as text into key, for the memory of stored copies (dedupe.h): a retry of the same
+	 * content for the same recipient and mailbox then counts as stored, with no second copy.
+	 * Runs in a worker before deliver(); quick, no I/O. 0: written; -1: no memory for it. */
+	int (*dedupe_key)(void *state, const struct target *target, char *key, size_t size);
 	/* Default of `concurrency` for this driver; 0: the common default (8). */
 	unsigned default_concurrency;
 };

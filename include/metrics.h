@@ -35,6 +35,8 @@ void metrics_recipient_result(const struct status *reply);
 /* One target finished on a backend, with its latency. */
 void metrics_target_result(const char *backend, const struct status *st, double seconds);
 void metrics_backend_down(const char *backend, bool down);
+/* A retry answered from the memory of stored copies, with no second copy (dedupe.h). */
+void metrics_duplicate_suppressed(const char *backend);
 void metrics_deliveries_in_flight(int delta);
 
 /* The whole exposition text into a malloc'd buffer (for tests and the HTTP handler). */

@@ -19,6 +19,7 @@
 
 #include <event2/event.h>
 
+#include "dedupe.h"
 #include "format.h"
 #include "log.h"
 #include "metrics.h"
@@ -358,6 +359,8 @@ static void target_finished(struct dispatch *d, size_t ti)
 				      (double)(now.tv_sec - d->started.tv_sec) +
 					      (double)(now.tv_nsec - d->started.tv_nsec) / 1e9);
 	}
+	if (t->duplicate)
+		metrics_duplicate_suppressed(b->name);
 	if (!t->same_failure)
 		breaker_account(d->rt->backends[d->target_backend[ti]], &t->status);
 	d->rcpt_pending[ri]--;
@@ -399,8 +402,9 @@ static void job_run(struct pool_job *pj)
 	struct dispatch_job *job = (struct dispatch_job *)pj;
 	struct dispatch *d = job->dispatch;
 
-	job->backend->inst->driver->deliver(job->backend->state, &d->delivery,
-					    d->targets + job->first, job->count);
+	/* Through the memory of stored copies: a retry stores no second copy (dedupe.h). */
+	dedupe_deliver(d->rt->dedupe, job->backend->inst, job->backend->state, &d->delivery,
+		       d->targets + job->first, job->count);
 }
 
 static void job_done(struct pool_job *pj)

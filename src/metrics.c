@@ -30,6 +30,7 @@ struct backend_row {
 	atomic_ullong count;
 	atomic_ullong micros_sum;
 	atomic_bool down;
+	atomic_ullong duplicates;          /* retries answered from the dedupe memory */
 };
 
 static struct {
@@ -124,6 +125,11 @@ void metrics_target_result(const char *backend, const struct status *st, double 
 void metrics_backend_down(const char *backend, bool down)
 {
 	atomic_store(&row_for(backend)->down, down);
+}
+
+void metrics_duplicate_suppressed(const char *backend)
+{
+	atomic_fetch_add_explicit(&row_for(backend)->duplicates, 1, memory_order_relaxed);
 }
 
 void metrics_deliveries_in_flight(int delta)
@@ -224,6 +230,15 @@ char *metrics_render(size_t *len_r)
 		for (int i = 0; i < 3; i++)
 			put(&t, "lmtpgw_backend_results_total{backend=\"%s\",result=\"%s\"} %llu\n",
 			    r->name, results[i], (unsigned long long)LOAD(r->results[i]));
+	}
+	put(&t, "# HELP lmtpgw_duplicates_suppressed_total Retries of a copy already stored, "
+		"answered without a second copy.\n"
+		"# TYPE lmtpgw_duplicates_suppressed_total counter\n");
+	for (size_t b = 0; b <= METRICS_BACKENDS_MAX; b++) {
+		struct backend_row *r = &m.backends[b];
+		if (atomic_load_explicit(&r->used, memory_order_acquire))
+			put(&t, "lmtpgw_duplicates_suppressed_total{backend=\"%s\"} %llu\n", r->name,
+			    (unsigned long long)LOAD(r->duplicates));
 	}
 	put(&t, "# HELP lmtpgw_backend_up 0 while the circuit breaker holds the backend down.\n"
 		"# TYPE lmtpgw_backend_up gauge\n");

@@ -1073,6 +1073,23 @@ static void imap_deliver(void *state, const struct delivery *delivery, struct ta
 		deliver_one(state, delivery, &targets[i]);
 }
 
+/* The account and folder a target's copy goes to (as resolved before delivery: a fallback to
+ * INBOX keys by the folder meant): with the recipient and the content, what the memory of
+ * stored copies is keyed by (dedupe.h). */
+static int imap_dedupe_key(void *state, const struct target *t, char *key, size_t size)
+{
+	struct imap_state *st = state;
+	char user[256], folder[512];
+	const char *error;
+	bool detail_refused;
+
+	if (folder_of(st, t->rcpt, &t->vars, folder, sizeof(folder), &detail_refused, &error) < 0 ||
+	    template_expand(st->user_tmpl, &t->vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0)
+		return -1;
+	int n = snprintf(key, size, "imap %s:%s\n%s\n%s", st->ep.host, st->ep.port, user, folder);
+	return n > 0 && (size_t)n < size ? 0 : -1;
+}
+
 static bool imap_uses_sha256(void *state)
 {
 	struct imap_state *st = state;
@@ -1211,6 +1228,7 @@ const struct backend_driver backend_imap = {
 	.uses_sha256 = imap_uses_sha256,
 	.probe = imap_probe,
 	.explain = imap_explain,
+	.dedupe_key = imap_dedupe_key,
 	/* Deliveries queued behind a folder's MULTIAPPEND wait in their worker without a
 	 * connection: more workers make bigger batches across more mailboxes (W2 of
 	 * docs/performance.md: 0.63x Dovecot LMTP with 8, 0.91x with 32). */
