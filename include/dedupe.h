@@ -24,7 +24,8 @@
  * the delivery goes ahead as without it (a duplicate is better than a loss) and a warning is
  * logged (at most once a minute).
  *
- * Threads: dedupe_deliver() runs in a backend's worker thread; one mutex guards the connection.
+ * Threads: dedupe_deliver() runs in a backend's worker thread. Lookups and writes have a
+ * connection each (a lookup never waits for a commit); writes are group-committed.
  * The database is opened on first use, i.e. in a worker after privileges were dropped.
  */
 #ifndef LMTPGW_DEDUPE_H

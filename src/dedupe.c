@@ -31,15 +31,33 @@
 #define DEDUPE_RETRY_S 60            /* after a failure to open: try again (and warn) this late */
 #define DEDUPE_PRUNE_S 3600          /* prune rows past the TTL at most this often */
 
+/* One connection: lookups have their own and the writes theirs, so a lookup never waits for
+ * a commit (WAL readers do not block on the writer). */
+struct dedupe_conn {
+	pthread_mutex_t lock;        /* guards everything in this struct */
+	sqlite3 *db;
+	sqlite3_stmt *stmt[2];       /* reader: lookup; writer: record, prune */
+	time_t next_open;            /* after a failure: not before */
+};
+
+/* Rows of one delivery call waiting to be written (see record()). */
+struct pending {
+	struct pending *next;
+	unsigned char (*keys)[DEDUPE_KEY_SIZE];
+	const struct target *targets;
+	const size_t *which;
+	size_t n;
+};
+
 struct dedupe {
 	char *path;
 	long long ttl_s;
-	pthread_mutex_t lock;        /* guards everything below */
-	sqlite3 *db;
-	sqlite3_stmt *lookup, *record, *prune;
-	time_t next_open;            /* after a failure: not before */
+	struct dedupe_conn reader, writer;
+	pthread_mutex_t queue_lock;  /* guards queue */
+	struct pending *queue;
+	pthread_mutex_t warn_lock;   /* guards next_warn */
 	time_t next_warn;
-	time_t next_prune;
+	time_t next_prune;           /* writer.lock */
 };
 
 struct dedupe *dedupe_new(const char *path, long long ttl_ms)
@@ -51,19 +69,22 @@ struct dedupe *dedupe_new(const char *path, long long ttl_ms)
 		return NULL;
 	}
 	dd->ttl_s = ttl_ms / 1000 > 0 ? ttl_ms / 1000 : 1;
-	pthread_mutex_init(&dd->lock, NULL);
+	pthread_mutex_init(&dd->reader.lock, NULL);
+	pthread_mutex_init(&dd->writer.lock, NULL);
+	pthread_mutex_init(&dd->queue_lock, NULL);
+	pthread_mutex_init(&dd->warn_lock, NULL);
 	return dd;
 }
 
-static void disconnect(struct dedupe *dd)
+static void disconnect(struct dedupe_conn *c)
 {
-	sqlite3_finalize(dd->lookup);
-	sqlite3_finalize(dd->record);
-	sqlite3_finalize(dd->prune);
-	dd->lookup = dd->record = dd->prune = NULL;
-	if (dd->db != NULL)
-		sqlite3_close(dd->db);
-	dd->db = NULL;
+	for (size_t i = 0; i < 2; i++) {
+		sqlite3_finalize(c->stmt[i]);
+		c->stmt[i] = NULL;
+	}
+	if (c->db != NULL)
+		sqlite3_close(c->db);
+	c->db = NULL;
 }
 
 void dedupe_free(struct dedupe **ddp)
@@ -73,28 +94,36 @@ void dedupe_free(struct dedupe **ddp)
 	if (dd == NULL)
 		return;
 	*ddp = NULL;
-	disconnect(dd);
-	pthread_mutex_destroy(&dd->lock);
+	disconnect(&dd->reader);
+	disconnect(&dd->writer);
+	pthread_mutex_destroy(&dd->reader.lock);
+	pthread_mutex_destroy(&dd->writer.lock);
+	pthread_mutex_destroy(&dd->queue_lock);
+	pthread_mutex_destroy(&dd->warn_lock);
 	free(dd->path);
 	free(dd);
 }
 
-/* Under lock: a warning, at most once a minute, that deliveries go on without the memory. */
+/* A warning, at most once a minute, that deliveries go on without the memory. */
 static void warn_unavailable(struct dedupe *dd, const char *what, const char *error)
 {
 	time_t now = time(NULL);
 	char esc_path[LOG_ESC_SIZE], esc_err[LOG_ESC_SIZE];
 
-	if (now < dd->next_warn)
-		return;
-	dd->next_warn = now + DEDUPE_RETRY_S;
-	log_warn("event=dedupe_unavailable db=%s step=%s error=\"%s\" action=delivering_without_memory",
-		 log_esc(esc_path, dd->path), what, log_esc(esc_err, error));
+	pthread_mutex_lock(&dd->warn_lock);
+	bool warn = now >= dd->next_warn;
+	if (warn)
+		dd->next_warn = now + DEDUPE_RETRY_S;
+	pthread_mutex_unlock(&dd->warn_lock);
+	if (warn)
+		log_warn("event=dedupe_unavailable db=%s step=%s error=\"%s\" "
+			 "action=delivering_without_memory",
+			 log_esc(esc_path, dd->path), what, log_esc(esc_err, error));
 }
 
-/* Under lock: open the database and prepare the statements, unless it is open or failed
- * recently. true when usable. */
-static bool connect_locked(struct dedupe *dd)
+/* Under c->lock: open the database and prepare the connection's statements, unless it is open
+ * or failed recently. true when usable. */
+static bool connect_locked(struct dedupe *dd, struct dedupe_conn *c, bool writer)
 {
 	static const char schema[] =
 		"PRAGMA journal_mode=WAL;"
@@ -102,44 +131,45 @@ static bool connect_locked(struct dedupe *dd)
 		"CREATE TABLE IF NOT EXISTS delivered (key BLOB PRIMARY KEY, at INTEGER NOT NULL,"
 		" ref TEXT NOT NULL) WITHOUT ROWID;"
 		"CREATE INDEX IF NOT EXISTS delivered_at ON delivered(at);";
+	static const char *const sql[2][2] = {
+		{ "SELECT ref FROM delivered WHERE key = ?1 AND at >= ?2", NULL },
+		{ "INSERT OR REPLACE INTO delivered (key, at, ref) VALUES (?1, ?2, ?3)",
+		  "DELETE FROM delivered WHERE at < ?1" },
+	};
 	time_t now = time(NULL);
 	const char *step = "open";
 
-	if (dd->db != NULL)
+	if (c->db != NULL)
 		return true;
-	if (now < dd->next_open)
+	if (now < c->next_open)
 		return false;
 	/* Create the file ourselves so it is 0600 (it names mailboxes); SQLite gives its WAL and
 	 * shared-memory files the same mode. */
 	int fd = open(dd->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0) {
-		dd->next_open = now + DEDUPE_RETRY_S;
+		c->next_open = now + DEDUPE_RETRY_S;
 		warn_unavailable(dd, step, strerror(errno));
 		return false;
 	}
 	close(fd);
-	if (sqlite3_open_v2(dd->path, &dd->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+	if (sqlite3_open_v2(dd->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
 	    SQLITE_OK)
 		goto fail;
-	sqlite3_busy_timeout(dd->db, DEDUPE_BUSY_MS);
+	sqlite3_busy_timeout(c->db, DEDUPE_BUSY_MS);
 	step = "schema";
-	if (sqlite3_exec(dd->db, schema, NULL, NULL, NULL) != SQLITE_OK)
+	if (sqlite3_exec(c->db, schema, NULL, NULL, NULL) != SQLITE_OK)
 		goto fail;
 	step = "prepare";
-	if (sqlite3_prepare_v2(dd->db, "SELECT ref FROM delivered WHERE key = ?1 AND at >= ?2", -1,
-			       &dd->lookup, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(dd->db,
-			       "INSERT OR REPLACE INTO delivered (key, at, ref) VALUES (?1, ?2, ?3)",
-			       -1, &dd->record, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(dd->db, "DELETE FROM delivered WHERE at < ?1", -1, &dd->prune,
-			       NULL) != SQLITE_OK)
-		goto fail;
-	dd->next_prune = now; /* prune at the first write */
+	for (size_t i = 0; i < 2; i++) {
+		if (sql[writer][i] != NULL &&
+		    sqlite3_prepare_v2(c->db, sql[writer][i], -1, &c->stmt[i], NULL) != SQLITE_OK)
+			goto fail;
+	}
 	return true;
 fail:
-	warn_unavailable(dd, step, dd->db != NULL ? sqlite3_errmsg(dd->db) : "out of memory");
-	disconnect(dd);
-	dd->next_open = now + DEDUPE_RETRY_S;
+	warn_unavailable(dd, step, c->db != NULL ? sqlite3_errmsg(c->db) : "out of memory");
+	disconnect(c);
+	c->next_open = now + DEDUPE_RETRY_S;
 	return false;
 }
 
@@ -173,80 +203,107 @@ out:
 /* 1: stored before (its reference in ref), 0: not known, -1: the memory failed. */
 static int lookup(struct dedupe *dd, const unsigned char *key, char *ref, size_t ref_size)
 {
+	struct dedupe_conn *c = &dd->reader;
 	int ret = -1;
 
-	pthread_mutex_lock(&dd->lock);
-	if (!connect_locked(dd))
+	pthread_mutex_lock(&c->lock);
+	if (!connect_locked(dd, c, false))
 		goto out;
-	sqlite3_reset(dd->lookup);
-	sqlite3_bind_blob(dd->lookup, 1, key, DEDUPE_KEY_SIZE, SQLITE_STATIC);
-	sqlite3_bind_int64(dd->lookup, 2, (sqlite3_int64)(time(NULL) - dd->ttl_s));
-	int r = sqlite3_step(dd->lookup);
+	sqlite3_stmt *st = c->stmt[0];
+	sqlite3_bind_blob(st, 1, key, DEDUPE_KEY_SIZE, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)(time(NULL) - dd->ttl_s));
+	int r = sqlite3_step(st);
 	if (r == SQLITE_ROW) {
-		const unsigned char *text = sqlite3_column_text(dd->lookup, 0);
+		const unsigned char *text = sqlite3_column_text(st, 0);
 		snprintf(ref, ref_size, "%s", text != NULL ? (const char *)text : "");
 		ret = 1;
 	} else if (r == SQLITE_DONE) {
 		ret = 0;
 	} else {
-		warn_unavailable(dd, "lookup", sqlite3_errmsg(dd->db));
+		warn_unavailable(dd, "lookup", sqlite3_errmsg(c->db));
 	}
-	sqlite3_reset(dd->lookup);
-	sqlite3_clear_bindings(dd->lookup);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
 out:
-	pthread_mutex_unlock(&dd->lock);
+	pthread_mutex_unlock(&c->lock);
 	return ret;
 }
 
-/* Remember the stored targets of one delivery call in one transaction (one WAL write). */
-static void record(struct dedupe *dd, unsigned char (*keys)[DEDUPE_KEY_SIZE],
-		   const struct target *targets, const size_t *which, size_t n)
+/* Under writer.lock: every queued row in one transaction (one WAL append, one set of locks),
+ * then the hourly prune. */
+static void write_rows(struct dedupe *dd, struct pending *rows)
 {
+	struct dedupe_conn *c = &dd->writer;
 	time_t now = time(NULL);
 	const char *step = "record";
 
-	if (n == 0)
+	if (!connect_locked(dd, c, true))
 		return;
-	pthread_mutex_lock(&dd->lock);
-	if (!connect_locked(dd))
-		goto out;
-	if (n > 1 && sqlite3_exec(dd->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+	if (sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
 		goto fail;
-	for (size_t k = 0; k < n; k++) {
-		const struct target *t = &targets[which[k]];
-		sqlite3_reset(dd->record);
-		sqlite3_bind_blob(dd->record, 1, keys[which[k]], DEDUPE_KEY_SIZE, SQLITE_STATIC);
-		sqlite3_bind_int64(dd->record, 2, (sqlite3_int64)now);
-		sqlite3_bind_text(dd->record, 3, t->ref, -1, SQLITE_STATIC);
-		int r = sqlite3_step(dd->record);
-		sqlite3_reset(dd->record);
-		sqlite3_clear_bindings(dd->record);
-		if (r != SQLITE_DONE) {
-			if (n > 1)
-				sqlite3_exec(dd->db, "ROLLBACK", NULL, NULL, NULL);
-			goto fail;
+	for (struct pending *p = rows; p != NULL; p = p->next) {
+		for (size_t k = 0; k < p->n; k++) {
+			sqlite3_stmt *st = c->stmt[0];
+			sqlite3_bind_blob(st, 1, p->keys[p->which[k]], DEDUPE_KEY_SIZE, SQLITE_STATIC);
+			sqlite3_bind_int64(st, 2, (sqlite3_int64)now);
+			sqlite3_bind_text(st, 3, p->targets[p->which[k]].ref, -1, SQLITE_STATIC);
+			int r = sqlite3_step(st);
+			sqlite3_reset(st);
+			sqlite3_clear_bindings(st);
+			if (r != SQLITE_DONE) {
+				sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+				goto fail;
+			}
 		}
 	}
-	if (n > 1 && sqlite3_exec(dd->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-		sqlite3_exec(dd->db, "ROLLBACK", NULL, NULL, NULL);
+	if (sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+		sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
 		goto fail;
 	}
 	if (now >= dd->next_prune) {
 		/* Rows past the TTL are ignored by lookups already; this only bounds the file. */
 		dd->next_prune = now + DEDUPE_PRUNE_S;
 		step = "prune";
-		sqlite3_reset(dd->prune);
-		sqlite3_bind_int64(dd->prune, 1, (sqlite3_int64)(now - dd->ttl_s));
-		int r = sqlite3_step(dd->prune);
-		sqlite3_reset(dd->prune);
+		sqlite3_bind_int64(c->stmt[1], 1, (sqlite3_int64)(now - dd->ttl_s));
+		int r = sqlite3_step(c->stmt[1]);
+		sqlite3_reset(c->stmt[1]);
 		if (r != SQLITE_DONE)
 			goto fail;
 	}
-	goto out;
+	return;
 fail:
-	warn_unavailable(dd, step, sqlite3_errmsg(dd->db));
-out:
-	pthread_mutex_unlock(&dd->lock);
+	warn_unavailable(dd, step, sqlite3_errmsg(c->db));
+}
+
+/*
+ * Remember the stored targets of one delivery call; returns once they are written (or the
+ * write failed). Group commit: a commit costs about the same for one row as for ten, and
+ * concurrent deliveries finish together (the Maildir directory fsyncs are grouped too). So
+ * each caller queues its rows, then takes the writer: whoever holds it writes everything
+ * queued so far in one transaction. A caller that finds the queue empty once it holds the
+ * writer had its rows written by the one before it, which took them while holding the writer
+ * and released it only after the commit.
+ */
+static void record(struct dedupe *dd, unsigned char (*keys)[DEDUPE_KEY_SIZE],
+		   const struct target *targets, const size_t *which, size_t n)
+{
+	struct pending me = { .keys = keys, .targets = targets, .which = which, .n = n };
+
+	if (n == 0)
+		return;
+	pthread_mutex_lock(&dd->queue_lock);
+	me.next = dd->queue;
+	dd->queue = &me;
+	pthread_mutex_unlock(&dd->queue_lock);
+
+	pthread_mutex_lock(&dd->writer.lock);
+	pthread_mutex_lock(&dd->queue_lock);
+	struct pending *rows = dd->queue;
+	dd->queue = NULL;
+	pthread_mutex_unlock(&dd->queue_lock);
+	if (rows != NULL)
+		write_rows(dd, rows);
+	pthread_mutex_unlock(&dd->writer.lock);
 }
 
 void dedupe_deliver(struct dedupe *dd, const struct backend_instance *inst, void *state,
