@@ -270,3 +270,29 @@ def test_webhook_event_id_per_recipient_is_stable_across_a_partial_retry():
         assert ids1["bob@" + DOMAIN] != ids1["alice@" + DOMAIN]
         assert second.headers["webhook-id"] == ids2["alice@" + DOMAIN]
         assert re.fullmatch(r"msg_[0-9a-f]{64}", ids1["bob@" + DOMAIN])
+
+
+def test_imap_search_always_no_second_copy_through_two_instances():
+    """Two instances that share no memory (as on two hosts): with dedupe = true and
+    dedupe_search = "always", the second instance searches the folder for the copy's
+    X-Lmtpgw-Id before appending, finds the first instance's copy and answers 250 without a
+    second APPEND."""
+    require_dovecot()
+    with DovecotServer() as dc:
+        block = imap_block(dc, dedupe=True, dedupe_search="always")
+        first = Lmtpgw(backends=block, routes=[("*@" + DOMAIN, ["inbox"])])
+        second = Lmtpgw(backends=block, routes=[("*@" + DOMAIN, ["inbox"])])
+        content = message("two-hosts")
+        rcpt = "alice@" + DOMAIN
+        with first, second:
+            expect(send_lmtp(first, [rcpt], content)[0], 250, "2.0.0")
+            assert dc.count("alice") == 1
+            r = send_lmtp(second, [rcpt], content)[0]
+            expect(r, 250, "2.0.0")
+            assert "already stored" in str(r), r
+            assert dc.count("alice") == 1, second.log()[-3000:]
+            assert second.grep(r"event=delivery .* targets=\"inbox:250:2\.0\.0:user=alice "
+                               r"folder=INBOX uid=\d+ dedupe=found")
+            # another message is searched for, not found, and appended
+            expect(send_lmtp(second, [rcpt], message("two-hosts-2"))[0], 250, "2.0.0")
+            assert dc.count("alice") == 2
