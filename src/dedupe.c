@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -149,6 +150,17 @@ static bool connect_locked(struct dedupe *dd, struct dedupe_conn *c, bool writer
 	if (fd < 0) {
 		c->next_open = now + DEDUPE_RETRY_S;
 		warn_unavailable(dd, step, strerror(errno));
+		return false;
+	}
+	/* Whoever can write the memory can make lmtpgw answer 250 for mail it never stored:
+	 * refuse a file that others may write, as secret files are refused. */
+	struct stat sb;
+	if (fstat(fd, &sb) < 0 || (sb.st_mode & (S_IWGRP | S_IWOTH)) != 0 ||
+	    sb.st_uid != geteuid()) {
+		close(fd);
+		c->next_open = now + DEDUPE_RETRY_S;
+		warn_unavailable(dd, step, "the file must belong to lmtpgw's user and not be "
+					   "writable by group or others");
 		return false;
 	}
 	close(fd);

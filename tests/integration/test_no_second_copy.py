@@ -296,3 +296,24 @@ def test_imap_search_always_no_second_copy_through_two_instances():
             # another message is searched for, not found, and appended
             expect(send_lmtp(second, [rcpt], message("two-hosts-2"))[0], 250, "2.0.0")
             assert dc.count("alice") == 2
+
+
+def test_memory_writable_by_others_is_not_used():
+    """Whoever can write the memory can make lmtpgw answer 250 for mail it never stored: a
+    dedupe_db file writable by group or others is refused (warning, mail delivered as without
+    it), even when it holds the row that would suppress the copy."""
+    gw = Lmtpgw()
+    db = os.path.join(gw.dir, "dedupe.sqlite")
+    gw.config["dedupe_db"] = db
+    gw.write_config()
+    with gw:
+        content = message("planted")
+        expect(send_lmtp(gw, ["erin@" + DOMAIN], content)[0], 250, "2.0.0")
+        assert maildir_count(gw, "erin") == 1
+        os.chmod(db, 0o666)
+        gw.stop()
+        gw.start()
+        expect(send_lmtp(gw, ["erin@" + DOMAIN], content)[0], 250, "2.0.0")
+        gw.wait_log(r"event=dedupe_unavailable .*not be writable by group or others")
+        assert maildir_count(gw, "erin") == 2
+        assert "duplicate=suppressed" not in gw.log()
