@@ -21,12 +21,13 @@ BUILD    ?= build
 SANITIZE ?=
 VALGRIND ?=
 
-PKGS     := libevent libevent_pthreads libevent_openssl libconfig openssl libcurl jansson libetpan libmicrohttpd
+PKGS     := libevent libevent_pthreads libevent_openssl libconfig openssl libcurl jansson libetpan libmicrohttpd sqlite3
 TEST_PKGS := criterion
 
 # Debian packages the build and the tests need (make deps installs the missing ones).
 DEB_BUILD := build-essential pkg-config dpkg-dev libevent-dev libconfig-dev libssl-dev \
-             libcurl4-gnutls-dev libjansson-dev libetpan-dev libsasl2-modules libmicrohttpd-dev
+             libcurl4-gnutls-dev libjansson-dev libetpan-dev libsasl2-modules libmicrohttpd-dev \
+             libsqlite3-dev
 DEB_TEST  := libcriterion-dev swaks postfix dovecot-imapd dovecot-lmtpd python3 valgrind nodejs python3-botocore clang libclang-rt-14-dev \
              chromium prometheus rsyslog debhelper lintian fakeroot python3-cryptography
 

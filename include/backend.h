@@ -73,6 +73,8 @@ struct target {
 	 * (an OAuth2 token that cannot be had: 451 4.7.0 like a refused login, but no user of
 	 * the backend can log in): the circuit breaker counts it. */
 	bool backend_failure;
+	/* out: not stored again, an earlier attempt stored it (dedupe.h) */
+	bool duplicate;
 };
 
 /* What a RCPT-time verification knows of the transaction besides the recipient (copied, so a
@@ -131,6 +133,11 @@ struct backend_driver {
 	 * one after another (where their timeouts would add up). Runs on the loop thread: quick,
 	 * no I/O. */
 	int (*request_key)(void *state, const struct target *target, char *key, size_t size);
+	/* Optional: the mailbox a target's copy goes to (a Maildir directory, an IMAP user and
+	 * folder) as text into key, for the memory of stored copies (dedupe.h): a retry of the same
+	 * content for the same recipient and mailbox then counts as stored, with no second copy.
+	 * Runs in a worker before deliver(); quick, no I/O. 0: written; -1: no memory for it. */
+	int (*dedupe_key)(void *state, const struct target *target, char *key, size_t size);
 	/* Default of `concurrency` for this driver; 0: the common default (8). */
 	unsigned default_concurrency;
 };

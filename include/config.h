@@ -71,6 +71,8 @@ struct config {
 	long long delivery_deadline_ms;
 	long long spool_memory_max;
 	char *spool_dir;
+	char *dedupe_db;               /* memory of stored copies (dedupe.h); NULL: none */
+	long long dedupe_ttl_ms;
 	char *subaddress_separator;
 	bool lowercase_local_part;
 	bool delivered_to;

@@ -65,6 +65,8 @@ void metrics_fallback_delivery(const char *backend, const char *fallback);
 void metrics_oauth2_configured(const char *backend);
 /* One request to an OAuth2 token endpoint for backend: a token obtained, or not. */
 void metrics_oauth2_token_request(const char *backend, bool ok);
+/* A retry answered from the memory of stored copies, with no second copy (dedupe.h). */
+void metrics_duplicate_suppressed(const char *backend);
 void metrics_deliveries_in_flight(int delta);
 /* The backends of the configuration now serving (at start and after each reload, on the loop
  * thread): begin, then one call per backend; fresh = opened anew (its breaker is closed). */

@@ -47,6 +47,7 @@ struct runtime {
 	struct config *cfg;                /* a reference: the settings of this runtime */
 	struct backend_runtime **backends; /* cfg->backend_count, in cfg->backends order */
 	bool need_sha256;                  /* some backend uses the content digest */
+	struct dedupe *dedupe;             /* memory of stored copies (dedupe_db), or NULL */
 	size_t kept, opened;               /* across the reload that built it (for the log) */
 };
 

@@ -98,6 +98,12 @@ const struct conf_key config_global_keys[] = {
 	  "message bytes kept in memory before the spool moves to an unlinked file in spool_dir" },
 	{ "spool_dir", CONF_STRING, offsetof(struct config, spool_dir), "/tmp", 1, 0,
 	  "directory for the unlinked temporary files of large messages" },
+	{ "dedupe_db", CONF_STRING, offsetof(struct config, dedupe_db), NULL, 1, 0,
+	  "SQLite file remembering the copies stored in Maildirs and IMAP mailboxes, so an MTA's "
+	  "retry of the same message for the same recipient stores no second copy; unset: off" },
+	{ "dedupe_ttl", CONF_DURATION, offsetof(struct config, dedupe_ttl_ms), "5d", 60000,
+	  90LL * 86400000, "how long dedupe_db remembers a stored copy (Postfix retries for "
+	  "maximal_queue_lifetime, 5d)" },
 	{ "subaddress_separator", CONF_STRING, offsetof(struct config, subaddress_separator), "+", 1,
 	  0, "characters that split local+detail in a recipient (each one is a separator)" },
 	{ "lowercase_local_part", CONF_BOOL, offsetof(struct config, lowercase_local_part), "true", 1,

@@ -25,6 +25,7 @@
 
 #include <event2/event.h>
 
+#include "dedupe.h"
 #include "format.h"
 #include "log.h"
 #include "metrics.h"
@@ -484,6 +485,8 @@ static void count_result(struct dispatch *d, unsigned b, const struct target *t)
 	metrics_target_result(d->cfg->backends[b].name, &t->status,
 			      (double)(now.tv_sec - d->started.tv_sec) +
 				      (double)(now.tv_nsec - d->started.tv_nsec) / 1e9);
+	if (t->duplicate)
+		metrics_duplicate_suppressed(d->cfg->backends[b].name);
 	if (!t->same_failure)
 		breaker_account(d->rt->backends[b], &t->status, t->backend_failure);
 }
@@ -547,8 +550,10 @@ static void fallback_job_run(struct pool_job *pj)
 {
 	struct fallback_job *job = (struct fallback_job *)pj;
 
-	job->backend->inst->driver->deliver(job->backend->state, &job->dispatch->delivery,
-					    job->targets, job->count);
+	/* A fallback (a Maildir quarantine) also remembers what it stored: no second copy when
+	 * the MTA retries a recipient that another target deferred (dedupe.h). */
+	dedupe_deliver(job->dispatch->rt->dedupe, job->backend->inst, job->backend->state,
+		       &job->dispatch->delivery, job->targets, job->count);
 }
 
 static void fallback_job_done(struct pool_job *pj)
@@ -632,8 +637,9 @@ static void job_run(struct pool_job *pj)
 	struct dispatch_job *job = (struct dispatch_job *)pj;
 	struct dispatch *d = job->dispatch;
 
-	job->backend->inst->driver->deliver(job->backend->state, &d->delivery,
-					    d->targets + job->first, job->count);
+	/* Through the memory of stored copies: a retry stores no second copy (dedupe.h). */
+	dedupe_deliver(d->rt->dedupe, job->backend->inst, job->backend->state, &d->delivery,
+		       d->targets + job->first, job->count);
 }
 
 static void job_done(struct pool_job *pj)

@@ -47,6 +47,7 @@ struct backend_row {
 	atomic_ullong best_effort_failures; /* recipients whose best-effort target here failed */
 	atomic_bool oauth2_used;
 	atomic_ullong oauth2_requests[2];  /* token endpoint requests: ok, failed */
+	atomic_ullong duplicates;          /* retries answered from the dedupe memory */
 };
 
 /* Messages a fallback stored for a failed target: one row per (backend, fallback) pair. */
@@ -256,6 +257,11 @@ void metrics_oauth2_token_request(const char *backend, bool ok)
 	atomic_fetch_add_explicit(&r->oauth2_requests[ok ? 0 : 1], 1, memory_order_relaxed);
 }
 
+void metrics_duplicate_suppressed(const char *backend)
+{
+	atomic_fetch_add_explicit(&row_for(backend)->duplicates, 1, memory_order_relaxed);
+}
+
 void metrics_deliveries_in_flight(int delta)
 {
 	atomic_fetch_add_explicit(&m.in_flight, delta, memory_order_relaxed);
@@ -396,6 +402,15 @@ char *metrics_render(size_t *len_r)
 			put(&t, "lmtpgw_oauth2_token_requests_total{backend=\"%s\",result=\"%s\"} %llu\n",
 			    r->name, i == 0 ? "ok" : "failed",
 			    (unsigned long long)LOAD(r->oauth2_requests[i]));
+	}
+	put(&t, "# HELP lmtpgw_duplicates_suppressed_total Retries of a copy already stored, "
+		"answered without a second copy.\n"
+		"# TYPE lmtpgw_duplicates_suppressed_total counter\n");
+	for (size_t b = 0; b <= METRICS_BACKENDS_MAX; b++) {
+		struct backend_row *r = &m.backends[b];
+		if (atomic_load_explicit(&r->used, memory_order_acquire))
+			put(&t, "lmtpgw_duplicates_suppressed_total{backend=\"%s\"} %llu\n", r->name,
+			    (unsigned long long)LOAD(r->duplicates));
 	}
 	put(&t, "# HELP lmtpgw_backend_up 0 while the circuit breaker holds the backend down.\n"
 		"# TYPE lmtpgw_backend_up gauge\n");

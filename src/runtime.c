@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "dedupe.h"
 #include "metrics.h"
 #include "pool.h"
 
@@ -168,6 +169,15 @@ struct runtime *runtime_open(struct config *cfg, const struct runtime *previous,
 		const struct backend_runtime *br = rt->backends[i];
 		if (br->inst->driver->uses_sha256 == NULL || br->inst->driver->uses_sha256(br->state))
 			rt->need_sha256 = true;
+		/* The memory of stored copies is keyed by the content digest. Opened on first use,
+		 * in a worker: `check` and `-n` create no file, and the file is made by the user
+		 * lmtpgw serves as. */
+		if (cfg->dedupe_db != NULL && cfg->dedupe_db[0] != '\0' &&
+		    br->inst->driver->dedupe_key != NULL) {
+			rt->need_sha256 = true;
+			if (rt->dedupe == NULL)
+				rt->dedupe = dedupe_new(cfg->dedupe_db, cfg->dedupe_ttl_ms);
+		}
 	}
 	return rt;
 }
@@ -191,6 +201,7 @@ void runtime_unref(struct runtime **rtp)
 	for (size_t i = rt->cfg->backend_count; i-- > 0;)
 		backend_runtime_unref(&rt->backends[i]);
 	free(rt->backends);
+	dedupe_free(&rt->dedupe);
 	config_unref(&rt->cfg);
 	free(rt);
 }

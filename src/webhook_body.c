@@ -12,6 +12,7 @@
 #include "base64.h"
 #include "manifest.h"
 #include "mime_json.h"
+#include "webhook_sign.h"
 
 /* A growable string for the in-memory formats and the multipart framing; one failed
  * allocation marks it failed and later additions do nothing. */
@@ -84,7 +85,33 @@ static void trace_prefix(const struct delivery *d, struct target *const *targets
 		b->prefix_len = sizeof(b->prefix) - 1;
 }
 
-/* The envelope as compact JSON (manifest.h), or NULL. */
+/* "event_ids": {"rcpt": "msg_..."}: each recipient's own event id, the webhook-id a request
+ * for that recipient alone carries (webhook_event_id over the content digest and the one
+ * address). A request covers a set of recipients and its webhook-id changes with the set: when
+ * the MTA retries only the recipients that were deferred, the receiver still recognises each
+ * recipient's event by this id (issue 16). */
+static int add_event_ids(json_t *env, const struct delivery *d, struct target *const *targets,
+			 size_t n)
+{
+	json_t *ids = json_object();
+
+	if (ids == NULL)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		const char *rcpt = targets[i]->rcpt->rcpt;
+		char id[WEBHOOK_ID_SIZE];
+		if (webhook_event_id(d->sha256, &rcpt, 1, id) < 0) {
+			json_decref(ids);
+			return -1;
+		}
+		/* An address jansson refuses as a key (never, once the parser validated it) is
+		 * left out rather than failing the request. */
+		json_object_set_new(ids, rcpt, json_string(id));
+	}
+	return json_object_set_new(env, "event_ids", ids);
+}
+
+/* The envelope as compact JSON (manifest.h) with the recipients' event ids, or NULL. */
 static char *envelope_text(const struct delivery *d, struct target *const *targets, size_t n)
 {
 	struct target *copy = calloc(n, sizeof(*copy));
@@ -95,7 +122,7 @@ static char *envelope_text(const struct delivery *d, struct target *const *targe
 	for (size_t i = 0; i < n; i++)
 		copy[i] = *targets[i];
 	json_t *env = manifest_build(d, copy, n);
-	if (env != NULL)
+	if (env != NULL && add_event_ids(env, d, targets, n) == 0)
 		text = json_dumps(env, JSON_COMPACT);
 	json_decref(env);
 	free(copy);

@@ -39,6 +39,8 @@ enum master_kind { MASTER_AUTO, MASTER_SASL, MASTER_DOVECOT };
 static const char *const master_formats[] = { "auto", "sasl", "dovecot", NULL };
 enum auth_kind { AUTH_PASSWORD, AUTH_XOAUTH2, AUTH_OAUTHBEARER };
 static const char *const auth_mechanisms[] = { "password", "xoauth2", "oauthbearer", NULL };
+enum search_kind { SEARCH_UNCERTAIN, SEARCH_ALWAYS };
+static const char *const dedupe_searches[] = { "uncertain", "always", NULL };
 
 struct imap_settings {
 	char *url;
@@ -63,6 +65,7 @@ struct imap_settings {
 	bool verify_recipients;
 	long long verify_cache;
 	bool dedupe;
+	int dedupe_search;             /* enum search_kind */
 	long long timeout;
 	long long idle_timeout;
 	long long max_idle;
@@ -124,6 +127,10 @@ static const struct conf_key imap_keys[] = {
 	{ "dedupe", CONF_BOOL, offsetof(struct imap_settings, dedupe), "false", 1, 0,
 	  "add an X-Lmtpgw-Id header; after an APPEND of unknown outcome, search for it before "
 	  "appending the same message again" },
+	{ "dedupe_search", CONF_ENUM, offsetof(struct imap_settings, dedupe_search), "uncertain", 0,
+	  0, "with dedupe: search for the X-Lmtpgw-Id before an APPEND only after an APPEND of "
+	  "unknown outcome (uncertain), or before every APPEND (always: no second copy through "
+	  "instances that share no dedupe_db, at one search per message)", dedupe_searches },
 	{ "timeout", CONF_DURATION, offsetof(struct imap_settings, timeout), "30s", 1000, 600000,
 	  "budget of one delivery attempt (connect, login, APPEND, ...) and per-read/write "
 	  "timeout" },
@@ -302,6 +309,10 @@ static int imap_open(const void *settings, const char *instance_name, void **sta
 		text[strcspn(text, "\r\n")] = '\0';
 		st->password = text;
 		st->login = strdup(set->login);
+	}
+	if (set->dedupe_search == SEARCH_ALWAYS && !set->dedupe) {
+		snprintf(error_r, error_size, "dedupe_search = \"always\" needs dedupe = true");
+		goto fail;
 	}
 	if (compile(set->user, "user", &st->user_tmpl, error_r, error_size) < 0 ||
 	    compile(set->folder, "folder", &st->folder_tmpl, error_r, error_size) < 0 ||
@@ -626,6 +637,14 @@ static bool uncertain_get(struct imap_state *st, const char *id)
 	return hit;
 }
 
+/* Search the mailbox for this id before appending it? After an APPEND of unknown outcome, or
+ * always (dedupe_search): another instance, with no memory shared with this one, may have
+ * stored it. */
+static bool must_search(struct imap_state *st, const char *id)
+{
+	return id[0] != '\0' && (st->set.dedupe_search == SEARCH_ALWAYS || uncertain_get(st, id));
+}
+
 /* Did the server refuse the folder rather than the message or the moment? Quota, size and
  * "try again later" answers are kept: INBOX would get the same, or the folder may work later. */
 static bool folder_refused(const struct imap_append_result *res)
@@ -726,13 +745,13 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 	if (id[0]) {
 		uint32_t uid = 0;
 		const char *found_in = folder;
-		int found = uncertain_get(st, id)
+		int found = must_search(st, id)
 				    ? imapconn_find_header(conn, folder, "X-Lmtpgw-Id", id, &uid, reason,
 							   sizeof(reason))
 				    : 0;
 		/* The earlier attempt may have gone to INBOX by fallback_to_inbox (the folder was
 		 * refused): look there too, or its copy would be stored again. */
-		if (found != 1 && uncertain_get(st, id) && st->set.fallback_to_inbox &&
+		if (found != 1 && must_search(st, id) && st->set.fallback_to_inbox &&
 		    strcasecmp(folder, "INBOX") != 0 && !imapconn_broken(conn)) {
 			found_in = "INBOX";
 			found = imapconn_find_header(conn, "INBOX", "X-Lmtpgw-Id", id, &uid, reason,
@@ -741,6 +760,7 @@ static void deliver_single(struct imap_state *st, const struct delivery *d, stru
 		if (found == 1) {
 			/* The earlier attempt did store it: do not store it twice. */
 			uncertain_set(st, id, false);
+			t->duplicate = true; /* counted with the memory's (dedupe.h) */
 			status_must(&t->status, 250, "2.0.0", "already stored (%s uid %u)", st->name, uid);
 			snprintf(t->ref, sizeof(t->ref), "user=%s folder=%s uid=%u dedupe=found", user,
 				 found_in, uid);
@@ -1145,7 +1165,7 @@ static void deliver_one(struct imap_state *st, const struct delivery *d, struct 
 		size_t prefix_len = build_prefix(st, d, t, user, folder, prefix, sizeof(prefix), id);
 		struct spool_view view;
 		/* An APPEND of unknown outcome is searched for first: that one goes alone. */
-		if (!(id[0] && uncertain_get(st, id)) &&
+		if (!must_search(st, id) &&
 		    prefix_len + spool_size(d->spool) <= BATCH_MESSAGE_MAX &&
 		    spool_view_prefixed(d->spool, prefix, prefix_len, &view) == 0) {
 			bool done = append_batched(st, identity, user, folder, &view, d->received, t,
@@ -1163,6 +1183,23 @@ static void imap_deliver(void *state, const struct delivery *delivery, struct ta
 {
 	for (size_t i = 0; i < count; i++)
 		deliver_one(state, delivery, &targets[i]);
+}
+
+/* The account and folder a target's copy goes to (as resolved before delivery: a fallback to
+ * INBOX keys by the folder meant): with the recipient and the content, what the memory of
+ * stored copies is keyed by (dedupe.h). */
+static int imap_dedupe_key(void *state, const struct target *t, char *key, size_t size)
+{
+	struct imap_state *st = state;
+	char user[256], folder[512];
+	const char *error;
+	bool detail_refused;
+
+	if (folder_of(st, t->rcpt, &t->vars, folder, sizeof(folder), &detail_refused, &error) < 0 ||
+	    template_expand(st->user_tmpl, &t->vars, TEMPLATE_RAW, user, sizeof(user), &error) < 0)
+		return -1;
+	int n = snprintf(key, size, "imap %s:%s\n%s\n%s", st->ep.host, st->ep.port, user, folder);
+	return n > 0 && (size_t)n < size ? 0 : -1;
 }
 
 static bool imap_uses_sha256(void *state)
@@ -1344,6 +1381,7 @@ const struct backend_driver backend_imap = {
 	.uses_sha256 = imap_uses_sha256,
 	.probe = imap_probe,
 	.explain = imap_explain,
+	.dedupe_key = imap_dedupe_key,
 	/* Deliveries queued behind a folder's MULTIAPPEND wait in their worker without a
 	 * connection: more workers make bigger batches across more mailboxes (W2 of
 	 * docs/performance.md: 0.63x Dovecot LMTP with 8, 0.91x with 32). */

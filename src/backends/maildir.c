@@ -647,6 +647,15 @@ static int maildir_verify(void *state, const struct recipient *rcpt,
 	return 0;
 }
 
+/* The Maildir (folder included) a target's copy goes to: with the recipient and the content,
+ * what the memory of stored copies is keyed by (dedupe.h). */
+static int maildir_dedupe_key(void *state, const struct target *t, char *key, size_t size)
+{
+	const char *error;
+
+	return target_dir(state, t, key, size, &error);
+}
+
 static bool maildir_uses_sha256(void *state)
 {
 	return template_uses(((struct maildir_state *)state)->path, "sha256");
@@ -710,5 +719,6 @@ const struct backend_driver backend_maildir = {
 	.uses_sha256 = maildir_uses_sha256,
 	.probe = maildir_probe,
 	.explain = maildir_explain,
+	.dedupe_key = maildir_dedupe_key,
 	.batch = true,
 };
