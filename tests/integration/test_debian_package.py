@@ -37,8 +37,8 @@ import subprocess
 import tempfile
 import time
 
-from harness import (ROOT, SLOW, VALGRIND, SANITIZED, Client, Skip, expect, free_port,
-                     shared_tmp_base)
+from harness import (ROOT, SLOW, VALGRIND, SANITIZED, Client, RealServerMissing, Skip, expect,
+                     free_port, shared_tmp_base)
 
 PACKAGE = "lmtpgw"
 # What goes into the package: a .deb newer than all of these is up to date.
@@ -319,7 +319,8 @@ def test_debian_package_build_install_upgrade_purge():
         raise Skip("installs a package with dpkg: needs root")
     for tool in ("dpkg-buildpackage", "dh", "setpriv"):
         if shutil.which(tool) is None:
-            raise Skip("no %s (apt-get install dpkg-dev debhelper util-linux)" % tool)
+            raise RealServerMissing("debian-package",
+                                    "no %s (apt-get install dpkg-dev debhelper util-linux)" % tool)
     deb = build_package()
     check_lintian(deb)
     if installed():

@@ -25,7 +25,7 @@ def run_as_user(name=RUN_AS):
     try:
         return debpkg.system_user(name, user_group=True)
     except debpkg.Unavailable as e:
-        raise RealServerMissing("mta", str(e))
+        raise RealServerMissing("lmtp-clients", str(e))
 
 
 def gateway(run_as=RUN_AS):

@@ -267,6 +267,9 @@ def test_installed_production_example_serves():
     os.mkdir(os.path.join(d, "run"))
     os.chown(os.path.join(d, "run"), uid, gid)
     sock_path = os.path.join(d, "run", "lmtp.sock")
+    # Like the unit's StateDirectory, for the memory of stored copies.
+    os.mkdir(os.path.join(d, "state"))
+    os.chown(os.path.join(d, "state"), uid, gid)
     port, mport = free_port(), free_port()
     conf = production_copy(
         d,
@@ -275,7 +278,8 @@ def test_installed_production_example_serves():
            r'^user = .*$': 'user = "%s";' % run_user,
            r'^group = .*$': 'group = "%s";' % run_group,
            r'^metrics_listen = .*$': 'metrics_listen = "127.0.0.1:%d";' % mport,
-           r'^    path = .*$': '    path = "%s/%%{domain}/%%{local}";' % mail})
+           r'^    path = .*$': '    path = "%s/%%{domain}/%%{local}";' % mail,
+           r'^dedupe_db = .*$': 'dedupe_db = "%s/state/dedupe.sqlite";' % d})
     # The key must be readable after the privilege drop (SIGHUP re-reads it as `user`).
     for f in ("server.crt", "server.key"):
         os.chown(os.path.join(d, f), uid, gid)

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 
-from harness import Lmtpgw, Skip, SLOW, expect, binary, free_port, shared_tmp_base
+from harness import Lmtpgw, RealServerMissing, SLOW, expect, binary, free_port, shared_tmp_base
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 
@@ -59,7 +59,7 @@ mail.* action(type="omfile" file="%(dir)s/mail.log" template="plain")
 
     def start(self):
         if not os.access(RSYSLOGD, os.X_OK):
-            raise Skip("no rsyslogd (apt-get install rsyslog)")
+            raise RealServerMissing("rsyslog", "no rsyslogd (apt-get install rsyslog)")
         self.err = open(os.path.join(self.dir, "rsyslogd.err"), "ab")
         self.proc = subprocess.Popen([RSYSLOGD, "-n", "-f", self.conf, "-i", self.pidfile],
                                      stdin=subprocess.DEVNULL, stdout=self.err, stderr=self.err)
