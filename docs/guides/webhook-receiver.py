@@ -11,7 +11,10 @@ It is the "helpdesk" of conf/examples/api-bridge.conf (format = "json", mode = "
     is paused (the MTA retries that recipient later), 550 for a queue that does not exist (the MTA
     bounces that recipient);
   - drops duplicates by webhook-id: a retried request gets the answer of the first one, and no
-    second ticket is opened.
+    second ticket is opened;
+  - answers lmtpgw's recipient checks (verify_url = ".../verify", a POST of type
+    "recipient.verify" at RCPT time) with the same rules, opening nothing: 550 5.1.1 for a queue
+    that does not exist, 452 4.2.2 for a paused one, 250 otherwise.
 
 python3 standard library only. Run it behind TLS (--tls-cert/--tls-key, or a reverse proxy):
 
@@ -86,15 +89,27 @@ class Helpdesk:
                        "message": base64.b64encode(message).decode()}, f)
         return {"rcpt": rcpt, "code": 250, "status": "2.0.0", "text": "ticket %d" % number}
 
+    def check(self, rcpt):
+        """A recipient check at RCPT time: the verdict without opening a ticket."""
+        local = rcpt.split("@", 1)[0]
+        state = QUEUES.get(local.split("+", 1)[1] if "+" in local else "general")
+        if state is None:
+            return {"rcpt": rcpt, "code": 550, "status": "5.1.1", "text": "no such queue"}
+        if state != "open":
+            return {"rcpt": rcpt, "code": 452, "status": "4.2.2", "text": "queue paused"}
+        return {"rcpt": rcpt, "code": 250, "status": "2.1.5", "text": "queue open"}
+
     def handle(self, headers, body):
         """(HTTP status, JSON answer) for one POST."""
         if not verify(self.keys, headers, body):
             return 401, {"text": "bad signature"}
+        doc = json.loads(body)
+        if doc.get("type") == "recipient.verify":          # verify_url: nothing to remember
+            return 200, {"results": [self.check(doc["recipient"]["address"])]}
         with self.lock:
             msg_id = headers["webhook-id"]
             if msg_id in self.seen:           # a retry of a request we already answered
                 return 200, self.seen[msg_id]
-            doc = json.loads(body)
             envelope, message = doc["envelope"], base64.b64decode(doc["message"])
             answer = {"results": [self.verdict(r, envelope, message)
                                   for r in envelope["targets"]]}

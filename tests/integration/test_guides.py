@@ -252,12 +252,30 @@ def test_api_bridge_recipe():
             assert tickets(d) == ["ticket-1.json"], tickets(d)
             ids = re.findall(r":id=(msg_[0-9a-f]{64}) http=200", gw.log())
             assert len(ids) >= 2 and len(set(ids)) == 1, ids
+        # Section 6: verify_url added to the helpdesk block; the unknown queue is refused at
+        # RCPT and the message goes out for the other recipient only.
+        text = bridge_config(d, port, ca, key)
+        block = 'url = "https://127.0.0.1:%d/api/inbound-mail";' % port
+        assert block in text, text
+        text = text.replace(block, block + '\n    verify_url = "https://127.0.0.1:%d/api/inbound-mail/verify";'
+                            '\n    verify_timeout = "3s";\n    verify_on_error = "accept";' % port)
+        gw = gateway(text)
+        with gw:
+            cmd6 = guide_commands("api-bridge.md", "--protocol LMTP")[1]
+            assert "tickets+nosuch@" in cmd6, cmd6
+            out = run_swaks(cmd6, gw.port, d, [("ticket.eml", msg)])
+            assert re.search(r"^<\*\* +550 5\.1\.1 <tickets\+nosuch@example\.test> no such queue",
+                             out, re.M), out
+            assert [c for c, _ in final_replies(out)] == [250], out
+            assert "ticket 2" in final_replies(out)[0][1], out
+            assert tickets(d) == ["ticket-1.json", "ticket-2.json"], tickets(d)
+            assert gw.grep(r"event=refused stage=rcpt .*rcpt=<tickets\+nosuch@example\.test>"), gw.log()
         # lmtpgw with another secret than the receiver's: 401, every recipient 451 4.7.0
         gw = gateway(bridge_config(d, port, ca, "whsec_" + "QUFB" * 8 + "\n"))
         with gw:
             out = run_swaks(cmd, gw.port, d, [("ticket.eml", msg)])
             assert [(c, t[:5]) for c, t in final_replies(out)] == [(451, "4.7.0")] * 3, out
-            assert tickets(d) == ["ticket-1.json"], tickets(d)
+            assert tickets(d) == ["ticket-1.json", "ticket-2.json"], tickets(d)
     finally:
         recv.kill()
         recv.wait()
