@@ -20,6 +20,7 @@
 #include <strings.h>
 
 #include "format.h"
+#include "utf8.h"
 
 #define LABEL_MAX 63
 
@@ -58,46 +59,6 @@ static bool is_atext(unsigned char ch)
 	return is_let_dig(ch) || (ch != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", ch) != NULL);
 }
 
-/*
- * Length of the well-formed UTF-8 sequence at p (RFC 3629 section 4), or 0.
- *   UTF8-2 = %xC2-DF UTF8-tail
- *   UTF8-3 = %xE0 %xA0-BF UTF8-tail / %xE1-EC 2( UTF8-tail ) /
- *            %xED %x80-9F UTF8-tail / %xEE-EF 2( UTF8-tail )
- *   UTF8-4 = %xF0 %x90-BF 2( UTF8-tail ) / %xF1-F3 3( UTF8-tail ) / %xF4 %x80-8F 2( UTF8-tail )
- * The input is NUL-terminated and NUL is never a tail byte, so no read goes past the end.
- */
-static size_t utf8_sequence_length(const unsigned char *p)
-{
-	unsigned char lead = p[0];
-	unsigned char min = 0x80, max = 0xbf;
-	size_t len;
-
-	if (lead >= 0xc2 && lead <= 0xdf) {
-		len = 2;
-	} else if (lead >= 0xe0 && lead <= 0xef) {
-		len = 3;
-		if (lead == 0xe0)
-			min = 0xa0; /* overlong */
-		else if (lead == 0xed)
-			max = 0x9f; /* surrogates U+D800..DFFF */
-	} else if (lead >= 0xf0 && lead <= 0xf4) {
-		len = 4;
-		if (lead == 0xf0)
-			min = 0x90; /* overlong */
-		else if (lead == 0xf4)
-			max = 0x8f; /* above U+10FFFF */
-	} else {
-		return 0; /* ASCII, a stray tail byte, C0, C1 or F5..FF */
-	}
-	if (p[1] < min || p[1] > max)
-		return 0;
-	for (size_t i = 2; i < len; i++) {
-		if (p[i] < 0x80 || p[i] > 0xbf)
-			return 0;
-	}
-	return len;
-}
-
 /* Accept a non-ASCII sequence at the cursor when allowed; returns its length or 0 (error set). */
 static size_t take_utf8(struct cursor *c)
 {
@@ -107,7 +68,7 @@ static size_t take_utf8(struct cursor *c)
 		fail(c, "non-ASCII character in address");
 		return 0;
 	}
-	len = utf8_sequence_length(c->s + c->pos);
+	len = utf8_sequence_length(c->s + c->pos, strnlen((const char *)c->s + c->pos, 4));
 	if (len == 0) {
 		fail(c, "malformed UTF-8 in address");
 		return 0;

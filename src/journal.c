@@ -14,6 +14,7 @@
  * decoding of the envelope part (mailmime_part_parse) and its charset (charconv_buffer).
  */
 #include "journal.h"
+#include "utf8.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -205,39 +206,6 @@ static void cte_token(const struct mime_header *h, char *buf, size_t size)
 }
 
 /* --- the envelope text ---------------------------------------------------------------------- */
-
-static bool utf8_valid(const char *s, size_t len)
-{
-	const unsigned char *p = (const unsigned char *)s, *end = p + len;
-
-	while (p < end) {
-		unsigned char c = *p;
-		size_t n;
-		if (c < 0x80) {
-			p++;
-			continue;
-		} else if (c >= 0xc2 && c <= 0xdf) {
-			n = 1;
-		} else if (c >= 0xe0 && c <= 0xef) {
-			n = 2;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			n = 3;
-		} else {
-			return false;
-		}
-		if ((size_t)(end - p) <= n)
-			return false;
-		for (size_t i = 1; i <= n; i++) {
-			if ((p[i] & 0xc0) != 0x80)
-				return false;
-		}
-		if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0) ||
-		    (c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90))
-			return false;
-		p += n + 1;
-	}
-	return true;
-}
 
 /* The envelope part's text as UTF-8 (malloc'd, NUL-terminated): converted from its charset
  * when it names one libetpan's iconv knows, kept when already valid UTF-8, else read as

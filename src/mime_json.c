@@ -19,47 +19,10 @@
 #include <libetpan/libetpan.h>
 
 #include "base64.h"
+#include "utf8.h"
 
 #define MIME_JSON_MAX_HEADERS 1000
 #define MIME_JSON_MAX_DEPTH 32
-
-static bool utf8_valid(const char *s, size_t len)
-{
-	const unsigned char *p = (const unsigned char *)s, *end = p + len;
-
-	while (p < end) {
-		unsigned char c = *p;
-		size_t n;
-		if (c < 0x80) {
-			p++;
-			continue;
-		} else if (c >= 0xc2 && c <= 0xdf) {
-			n = 1;
-		} else if (c >= 0xe0 && c <= 0xef) {
-			n = 2;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			n = 3;
-		} else {
-			return false;
-		}
-		if ((size_t)(end - p) <= n)
-			return false;
-		for (size_t i = 1; i <= n; i++) {
-			if ((p[i] & 0xc0) != 0x80)
-				return false;
-		}
-		if (c == 0xe0 && p[1] < 0xa0)
-			return false; /* overlong */
-		if (c == 0xed && p[1] >= 0xa0)
-			return false; /* surrogates */
-		if (c == 0xf0 && p[1] < 0x90)
-			return false;
-		if (c == 0xf4 && p[1] >= 0x90)
-			return false;
-		p += n + 1;
-	}
-	return true;
-}
 
 /* ISO-8859-1 -> UTF-8 (malloc'd, NUL-terminated). */
 static char *latin1_to_utf8(const char *s, size_t len, size_t *len_r)
