@@ -9,8 +9,11 @@ process started by the MTA as an unprivileged user.
 """
 import os
 import re
+import socket
+import threading
 
-from harness import RealServerMissing, Lmtpgw, binary, cstr, require_postfix, split_trace
+from harness import (RealServerMissing, Lmtpgw, binary, cstr, require_postfix, shared_mkdtemp,
+                     split_trace)
 
 import debpkg
 
@@ -28,13 +31,43 @@ def run_as_user(name=RUN_AS):
         raise RealServerMissing("lmtp-clients", str(e))
 
 
+class SyslogSink:
+    """A syslog socket of the test's own: the recipes log with --syslog, and this machine may
+    have no /dev/log (then lmtpgw would say so on stderr, ahead of the reply lines the MTA
+    reads). Collects the datagrams; the MTA's user must be able to send to it."""
+
+    def __init__(self):
+        self.dir = shared_mkdtemp("deliver-syslog-")
+        self.path = os.path.join(self.dir, "log")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o666)
+        self.lines = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            self.lines.append(data.decode("utf-8", "replace"))
+
+    def text(self):
+        return "\n".join(self.lines)
+
+
 def gateway(run_as=RUN_AS):
     """An lmtpgw configuration (no daemon): alice, bob and the sender to Maildirs, carol to a
     Maildir under a file (451 4.3.0), ghost unrouted (550 5.1.1). The spool and the Maildirs
-    belong to the user the MTA runs the command as."""
+    belong to the user the MTA runs the command as; log lines go to a syslog socket of the
+    test's own (gw.syslog)."""
     pw = run_as_user(run_as)
+    sink = SyslogSink()
     gw = Lmtpgw(routes=[("carol@" + DOMAIN, ["broken"]), ("alice@" + DOMAIN, ["local"]),
-                        ("bob@" + DOMAIN, ["local"]), (SENDER, ["local"])])
+                        ("bob@" + DOMAIN, ["local"]), (SENDER, ["local"])],
+                config={"syslog_socket": sink.path})
+    gw.syslog = sink
     os.chmod(gw.dir, 0o755)
     blocker = os.path.join(gw.dir, "broken")
     with open(blocker, "w") as f:
@@ -89,6 +122,9 @@ def check_stored(gw, user, content, trailer=b"", mta_return_path=False):
     assert data.count(b"Return-Path: <%s>\r\n" % SENDER.encode()) == (
         2 if mta_return_path else 1), data[:600]
     assert b"\r\nSubject: " in data and b"\n\n" not in data.replace(b"\r\n", b""), data[:600]
+    # --syslog: the delivery line went to syslog as `lmtpgw[PID]`, not into the MTA's output
+    assert re.search(r"lmtpgw\[\d+\]: .*event=delivery .*rcpt=<%s@" % user, gw.syslog.text()), \
+        gw.syslog.text()[-2000:]
     return data
 
 
