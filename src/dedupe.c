@@ -122,6 +122,43 @@ static void warn_unavailable(struct dedupe *dd, const char *what, const char *er
 			 log_esc(esc_path, dd->path), what, log_esc(esc_err, error));
 }
 
+/* Whoever can write the memory can make lmtpgw answer 250 for mail it never stored, so the
+ * database, its -wal and -shm files (when they exist) and the directory holding them must be
+ * lmtpgw's alone: owned by our user (the directory may be root's), not writable by group or
+ * others, no symbolic links. NULL when so, else why not. */
+static const char *unsafe_files(const char *path)
+{
+	static const char *const suffixes[] = { "", "-wal", "-shm" };
+	char name[4096];
+	struct stat sb;
+
+	const char *slash = strrchr(path, '/');
+	if (slash == NULL)
+		snprintf(name, sizeof(name), ".");
+	else if (slash == path)
+		snprintf(name, sizeof(name), "/");
+	else
+		snprintf(name, sizeof(name), "%.*s", (int)(slash - path), path);
+	if (stat(name, &sb) < 0)
+		return "its directory cannot be read";
+	if ((sb.st_uid != geteuid() && sb.st_uid != 0) || (sb.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+		return "directory not lmtpgw's (or root's) or writable by group or others";
+	for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+		if ((size_t)snprintf(name, sizeof(name), "%s%s", path, suffixes[i]) >= sizeof(name))
+			return "the path is too long";
+		if (lstat(name, &sb) < 0) {
+			if (errno == ENOENT && i > 0)
+				continue;
+			return "the file cannot be read";
+		}
+		if (!S_ISREG(sb.st_mode) || sb.st_uid != geteuid() ||
+		    (sb.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+			return "file, -wal or -shm not a regular file of lmtpgw's or writable by group or "
+			       "others";
+	}
+	return NULL;
+}
+
 /* Under c->lock: open the database and prepare the connection's statements, unless it is open
  * or failed recently. true when usable. */
 static bool connect_locked(struct dedupe *dd, struct dedupe_conn *c, bool writer)
@@ -146,24 +183,20 @@ static bool connect_locked(struct dedupe *dd, struct dedupe_conn *c, bool writer
 		return false;
 	/* Create the file ourselves so it is 0600 (it names mailboxes); SQLite gives its WAL and
 	 * shared-memory files the same mode. */
-	int fd = open(dd->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	int fd = open(dd->path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0) {
 		c->next_open = now + DEDUPE_RETRY_S;
 		warn_unavailable(dd, step, strerror(errno));
 		return false;
 	}
-	/* Whoever can write the memory can make lmtpgw answer 250 for mail it never stored:
-	 * refuse a file that others may write, as secret files are refused. */
-	struct stat sb;
-	if (fstat(fd, &sb) < 0 || (sb.st_mode & (S_IWGRP | S_IWOTH)) != 0 ||
-	    sb.st_uid != geteuid()) {
-		close(fd);
+	close(fd);
+	/* Refused as secret files are refused (see unsafe_files). */
+	const char *why = unsafe_files(dd->path);
+	if (why != NULL) {
 		c->next_open = now + DEDUPE_RETRY_S;
-		warn_unavailable(dd, step, "the file must belong to lmtpgw's user and not be "
-					   "writable by group or others");
+		warn_unavailable(dd, step, why);
 		return false;
 	}
-	close(fd);
 	if (sqlite3_open_v2(dd->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
 	    SQLITE_OK)
 		goto fail;
@@ -186,16 +219,20 @@ fail:
 }
 
 /* The row key: SHA-256 over the fields, each length-prefixed so no two tuples encode alike. */
+/* The envelope sender is part of the key: a retry keeps it, while the same bytes sent again
+ * by another submission (a script or cron job feeding `lmtpgw deliver` a fixed template) may
+ * not, and must not be taken for a copy already stored. */
 static int make_key(const char *backend, const char *rcpt, const char *mailbox,
-		    const char *content_sha256, unsigned char key[DEDUPE_KEY_SIZE])
+		    const char *sender, const char *content_sha256,
+		    unsigned char key[DEDUPE_KEY_SIZE])
 {
-	const char *const fields[] = { backend, rcpt, mailbox, content_sha256 };
+	const char *const fields[] = { backend, rcpt, mailbox, sender, content_sha256 };
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	unsigned int len = 0;
 	int ret = -1;
 
 	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
-	    EVP_DigestUpdate(md, "lmtpgw-dedupe-v1\n", 17) != 1)
+	    EVP_DigestUpdate(md, "lmtpgw-dedupe-v2\n", 17) != 1)
 		goto out;
 	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
 		char head[32];
@@ -348,7 +385,7 @@ void dedupe_deliver(struct dedupe *dd, const struct backend_instance *inst, void
 		struct target *t = &targets[i];
 		char mailbox[DEDUPE_MAILBOX_MAX], original[sizeof(t->ref)];
 		if (usable && drv->dedupe_key(state, t, mailbox, sizeof(mailbox)) == 0 &&
-		    make_key(inst->name, t->rcpt->rcpt, mailbox, d->sha256, keys[i]) == 0) {
+		    make_key(inst->name, t->rcpt->rcpt, mailbox, d->sender, d->sha256, keys[i]) == 0) {
 			int found = lookup(dd, keys[i], original, sizeof(original));
 			if (found == 1) {
 				/* Stored by an earlier attempt: the retry counts as stored. */

@@ -487,7 +487,9 @@ static void count_result(struct dispatch *d, unsigned b, const struct target *t)
 				      (double)(now.tv_nsec - d->started.tv_nsec) / 1e9);
 	if (t->duplicate)
 		metrics_duplicate_suppressed(d->cfg->backends[b].name);
-	if (!t->same_failure)
+	/* A copy found in the memory of stored copies never reached the store: it says nothing
+	 * of the backend's health (retries of stored mail must not keep a down backend "up"). */
+	if (!t->same_failure && !t->duplicate)
 		breaker_account(d->rt->backends[b], &t->status, t->backend_failure);
 }
 

@@ -96,13 +96,13 @@ def answered_ok(rcv):
     return [i > 0 for i in range(len(rcv.requests))]
 
 
-def send_lmtp(gw, rcpts, content, read_replies=True):
+def send_lmtp(gw, rcpts, content, read_replies=True, sender=SENDER):
     """One LMTP transaction on a fresh connection; the post-DATA replies, or None when the
     client hangs up right after the final dot without reading them (a lost reply)."""
     c = Client.connect_tcp("127.0.0.1", gw.port)
     c.read_greeting()
     c.lhlo()
-    expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+    expect(c.cmd("MAIL FROM:<%s>" % sender), 250)
     for r in rcpts:
         expect(c.cmd("RCPT TO:<%s>" % r), 250)
     expect(c.cmd("DATA"), 354)
@@ -314,6 +314,101 @@ def test_memory_writable_by_others_is_not_used():
         gw.stop()
         gw.start()
         expect(send_lmtp(gw, ["erin@" + DOMAIN], content)[0], 250, "2.0.0")
-        gw.wait_log(r"event=dedupe_unavailable .*not be writable by group or others")
+        gw.wait_log(r"event=dedupe_unavailable .*not a regular file of lmtpgw's or writable by group")
         assert maildir_count(gw, "erin") == 2
         assert "duplicate=suppressed" not in gw.log()
+
+
+def test_memory_in_a_shared_directory_or_behind_a_link_is_not_used():
+    """The same rule for what surrounds the file: a directory others may write (they could swap
+    the file or plant its -wal), a -wal others may write, or a symbolic link in place of the
+    file: refused (warning, mail delivered as without the memory)."""
+    gw = Lmtpgw()
+    shared = os.path.join(gw.dir, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o777)
+    gw.config["dedupe_db"] = os.path.join(shared, "dedupe.sqlite")
+    gw.write_config()
+    with gw:
+        content = message("shared dir")
+        for _ in range(2):
+            expect(send_lmtp(gw, ["fred@" + DOMAIN], content)[0], 250, "2.0.0")
+        gw.wait_log(r"event=dedupe_unavailable .*directory not lmtpgw's \(or root's\) or writable")
+        assert maildir_count(gw, "fred") == 2
+
+    gw = Lmtpgw()
+    real = os.path.join(gw.dir, "real.sqlite")
+    link = os.path.join(gw.dir, "dedupe.sqlite")
+    open(real, "w").close()
+    os.chmod(real, 0o600)
+    os.symlink(real, link)
+    gw.config["dedupe_db"] = link
+    gw.write_config()
+    with gw:
+        content = message("link")
+        for _ in range(2):
+            expect(send_lmtp(gw, ["gina@" + DOMAIN], content)[0], 250, "2.0.0")
+        gw.wait_log(r"event=dedupe_unavailable .*step=open .*Too many levels of symbolic links")
+        assert maildir_count(gw, "gina") == 2
+
+    gw = Lmtpgw()
+    db = os.path.join(gw.dir, "dedupe.sqlite")
+    gw.config["dedupe_db"] = db
+    gw.write_config()
+    with gw:
+        content = message("wal")
+        expect(send_lmtp(gw, ["hugo@" + DOMAIN], content)[0], 250, "2.0.0")
+        gw.stop()
+        wal = db + "-wal"
+        if not os.path.exists(wal):
+            open(wal, "w").close()
+        os.chmod(wal, 0o666)
+        gw.start()
+        expect(send_lmtp(gw, ["hugo@" + DOMAIN], content)[0], 250, "2.0.0")
+        gw.wait_log(r"event=dedupe_unavailable .*-wal or -shm not a regular file of lmtpgw's")
+        assert maildir_count(gw, "hugo") == 2
+
+
+def test_same_bytes_from_another_sender_are_stored():
+    """A retry keeps its envelope sender; the same bytes under another sender are another
+    submission (a script feeding a fixed template, a client that adds no trace header) and
+    must be stored, not answered "already stored"."""
+    gw = Lmtpgw(config={"dedupe_db": "dedupe.sqlite"})
+    with gw:
+        content = message("template")
+        expect(send_lmtp(gw, ["ivan@" + DOMAIN], content)[0], 250, "2.0.0")
+        expect(send_lmtp(gw, ["ivan@" + DOMAIN], content, sender="")[0], 250, "2.0.0")
+        assert maildir_count(gw, "ivan") == 2
+        assert "duplicate=suppressed" not in gw.log()
+        expect(send_lmtp(gw, ["ivan@" + DOMAIN], content)[0], 250, "2.0.0")   # a retry
+        assert maildir_count(gw, "ivan") == 2
+        gw.wait_log(r"rcpt=<ivan@.*duplicate=suppressed")
+
+
+def test_duplicates_from_memory_do_not_keep_a_down_backend_up():
+    """A copy answered from the memory never reached the store, so it says nothing of the
+    backend's health: while Dovecot is down, the MTA's retries of mail stored before must not
+    reset the circuit breaker's count of consecutive failures (it would never open)."""
+    require_dovecot()
+    with DovecotServer() as dc:
+        block = imap_block(dc, breaker_failures=2, breaker_cooloff="60s", timeout=2)
+        gw = Lmtpgw(backends=block, routes=[("*@" + DOMAIN, ["inbox"])],
+                    config={"dedupe_db": "dedupe.sqlite"})
+        stored = message("stored before")
+        rcpt = "alice@" + DOMAIN
+        with gw:
+            expect(send_lmtp(gw, [rcpt], stored)[0], 250, "2.0.0")
+            dc.stop(remove=False)
+            # new mail fails (4.4.1), a retry of the stored one is answered from the memory
+            expect(send_lmtp(gw, [rcpt], message("new 1"))[0], 451, "4.4.1")
+            r = send_lmtp(gw, [rcpt], stored)[0]
+            expect(r, 250, "2.0.0")
+            assert "already stored" in str(r), r
+            expect(send_lmtp(gw, [rcpt], message("new 2"))[0], 451, "4.4.1")
+            # two consecutive failures of the store: the breaker is open, RCPT says so
+            c = Client.connect_tcp("127.0.0.1", gw.port)
+            c.read_greeting()
+            c.lhlo()
+            expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+            expect(c.cmd("RCPT TO:<%s>" % rcpt), 451, "4.4.1")
+            c.close()
