@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
@@ -264,18 +265,27 @@ static bool as_path(const char *in, char *buf, size_t size)
 }
 
 /* MAIL: the sender as the daemon parses it (the same syntax, SMTPUTF8 when needed). */
+/* The sender comes from the MTA's recipe (-f ${sender}, --sender-env), not from a client: one
+ * we cannot parse is a mismatch between the recipe and us, so it defers (451 4.1.7, exit 75)
+ * rather than bounce a message the MTA accepted. MAILER-DAEMON is how Postfix's pipe(8) names
+ * the null sender unless null_sender= is set. */
 static int parse_sender(struct deliver *d, const char *sender, bool utf8, struct status *st)
 {
 	char path[ADDRESS_PATH_MAX + 3], arg[ADDRESS_PATH_MAX + 32];
 
+	if (strcasecmp(sender, "MAILER-DAEMON") == 0)
+		sender = "";
 	if (!as_path(sender, path, sizeof(path))) {
-		status_must(st, 501, "5.1.7", "Bad sender address syntax: too long");
-		st->kind = STATUS_KIND_PROTOCOL;
+		status_must(st, 451, "4.1.7", "Sender address not understood: too long");
 		return -1;
 	}
 	format(arg, sizeof(arg), "FROM:%s%s", path, utf8 ? " SMTPUTF8" : "");
-	if (envelope_parse_mail(arg, 0, &d->from, &d->mail, st) < 0)
+	if (envelope_parse_mail(arg, 0, &d->from, &d->mail, st) < 0) {
+		char why[sizeof(st->text)];
+		format(why, sizeof(why), "%s", st->text);
+		status_must(st, 451, "4.1.7", "Sender address not understood: %s", why);
 		return -1;
+	}
 	address_format(&d->from, d->from_str, sizeof(d->from_str));
 	return 0;
 }

@@ -127,6 +127,20 @@ def test_deliver_exit_status_per_outcome_one_line_per_recipient_in_order():
             assert text.startswith("<%s> " % rcpt), text   # reply_for_recipient's form
 
 
+def test_deliver_sender_mailer_daemon_is_null_and_a_bad_sender_defers():
+    """Postfix's pipe(8) passes MAILER-DAEMON for the null sender unless null_sender= is set:
+    that is <>, not a bounce of the bounce. A sender that does not parse comes from the MTA's
+    recipe: 451 4.1.7 and exit 75, even without soft_bounce, never a bounce."""
+    gw = gateway()
+    rc, out, err = deliver(gw, ["-f", "MAILER-DAEMON", "alice@" + DOMAIN], message_lf("dsn"))
+    assert rc == EX_OK, (rc, out, err)
+    assert gw.only_message("alice").startswith(b"Return-Path: <>\r\n")
+    rc, out, err = deliver(gw, ["-f", "not an address@@", "bob@" + DOMAIN], message_lf("bad"))
+    assert rc == EX_TEMPFAIL, (rc, out, err)
+    assert replies(out)[0][1:3] == (451, "4.1.7"), out
+    assert gw.messages("bob") == []
+
+
 def test_deliver_too_big_is_552_dataerr_and_loop_is_554():
     gw = gateway(config={"max_message_size": 4096})
     rc, out, err = deliver(gw, ["-f", "s@example.test", "alice@" + DOMAIN],
