@@ -143,10 +143,12 @@ static const char *log_ident = "lmtpgw";
  * the daemon's queue (poll POLLOUT), which it cannot for an unconnected socket, and that queue
  * is short (net.unix.max_dgram_qlen, 10 datagrams on Debian 12), so a burst of lines would
  * otherwise overflow it while rsyslog is merely busy. The send itself never blocks
- * (MSG_DONTWAIT); a full queue is waited for at most SYSLOG_WAIT_MS, and only while syslog is
- * healthy: after one such wait fails, lines go to stderr without waiting until a send
- * succeeds again, so a stuck daemon costs the event loop one wait per outage, not one per
- * line. A daemon that restarted leaves us connected to its old, closed socket (ECONNREFUSED):
+ * (MSG_DONTWAIT); a full queue is waited for at most SYSLOG_WAIT_MS, only while syslog is
+ * healthy, and within a budget of SYSLOG_WAIT_BUDGET_MS of waiting per SYSLOG_WAIT_WINDOW_S
+ * seconds: after one such wait fails, lines go to stderr without waiting until a send succeeds
+ * again; a burst that a busy daemon drains costs short waits within the budget (no line to
+ * stderr), while a daemon that is slow rather than stuck (its queue full again right after each
+ * success) cannot make the event loop and the workers wait more than 5 % of the time. A daemon that restarted leaves us connected to its old, closed socket (ECONNREFUSED):
  * we connect again to the path, once per line. A line that cannot be sent goes to stderr in
  * the foreground format, and the first line sent after an outage says how many went to stderr
  * (event=syslog_restored), so none is lost without a trace.
@@ -155,12 +157,16 @@ static const char *log_ident = "lmtpgw";
  * holding it costs one system call (plus at most one bounded wait per outage).
  */
 #define SYSLOG_WAIT_MS 100
+#define SYSLOG_WAIT_BUDGET_MS 500
+#define SYSLOG_WAIT_WINDOW_S 10
 static pthread_mutex_t syslog_lock = PTHREAD_MUTEX_INITIALIZER;
 static int syslog_fd = -1;
 static struct sockaddr_un syslog_addr = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
 static int syslog_facility_code = LOG_MAIL;
 static bool syslog_detached_default;      /* log_init chose syslog: "auto" means syslog */
 static bool syslog_failing;               /* the last send failed */
+static long long syslog_window_start_ms;   /* monotonic: the current waiting budget's window */
+static long long syslog_waited_ms;         /* waited within that window */
 static atomic_bool stderr_is_journal = false; /* stderr lines get a "<N>" severity prefix */
 static unsigned long syslog_lines_to_stderr;
 
@@ -347,6 +353,14 @@ static int syslog_connect_locked(void)
 	return 0;
 }
 
+static long long monotonic_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* One RFC 3164 datagram: "<PRI>Mmm dd hh:mm:ss ident[pid]: msg" (RFC 3164 4.1; the HOSTNAME
  * is left out, as glibc does for the local socket: the syslog daemon adds its own). The
  * time is local time, as the daemon's other lines. Returns 0, or -1 with errno set. */
@@ -382,10 +396,21 @@ static int syslog_send_locked(int severity, const char *msg, size_t msg_len)
 		if (sent >= 0)
 			return 0;
 		if ((errno == EAGAIN || errno == EWOULDBLOCK) && !syslog_failing && attempt == 0) {
-			/* The daemon's queue is full: give it a moment to read. */
-			struct pollfd pfd = { .fd = syslog_fd, .events = POLLOUT };
-			if (poll(&pfd, 1, SYSLOG_WAIT_MS) > 0)
-				continue;
+			/* The daemon's queue is full: give it a moment to read, within the budget. */
+			long long start = monotonic_ms();
+			if (start - syslog_window_start_ms >= SYSLOG_WAIT_WINDOW_S * 1000LL) {
+				syslog_window_start_ms = start;
+				syslog_waited_ms = 0;
+			}
+			long long left = SYSLOG_WAIT_BUDGET_MS - syslog_waited_ms;
+			if (left > 0) {
+				struct pollfd pfd = { .fd = syslog_fd, .events = POLLOUT };
+				int ready = poll(&pfd, 1, (int)(left < SYSLOG_WAIT_MS ? left
+									: SYSLOG_WAIT_MS));
+				syslog_waited_ms += monotonic_ms() - start;
+				if (ready > 0)
+					continue;
+			}
 			errno = EAGAIN;
 			return -1;
 		}

@@ -303,9 +303,19 @@ def check_upgrade_with_changed_package_conffile(deb, tmp):
 
 
 def check_purged():
+    """Purge removes everything of the package, but never mail: a quarantine Maildir an admin
+    put in the spool directory (the unit may write there) stays, with the directory holding
+    it; the rest goes."""
+    kept = "/var/spool/lmtpgw/quarantine/new/1796000000.M1P2.mx,S=5"
+    os.makedirs(os.path.dirname(kept))
+    with open(kept, "w") as f:
+        f.write("mail\n")
     rc, out = purge()
     assert rc == 0, out
     assert not installed()
+    assert os.path.exists(kept), "purge deleted mail in the spool directory"
+    assert "/var/spool/lmtpgw is not empty" in out, out
+    shutil.rmtree("/var/spool/lmtpgw")
     for path in EXPECTED_FILES + STATE_DIRS + ["/etc/lmtpgw", "/usr/share/doc/lmtpgw",
                                                "/etc/lmtpgw/lmtpgw.conf.dpkg-dist"]:
         assert not os.path.lexists(path), "%s left after purge" % path
