@@ -190,8 +190,11 @@ static int clock_wait(int fd, short events, const struct io_clock *c)
 		int pr = poll(&pfd, 1, wait);
 		if (pr > 0)
 			return 0; /* readable, writable, or an error or hang-up the next call reports */
-		if (pr == 0)
-			continue; /* clock_remaining decides: time left (a rounding) or ETIMEDOUT */
+		if (pr == 0) {
+			/* all that was left has passed (or, without a deadline, one timeout_ms) */
+			errno = ETIMEDOUT;
+			return -1;
+		}
 		if (errno != EINTR)
 			return -1;
 	}
