@@ -49,7 +49,9 @@ enum imap_login_mode {
 };
 
 /* Log in. On failure, *st_r is 451 4.7.0 (our credential: never a bounce) unless the server
- * said unambiguously that the user does not exist. With XOAUTH2 and OAUTHBEARER, password is
+ * said unambiguously that the user does not exist (550 5.1.1) or gave a temporary reason that
+ * is no credential failure: [LIMIT] 451 4.3.2, [UNAVAILABLE] 451 4.3.0, [INUSE] 451 4.2.0.
+ * Only 451 4.7.0 means "the credential was refused". With XOAUTH2 and OAUTHBEARER, password is
  * the access token; the server's error continuation (RFC 7628 3.2.3) is answered as each
  * mechanism wants, and the connection stays usable for another attempt. */
 int imapconn_login(struct imapconn *conn, enum imap_login_mode mode, const char *user,

@@ -2,10 +2,11 @@
  * imap_transport - the socket, OpenSSL TLS and time limits under an IMAP session.
  *
  * The stream handed to libetpan is a mailstream with a low-level driver of our own over either
- * the plain socket or an OpenSSL session, so the same read/write code (with SO_RCVTIMEO /
- * SO_SNDTIMEO armed from the io_clock before each call) serves imaps://, STARTTLS and the
- * explicitly allowed plain-text loopback case. The socket is connected non-blocking with
- * poll() for the connect timeout, then made blocking.
+ * the plain socket or an OpenSSL session, so the same read/write code serves imaps://, STARTTLS
+ * and the explicitly allowed plain-text loopback case. The socket stays non-blocking from the
+ * connect on: every read, write and TLS handshake step that would block waits in poll() for
+ * what is left of the io_clock (clock_wait), so the budget of a delivery attempt holds however
+ * a server spreads its bytes, under TLS as in plain text.
  *
  * Error contract: NULL/-1 with a status and a short reason (imap_transport.h).
  */
@@ -168,20 +169,62 @@ static int clock_remaining(const struct io_clock *c)
 	return wait > 0 ? (int)wait : 0;
 }
 
-/* Set the socket's read and write timeouts to what the clock allows; -1 (ETIMEDOUT) when
- * nothing is left. A zero timeval would mean "wait for ever": never set it. */
-static int clock_arm(int fd, const struct io_clock *c)
+/*
+ * Wait until fd is ready for events, at most what the clock allows. 0 when ready; -1 with
+ * errno ETIMEDOUT when the budget is spent (or was before the wait), other errno on a poll
+ * error. The socket is non-blocking and every read, write and TLS step that would block comes
+ * here, so the wait is bounded by the attempt's deadline whatever the peer does: a timeout set
+ * on the socket (SO_RCVTIMEO) would bound each read(2) instead, and OpenSSL calls read(2) once
+ * per fragment of a TLS record, so a server dripping one byte every (timeout - epsilon) held a
+ * worker for a timeout per byte.
+ */
+static int clock_wait(int fd, short events, const struct io_clock *c)
 {
-	int wait = clock_remaining(c);
+	for (;;) {
+		int wait = clock_remaining(c);
+		if (wait <= 0) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		struct pollfd pfd = { .fd = fd, .events = events };
+		int pr = poll(&pfd, 1, wait);
+		if (pr > 0)
+			return 0; /* readable, writable, or an error or hang-up the next call reports */
+		if (pr == 0) {
+			/* all that was left has passed (or, without a deadline, one timeout_ms) */
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		if (errno != EINTR)
+			return -1;
+	}
+}
 
-	if (wait <= 0) {
+/* The budget is checked before each call too, not only when a call would block: a server
+ * that always has one more byte ready must not keep a worker past its deadline either. */
+static int clock_check(const struct io_clock *c)
+{
+	if (clock_remaining(c) <= 0) {
 		errno = ETIMEDOUT;
 		return -1;
 	}
-	struct timeval tv = { .tv_sec = wait / 1000, .tv_usec = (wait % 1000) * 1000 };
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	return 0;
+}
+
+/* After an SSL call returned n <= 0: 0 to call it again once the socket is ready (waited
+ * here, within the budget), -1 to give up (errno ETIMEDOUT for a spent budget). */
+static int tls_retry(SSL *ssl, int n, int fd, const struct io_clock *c)
+{
+	switch (SSL_get_error(ssl, n)) {
+	case SSL_ERROR_WANT_READ:
+		return clock_wait(fd, POLLIN, c);
+	case SSL_ERROR_WANT_WRITE:
+		return clock_wait(fd, POLLOUT, c);
+	case SSL_ERROR_SYSCALL:
+		return errno == EINTR ? 0 : -1;
+	default:
+		return -1;
+	}
 }
 
 static void clock_progress(struct io_clock *c)
@@ -209,51 +252,69 @@ static struct transport *low_transport(mailstream_low *low)
 static ssize_t low_read(mailstream_low *low, void *buf, size_t count)
 {
 	struct transport *t = low_transport(low);
+	int chunk = count > INT32_MAX ? INT32_MAX : (int)count;
 
 	for (;;) {
-		if (clock_arm(t->fd, t->clock) < 0)
+		if (clock_check(t->clock) < 0)
 			return -1;
 		if (t->ssl != NULL) {
-			int n = SSL_read(t->ssl, buf, count > INT32_MAX ? INT32_MAX : (int)count);
+			/* SSL_get_error reads the thread's error queue and errno: no stale values */
+			ERR_clear_error();
+			errno = 0;
+			int n = SSL_read(t->ssl, buf, chunk);
 			if (n > 0)
 				return n;
-			int err = SSL_get_error(t->ssl, n);
-			if (err == SSL_ERROR_ZERO_RETURN)
+			if (SSL_get_error(t->ssl, n) == SSL_ERROR_ZERO_RETURN)
 				return 0;
-			if (err == SSL_ERROR_SYSCALL && errno == EINTR)
-				continue;
-			return -1;
+			if (tls_retry(t->ssl, n, t->fd, t->clock) < 0)
+				return -1;
+			continue;
 		}
 		ssize_t n = read(t->fd, buf, count);
-		if (n < 0 && errno == EINTR)
+		if (n >= 0)
+			return n;
+		if (errno == EINTR)
 			continue;
-		return n;
+		if ((errno != EAGAIN && errno != EWOULDBLOCK) ||
+		    clock_wait(t->fd, POLLIN, t->clock) < 0)
+			return -1;
 	}
 }
 
 static ssize_t low_write(mailstream_low *low, const void *buf, size_t count)
 {
 	struct transport *t = low_transport(low);
+	int chunk = count > INT32_MAX ? INT32_MAX : (int)count;
 
 	for (;;) {
-		if (clock_arm(t->fd, t->clock) < 0)
+		if (clock_check(t->clock) < 0)
 			return -1;
 		if (t->ssl != NULL) {
-			int n = SSL_write(t->ssl, buf, count > INT32_MAX ? INT32_MAX : (int)count);
+			/* Retried with the same buffer and length after WANT_READ/WANT_WRITE, as
+			 * OpenSSL requires of a non-blocking SSL_write. */
+			ERR_clear_error();
+			errno = 0;
+			int n = SSL_write(t->ssl, buf, chunk);
 			if (n > 0) {
 				clock_progress(t->clock);
 				return n;
 			}
-			if (SSL_get_error(t->ssl, n) == SSL_ERROR_SYSCALL && errno == EINTR)
-				continue;
-			return -1;
+			if (tls_retry(t->ssl, n, t->fd, t->clock) < 0)
+				return -1;
+			continue;
 		}
 		ssize_t n = send(t->fd, buf, count, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n > 0)
+		if (n > 0) {
 			clock_progress(t->clock);
-		return n;
+			return n;
+		}
+		if (n == 0)
+			return 0;
+		if (errno == EINTR)
+			continue;
+		if ((errno != EAGAIN && errno != EWOULDBLOCK) ||
+		    clock_wait(t->fd, POLLOUT, t->clock) < 0)
+			return -1;
 	}
 }
 
@@ -384,8 +445,7 @@ static int connect_socket(const struct imap_endpoint *ep, const struct io_clock 
 			 strerror(last_errno));
 		return -1;
 	}
-	/* Blocking from here on, with timeouts on every read and write (clock_arm). */
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	/* Non-blocking from here on: every wait is a poll() on the clock (clock_wait). */
 	return fd;
 }
 
@@ -410,7 +470,13 @@ static SSL *tls_handshake(const struct imap_endpoint *ep, int fd, const struct i
 		SSL_set1_host(ssl, ep->host);
 	}
 	SSL_set_fd(ssl, fd);
-	if (clock_arm(fd, clock) < 0 || SSL_connect(ssl) != 1) {
+	int done;
+	do {
+		ERR_clear_error();
+		errno = 0;
+		done = clock_check(clock) < 0 ? -1 : SSL_connect(ssl);
+	} while (done <= 0 && clock_remaining(clock) > 0 && tls_retry(ssl, done, fd, clock) == 0);
+	if (done != 1) {
 		long verify = SSL_get_verify_result(ssl);
 		if (verify != X509_V_OK) {
 			status_must(st_r, 451, "4.7.5", "IMAP server certificate not trusted");

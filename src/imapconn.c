@@ -235,8 +235,25 @@ int imapconn_login(struct imapconn *conn, enum imap_login_mode mode, const char 
 	 * user does not exist: never bounce on doubt. */
 	if (strcasecmp(code, "NONEXISTENT") == 0)
 		status_must(st_r, 550, "5.1.1", "no such IMAP user");
+	else if (strcasecmp(code, "LIMIT") == 0)
+		/* RFC 5530 [LIMIT] at login: Dovecot's mail_max_userip_connections (too many
+		 * connections of this user from this address). It passes when connections close
+		 * and says nothing about the credential (not X.7.0, which would also make the
+		 * OAuth2 login refresh its token and the master login try its other form). RFC
+		 * 3463 X.3.2 "system not accepting network messages", whose examples include
+		 * "excessive load": the host holding the mailbox takes no more for now. Not X.4.5
+		 * (congestion): X.4.x tells the circuit breaker (dispatcher.c) that the backend as
+		 * a whole is unreachable, and one user's many clients must not take it down for
+		 * every other user. */
+		status_must(st_r, 451, "4.3.2", "Too many connections to the IMAP server");
 	else if (strcasecmp(code, "UNAVAILABLE") == 0)
+		/* RFC 5530 [UNAVAILABLE]: a subsystem (e.g. the user database) is down. X.3.0: the
+		 * mail system that normally accepts mail has a (temporary) problem. */
 		status_must(st_r, 451, "4.3.0", "IMAP server temporarily unavailable");
+	else if (strcasecmp(code, "INUSE") == 0)
+		/* RFC 5530 [INUSE]: the account is locked by another session. X.2.0, the mailbox's
+		 * state, as for a refused APPEND (imap_map_append_failure). */
+		status_must(st_r, 451, "4.2.0", "IMAP account in use");
 	else
 		status_must(st_r, 451, "4.7.0", "IMAP login failed");
 	snprintf(reason, reason_size, "login as %s (mode %d): error %d [%s] %.120s", user, (int)mode,
@@ -505,6 +522,17 @@ int imapconn_multiappend(struct imapconn *conn, const char *mailbox, const char 
 	conn->literal_started = false;
 	for (size_t i = 0; i < count; i++)
 		items[i].uid = 0;
+	if (!literal_plus_ok(conn, mailbox) ||
+	    (count > 1 && !mailimap_has_extension(conn->imap, "MULTIAPPEND"))) {
+		/* This connection's own capabilities, whatever another connection announced: a
+		 * non-synchronizing literal to a server without LITERAL+ (RFC 7888) would be read
+		 * as commands. Nothing was sent: refused whole, the caller sends each alone. */
+		res_r->refused = true;
+		status_must(st_r, 451, "4.3.0", "IMAP server refused the APPEND");
+		snprintf(reason, reason_size, "multiappend to %s: no LITERAL+/MULTIAPPEND here",
+			 mailbox);
+		return -1;
+	}
 	int n = snprintf(head, sizeof(head), "APPEND \"%s\"", mailbox);
 	if (etpan_command_begin(conn->imap) < 0 || n < 0 || (size_t)n >= sizeof(head) ||
 	    stream_put(conn, head, (size_t)n) < 0)

@@ -555,7 +555,8 @@ static struct imapconn *connect_as_flagged(struct imap_state *st, const char *id
 				   status, reason, reason_size);
 		if (r == 0 && kind == 0)
 			atomic_store(&st->master_resolved, MASTER_SASL);
-		if (r < 0 && kind == 0 && suffix_ok && !imapconn_broken(conn)) {
+		if (r < 0 && kind == 0 && suffix_ok && !imapconn_broken(conn) &&
+		    strcmp(status->enhanced, "4.7.0") == 0) {
 			/* SASL PLAIN with authzid refused: try Dovecot's user*master form. */
 			r = imapconn_login(conn, IMAP_LOGIN_MASTER_SUFFIX, identity, st->login,
 					   st->password, status, reason, reason_size);
@@ -965,6 +966,16 @@ static bool run_batch(struct imap_state *st, const char *identity, const char *f
 		 * every waiter gets that failure). */
 		imapconn_close(&conn);
 		conn = connect_as(st, identity, deadline, &failure, reason, sizeof(reason));
+		if (conn != NULL && !imapconn_can_multiappend(conn, folder)) {
+			/* The new connection may be to another server (a restart with other
+			 * settings, a balancer): its own capabilities decide. Without LITERAL+ or
+			 * MULTIAPPEND each message goes alone, with synchronizing literals. */
+			pool_give(st, conn);
+			free(items);
+			for (struct append_waiter *w = batch; w != NULL; w = w->next)
+				w->fallback = true;
+			return false;
+		}
 		if (conn != NULL)
 			r = imapconn_multiappend(conn, folder, st->flags, items, count,
 						 st->set.overquota_permanent, &res, &failure,

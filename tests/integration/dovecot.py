@@ -201,15 +201,17 @@ class DovecotServer:
     cert_san: subjectAltName of the server cert; separator: hierarchy separator of the INBOX
     namespace ("." as in a stock Maildir++ Dovecot); auth_penalty: keep Dovecot's delay and growing
     per-IP penalty after failed logins (default off: a failure is answered within ~0.5 s);
-    dovecot: path of the binary (default: /usr/sbin/dovecot or PATH).
+    dovecot: path of the binary (default: /usr/sbin/dovecot or PATH); max_userip_connections:
+    mail_max_userip_connections of imap (a login past it gets NO [LIMIT]).
     Nothing runs until start() or `with`.
     """
 
     def __init__(self, tmpdir=None, users=None, quotas=None, master=DEFAULT_MASTER, lmtp=False,
                  untrusted_cert=False, cert_san="IP:127.0.0.1,DNS:localhost", separator=".",
                  default_quota="1G", auth_penalty=False, start_timeout=10.0, dovecot=None,
-                 oauth2=None):
+                 oauth2=None, max_userip_connections=10):
         self.oauth2 = oauth2
+        self.max_userip_connections = max_userip_connections
         self.dovecot = find_dovecot(dovecot)
         if lmtp:
             lmtpd = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(self.dovecot))),
@@ -370,6 +372,7 @@ class DovecotServer:
             "FIRST_VALID_GID": str(min(self.mail_gid, 1)) if self.mail_gid else "1",
             "SEPARATOR": self.separator,
             "DEFAULT_QUOTA": self.default_quota,
+            "MAX_USERIP": str(self.max_userip_connections),
             "AUTH_FAILURE_DELAY": "2 secs" if self.auth_penalty else "0",
             "PENALTY_MODE": "0600" if self.auth_penalty else "0",
             "OAUTH_MECHANISMS": "xoauth2 oauthbearer" if self.oauth2 else "",
