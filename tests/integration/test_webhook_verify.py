@@ -272,3 +272,64 @@ def test_verify_with_postfix_bounces_unknown_delivers_known():
             assert len(deliveries) == 1
             assert deliveries[0].headers["X-Lmtpgw-Recipients"] == "known@example.test"
             assert gw.grep(r"event=delivery .*rcpt=<known@example.test> result=ok"), gw.log()
+
+
+def status_only_verdicts(req):
+    """A verify_url behind a reverse proxy, a WAF or a schema check: HTTP statuses that are not
+    the receiver's word on the recipient. Only "explicit" gets a results entry (under a 404)."""
+    if not req.path.startswith("/verify"):
+        return {"status": 200}
+    rcpt = req.json()["recipient"]["address"]
+    local = rcpt.split("@")[0]
+    if local == "proxy404":
+        return {"status": 404, "body": b"<html><body>404 Not Found</body></html>",
+                "content_type": "text/html"}
+    if local == "schema400":
+        return {"status": 400, "json": {"error": "unexpected field: client"}}
+    if local == "waf413":
+        return {"status": 413, "text": "request blocked"}
+    if local == "gone410":
+        return {"status": 410}
+    if local == "invalid422":
+        return {"status": 422, "json": {"detail": "validation failed"}}
+    if local == "explicit":
+        return {"status": 404, "json": {"results": [{"rcpt": rcpt, "code": 550,
+                                                     "status": "5.1.1", "text": "no such user"}]}}
+    return {"status": 200}
+
+
+STATUS_ONLY = ["proxy404@example.test", "schema400@example.test", "waf413@example.test",
+               "gone410@example.test", "invalid422@example.test"]
+
+
+def test_verify_status_only_refusal_is_no_verdict():
+    """An HTTP 400/404/410/413/422 without a results entry naming the recipient is no verdict
+    (a proxy's 404 page, a WAF's 413, a schema error are not the receiver's word on the
+    recipient): never a 5xx at RCPT, verify_on_error decides (defer: 451 4.4.0; accept: 250),
+    and nothing is cached (the next RCPT asks again). A results entry naming the recipient
+    still refuses, whatever the HTTP status (550 5.1.1 under a 404)."""
+    with Receiver(rule=status_only_verdicts) as r:
+        with gateway(r, verify_on_error="defer") as gw:
+            reps = rcpt_replies(gw, STATUS_ONLY + ["explicit@example.test"])
+            for rcpt, rep in zip(STATUS_ONLY, reps):
+                expect(rep, 451, "4.4.0")
+                assert rcpt in str(rep), (rcpt, rep)
+            expect(reps[-1], 550, "5.1.1")
+            assert "no such user" in str(reps[-1]), reps[-1]
+            n = len(verify_requests(r))
+            reps = rcpt_replies(gw, STATUS_ONLY + ["explicit@example.test"])
+            for rep in reps[:-1]:
+                expect(rep, 451, "4.4.0")
+            expect(reps[-1], 550, "5.1.1")
+            # asked again for each status-only answer; the explicit refusal came from the cache
+            assert len(verify_requests(r)) == n + len(STATUS_ONLY), \
+                [q.path for q in verify_requests(r)]
+            assert len(gw.grep(r"event=webhook_verify_failed .*action=defer")) == \
+                2 * len(STATUS_ONLY), gw.log()
+        with gateway(r) as gw:
+            reps = rcpt_replies(gw, STATUS_ONLY)
+            for rep in reps:
+                expect(rep, 250, "2.1.5")
+            assert len(gw.grep(r"event=webhook_verify_failed .*action=accept")) == \
+                len(STATUS_ONLY), gw.log()
+
