@@ -47,10 +47,12 @@ void webhook_map_answer(const struct webhook_answer *answer, const char *const *
 			size_t count, struct status *st_r);
 
 /* For the RCPT-time verification of one recipient: its status by the same rules, and true when
- * that status is the receiver's own verdict on the recipient: a valid results entry (550 5.1.1
- * unknown, 452 4.2.2 full, 250 ...), or an HTTP status that accepts (2xx) or refuses for good
- * (404, 410, ...). false: the answer gave no verdict (HTTP 401/403/408/429/5xx, JSON that does
- * not parse, no or an invalid or a contradicting entry); *st_r is then a 4xx. */
+ * that status is the receiver's own verdict on the recipient: a valid results entry naming it
+ * (550 5.1.1 unknown, 452 4.2.2 full, 250 ..., under any HTTP status), or an HTTP 2xx. false:
+ * the answer gave no verdict (an HTTP status alone that is not 2xx: 400/404/410/413/422 too,
+ * which a proxy, a WAF or a schema check may answer without knowing the recipient; JSON that
+ * does not parse; no or an invalid or a contradicting entry); *st_r is then a 4xx (451 4.3.0
+ * for a status-only 4xx/5xx refusal, the mapping's own 4xx for 401/403/408/429/5xx). */
 bool webhook_map_verify_answer(const struct webhook_answer *answer, const char *rcpt,
 			       struct status *st_r);
 

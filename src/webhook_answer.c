@@ -292,10 +292,19 @@ static void map_answer(const struct webhook_answer *a, const char *const *rcpts,
 	}
 	for (size_t i = 0; i < count; i++) {
 		webhook_map_http(a->http_status, a->retry_after, text, a->ref, &st[i]);
-		/* From the HTTP status alone, only an acceptance or a permanent refusal is the
-		 * receiver's verdict; 401, 403, 408, 429, 5xx say the request failed. */
-		if (verdict != NULL)
-			verdict[i] = status_class_of(&st[i]) != STATUS_TEMPFAIL;
+		if (verdict == NULL)
+			continue;
+		/* From the HTTP status alone, only an acceptance is the receiver's verdict on a
+		 * recipient. A 404 or 410 may be a reverse proxy's page for a missing route, a 400
+		 * or 422 a schema mismatch, a 413 a WAF (no message was sent yet): none names the
+		 * recipient, so none may refuse it for good at RCPT (or be cached). A permanent
+		 * refusal needs a results entry naming the recipient; here it is no verdict, a 4xx,
+		 * and verify_on_error decides. 401, 403, 408, 429, 5xx keep their own 4xx. */
+		verdict[i] = status_class_of(&st[i]) == STATUS_OK;
+		if (status_class_of(&st[i]) == STATUS_PERMFAIL)
+			status_make(&st[i], 451, "4.3.0",
+				    "webhook answer (HTTP %ld) has no result for this recipient",
+				    a->http_status);
 	}
 }
 

@@ -19,7 +19,8 @@
  * the session holding its pipeline): a small signed JSON POST whose answer maps by the same
  * rules as a delivery's; answers that are the receiver's verdict refuse or accept, failures
  * (timeout, 5xx, no answer) accept or defer per verify_on_error. Definitive answers are
- * cached per recipient for verify_cache_ttl in a bounded table.
+ * cached for verify_cache_ttl in a bounded table, keyed on the expanded URL, the sender and the
+ * recipient together.
  */
 #include "backend.h"
 
@@ -35,6 +36,7 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "base64.h"
 #include "http.h"
@@ -141,10 +143,14 @@ struct webhook_key {
 	size_t len;
 };
 
-/* One remembered verification answer (a slot of a fixed table: bounded memory; a recipient
- * hashing to a taken slot replaces the answer there). */
+/* One remembered verification answer (a slot of a fixed table: bounded memory; a key hashing
+ * to a taken slot replaces the answer there). The key is the SHA-256 of the expanded URL, the
+ * sender and the recipient (verify_cache_key): an answer is the receiver's word on that
+ * question only, and the question carries the sender (mail_from) and whatever the URL
+ * template put in the URL (%{sender}, %{session}, %{txid}). */
+#define WEBHOOK_VERIFY_KEY_SIZE 32
 struct verify_entry {
-	char rcpt[ADDRESS_PATH_MAX + 1];
+	unsigned char key[WEBHOOK_VERIFY_KEY_SIZE];
 	int64_t expires_ms;            /* monotonic; 0: empty */
 	bool accepted;
 	struct status refusal;         /* when not accepted */
@@ -745,26 +751,46 @@ static int64_t monotonic_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static struct verify_entry *verify_slot(struct webhook_state *st, const char *rcpt)
+/* The cache key of a verification: SHA-256 over url NUL sender NUL rcpt (C strings hold no NUL,
+ * so no two different triples give the same input; a SHA-256 collision is not a concern).
+ * A digest rather than the strings: 32 bytes a slot however long the URL. false on failure
+ * (then nothing is looked up or stored). */
+static bool verify_cache_key(const char *url, const char *sender, const char *rcpt,
+			     unsigned char key[WEBHOOK_VERIFY_KEY_SIZE])
 {
-	uint32_t h = 2166136261u; /* FNV-1a */
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned int len = 0;
+	bool ok = md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
+		  EVP_DigestUpdate(md, url, strlen(url) + 1) == 1 &&
+		  EVP_DigestUpdate(md, sender, strlen(sender) + 1) == 1 &&
+		  EVP_DigestUpdate(md, rcpt, strlen(rcpt)) == 1 &&
+		  EVP_DigestFinal_ex(md, key, &len) == 1 && len == WEBHOOK_VERIFY_KEY_SIZE;
 
-	for (const unsigned char *p = (const unsigned char *)rcpt; *p; p++)
-		h = (h ^ *p) * 16777619u;
+	EVP_MD_CTX_free(md);
+	return ok;
+}
+
+static struct verify_entry *verify_slot(struct webhook_state *st,
+					const unsigned char key[WEBHOOK_VERIFY_KEY_SIZE])
+{
+	uint32_t h = (uint32_t)key[0] | (uint32_t)key[1] << 8 | (uint32_t)key[2] << 16 |
+		     (uint32_t)key[3] << 24;
+
 	return &st->verify_cache[h % WEBHOOK_VERIFY_CACHE_SLOTS];
 }
 
-/* 1: a cached answer (accepted, or *refusal_r); 0: none. */
-static int verify_cache_get(struct webhook_state *st, const char *rcpt, bool *accepted_r,
-			    struct status *refusal_r)
+/* 1: a cached answer for this URL, sender and recipient (accepted, or *refusal_r); 0: none. */
+static int verify_cache_get(struct webhook_state *st, const char *url, const char *sender,
+			    const char *rcpt, bool *accepted_r, struct status *refusal_r)
 {
+	unsigned char key[WEBHOOK_VERIFY_KEY_SIZE];
 	int found = 0;
 
-	if (st->verify_cache == NULL)
+	if (st->verify_cache == NULL || !verify_cache_key(url, sender, rcpt, key))
 		return 0;
 	pthread_mutex_lock(&st->verify_lock);
-	struct verify_entry *e = verify_slot(st, rcpt);
-	if (e->expires_ms > monotonic_ms() && strcmp(e->rcpt, rcpt) == 0) {
+	struct verify_entry *e = verify_slot(st, key);
+	if (e->expires_ms > monotonic_ms() && memcmp(e->key, key, sizeof(key)) == 0) {
 		*accepted_r = e->accepted;
 		*refusal_r = e->refusal;
 		found = 1;
@@ -773,14 +799,16 @@ static int verify_cache_get(struct webhook_state *st, const char *rcpt, bool *ac
 	return found;
 }
 
-static void verify_cache_put(struct webhook_state *st, const char *rcpt, bool accepted,
-			     const struct status *refusal)
+static void verify_cache_put(struct webhook_state *st, const char *url, const char *sender,
+			     const char *rcpt, bool accepted, const struct status *refusal)
 {
-	if (st->verify_cache == NULL || strlen(rcpt) >= sizeof(st->verify_cache[0].rcpt))
+	unsigned char key[WEBHOOK_VERIFY_KEY_SIZE];
+
+	if (st->verify_cache == NULL || !verify_cache_key(url, sender, rcpt, key))
 		return;
 	pthread_mutex_lock(&st->verify_lock);
-	struct verify_entry *e = verify_slot(st, rcpt);
-	snprintf(e->rcpt, sizeof(e->rcpt), "%s", rcpt);
+	struct verify_entry *e = verify_slot(st, key);
+	memcpy(e->key, key, sizeof(key));
 	e->accepted = accepted;
 	if (!accepted)
 		e->refusal = *refusal;
@@ -903,7 +931,12 @@ static int webhook_verify(void *state, const struct recipient *rcpt,
 
 	if (st->verify_url == NULL)
 		return 0;
-	if (verify_cache_get(st, rcpt->rcpt, &accepted, &status) == 1) {
+	delivery_vars(&d, rcpt, &vars);
+	if (template_expand(st->verify_url, &vars, TEMPLATE_URL, url, sizeof(url), &error) < 0) {
+		status_must(&status, 451, "4.3.0", "cannot build the verification URL");
+		return verify_no_verdict(st, rcpt, id, &status, error, st_r);
+	}
+	if (verify_cache_get(st, url, ctx->sender, rcpt->rcpt, &accepted, &status) == 1) {
 		char esc[LOG_ESC_SIZE];
 		log_debug("backend=%s event=webhook_verify_cached rcpt=<%s> accepted=%s", st->name,
 			  log_esc(esc, rcpt->rcpt), accepted ? "yes" : "no");
@@ -911,11 +944,6 @@ static int webhook_verify(void *state, const struct recipient *rcpt,
 			return 0;
 		*st_r = status;
 		return -1;
-	}
-	delivery_vars(&d, rcpt, &vars);
-	if (template_expand(st->verify_url, &vars, TEMPLATE_URL, url, sizeof(url), &error) < 0) {
-		status_must(&status, 451, "4.3.0", "cannot build the verification URL");
-		return verify_no_verdict(st, rcpt, id, &status, error, st_r);
 	}
 	char *body = verify_body(rcpt, ctx);
 	if (body == NULL) {
@@ -954,10 +982,10 @@ static int webhook_verify(void *state, const struct recipient *rcpt,
 	}
 	switch (status_class_of(&status)) {
 	case STATUS_OK:
-		verify_cache_put(st, rcpt->rcpt, true, NULL);
+		verify_cache_put(st, url, ctx->sender, rcpt->rcpt, true, NULL);
 		return 0;
 	case STATUS_PERMFAIL:
-		verify_cache_put(st, rcpt->rcpt, false, &status);
+		verify_cache_put(st, url, ctx->sender, rcpt->rcpt, false, &status);
 		break;
 	default:
 		/* the receiver's own temporary verdict (452 4.2.2 full): never cached, it may

@@ -1,7 +1,8 @@
 """RCPT-time recipient verification by the webhook backend (verify_url) against the real receiver
 (webhook_receiver.py): the receiver's verdicts become RCPT replies (550 5.1.1 unknown, 452 4.2.2
 full, 250 known), pipelined RCPTs keep their order, failures accept or defer per
-verify_on_error, answers are cached, the request is signed like a delivery (HMAC and Ed25519,
+verify_on_error, an HTTP status alone (404, 413, ...) refuses nobody, answers are cached per
+URL, sender and recipient, the request is signed like a delivery (HMAC and Ed25519,
 checked by the receiver with its own code), and a real Postfix bounces the unknown recipient
 before DATA while the known one is delivered."""
 import os
@@ -272,3 +273,127 @@ def test_verify_with_postfix_bounces_unknown_delivers_known():
             assert len(deliveries) == 1
             assert deliveries[0].headers["X-Lmtpgw-Recipients"] == "known@example.test"
             assert gw.grep(r"event=delivery .*rcpt=<known@example.test> result=ok"), gw.log()
+
+
+def status_only_verdicts(req):
+    """A verify_url behind a reverse proxy, a WAF or a schema check: HTTP statuses that are not
+    the receiver's word on the recipient. Only "explicit" gets a results entry (under a 404)."""
+    if not req.path.startswith("/verify"):
+        return {"status": 200}
+    rcpt = req.json()["recipient"]["address"]
+    local = rcpt.split("@")[0]
+    if local == "proxy404":
+        return {"status": 404, "body": b"<html><body>404 Not Found</body></html>",
+                "content_type": "text/html"}
+    if local == "schema400":
+        return {"status": 400, "json": {"error": "unexpected field: client"}}
+    if local == "waf413":
+        return {"status": 413, "text": "request blocked"}
+    if local == "gone410":
+        return {"status": 410}
+    if local == "invalid422":
+        return {"status": 422, "json": {"detail": "validation failed"}}
+    if local == "explicit":
+        return {"status": 404, "json": {"results": [{"rcpt": rcpt, "code": 550,
+                                                     "status": "5.1.1", "text": "no such user"}]}}
+    return {"status": 200}
+
+
+STATUS_ONLY = ["proxy404@example.test", "schema400@example.test", "waf413@example.test",
+               "gone410@example.test", "invalid422@example.test"]
+
+
+def test_verify_status_only_refusal_is_no_verdict():
+    """An HTTP 400/404/410/413/422 without a results entry naming the recipient is no verdict
+    (a proxy's 404 page, a WAF's 413, a schema error are not the receiver's word on the
+    recipient): never a 5xx at RCPT, verify_on_error decides (defer: 451 4.4.0; accept: 250),
+    and nothing is cached (the next RCPT asks again). A results entry naming the recipient
+    still refuses, whatever the HTTP status (550 5.1.1 under a 404)."""
+    with Receiver(rule=status_only_verdicts) as r:
+        with gateway(r, verify_on_error="defer") as gw:
+            reps = rcpt_replies(gw, STATUS_ONLY + ["explicit@example.test"])
+            for rcpt, rep in zip(STATUS_ONLY, reps):
+                expect(rep, 451, "4.4.0")
+                assert rcpt in str(rep), (rcpt, rep)
+            expect(reps[-1], 550, "5.1.1")
+            assert "no such user" in str(reps[-1]), reps[-1]
+            n = len(verify_requests(r))
+            reps = rcpt_replies(gw, STATUS_ONLY + ["explicit@example.test"])
+            for rep in reps[:-1]:
+                expect(rep, 451, "4.4.0")
+            expect(reps[-1], 550, "5.1.1")
+            # asked again for each status-only answer; the explicit refusal came from the cache
+            assert len(verify_requests(r)) == n + len(STATUS_ONLY), \
+                [q.path for q in verify_requests(r)]
+            assert len(gw.grep(r"event=webhook_verify_failed .*action=defer")) == \
+                2 * len(STATUS_ONLY), gw.log()
+        with gateway(r) as gw:
+            reps = rcpt_replies(gw, STATUS_ONLY)
+            for rep in reps:
+                expect(rep, 250, "2.1.5")
+            assert len(gw.grep(r"event=webhook_verify_failed .*action=accept")) == \
+                len(STATUS_ONLY), gw.log()
+
+
+def sender_policy(req):
+    """Recipient "vip" takes mail only from boss@example.test: the verdict depends on the
+    sender, which the request carries in its body (mail_from)."""
+    if not req.path.startswith("/verify"):
+        return {"status": 200}
+    j = req.json()
+    rcpt = j["recipient"]["address"]
+    if rcpt.startswith("vip@") and j["mail_from"]["address"] != "boss@example.test":
+        return {"json": {"results": [{"rcpt": rcpt, "code": 550, "status": "5.7.1",
+                                      "text": "sender not allowed"}]}}
+    return {"status": 200}
+
+
+def test_verify_cache_keyed_on_sender():
+    """A verdict for one sender is never replayed for another: the cache key holds the sender
+    (the body carries mail_from), so the refusal given to a stranger does not refuse the boss,
+    and the boss's acceptance does not accept the stranger. The same sender again is a hit."""
+    with Receiver(rule=sender_policy) as r:
+        with gateway(r) as gw:
+            expect(rcpt_replies(gw, ["vip@example.test"], sender="stranger@example.test")[0],
+                   550, "5.7.1")
+            expect(rcpt_replies(gw, ["vip@example.test"], sender="boss@example.test")[0],
+                   250, "2.1.5")
+            expect(rcpt_replies(gw, ["vip@example.test"], sender="other@example.test")[0],
+                   550, "5.7.1")
+            expect(rcpt_replies(gw, ["vip@example.test"], sender="boss@example.test")[0],
+                   250, "2.1.5")
+            expect(rcpt_replies(gw, ["vip@example.test"], sender="stranger@example.test")[0],
+                   550, "5.7.1")
+        senders = [q.json()["mail_from"]["address"] for q in verify_requests(r)]
+        assert senders == ["stranger@example.test", "boss@example.test",
+                           "other@example.test"], senders
+
+
+def test_verify_cache_keyed_on_url():
+    """verify_url with %{session}: the receiver answers per session (it refuses in the first
+    session only). The cache key holds the expanded URL, so the first session's 550 is not
+    replayed in the next session; within one session a repeated RCPT is still a cache hit."""
+    first = []
+
+    def per_session(req):
+        if not req.path.startswith("/verify"):
+            return {"status": 200}
+        session = req.path.split("/")[2]
+        if not first:
+            first.append(session)
+        if session == first[0]:
+            rcpt = req.json()["recipient"]["address"]
+            return {"json": {"results": [{"rcpt": rcpt, "code": 550, "status": "5.1.1",
+                                          "text": "not in this session"}]}}
+        return {"status": 200}
+
+    with Receiver(rule=per_session) as r:
+        with gateway(r, verify_url=r.base + "/verify/%{session}/%{local}") as gw:
+            reps = rcpt_replies(gw, ["alice@example.test", "alice@example.test"])
+            expect(reps[0], 550, "5.1.1")
+            expect(reps[1], 550, "5.1.1")
+            reps = rcpt_replies(gw, ["alice@example.test", "alice@example.test"])
+            expect(reps[0], 250, "2.1.5")
+            expect(reps[1], 250, "2.1.5")
+        paths = [q.path for q in verify_requests(r)]
+        assert len(paths) == 2 and paths[0] != paths[1], paths
