@@ -105,9 +105,13 @@ int oauth2_source_open(const struct oauth2_settings *set, const char *backend,
 
 struct curl_slist;
 /* Append "Authorization: Bearer TOKEN" to *headers with a token from src (nothing when src is
- * NULL). 0, or -1 with *st_r (451 4.7.0) and reason. */
-int oauth2_add_bearer(struct oauth2_source *src, struct curl_slist **headers,
-		      struct status *st_r, char *reason, size_t reason_size);
+ * NULL). refused: a token the receiver just refused (401), or NULL: it is not handed out
+ * again (oauth2_token). used_r (may be NULL): a copy of the token sent (free with
+ * secret_free), to pass back as refused when the receiver answers 401. 0, or -1 with *st_r
+ * (451 4.7.0) and reason. */
+int oauth2_add_bearer(struct oauth2_source *src, const char *refused,
+		      struct curl_slist **headers, char **used_r, struct status *st_r,
+		      char *reason, size_t reason_size);
 
 /* Does the token depend on the subject (jwt_bearer)? Otherwise one token serves everyone. */
 int oauth2_per_subject(const struct oauth2_source *src);

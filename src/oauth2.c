@@ -271,22 +271,28 @@ int oauth2_source_open(const struct oauth2_settings *set, const char *backend,
 	return 0;
 }
 
-int oauth2_add_bearer(struct oauth2_source *src, struct curl_slist **headers,
-		      struct status *st_r, char *reason, size_t reason_size)
+int oauth2_add_bearer(struct oauth2_source *src, const char *refused,
+		      struct curl_slist **headers, char **used_r, struct status *st_r,
+		      char *reason, size_t reason_size)
 {
 	char *token = NULL;
 
+	if (used_r != NULL)
+		*used_r = NULL;
 	if (src == NULL)
 		return 0;
-	if (oauth2_token(src, NULL, NULL, &token, st_r, reason, reason_size) < 0)
+	if (oauth2_token(src, NULL, refused, &token, st_r, reason, reason_size) < 0)
 		return -1;
 	/* curl copies the line; the copy lives until the list is freed (not wiped: curl's). */
 	int r = http_header_add(headers, "Authorization: Bearer %s", token);
-	secret_free(&token);
 	if (r < 0) {
 		fail_status(st_r);
 		snprintf(reason, reason_size, "out of memory");
 	}
+	if (r == 0 && used_r != NULL)
+		*used_r = token;
+	else
+		secret_free(&token);
 	return r;
 }
 
