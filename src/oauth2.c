@@ -7,6 +7,8 @@
  */
 #include "oauth2.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -15,6 +17,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -23,6 +26,7 @@
 
 #include "base64.h"
 #include "http.h"
+#include "log.h"
 #include "metrics.h"
 #include "secret.h"
 
@@ -56,6 +60,7 @@ struct oauth2_source {
 	char *scope;
 	char *client_secret;           /* secret */
 	char *refresh_token;           /* secret; replaced when the server rotates it */
+	char *refresh_token_file;      /* where it came from; a rotated one is written back */
 	char *token_file;
 	char *sa_email;                /* jwt_bearer: the service account */
 	char *sa_key_id;
@@ -192,6 +197,7 @@ struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const
 							      error_size);
 			if (src->refresh_token == NULL)
 				goto fail;
+			src->refresh_token_file = strdup(set->refresh_token_file);
 		}
 		break;
 	case OAUTH2_GRANT_JWT_BEARER:
@@ -246,6 +252,7 @@ void oauth2_source_free(struct oauth2_source **srcp)
 	free(src->scope);
 	secret_free(&src->client_secret);
 	secret_free(&src->refresh_token);
+	free(src->refresh_token_file);
 	free(src->token_file);
 	free(src->sa_email);
 	free(src->sa_key_id);
@@ -448,6 +455,91 @@ out:
 	return jwt.data;
 }
 
+/* Write token as the new content of path, atomically: a temporary file in the same directory
+ * (mode 600 from mkstemp, the old file's owner when we may set it), fsync, rename over the
+ * old one, fsync of the directory. Either the old or the new token is in the file, never a
+ * torn one. 0, or -1 with errno-based error (no secret in it). */
+static int write_secret_file(const char *path, const char *token, char *error, size_t size)
+{
+	char dir[4096], tmp[4096 + 32];
+	const char *slash = strrchr(path, '/');
+	struct stat old;
+	int fd = -1;
+
+	if (slash == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == path)
+		snprintf(dir, sizeof(dir), "/");
+	else
+		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s/.lmtpgw-token.XXXXXX", dir) >= sizeof(tmp)) {
+		snprintf(error, size, "path too long");
+		return -1;
+	}
+	fd = mkstemp(tmp);
+	if (fd < 0) {
+		snprintf(error, size, "cannot create a temporary file in %s: %s", dir,
+			 strerror(errno));
+		return -1;
+	}
+	const char *step = "write";
+	size_t len = strlen(token);
+	bool ok = fchmod(fd, 0600) == 0;
+	/* the old file's owner when we may (root); otherwise the file is ours, still mode 600 */
+	if (ok && stat(path, &old) == 0 && fchown(fd, old.st_uid, old.st_gid) < 0)
+		errno = 0;
+	for (size_t off = 0; ok && off < len;) {
+		ssize_t n = write(fd, token + off, len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		ok = n > 0;
+		off += ok ? (size_t)n : 0;
+	}
+	ok = ok && write(fd, "\n", 1) == 1;
+	if (ok) {
+		step = "fsync";
+		ok = fsync(fd) == 0;
+	}
+	if (close(fd) < 0 && ok) {
+		step = "close";
+		ok = false;
+	}
+	if (ok) {
+		step = "rename";
+		ok = rename(tmp, path) == 0;
+	}
+	if (!ok) {
+		snprintf(error, size, "%s: %s", step, strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	/* the rename itself is durable once the directory is */
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+	return 0;
+}
+
+/* Keep a rotated refresh token across restarts. A failure is logged (never the token) and
+ * the token in memory stays in use. */
+static void save_refresh_token(struct oauth2_source *src, const char *token)
+{
+	char error[300], esc[LOG_ESC_SIZE];
+
+	if (src->refresh_token_file == NULL)
+		return;
+	if (write_secret_file(src->refresh_token_file, token, error, sizeof(error)) < 0) {
+		log_warn("backend=%s event=oauth2_refresh_token_not_saved file=%s error=\"%s\" "
+			 "action=keep_in_memory", src->backend, src->refresh_token_file,
+			 log_esc(esc, error));
+		return;
+	}
+	log_info("backend=%s event=oauth2_refresh_token_saved file=%s", src->backend,
+		 src->refresh_token_file);
+}
+
 /* A token request for subject: 0 with a new token and its lifetime in seconds, or -1 with a
  * reason (no secret in it). */
 static int request_token(struct oauth2_source *src, const char *subject, char **token_r,
@@ -553,16 +645,20 @@ static int request_token(struct oauth2_source *src, const char *subject, char **
 	else if (json_is_string(expires) && atoll(json_string_value(expires)) > 0)
 		*lifetime_r = atoll(json_string_value(expires)); /* some servers quote it */
 	*token_r = strdup(token);
-	/* A rotated refresh token replaces ours (in memory: the file stays as the admin wrote
-	 * it, and the server keeps the first one valid or the admin renews it). */
+	/* A rotated refresh token replaces ours, in memory and in its file: servers that rotate
+	 * (Microsoft's identity platform, RFC 9700 4.14.2) may revoke the old one, and a restart
+	 * must not start from a revoked token. Only one request is in flight for the single
+	 * identity of this grant, so there is one writer at a time. */
 	const char *rotated = json_string_value(json_object_get(doc, "refresh_token"));
-	if (src->grant == OAUTH2_GRANT_REFRESH_TOKEN && rotated != NULL && rotated[0] != '\0') {
+	if (src->grant == OAUTH2_GRANT_REFRESH_TOKEN && rotated != NULL && rotated[0] != '\0' &&
+	    strpbrk(rotated, "\r\n") == NULL && strcmp(rotated, src->refresh_token) != 0) {
 		char *copy = strdup(rotated);
 		if (copy != NULL) {
 			pthread_mutex_lock(&src->lock);
 			secret_free(&src->refresh_token);
 			src->refresh_token = copy;
 			pthread_mutex_unlock(&src->lock);
+			save_refresh_token(src, copy);
 		}
 	}
 	rc = *token_r != NULL ? 0 : -1;

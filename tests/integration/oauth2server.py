@@ -12,7 +12,8 @@ contrib/test-servers/oauth2/server.mjs) over TLS on loopback, a random port.
         az.stats()                       # {"token": {grant: {"ok": n, "failed": m}}, ...}
         az.stats()["tokens"]             # the last 100 access tokens issued
         az.token_requests(grant=None)    # ok + failed token requests (of one grant)
-        az.set(mode="down"|"refuse"|"hang"|"ok", lifetime=s, delay_ms=ms, revoke_new=bool)
+        az.set(mode="down"|"refuse"|"hang"|"ok", lifetime=s, delay_ms=ms, revoke_new=bool,
+               rotate_refresh=bool)             # rotate: a used refresh token is revoked
         az.revoke_all()                  # every token issued so far becomes inactive
     # leaving the block stops node by PID and removes the temp dir
 

@@ -16,7 +16,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from harness import Lmtpgw, binary, conf_value, expect, free_port, require_dovecot
+from harness import Lmtpgw, Skip, binary, conf_value, expect, free_port, require_dovecot
 
 from dovecot import DovecotServer
 from oauth2server import (CLIENT_ID, CLIENT_SECRET, JWT_BEARER, REFRESH_USER, SERVICE_ACCOUNT,
@@ -482,3 +482,76 @@ def test_oauth2_webhook_probe_obtains_a_token():
                            capture_output=True, text=True, timeout=60)
         out = p.stdout + p.stderr
         assert p.returncode != 0 and "OAuth2 token request failed" in out, out
+
+
+# --- rotated refresh tokens --------------------------------------------------------------------
+
+def test_oauth2_rotated_refresh_token_written_back_for_a_restart():
+    with servers() as (dc, az):
+        az.set(rotate_refresh=True)           # each refresh revokes the token it used
+        d = os.path.join(dc.tmpdir, "rt")
+        os.mkdir(d, 0o700)
+        path = os.path.join(d, "refresh.token")
+        with open(path, "w") as f:
+            f.write(az.refresh_token + "\n")
+        os.chmod(path, 0o600)
+        be = backend(dc, az, "refresh_token", max_idle=0, oauth2_refresh_token_file=path)
+        with gateway(be) as gw:
+            expect(deliver(gw, REFRESH_USER), 250, "2.0.0")
+            with open(path) as f:
+                saved = f.read()
+            issued = az.stats()["refresh_tokens"]
+            assert saved.strip() == issued[-1] and saved.endswith("\n"), "not written back"
+            assert os.stat(path).st_mode & 0o777 == 0o600
+            assert os.listdir(d) == ["refresh.token"], os.listdir(d)   # no temporary left
+            assert gw.grep(r"event=oauth2_refresh_token_saved file=%s" % re.escape(path))
+            no_secrets(gw, az.refresh_token, *issued)
+        # a restart reads the rotated token from the file; the first one is revoked
+        with gateway(be) as gw:
+            expect(deliver(gw, REFRESH_USER), 250, "2.0.0")
+            assert az.token_requests("refresh_token", "failed") == 0, az.stats()
+        assert dc.count(REFRESH_USER) == 2
+
+
+def _make_unwritable(d):
+    """Make directory d refuse new entries, root included (chattr +i); False if impossible."""
+    if os.geteuid() != 0:
+        os.chmod(d, 0o500)
+        return True
+    return subprocess.run(["chattr", "+i", d], capture_output=True).returncode == 0
+
+
+def _make_writable(d):
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", d], capture_output=True)
+    else:
+        os.chmod(d, 0o700)
+
+
+def test_oauth2_rotated_refresh_token_not_saved_warns_and_keeps_it_in_memory():
+    with servers() as (dc, az):
+        az.set(rotate_refresh=True)
+        d = os.path.join(dc.tmpdir, "rt-ro")
+        os.mkdir(d, 0o700)
+        path = os.path.join(d, "refresh.token")
+        with open(path, "w") as f:
+            f.write(az.refresh_token + "\n")
+        os.chmod(path, 0o600)
+        if not _make_unwritable(d):
+            raise Skip("cannot make a directory unwritable here (chattr +i)")
+        try:
+            be = backend(dc, az, "refresh_token", max_idle=0, oauth2_refresh_token_file=path)
+            with gateway(be) as gw:
+                expect(deliver(gw, REFRESH_USER), 250, "2.0.0")
+                assert gw.grep(r"event=oauth2_refresh_token_not_saved file=%s .*"
+                               r"action=keep_in_memory" % re.escape(path)), gw.log()
+                with open(path) as f:
+                    assert f.read().strip() == az.refresh_token
+                # the access token is revoked: the next refresh uses the rotated token held
+                # in memory (the file's is revoked) and the delivery goes through
+                az.revoke_all()
+                expect(deliver(gw, REFRESH_USER), 250, "2.0.0")
+                assert az.token_requests("refresh_token", "ok") == 2, az.stats()
+                no_secrets(gw, az.refresh_token, *az.stats()["refresh_tokens"])
+        finally:
+            _make_writable(d)

@@ -42,7 +42,10 @@ const state = {
   issued: new Set(),          // jti of every access token issued
   revoked: new Set(),
   revokeNew: false,
-  tokens: [],                 // the last 100 access tokens issued (tests: never in a log)           // every token is revoked as it is issued (a server refusing all)
+  tokens: [],                 // the last 100 access tokens issued (tests: never in a log)
+  revokeNew: false,           // every token is revoked as it is issued (a server refusing all)
+  rotateRefresh: false,       // a refresh token is revoked once it has been used (rotation)
+  refreshIssued: [],          // the last 100 refresh tokens issued (tests: never in a log)
 };
 
 const issuer = new OAuth2Issuer();
@@ -72,9 +75,13 @@ service.on("beforeResponse", (response, req) => {
     if (state.tokens.length > 100) state.tokens.shift();
     const rt = response.body.refresh_token;
     if (rt !== undefined) {
-      if (req.lmtpgw?.refreshUser !== undefined)
+      if (req.lmtpgw?.refreshUser !== undefined) {
         state.refreshTokens.set(rt, { client_id: req.lmtpgw.clientId, user: req.lmtpgw.refreshUser });
-      else
+        state.refreshIssued.push(rt);
+        if (state.refreshIssued.length > 100) state.refreshIssued.shift();
+        // rotation as Microsoft's identity platform may do it: the used token is gone
+        if (state.rotateRefresh) state.refreshTokens.delete(req.lmtpgw.usedRefreshToken);
+      } else
         delete response.body.refresh_token;
     }
     delete response.body.id_token;
@@ -134,7 +141,8 @@ async function tokenRequest(req, res) {
     if (client === null) return refuse("invalid_client", "client authentication failed");
     const rt = state.refreshTokens.get(body.refresh_token ?? "");
     if (rt === undefined || rt.client_id !== client) return refuse("invalid_grant", "unknown refresh token");
-    req.lmtpgw = { sub: rt.user, email: rt.user, kind: "delegated", clientId: client, refreshUser: rt.user };
+    req.lmtpgw = { sub: rt.user, email: rt.user, kind: "delegated", clientId: client, refreshUser: rt.user,
+                   usedRefreshToken: body.refresh_token };
     req.body = { grant_type: "refresh_token", refresh_token: body.refresh_token, scope: body.scope };
   } else if (grant === "urn:ietf:params:oauth:grant-type:jwt-bearer") {
     let claims;
@@ -186,7 +194,8 @@ async function introspect(req, res, app) {
 
 async function control(req, res, path) {
   if (path === "/_test/stats") {
-    return send(res, 200, { token: state.counts, introspections: state.introspections, tokens: state.tokens });
+    return send(res, 200, { token: state.counts, introspections: state.introspections, tokens: state.tokens,
+                            refresh_tokens: state.refreshIssued });
   }
   if (path === "/_test/set" && req.method === "POST") {
     const body = JSON.parse((await readBody(req)) || "{}");
@@ -194,6 +203,7 @@ async function control(req, res, path) {
     if (body.lifetime !== undefined) state.lifetime = body.lifetime;
     if (body.delay_ms !== undefined) state.delayMs = body.delay_ms;
     if (body.revoke_new !== undefined) state.revokeNew = body.revoke_new;
+    if (body.rotate_refresh !== undefined) state.rotateRefresh = body.rotate_refresh;
     return send(res, 200, { ok: true });
   }
   if (path === "/_test/revoke" && req.method === "POST") {
