@@ -23,6 +23,8 @@
 #include <openssl/evp.h>
 #include <openssl/crypto.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
 
 #include "base64.h"
 #include "http.h"
@@ -59,6 +61,8 @@ struct oauth2_source {
 	char *client_id;
 	char *scope;
 	char *client_secret;           /* secret */
+	EVP_PKEY *client_key;          /* certificate credentials: the private key (secret) */
+	char client_x5t[32];           /* and the certificate's SHA-1 thumbprint, base64url */
 	char *refresh_token;           /* secret; replaced when the server rotates it */
 	char *refresh_token_file;      /* where it came from; a rotated one is written back */
 	char *token_file;
@@ -135,6 +139,73 @@ static int load_service_account(struct oauth2_source *src, const char *path, cha
 	return 0;
 }
 
+/* base64url without padding (RFC 7515 2) of len bytes into out (room for 4/3 len + 4). */
+static void b64url_encode(const unsigned char *data, size_t len, char *out)
+{
+	size_t n = base64_encode(data, len, out);
+	while (n > 0 && out[n - 1] == '=')
+		n--;
+	for (size_t i = 0; i < n; i++)
+		out[i] = out[i] == '+' ? '-' : out[i] == '/' ? '_' : out[i];
+	out[n] = '\0';
+}
+
+/* Certificate credentials: the certificate (its thumbprint names the key to the server) and
+ * its private key, which must belong together. */
+static int load_client_certificate(struct oauth2_source *src, const struct oauth2_settings *set,
+				   char *error_r, size_t error_size)
+{
+	const char *cert_path = set->client_certificate_file, *key_path = set->client_key_file;
+	X509 *cert = NULL;
+	int rc = -1;
+
+	if (cert_path == NULL || key_path == NULL) {
+		snprintf(error_r, error_size, "oauth2_client_certificate_file and "
+			 "oauth2_client_key_file go together");
+		return -1;
+	}
+	FILE *f = fopen(cert_path, "re");
+	if (f == NULL) {
+		snprintf(error_r, error_size, "%s: %s", cert_path, strerror(errno));
+		return -1;
+	}
+	cert = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	if (cert == NULL) {
+		snprintf(error_r, error_size, "%s: not a PEM certificate", cert_path);
+		return -1;
+	}
+	char *pem = secret_read_file(key_path, error_r, error_size);
+	if (pem == NULL)
+		goto out;
+	BIO *bio = BIO_new_mem_buf(pem, -1);
+	src->client_key = bio != NULL ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+	BIO_free(bio);
+	secret_free(&pem);
+	if (src->client_key == NULL || EVP_PKEY_base_id(src->client_key) != EVP_PKEY_RSA) {
+		snprintf(error_r, error_size, "%s: not a PEM RSA private key (unencrypted)",
+			 key_path);
+		goto out;
+	}
+	if (X509_check_private_key(cert, src->client_key) != 1) {
+		snprintf(error_r, error_size, "%s: not the private key of %s", key_path, cert_path);
+		goto out;
+	}
+	/* x5t (RFC 7515 4.1.7): base64url of the SHA-1 digest of the DER certificate, which is
+	 * what Microsoft's identity platform looks the key up by */
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int md_len = 0;
+	if (X509_digest(cert, EVP_sha1(), md, &md_len) != 1 || md_len != 20) {
+		snprintf(error_r, error_size, "%s: cannot compute its thumbprint", cert_path);
+		goto out;
+	}
+	b64url_encode(md, md_len, src->client_x5t);
+	rc = 0;
+out:
+	X509_free(cert);
+	return rc;
+}
+
 struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const char *backend,
 					char *error_r, size_t error_size)
 {
@@ -176,9 +247,19 @@ struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const
 				 "oauth2_token_url", oauth2_grant_words[src->grant]);
 			goto fail;
 		}
-		if (src->grant == OAUTH2_GRANT_CLIENT_CREDENTIALS && set->client_secret_file == NULL) {
+		if (set->client_certificate_file != NULL || set->client_key_file != NULL) {
+			if (set->client_secret_file != NULL) {
+				snprintf(error_r, error_size, "oauth2_client_secret_file and "
+					 "oauth2_client_certificate_file exclude each other");
+				goto fail;
+			}
+			if (load_client_certificate(src, set, error_r, error_size) < 0)
+				goto fail;
+		} else if (src->grant == OAUTH2_GRANT_CLIENT_CREDENTIALS &&
+			   set->client_secret_file == NULL) {
 			snprintf(error_r, error_size,
-				 "oauth2_grant client_credentials needs oauth2_client_secret_file");
+				 "oauth2_grant client_credentials needs oauth2_client_secret_file or "
+				 "oauth2_client_certificate_file and oauth2_client_key_file");
 			goto fail;
 		}
 		if (set->client_secret_file != NULL) {
@@ -251,6 +332,7 @@ void oauth2_source_free(struct oauth2_source **srcp)
 	free(src->client_id);
 	free(src->scope);
 	secret_free(&src->client_secret);
+	EVP_PKEY_free(src->client_key);
 	secret_free(&src->refresh_token);
 	free(src->refresh_token_file);
 	free(src->token_file);
@@ -397,26 +479,18 @@ static void b64url_add(struct buf *b, const void *data, size_t len)
 	free(tmp);
 }
 
-/* The RS256 assertion of RFC 7523 2.1 for subject, signed with the service account's key. */
-static char *jwt_assertion(struct oauth2_source *src, const char *subject)
+/* header.claims.signature, RS256 with key (RFC 7515 compact serialization); NULL on failure.
+ * Takes header and claims (decref'd). */
+static char *jwt_sign(EVP_PKEY *key, json_t *header, json_t *claims)
 {
 	struct buf jwt = { 0 };
-	json_t *header = json_pack("{s:s, s:s}", "alg", "RS256", "typ", "JWT");
-	json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:I}", "iss", src->sa_email, "scope",
-				   src->scope, "aud", src->token_url, "iat",
-				   (json_int_t)(now_ms() / 1000), "exp",
-				   (json_int_t)(now_ms() / 1000 + 3600));
 	char *h = NULL, *c = NULL;
 	unsigned char *sig = NULL;
 	size_t sig_len = 0;
 	EVP_MD_CTX *md = NULL;
 
 	if (header == NULL || claims == NULL)
-		goto out;
-	if (src->sa_key_id != NULL)
-		json_object_set_new(header, "kid", json_string(src->sa_key_id));
-	if (subject != NULL && subject[0] != '\0')
-		json_object_set_new(claims, "sub", json_string(subject));
+		goto fail;
 	h = json_dumps(header, JSON_COMPACT);
 	c = json_dumps(claims, JSON_COMPACT);
 	if (h == NULL || c == NULL)
@@ -427,7 +501,7 @@ static char *jwt_assertion(struct oauth2_source *src, const char *subject)
 	if (jwt.failed)
 		goto out;
 	md = EVP_MD_CTX_new();
-	if (md == NULL || EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, src->sa_key) != 1 ||
+	if (md == NULL || EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) != 1 ||
 	    EVP_DigestSign(md, NULL, &sig_len, (const unsigned char *)jwt.data, jwt.len) != 1)
 		goto fail;
 	sig = malloc(sig_len);
@@ -453,6 +527,67 @@ out:
 		return NULL;
 	}
 	return jwt.data;
+}
+
+/* The RS256 assertion of RFC 7523 2.1 for subject, signed with the service account's key. */
+static char *jwt_assertion(struct oauth2_source *src, const char *subject)
+{
+	json_t *header = json_pack("{s:s, s:s}", "alg", "RS256", "typ", "JWT");
+	json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:I}", "iss", src->sa_email, "scope",
+				   src->scope, "aud", src->token_url, "iat",
+				   (json_int_t)(now_ms() / 1000), "exp",
+				   (json_int_t)(now_ms() / 1000 + 3600));
+
+	if (header != NULL && src->sa_key_id != NULL)
+		json_object_set_new(header, "kid", json_string(src->sa_key_id));
+	if (claims != NULL && subject != NULL && subject[0] != '\0')
+		json_object_set_new(claims, "sub", json_string(subject));
+	return jwt_sign(src->sa_key, header, claims);
+}
+
+/* The client assertion of certificate credentials (RFC 7523 2.2; Microsoft identity
+ * platform "certificate credentials"): iss = sub = the client id, aud = the token endpoint,
+ * a fresh jti (servers refuse a replayed one), valid for 5 minutes. */
+static char *client_assertion(struct oauth2_source *src)
+{
+	unsigned char nonce[16];
+	char jti[33];
+	static const char hex[] = "0123456789abcdef";
+	json_int_t now = (json_int_t)(now_ms() / 1000);
+
+	if (RAND_bytes(nonce, sizeof(nonce)) != 1)
+		return NULL;
+	for (size_t i = 0; i < sizeof(nonce); i++) {
+		jti[2 * i] = hex[nonce[i] >> 4];
+		jti[2 * i + 1] = hex[nonce[i] & 15];
+	}
+	jti[32] = '\0';
+	json_t *header = json_pack("{s:s, s:s, s:s}", "alg", "RS256", "typ", "JWT", "x5t",
+				   src->client_x5t);
+	json_t *claims = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I}", "aud", src->token_url,
+				   "iss", src->client_id, "sub", src->client_id, "jti", jti,
+				   "iat", now, "nbf", now, "exp", now + 300);
+	return jwt_sign(src->client_key, header, claims);
+}
+
+#define CLIENT_ASSERTION_TYPE "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+/* The client's identity and proof (RFC 6749 2.3.1 in the body, or RFC 7521 4.2). -1 when the
+ * assertion cannot be signed. */
+static int client_authentication(struct oauth2_source *src, struct buf *form)
+{
+	form_add(form, "client_id", src->client_id);
+	if (src->client_key == NULL) {
+		form_add(form, "client_secret", src->client_secret);
+		return 0;
+	}
+	char *assertion = client_assertion(src);
+	if (assertion == NULL)
+		return -1;
+	form_add(form, "client_assertion_type", CLIENT_ASSERTION_TYPE);
+	form_add(form, "client_assertion", assertion);
+	secret_free(&assertion);
+	return 0;
 }
 
 /* Write token as the new content of path, atomically: a temporary file in the same directory
@@ -550,16 +685,19 @@ static int request_token(struct oauth2_source *src, const char *subject, char **
 
 	switch (src->grant) {
 	case OAUTH2_GRANT_CLIENT_CREDENTIALS:
-		form_add(&form, "grant_type", "client_credentials");
-		form_add(&form, "client_id", src->client_id);
-		form_add(&form, "client_secret", src->client_secret);
-		form_add(&form, "scope", src->scope);
-		break;
 	case OAUTH2_GRANT_REFRESH_TOKEN:
-		form_add(&form, "grant_type", "refresh_token");
-		form_add(&form, "refresh_token", src->refresh_token);
-		form_add(&form, "client_id", src->client_id);
-		form_add(&form, "client_secret", src->client_secret);
+		if (src->grant == OAUTH2_GRANT_CLIENT_CREDENTIALS) {
+			form_add(&form, "grant_type", "client_credentials");
+		} else {
+			form_add(&form, "grant_type", "refresh_token");
+			form_add(&form, "refresh_token", src->refresh_token);
+		}
+		if (client_authentication(src, &form) < 0) {
+			if (form.data != NULL)
+				secret_free_bytes(form.data, form.cap);
+			snprintf(reason, reason_size, "cannot sign the client assertion");
+			return -1;
+		}
 		form_add(&form, "scope", src->scope);
 		break;
 	case OAUTH2_GRANT_JWT_BEARER:

@@ -19,7 +19,7 @@ import urllib.request
 from harness import Lmtpgw, Skip, binary, conf_value, expect, free_port, require_dovecot
 
 from dovecot import DovecotServer
-from oauth2server import (CLIENT_ID, CLIENT_SECRET, JWT_BEARER, REFRESH_USER, SERVICE_ACCOUNT,
+from oauth2server import (CERT_CLIENT_ID, CLIENT_ID, CLIENT_SECRET, JWT_BEARER, REFRESH_USER, SERVICE_ACCOUNT,
                           OAuth2Server)
 
 DOMAIN = "example.test"
@@ -65,7 +65,8 @@ def backend(dc, az, grant, mechanism="xoauth2", name="inbox", **opts):
     if grant == "jwt_bearer":
         s.update(oauth2_key_file=az.service_account_file, oauth2_scope=GOOGLE_SCOPE)
     s.update(opts)
-    return "%s: { %s };" % (name, " ".join("%s = %s;" % (k, conf_value(v)) for k, v in s.items()))
+    return "%s: { %s };" % (name, " ".join("%s = %s;" % (k, conf_value(v)) for k, v in s.items()
+                                           if v is not None))
 
 
 def gateway(backends, route_to="inbox", **kw):
@@ -555,3 +556,44 @@ def test_oauth2_rotated_refresh_token_not_saved_warns_and_keeps_it_in_memory():
                 no_secrets(gw, az.refresh_token, *az.stats()["refresh_tokens"])
         finally:
             _make_writable(d)
+
+
+# --- Microsoft 365 certificate credentials -----------------------------------------------------
+
+def test_oauth2_client_certificate_credentials():
+    """client_credentials with a client assertion signed by the certificate's key (no secret):
+    the authorization server checks its signature with the registered certificate (jose),
+    its x5t thumbprint, iss/sub/aud/exp and that its jti is new."""
+    with servers() as (dc, az):
+        cert = {"oauth2_client_id": CERT_CLIENT_ID, "oauth2_client_secret_file": None,
+                "oauth2_client_certificate_file": az.client_cert_file,
+                "oauth2_client_key_file": az.client_key_file, "max_idle": 0}
+        with gateway(backend(dc, az, "client_credentials", **cert), debug=True) as gw:
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            expect(deliver(gw, "bob@" + DOMAIN), 250, "2.0.0")
+            assert az.token_requests("client_credentials", "ok") == 1, az.stats()
+            assert az.stats()["assertions"] == 1
+            # revoked: a new token with a new assertion (a replayed jti would be refused)
+            az.revoke_all()
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            assert az.stats()["assertions"] == 2, az.stats()
+            with open(az.client_key_file) as f:
+                no_secrets(gw, f.read().splitlines()[1], *az.stats()["tokens"])
+        assert dc.count("alice@" + DOMAIN) == 2
+        # a certificate the application never registered: the token endpoint refuses,
+        # 451 4.7.0 (never a bounce)
+        other = dict(cert, oauth2_client_certificate_file=az.other_cert_file,
+                     oauth2_client_key_file=az.other_key_file)
+        with gateway(backend(dc, az, "client_credentials", **other)) as gw:
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            assert az.token_requests("client_credentials", "failed") == 1, az.stats()
+        # a key that is not the certificate's, or a secret beside the certificate: refused
+        # when the configuration is read
+        for bad, why in ((dict(cert, oauth2_client_key_file=az.other_key_file),
+                          "not the private key of"),
+                         (dict(cert, oauth2_client_secret_file=secret_file(dc, "s", "x")),
+                          "exclude each other")):
+            gw = gateway(backend(dc, az, "client_credentials", **bad))
+            p = subprocess.run([binary(), "-c", gw.conf_path, "check"], capture_output=True,
+                               text=True, timeout=60)
+            assert p.returncode != 0 and why in p.stdout + p.stderr, p.stdout + p.stderr
