@@ -6,7 +6,10 @@
  *   token_file          a file another program keeps current (first line: the token); re-read
  *                       when it changes (inode, size or modification time)
  *   client_credentials  RFC 6749 4.4 (Microsoft 365 app-only access): one token for every
- *                       mailbox
+ *                       mailbox. The client authenticates with a secret, or with a
+ *                       certificate: an RS256 client assertion (RFC 7523 2.2, RFC 7521 4.2;
+ *                       Microsoft's "certificate credentials") signed with its private key,
+ *                       header x5t = the certificate's SHA-1 thumbprint (refresh_token too)
  *   refresh_token       RFC 6749 6: one account's refresh token, from a file
  *   jwt_bearer          RFC 7523 with a Google service account key (JSON): an RS256 assertion
  *                       signed here (OpenSSL) whose `sub` is the mailbox user (domain-wide
@@ -50,6 +53,8 @@ struct oauth2_settings {
 	char *token_url;
 	char *client_id;
 	char *client_secret_file;
+	char *client_certificate_file;
+	char *client_key_file;
 	char *scope;
 	char *refresh_token_file;
 	char *token_file;
@@ -69,6 +74,13 @@ struct oauth2_settings {
 	  "client (application) id at the authorization server", NULL },                         \
 	{ "oauth2_client_secret_file", CONF_STRING, offsetof(type, member.client_secret_file),    \
 	  NULL, 1, 0, "file holding the client secret (first line); not readable by others",      \
+	  NULL },                                                                                  \
+	{ "oauth2_client_certificate_file", CONF_STRING,                                          \
+	  offsetof(type, member.client_certificate_file), NULL, 1, 0,                              \
+	  "client_credentials, refresh_token: PEM certificate registered with the application; "  \
+	  "authenticate with a signed client assertion instead of a client secret", NULL },       \
+	{ "oauth2_client_key_file", CONF_STRING, offsetof(type, member.client_key_file), NULL, 1,  \
+	  0, "PEM RSA private key of oauth2_client_certificate_file; not readable by others",     \
 	  NULL },                                                                                  \
 	{ "oauth2_scope", CONF_STRING, offsetof(type, member.scope), NULL, 1, 0,                  \
 	  "scope requested (space-separated)", NULL },                                            \
@@ -105,9 +117,13 @@ int oauth2_source_open(const struct oauth2_settings *set, const char *backend,
 
 struct curl_slist;
 /* Append "Authorization: Bearer TOKEN" to *headers with a token from src (nothing when src is
- * NULL). 0, or -1 with *st_r (451 4.7.0) and reason. */
-int oauth2_add_bearer(struct oauth2_source *src, struct curl_slist **headers,
-		      struct status *st_r, char *reason, size_t reason_size);
+ * NULL). refused: a token the receiver just refused (401), or NULL: it is not handed out
+ * again (oauth2_token). used_r (may be NULL): a copy of the token sent (free with
+ * secret_free), to pass back as refused when the receiver answers 401. 0, or -1 with *st_r
+ * (451 4.7.0) and reason. */
+int oauth2_add_bearer(struct oauth2_source *src, const char *refused,
+		      struct curl_slist **headers, char **used_r, struct status *st_r,
+		      char *reason, size_t reason_size);
 
 /* Does the token depend on the subject (jwt_bearer)? Otherwise one token serves everyone. */
 int oauth2_per_subject(const struct oauth2_source *src);

@@ -7,6 +7,8 @@
  */
 #include "oauth2.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -15,14 +17,18 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <openssl/crypto.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
 
 #include "base64.h"
 #include "http.h"
+#include "log.h"
 #include "metrics.h"
 #include "secret.h"
 
@@ -55,7 +61,10 @@ struct oauth2_source {
 	char *client_id;
 	char *scope;
 	char *client_secret;           /* secret */
+	EVP_PKEY *client_key;          /* certificate credentials: the private key (secret) */
+	char client_x5t[32];           /* and the certificate's SHA-1 thumbprint, base64url */
 	char *refresh_token;           /* secret; replaced when the server rotates it */
+	char *refresh_token_file;      /* where it came from; a rotated one is written back */
 	char *token_file;
 	char *sa_email;                /* jwt_bearer: the service account */
 	char *sa_key_id;
@@ -130,6 +139,73 @@ static int load_service_account(struct oauth2_source *src, const char *path, cha
 	return 0;
 }
 
+/* base64url without padding (RFC 7515 2) of len bytes into out (room for 4/3 len + 4). */
+static void b64url_encode(const unsigned char *data, size_t len, char *out)
+{
+	size_t n = base64_encode(data, len, out);
+	while (n > 0 && out[n - 1] == '=')
+		n--;
+	for (size_t i = 0; i < n; i++)
+		out[i] = out[i] == '+' ? '-' : out[i] == '/' ? '_' : out[i];
+	out[n] = '\0';
+}
+
+/* Certificate credentials: the certificate (its thumbprint names the key to the server) and
+ * its private key, which must belong together. */
+static int load_client_certificate(struct oauth2_source *src, const struct oauth2_settings *set,
+				   char *error_r, size_t error_size)
+{
+	const char *cert_path = set->client_certificate_file, *key_path = set->client_key_file;
+	X509 *cert = NULL;
+	int rc = -1;
+
+	if (cert_path == NULL || key_path == NULL) {
+		snprintf(error_r, error_size, "oauth2_client_certificate_file and "
+			 "oauth2_client_key_file go together");
+		return -1;
+	}
+	FILE *f = fopen(cert_path, "re");
+	if (f == NULL) {
+		snprintf(error_r, error_size, "%s: %s", cert_path, strerror(errno));
+		return -1;
+	}
+	cert = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	if (cert == NULL) {
+		snprintf(error_r, error_size, "%s: not a PEM certificate", cert_path);
+		return -1;
+	}
+	char *pem = secret_read_file(key_path, error_r, error_size);
+	if (pem == NULL)
+		goto out;
+	BIO *bio = BIO_new_mem_buf(pem, -1);
+	src->client_key = bio != NULL ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+	BIO_free(bio);
+	secret_free(&pem);
+	if (src->client_key == NULL || EVP_PKEY_base_id(src->client_key) != EVP_PKEY_RSA) {
+		snprintf(error_r, error_size, "%s: not a PEM RSA private key (unencrypted)",
+			 key_path);
+		goto out;
+	}
+	if (X509_check_private_key(cert, src->client_key) != 1) {
+		snprintf(error_r, error_size, "%s: not the private key of %s", key_path, cert_path);
+		goto out;
+	}
+	/* x5t (RFC 7515 4.1.7): base64url of the SHA-1 digest of the DER certificate, which is
+	 * what Microsoft's identity platform looks the key up by */
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int md_len = 0;
+	if (X509_digest(cert, EVP_sha1(), md, &md_len) != 1 || md_len != 20) {
+		snprintf(error_r, error_size, "%s: cannot compute its thumbprint", cert_path);
+		goto out;
+	}
+	b64url_encode(md, md_len, src->client_x5t);
+	rc = 0;
+out:
+	X509_free(cert);
+	return rc;
+}
+
 struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const char *backend,
 					char *error_r, size_t error_size)
 {
@@ -171,9 +247,19 @@ struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const
 				 "oauth2_token_url", oauth2_grant_words[src->grant]);
 			goto fail;
 		}
-		if (src->grant == OAUTH2_GRANT_CLIENT_CREDENTIALS && set->client_secret_file == NULL) {
+		if (set->client_certificate_file != NULL || set->client_key_file != NULL) {
+			if (set->client_secret_file != NULL) {
+				snprintf(error_r, error_size, "oauth2_client_secret_file and "
+					 "oauth2_client_certificate_file exclude each other");
+				goto fail;
+			}
+			if (load_client_certificate(src, set, error_r, error_size) < 0)
+				goto fail;
+		} else if (src->grant == OAUTH2_GRANT_CLIENT_CREDENTIALS &&
+			   set->client_secret_file == NULL) {
 			snprintf(error_r, error_size,
-				 "oauth2_grant client_credentials needs oauth2_client_secret_file");
+				 "oauth2_grant client_credentials needs oauth2_client_secret_file or "
+				 "oauth2_client_certificate_file and oauth2_client_key_file");
 			goto fail;
 		}
 		if (set->client_secret_file != NULL) {
@@ -192,6 +278,7 @@ struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const
 							      error_size);
 			if (src->refresh_token == NULL)
 				goto fail;
+			src->refresh_token_file = strdup(set->refresh_token_file);
 		}
 		break;
 	case OAUTH2_GRANT_JWT_BEARER:
@@ -245,7 +332,9 @@ void oauth2_source_free(struct oauth2_source **srcp)
 	free(src->client_id);
 	free(src->scope);
 	secret_free(&src->client_secret);
+	EVP_PKEY_free(src->client_key);
 	secret_free(&src->refresh_token);
+	free(src->refresh_token_file);
 	free(src->token_file);
 	free(src->sa_email);
 	free(src->sa_key_id);
@@ -271,22 +360,28 @@ int oauth2_source_open(const struct oauth2_settings *set, const char *backend,
 	return 0;
 }
 
-int oauth2_add_bearer(struct oauth2_source *src, struct curl_slist **headers,
-		      struct status *st_r, char *reason, size_t reason_size)
+int oauth2_add_bearer(struct oauth2_source *src, const char *refused,
+		      struct curl_slist **headers, char **used_r, struct status *st_r,
+		      char *reason, size_t reason_size)
 {
 	char *token = NULL;
 
+	if (used_r != NULL)
+		*used_r = NULL;
 	if (src == NULL)
 		return 0;
-	if (oauth2_token(src, NULL, NULL, &token, st_r, reason, reason_size) < 0)
+	if (oauth2_token(src, NULL, refused, &token, st_r, reason, reason_size) < 0)
 		return -1;
 	/* curl copies the line; the copy lives until the list is freed (not wiped: curl's). */
 	int r = http_header_add(headers, "Authorization: Bearer %s", token);
-	secret_free(&token);
 	if (r < 0) {
 		fail_status(st_r);
 		snprintf(reason, reason_size, "out of memory");
 	}
+	if (r == 0 && used_r != NULL)
+		*used_r = token;
+	else
+		secret_free(&token);
 	return r;
 }
 
@@ -384,26 +479,18 @@ static void b64url_add(struct buf *b, const void *data, size_t len)
 	free(tmp);
 }
 
-/* The RS256 assertion of RFC 7523 2.1 for subject, signed with the service account's key. */
-static char *jwt_assertion(struct oauth2_source *src, const char *subject)
+/* header.claims.signature, RS256 with key (RFC 7515 compact serialization); NULL on failure.
+ * Takes header and claims (decref'd). */
+static char *jwt_sign(EVP_PKEY *key, json_t *header, json_t *claims)
 {
 	struct buf jwt = { 0 };
-	json_t *header = json_pack("{s:s, s:s}", "alg", "RS256", "typ", "JWT");
-	json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:I}", "iss", src->sa_email, "scope",
-				   src->scope, "aud", src->token_url, "iat",
-				   (json_int_t)(now_ms() / 1000), "exp",
-				   (json_int_t)(now_ms() / 1000 + 3600));
 	char *h = NULL, *c = NULL;
 	unsigned char *sig = NULL;
 	size_t sig_len = 0;
 	EVP_MD_CTX *md = NULL;
 
 	if (header == NULL || claims == NULL)
-		goto out;
-	if (src->sa_key_id != NULL)
-		json_object_set_new(header, "kid", json_string(src->sa_key_id));
-	if (subject != NULL && subject[0] != '\0')
-		json_object_set_new(claims, "sub", json_string(subject));
+		goto fail;
 	h = json_dumps(header, JSON_COMPACT);
 	c = json_dumps(claims, JSON_COMPACT);
 	if (h == NULL || c == NULL)
@@ -414,7 +501,7 @@ static char *jwt_assertion(struct oauth2_source *src, const char *subject)
 	if (jwt.failed)
 		goto out;
 	md = EVP_MD_CTX_new();
-	if (md == NULL || EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, src->sa_key) != 1 ||
+	if (md == NULL || EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) != 1 ||
 	    EVP_DigestSign(md, NULL, &sig_len, (const unsigned char *)jwt.data, jwt.len) != 1)
 		goto fail;
 	sig = malloc(sig_len);
@@ -442,6 +529,152 @@ out:
 	return jwt.data;
 }
 
+/* The RS256 assertion of RFC 7523 2.1 for subject, signed with the service account's key. */
+static char *jwt_assertion(struct oauth2_source *src, const char *subject)
+{
+	json_t *header = json_pack("{s:s, s:s}", "alg", "RS256", "typ", "JWT");
+	json_t *claims = json_pack("{s:s, s:s, s:s, s:I, s:I}", "iss", src->sa_email, "scope",
+				   src->scope, "aud", src->token_url, "iat",
+				   (json_int_t)(now_ms() / 1000), "exp",
+				   (json_int_t)(now_ms() / 1000 + 3600));
+
+	if (header != NULL && src->sa_key_id != NULL)
+		json_object_set_new(header, "kid", json_string(src->sa_key_id));
+	if (claims != NULL && subject != NULL && subject[0] != '\0')
+		json_object_set_new(claims, "sub", json_string(subject));
+	return jwt_sign(src->sa_key, header, claims);
+}
+
+/* The client assertion of certificate credentials (RFC 7523 2.2; Microsoft identity
+ * platform "certificate credentials"): iss = sub = the client id, aud = the token endpoint,
+ * a fresh jti (servers refuse a replayed one), valid for 5 minutes. */
+static char *client_assertion(struct oauth2_source *src)
+{
+	unsigned char nonce[16];
+	char jti[33];
+	static const char hex[] = "0123456789abcdef";
+	json_int_t now = (json_int_t)(now_ms() / 1000);
+
+	if (RAND_bytes(nonce, sizeof(nonce)) != 1)
+		return NULL;
+	for (size_t i = 0; i < sizeof(nonce); i++) {
+		jti[2 * i] = hex[nonce[i] >> 4];
+		jti[2 * i + 1] = hex[nonce[i] & 15];
+	}
+	jti[32] = '\0';
+	json_t *header = json_pack("{s:s, s:s, s:s}", "alg", "RS256", "typ", "JWT", "x5t",
+				   src->client_x5t);
+	json_t *claims = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I}", "aud", src->token_url,
+				   "iss", src->client_id, "sub", src->client_id, "jti", jti,
+				   "iat", now, "nbf", now, "exp", now + 300);
+	return jwt_sign(src->client_key, header, claims);
+}
+
+#define CLIENT_ASSERTION_TYPE "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+/* The client's identity and proof (RFC 6749 2.3.1 in the body, or RFC 7521 4.2). -1 when the
+ * assertion cannot be signed. */
+static int client_authentication(struct oauth2_source *src, struct buf *form)
+{
+	form_add(form, "client_id", src->client_id);
+	if (src->client_key == NULL) {
+		form_add(form, "client_secret", src->client_secret);
+		return 0;
+	}
+	char *assertion = client_assertion(src);
+	if (assertion == NULL)
+		return -1;
+	form_add(form, "client_assertion_type", CLIENT_ASSERTION_TYPE);
+	form_add(form, "client_assertion", assertion);
+	secret_free(&assertion);
+	return 0;
+}
+
+/* Write token as the new content of path, atomically: a temporary file in the same directory
+ * (mode 600 from mkstemp, the old file's owner when we may set it), fsync, rename over the
+ * old one, fsync of the directory. Either the old or the new token is in the file, never a
+ * torn one. 0, or -1 with errno-based error (no secret in it). */
+static int write_secret_file(const char *path, const char *token, char *error, size_t size)
+{
+	char dir[4096], tmp[4096 + 32];
+	const char *slash = strrchr(path, '/');
+	struct stat old;
+	int fd = -1;
+
+	if (slash == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == path)
+		snprintf(dir, sizeof(dir), "/");
+	else
+		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s/.lmtpgw-token.XXXXXX", dir) >= sizeof(tmp)) {
+		snprintf(error, size, "path too long");
+		return -1;
+	}
+	fd = mkstemp(tmp);
+	if (fd < 0) {
+		snprintf(error, size, "cannot create a temporary file in %s: %s", dir,
+			 strerror(errno));
+		return -1;
+	}
+	const char *step = "write";
+	size_t len = strlen(token);
+	bool ok = fchmod(fd, 0600) == 0;
+	/* the old file's owner when we may (root); otherwise the file is ours, still mode 600 */
+	if (ok && stat(path, &old) == 0 && fchown(fd, old.st_uid, old.st_gid) < 0)
+		errno = 0;
+	for (size_t off = 0; ok && off < len;) {
+		ssize_t n = write(fd, token + off, len - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		ok = n > 0;
+		off += ok ? (size_t)n : 0;
+	}
+	ok = ok && write(fd, "\n", 1) == 1;
+	if (ok) {
+		step = "fsync";
+		ok = fsync(fd) == 0;
+	}
+	if (close(fd) < 0 && ok) {
+		step = "close";
+		ok = false;
+	}
+	if (ok) {
+		step = "rename";
+		ok = rename(tmp, path) == 0;
+	}
+	if (!ok) {
+		snprintf(error, size, "%s: %s", step, strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	/* the rename itself is durable once the directory is */
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+	return 0;
+}
+
+/* Keep a rotated refresh token across restarts. A failure is logged (never the token) and
+ * the token in memory stays in use. */
+static void save_refresh_token(struct oauth2_source *src, const char *token)
+{
+	char error[300], esc[LOG_ESC_SIZE];
+
+	if (src->refresh_token_file == NULL)
+		return;
+	if (write_secret_file(src->refresh_token_file, token, error, sizeof(error)) < 0) {
+		log_warn("backend=%s event=oauth2_refresh_token_not_saved file=%s error=\"%s\" "
+			 "action=keep_in_memory", src->backend, src->refresh_token_file,
+			 log_esc(esc, error));
+		return;
+	}
+	log_info("backend=%s event=oauth2_refresh_token_saved file=%s", src->backend,
+		 src->refresh_token_file);
+}
+
 /* A token request for subject: 0 with a new token and its lifetime in seconds, or -1 with a
  * reason (no secret in it). */
 static int request_token(struct oauth2_source *src, const char *subject, char **token_r,
@@ -452,16 +685,19 @@ static int request_token(struct oauth2_source *src, const char *subject, char **
 
 	switch (src->grant) {
 	case OAUTH2_GRANT_CLIENT_CREDENTIALS:
-		form_add(&form, "grant_type", "client_credentials");
-		form_add(&form, "client_id", src->client_id);
-		form_add(&form, "client_secret", src->client_secret);
-		form_add(&form, "scope", src->scope);
-		break;
 	case OAUTH2_GRANT_REFRESH_TOKEN:
-		form_add(&form, "grant_type", "refresh_token");
-		form_add(&form, "refresh_token", src->refresh_token);
-		form_add(&form, "client_id", src->client_id);
-		form_add(&form, "client_secret", src->client_secret);
+		if (src->grant == OAUTH2_GRANT_CLIENT_CREDENTIALS) {
+			form_add(&form, "grant_type", "client_credentials");
+		} else {
+			form_add(&form, "grant_type", "refresh_token");
+			form_add(&form, "refresh_token", src->refresh_token);
+		}
+		if (client_authentication(src, &form) < 0) {
+			if (form.data != NULL)
+				secret_free_bytes(form.data, form.cap);
+			snprintf(reason, reason_size, "cannot sign the client assertion");
+			return -1;
+		}
 		form_add(&form, "scope", src->scope);
 		break;
 	case OAUTH2_GRANT_JWT_BEARER:
@@ -547,16 +783,20 @@ static int request_token(struct oauth2_source *src, const char *subject, char **
 	else if (json_is_string(expires) && atoll(json_string_value(expires)) > 0)
 		*lifetime_r = atoll(json_string_value(expires)); /* some servers quote it */
 	*token_r = strdup(token);
-	/* A rotated refresh token replaces ours (in memory: the file stays as the admin wrote
-	 * it, and the server keeps the first one valid or the admin renews it). */
+	/* A rotated refresh token replaces ours, in memory and in its file: servers that rotate
+	 * (Microsoft's identity platform, RFC 9700 4.14.2) may revoke the old one, and a restart
+	 * must not start from a revoked token. Only one request is in flight for the single
+	 * identity of this grant, so there is one writer at a time. */
 	const char *rotated = json_string_value(json_object_get(doc, "refresh_token"));
-	if (src->grant == OAUTH2_GRANT_REFRESH_TOKEN && rotated != NULL && rotated[0] != '\0') {
+	if (src->grant == OAUTH2_GRANT_REFRESH_TOKEN && rotated != NULL && rotated[0] != '\0' &&
+	    strpbrk(rotated, "\r\n") == NULL && strcmp(rotated, src->refresh_token) != 0) {
 		char *copy = strdup(rotated);
 		if (copy != NULL) {
 			pthread_mutex_lock(&src->lock);
 			secret_free(&src->refresh_token);
 			src->refresh_token = copy;
 			pthread_mutex_unlock(&src->lock);
+			save_refresh_token(src, copy);
 		}
 	}
 	rc = *token_r != NULL ? 0 : -1;

@@ -587,9 +587,28 @@ static int request_headers(const struct webhook_state *st, const struct delivery
 	return hr != 0 ? -1 : 0;
 }
 
+/* Does a 401 answer ask for another bearer token? Plain 401, or RFC 6750 3.1 `WWW-Authenticate:
+ * Bearer ... error="invalid_token"` (an expired or revoked token). Another error code
+ * (invalid_request, ...) would be refused again with a new token: no retry for it. */
+static bool token_refused(const struct webhook_state *st, long http_status,
+			  const struct http_response *resp)
+{
+	if (st->oauth2 == NULL || http_status != 401)
+		return false;
+	const char *auth = resp != NULL ? http_response_header(resp, "www-authenticate") : NULL;
+	const char *error = auth != NULL ? strstr(auth, "error=") : NULL;
+	if (error == NULL)
+		return true;
+	error += strlen("error=");
+	if (*error == '"')
+		error++;
+	return strncmp(error, "invalid_token", strlen("invalid_token")) == 0;
+}
+
 /* POST the request and give every target its status: from the answer (webhook_answer.h), or
- * the transport failure. results: room for n statuses. */
-static void post_request(struct webhook_state *st, struct target **tg, size_t n,
+ * the transport failure. results: room for n statuses. Returns true when the receiver refused
+ * the bearer token (token_refused()): the caller may retry once with a new one. */
+static bool post_request(struct webhook_state *st, struct target **tg, size_t n,
 			 const char *const *rcpts, const char *url, struct curl_slist *headers,
 			 struct webhook_body *body, const char *id, struct status *results)
 {
@@ -613,7 +632,7 @@ static void post_request(struct webhook_state *st, struct target **tg, size_t n,
 		char ref[sizeof(tg[0]->ref)];
 		snprintf(ref, sizeof(ref), "id=%s", id);
 		backend_fail_group(tg, n, &transport, ref); /* one request: one breaker event */
-		return;
+		return false;
 	}
 	/* A reference for the log and the 2xx text: the receiver's id when it gives one. */
 	char ref[96];
@@ -640,7 +659,9 @@ static void post_request(struct webhook_state *st, struct target **tg, size_t n,
 		snprintf(tg[i]->ref, sizeof(tg[i]->ref), "id=%s http=%ld%s%s", id, resp.status,
 			 rid ? " ref=" : "", rid ? ref : "");
 	}
+	bool refused = token_refused(st, resp.status, &resp);
 	http_response_free(&resp);
+	return refused;
 }
 
 /* One request for tg[0..n), all to url: id, body, signature, headers, POST, answer. */
@@ -653,6 +674,7 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 	struct webhook_body body = { 0 };
 	struct curl_slist *headers = NULL;
 	const char *error;
+	char *refused_token = NULL;    /* secret: the bearer token sent, refused when 401 */
 	long long ts = (long long)time(NULL);
 
 	if (rcpts == NULL || results == NULL) {
@@ -679,20 +701,41 @@ static void deliver_request(struct webhook_state *st, const struct delivery *d,
 		fail_all(tg, n, "signing failed", 451, "4.3.0", "Local error in processing");
 		goto out;
 	}
-	if (request_headers(st, d, rcpts, n, &body, id, ts, sig, &headers) < 0) {
-		fail_all(tg, n, "headers failed", 451, "4.3.0", "Local error in processing");
-		goto out;
+	/* A receiver that answers 401 to a cached bearer token (expired early, revoked) gets the
+	 * same request once more with a new token, as the imap backend logs in once more: the same
+	 * webhook-id, timestamp and signature (the receiver dedupes on the id), the same body (a
+	 * streamed one is read again from the spool: http_perform starts each request at its
+	 * beginning). A second 401 keeps its 451 4.7.0: our credentials, never a bounce. */
+	for (int attempt = 0;; attempt++) {
+		if (request_headers(st, d, rcpts, n, &body, id, ts, sig, &headers) < 0) {
+			fail_all(tg, n, "headers failed", 451, "4.3.0", "Local error in processing");
+			break;
+		}
+		struct status token_failure;
+		char why[256], *sent = NULL;
+		if (oauth2_add_bearer(st->oauth2, refused_token, &headers, &sent, &token_failure, why,
+				      sizeof(why)) < 0) {
+			backend_fail_group(tg, n, &token_failure, why);
+			for (size_t i = 0; i < n; i++)
+				tg[i]->backend_failure = true; /* the token endpoint: the breaker counts it */
+			break;
+		}
+		secret_free(&refused_token);
+		refused_token = sent;
+		if (!post_request(st, tg, n, rcpts, url, headers, &body, id, results))
+			break;
+		if (attempt == 1) {
+			/* a new token refused too: the receiver does not take ours at all, whoever
+			 * the recipient (the breaker counts it) */
+			for (size_t i = 0; i < n; i++)
+				tg[i]->backend_failure = true;
+			break;
+		}
+		log_info("backend=%s event=webhook_token_refused id=%s action=retry", st->name, id);
+		http_headers_free(&headers);
 	}
-	struct status token_failure;
-	char why[256];
-	if (oauth2_add_bearer(st->oauth2, &headers, &token_failure, why, sizeof(why)) < 0) {
-		backend_fail_group(tg, n, &token_failure, why);
-		for (size_t i = 0; i < n; i++)
-			tg[i]->backend_failure = true; /* the token endpoint: the breaker counts it */
-		goto out;
-	}
-	post_request(st, tg, n, rcpts, url, headers, &body, id, results);
 out:
+	secret_free(&refused_token);
 	webhook_body_free(&body);
 	http_headers_free(&headers);
 	free(rcpts);
@@ -855,36 +898,53 @@ static int verify_post(struct webhook_state *st, const char *url, const char *bo
 		if (webhook_signer_finish(&signer, sig, sizeof(sig)) < 0 || r < 0)
 			goto local_error;
 	}
-	hr |= http_header_add(&headers, "Content-Type: application/json");
-	hr |= http_header_add(&headers, "User-Agent: lmtpgw");
-	hr |= http_header_add(&headers, "webhook-id: %s", id);
-	hr |= http_header_add(&headers, "webhook-timestamp: %lld", ts);
-	if (sig[0] != '\0')
-		hr |= http_header_add(&headers, "webhook-signature: %s", sig);
-	if (st->authorization != NULL)
-		hr |= add_line(&headers, st->authorization);
-	for (size_t i = 0; i < st->set.headers.count; i++)
-		hr |= add_line(&headers, st->set.headers.items[i]);
-	if (hr != 0) {
+	/* As deliveries: a 401 to the bearer token gets one more request with a new token (the
+	 * same webhook-id); the second 401 is the answer (no verdict: verify_on_error decides). */
+	char *refused_token = NULL;
+	int r = -1;
+	for (int attempt = 0;; attempt++) {
+		hr |= http_header_add(&headers, "Content-Type: application/json");
+		hr |= http_header_add(&headers, "User-Agent: lmtpgw");
+		hr |= http_header_add(&headers, "webhook-id: %s", id);
+		hr |= http_header_add(&headers, "webhook-timestamp: %lld", ts);
+		if (sig[0] != '\0')
+			hr |= http_header_add(&headers, "webhook-signature: %s", sig);
+		if (st->authorization != NULL)
+			hr |= add_line(&headers, st->authorization);
+		for (size_t i = 0; i < st->set.headers.count; i++)
+			hr |= add_line(&headers, st->set.headers.items[i]);
+		if (hr != 0) {
+			http_headers_free(&headers);
+			secret_free(&refused_token);
+			goto local_error;
+		}
+		/* The verification carries the same OAuth2 bearer token as deliveries; no token is
+		 * a verification without a verdict (verify_on_error decides). */
+		char *sent = NULL;
+		if (oauth2_add_bearer(st->oauth2, refused_token, &headers, &sent, transport, reason,
+				      reason_size) < 0) {
+			r = -1;
+			break;
+		}
+		secret_free(&refused_token);
+		refused_token = sent;
+		struct http_request req = {
+			.method = "POST",
+			.url = url,
+			.headers = headers,
+			.body = body,
+			.body_len = len,
+			.response_max = (size_t)st->set.max_response,
+		};
+		r = http_perform(st->verify_http, &req, resp, transport, reason, reason_size);
 		http_headers_free(&headers);
-		goto local_error;
+		if (r < 0 || attempt == 1 || !token_refused(st, resp->status, resp))
+			break;
+		log_info("backend=%s event=webhook_token_refused id=%s action=retry", st->name, id);
+		http_response_free(resp);
 	}
-	/* The verification carries the same OAuth2 bearer token as deliveries; no token is a
-	 * verification without a verdict (verify_on_error decides). */
-	if (oauth2_add_bearer(st->oauth2, &headers, transport, reason, reason_size) < 0) {
-		http_headers_free(&headers);
-		return -1;
-	}
-	struct http_request req = {
-		.method = "POST",
-		.url = url,
-		.headers = headers,
-		.body = body,
-		.body_len = len,
-		.response_max = (size_t)st->set.max_response,
-	};
-	int r = http_perform(st->verify_http, &req, resp, transport, reason, reason_size);
 	http_headers_free(&headers);
+	secret_free(&refused_token);
 	return r;
 local_error:
 	status_must(transport, 451, "4.3.0", "Local error in processing");
@@ -1050,8 +1110,22 @@ static int webhook_probe(void *state, char *result, size_t size)
 		snprintf(result, size, "%d %s: %s", status.code, status.enhanced, reason);
 		return -1;
 	}
-	snprintf(result, size, "%s reachable (HEAD answered %ld)", url, resp.status);
+	long http_status = resp.status;
 	http_response_free(&resp);
+	if (st->oauth2 != NULL) {
+		/* Every delivery needs a token: the probe gets one too (shown only as obtained). */
+		char *token = NULL;
+		int r = oauth2_token(st->oauth2, NULL, NULL, &token, &status, reason,
+				     sizeof(reason));
+		secret_free(&token);
+		if (r < 0) {
+			snprintf(result, size, "%s reachable (HEAD answered %ld), OAuth2 token request "
+				 "failed: %s", url, http_status, reason);
+			return -1;
+		}
+	}
+	snprintf(result, size, "%s reachable (HEAD answered %ld)%s", url, http_status,
+		 st->oauth2 != NULL ? ", OAuth2 token obtained" : "");
 	return 0;
 }
 

@@ -9,10 +9,13 @@ contrib/test-servers/oauth2/server.mjs) over TLS on loopback, a random port.
         az.clients                       # {"lmtpgw-app": "app-secret", ...}
         az.refresh_token                 # one refresh token of ("lmtpgw-app", REFRESH_USER)
         az.service_account_file          # a Google-style JSON key (client_email, private_key, ...)
+        az.client_cert_file, az.client_key_file   # certificate credentials of CERT_CLIENT_ID
+        az.other_cert_file, az.other_key_file     # a certificate not registered anywhere
         az.stats()                       # {"token": {grant: {"ok": n, "failed": m}}, ...}
         az.stats()["tokens"]             # the last 100 access tokens issued
         az.token_requests(grant=None)    # ok + failed token requests (of one grant)
-        az.set(mode="down"|"refuse"|"hang"|"ok", lifetime=s, delay_ms=ms, revoke_new=bool)
+        az.set(mode="down"|"refuse"|"hang"|"ok", lifetime=s, delay_ms=ms, revoke_new=bool,
+               rotate_refresh=bool)             # rotate: a used refresh token is revoked
         az.revoke_all()                  # every token issued so far becomes inactive
     # leaving the block stops node by PID and removes the temp dir
 
@@ -39,6 +42,7 @@ SERVER_DIR = os.path.join(ROOT, "contrib", "test-servers", "oauth2")
 
 CLIENT_ID = "lmtpgw-app"
 CLIENT_SECRET = "app-secret-0123456789"
+CERT_CLIENT_ID = "lmtpgw-cert-app"        # authenticates with a certificate (client assertion)
 APP_DOMAIN = "example.test"
 REFRESH_USER = "alice@example.test"
 SERVICE_ACCOUNT = "lmtpgw@project.iam.example"
@@ -69,6 +73,35 @@ def _service_account_key(path, client_email, token_uri):
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f)
     return public_pem
+
+
+def client_certificate(dirname, name):
+    """A self-signed RSA certificate and its key (mode 600) as Azure's "certificates &
+    secrets" takes them: (certificate path, key path, certificate PEM)."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256()))
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    cert_path = os.path.join(dirname, name + ".crt")
+    key_path = os.path.join(dirname, name + ".key")
+    with open(cert_path, "w") as f:
+        f.write(cert_pem)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.TraditionalOpenSSL,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path, cert_pem
 
 
 class OAuth2Server:
@@ -119,12 +152,17 @@ class OAuth2Server:
         self.service_account_file = os.path.join(self.dir, "service-account.json")
         public_pem = _service_account_key(self.service_account_file, SERVICE_ACCOUNT,
                                           self.token_url)
+        # certificate credentials of CERT_CLIENT_ID (registered), and one never registered
+        self.client_cert_file, self.client_key_file, cert_pem = \
+            client_certificate(self.dir, "client-cert")
+        self.other_cert_file, self.other_key_file, _ = client_certificate(self.dir, "other-cert")
         config = {"clients": self.clients, "lifetime": self.lifetime,
                   "refresh_tokens": {self.refresh_token: {"client_id": CLIENT_ID,
                                                           "user": REFRESH_USER}},
                   "service_accounts": {SERVICE_ACCOUNT: {"public_key": public_pem,
                                                          "key_id": "k1"}},
-                  "app_domains": {CLIENT_ID: APP_DOMAIN}}
+                  "certificate_clients": {CERT_CLIENT_ID: cert_pem},
+                  "app_domains": {CLIENT_ID: APP_DOMAIN, CERT_CLIENT_ID: APP_DOMAIN}}
         self.config_file = os.path.join(self.dir, "config.json")
         with open(self.config_file, "w") as f:
             json.dump(config, f)

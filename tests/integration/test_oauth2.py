@@ -16,10 +16,10 @@ import time
 import urllib.parse
 import urllib.request
 
-from harness import Lmtpgw, binary, conf_value, expect, free_port, require_dovecot
+from harness import Lmtpgw, Skip, binary, conf_value, expect, free_port, require_dovecot
 
 from dovecot import DovecotServer
-from oauth2server import (CLIENT_ID, CLIENT_SECRET, JWT_BEARER, REFRESH_USER, SERVICE_ACCOUNT,
+from oauth2server import (CERT_CLIENT_ID, CLIENT_ID, CLIENT_SECRET, JWT_BEARER, REFRESH_USER, SERVICE_ACCOUNT,
                           OAuth2Server)
 
 DOMAIN = "example.test"
@@ -65,7 +65,8 @@ def backend(dc, az, grant, mechanism="xoauth2", name="inbox", **opts):
     if grant == "jwt_bearer":
         s.update(oauth2_key_file=az.service_account_file, oauth2_scope=GOOGLE_SCOPE)
     s.update(opts)
-    return "%s: { %s };" % (name, " ".join("%s = %s;" % (k, conf_value(v)) for k, v in s.items()))
+    return "%s: { %s };" % (name, " ".join("%s = %s;" % (k, conf_value(v)) for k, v in s.items()
+                                           if v is not None))
 
 
 def gateway(backends, route_to="inbox", **kw):
@@ -358,3 +359,241 @@ def test_oauth2_webhook_bearer_checked_by_the_receiver():
                 expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
                 assert len(r.requests) == before
                 no_secrets(gw, CLIENT_SECRET)
+
+
+def _introspecting_rule(az, unknown_domain_ok=True):
+    """A receiver rule that asks the authorization server whether the bearer token is good
+    (RFC 7662) and answers 401 with RFC 6750's invalid_token when it is not."""
+    ctx = ssl.create_default_context(cafile=az.ca_file)
+
+    def check(req):
+        auth = req.headers.get("Authorization", "")
+        refused = {"status": 401, "headers": {
+            "WWW-Authenticate": 'Bearer realm="hook", error="invalid_token"'}}
+        if not auth.startswith("Bearer "):
+            return refused
+        q = urllib.request.Request(az.introspect_app_url,
+                                   data=urllib.parse.urlencode({"token": auth[7:]}).encode())
+        ok = json.loads(urllib.request.urlopen(q, context=ctx, timeout=10).read())["active"]
+        return {"status": 200} if ok else refused
+    return check
+
+
+def _webhook_backend(az, r, **opts):
+    d = os.path.join(az.dir, "conf")
+    os.makedirs(d, exist_ok=True)
+    secret = os.path.join(d, "client.secret")
+    with open(secret, "w") as f:
+        f.write(CLIENT_SECRET + "\n")
+    os.chmod(secret, 0o600)
+    s = {"driver": "webhook", "url": r.url, "allow_http": True,
+         "oauth2_grant": "client_credentials", "oauth2_token_url": az.token_url,
+         "oauth2_client_id": CLIENT_ID, "oauth2_client_secret_file": secret,
+         "oauth2_scope": "api://receiver/.default", "oauth2_ca_file": az.ca_file,
+         "oauth2_timeout": "30s"}
+    s.update(opts)
+    return "hook: { %s };" % " ".join("%s = %s;" % (k, conf_value(v)) for k, v in s.items())
+
+
+def _deliver_big(gw, rcpt, size):
+    """One message of about size bytes (past spool_memory_max: streamed from the spool file)."""
+    c = gw.session()
+    try:
+        expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        expect(c.cmd("RCPT TO:<%s>" % rcpt), 250)
+        expect(c.cmd("DATA"), 354)
+        line = b"x" * 76 + b"\r\n"
+        c.send(message("big").replace(b"hello\r\n", line * (size // len(line))) + b".\r\n")
+        r = c.reply()
+        c.cmd("QUIT")
+        return r
+    finally:
+        c.close()
+
+
+def test_oauth2_webhook_401_refreshes_once_and_resends_the_same_request():
+    from webhook_receiver import Receiver
+    with OAuth2Server() as az, Receiver(rule=_introspecting_rule(az)) as r:
+        # format raw with a small spool_memory_max: the body is streamed from the spool file,
+        # and must be read again for the second request
+        be = _webhook_backend(az, r, format="raw")
+        with gateway(be, route_to="hook", config={"spool_memory_max": "64K"}) as gw:
+            expect(deliver(gw, "alice@" + DOMAIN), 250)
+            assert az.token_requests() == 1
+            # the cached token is revoked: 401, one new token, the same request again
+            az.revoke_all()
+            before = len(r.requests)
+            expect(_deliver_big(gw, "bob@" + DOMAIN, 300000), 250, "2.0.0")
+            assert az.token_requests() == 2, az.stats()
+            sent = r.requests[before:]
+            assert [q.headers.get("webhook-id") for q in sent] == \
+                [sent[0].headers["webhook-id"]] * 2, [q.headers for q in sent]
+            assert sent[0].headers["Authorization"] != sent[1].headers["Authorization"]
+            assert len(sent[1].body) > 300000 and sent[1].body == sent[0].body
+            assert gw.grep(r"event=webhook_token_refused id=%s action=retry"
+                           % sent[0].headers["webhook-id"]), gw.log()
+            # every token refused from now on: one refresh, one resend, then 451 4.7.0
+            az.revoke_all()
+            az.set(revoke_new=True)
+            before = len(r.requests)
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            assert az.token_requests() == 3, "refreshed more than once: %s" % az.stats()
+            assert len(r.requests) - before == 2
+            no_secrets(gw, CLIENT_SECRET, *az.stats()["tokens"])
+
+
+def test_oauth2_webhook_verify_401_refreshes_once():
+    from webhook_receiver import Receiver
+    with OAuth2Server() as az, Receiver(rule=_introspecting_rule(az)) as r:
+        be = _webhook_backend(az, r, verify_url=r.base + "/verify", verify_on_error="defer",
+                              verify_cache_ttl="0s")
+        with gateway(be, route_to="hook") as gw:
+            c = gw.session()
+            expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+            expect(c.cmd("RCPT TO:<alice@%s>" % DOMAIN), 250)
+            az.revoke_all()
+            # the verification's token is refused: a new one, the same verification again
+            expect(c.cmd("RCPT TO:<bob@%s>" % DOMAIN), 250)
+            assert az.token_requests() == 2, az.stats()
+            v = r.paths("/verify")
+            assert len(v) == 3 and v[1].headers["webhook-id"] == v[2].headers["webhook-id"]
+            # refused again with the new token: no verdict, verify_on_error defers (451)
+            az.revoke_all()
+            az.set(revoke_new=True)
+            reply = c.cmd("RCPT TO:<carol@%s>" % DOMAIN)
+            expect(reply, 451)
+            assert az.token_requests() == 3, az.stats()
+            assert len(r.paths("/verify")) == 5
+            c.close()
+
+
+def test_oauth2_webhook_probe_obtains_a_token():
+    from webhook_receiver import Receiver
+    with OAuth2Server() as az, Receiver() as r:
+        gw = gateway(_webhook_backend(az, r), route_to="hook")
+        p = subprocess.run([binary(), "-c", gw.conf_path, "check", "--probe"],
+                           capture_output=True, text=True, timeout=60)
+        out = p.stdout + p.stderr
+        assert p.returncode == 0 and "OAuth2 token obtained" in out, out
+        assert az.token_requests("client_credentials", "ok") == 1, az.stats()
+        for token in az.stats()["tokens"]:
+            assert token not in out
+        az.set(mode="refuse")
+        p = subprocess.run([binary(), "-c", gw.conf_path, "check", "--probe"],
+                           capture_output=True, text=True, timeout=60)
+        out = p.stdout + p.stderr
+        assert p.returncode != 0 and "OAuth2 token request failed" in out, out
+
+
+# --- rotated refresh tokens --------------------------------------------------------------------
+
+def test_oauth2_rotated_refresh_token_written_back_for_a_restart():
+    with servers() as (dc, az):
+        az.set(rotate_refresh=True)           # each refresh revokes the token it used
+        d = os.path.join(dc.tmpdir, "rt")
+        os.mkdir(d, 0o700)
+        path = os.path.join(d, "refresh.token")
+        with open(path, "w") as f:
+            f.write(az.refresh_token + "\n")
+        os.chmod(path, 0o600)
+        be = backend(dc, az, "refresh_token", max_idle=0, oauth2_refresh_token_file=path)
+        with gateway(be) as gw:
+            expect(deliver(gw, REFRESH_USER), 250, "2.0.0")
+            with open(path) as f:
+                saved = f.read()
+            issued = az.stats()["refresh_tokens"]
+            assert saved.strip() == issued[-1] and saved.endswith("\n"), "not written back"
+            assert os.stat(path).st_mode & 0o777 == 0o600
+            assert os.listdir(d) == ["refresh.token"], os.listdir(d)   # no temporary left
+            assert gw.grep(r"event=oauth2_refresh_token_saved file=%s" % re.escape(path))
+            no_secrets(gw, az.refresh_token, *issued)
+        # a restart reads the rotated token from the file; the first one is revoked
+        with gateway(be) as gw:
+            expect(deliver(gw, REFRESH_USER), 250, "2.0.0")
+            assert az.token_requests("refresh_token", "failed") == 0, az.stats()
+        assert dc.count(REFRESH_USER) == 2
+
+
+def _make_unwritable(d):
+    """Make directory d refuse new entries, root included (chattr +i); False if impossible."""
+    if os.geteuid() != 0:
+        os.chmod(d, 0o500)
+        return True
+    return subprocess.run(["chattr", "+i", d], capture_output=True).returncode == 0
+
+
+def _make_writable(d):
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", d], capture_output=True)
+    else:
+        os.chmod(d, 0o700)
+
+
+def test_oauth2_rotated_refresh_token_not_saved_warns_and_keeps_it_in_memory():
+    with servers() as (dc, az):
+        az.set(rotate_refresh=True)
+        d = os.path.join(dc.tmpdir, "rt-ro")
+        os.mkdir(d, 0o700)
+        path = os.path.join(d, "refresh.token")
+        with open(path, "w") as f:
+            f.write(az.refresh_token + "\n")
+        os.chmod(path, 0o600)
+        if not _make_unwritable(d):
+            raise Skip("cannot make a directory unwritable here (chattr +i)")
+        try:
+            be = backend(dc, az, "refresh_token", max_idle=0, oauth2_refresh_token_file=path)
+            with gateway(be) as gw:
+                expect(deliver(gw, REFRESH_USER), 250, "2.0.0")
+                assert gw.grep(r"event=oauth2_refresh_token_not_saved file=%s .*"
+                               r"action=keep_in_memory" % re.escape(path)), gw.log()
+                with open(path) as f:
+                    assert f.read().strip() == az.refresh_token
+                # the access token is revoked: the next refresh uses the rotated token held
+                # in memory (the file's is revoked) and the delivery goes through
+                az.revoke_all()
+                expect(deliver(gw, REFRESH_USER), 250, "2.0.0")
+                assert az.token_requests("refresh_token", "ok") == 2, az.stats()
+                no_secrets(gw, az.refresh_token, *az.stats()["refresh_tokens"])
+        finally:
+            _make_writable(d)
+
+
+# --- Microsoft 365 certificate credentials -----------------------------------------------------
+
+def test_oauth2_client_certificate_credentials():
+    """client_credentials with a client assertion signed by the certificate's key (no secret):
+    the authorization server checks its signature with the registered certificate (jose),
+    its x5t thumbprint, iss/sub/aud/exp and that its jti is new."""
+    with servers() as (dc, az):
+        cert = {"oauth2_client_id": CERT_CLIENT_ID, "oauth2_client_secret_file": None,
+                "oauth2_client_certificate_file": az.client_cert_file,
+                "oauth2_client_key_file": az.client_key_file, "max_idle": 0}
+        with gateway(backend(dc, az, "client_credentials", **cert), debug=True) as gw:
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            expect(deliver(gw, "bob@" + DOMAIN), 250, "2.0.0")
+            assert az.token_requests("client_credentials", "ok") == 1, az.stats()
+            assert az.stats()["assertions"] == 1
+            # revoked: a new token with a new assertion (a replayed jti would be refused)
+            az.revoke_all()
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            assert az.stats()["assertions"] == 2, az.stats()
+            with open(az.client_key_file) as f:
+                no_secrets(gw, f.read().splitlines()[1], *az.stats()["tokens"])
+        assert dc.count("alice@" + DOMAIN) == 2
+        # a certificate the application never registered: the token endpoint refuses,
+        # 451 4.7.0 (never a bounce)
+        other = dict(cert, oauth2_client_certificate_file=az.other_cert_file,
+                     oauth2_client_key_file=az.other_key_file)
+        with gateway(backend(dc, az, "client_credentials", **other)) as gw:
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            assert az.token_requests("client_credentials", "failed") == 1, az.stats()
+        # a key that is not the certificate's, or a secret beside the certificate: refused
+        # when the configuration is read
+        for bad, why in ((dict(cert, oauth2_client_key_file=az.other_key_file),
+                          "not the private key of"),
+                         (dict(cert, oauth2_client_secret_file=secret_file(dc, "s", "x")),
+                          "exclude each other")):
+            gw = gateway(backend(dc, az, "client_credentials", **bad))
+            p = subprocess.run([binary(), "-c", gw.conf_path, "check"], capture_output=True,
+                               text=True, timeout=60)
+            assert p.returncode != 0 and why in p.stdout + p.stderr, p.stdout + p.stderr

@@ -5,7 +5,9 @@
 // no client and no refresh token and has no JWT-bearer grant, so this front adds what a real
 // authorization server does before it answers, with independent code (Node's crypto through
 // `jose`, the JOSE library the mock itself depends on):
-//   - client authentication (client_secret_basic or client_secret_post) against the config;
+//   - client authentication (client_secret_basic or client_secret_post) against the config,
+//     or certificate credentials (a client assertion: RS256 signature checked with the
+//     registered certificate's public key, x5t thumbprint, iss/sub/aud/exp/jti);
 //   - refresh tokens: only those in the config, or issued here, not revoked;
 //   - the JWT-bearer grant (RFC 7523; Google's service accounts): the assertion's RS256
 //     signature checked with the service account's public key, iss, aud, exp, sub, scope; the
@@ -22,9 +24,9 @@
 // Prints "listening N" on stdout once ready. Loopback only.
 import { readFileSync } from "node:fs";
 import { createServer } from "node:https";
-import { randomUUID } from "node:crypto";
+import { randomUUID, X509Certificate } from "node:crypto";
 import { OAuth2Issuer, OAuth2Service } from "oauth2-mock-server";
-import { jwtVerify, importSPKI, createLocalJWKSet } from "jose";
+import { jwtVerify, importSPKI, importX509, decodeProtectedHeader, createLocalJWKSet } from "jose";
 
 const args = {};
 for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^--/, "")] = process.argv[i + 1];
@@ -38,11 +40,15 @@ const state = {
   delayMs: 0,
   counts: {},                 // grant -> {ok, failed}
   introspections: 0,
+  assertions: 0,              // client assertions verified (certificate credentials)
   refreshTokens: new Map(Object.entries(config.refresh_tokens ?? {})),
   issued: new Set(),          // jti of every access token issued
   revoked: new Set(),
   revokeNew: false,
-  tokens: [],                 // the last 100 access tokens issued (tests: never in a log)           // every token is revoked as it is issued (a server refusing all)
+  tokens: [],                 // the last 100 access tokens issued (tests: never in a log)
+  revokeNew: false,           // every token is revoked as it is issued (a server refusing all)
+  rotateRefresh: false,       // a refresh token is revoked once it has been used (rotation)
+  refreshIssued: [],          // the last 100 refresh tokens issued (tests: never in a log)
 };
 
 const issuer = new OAuth2Issuer();
@@ -72,9 +78,13 @@ service.on("beforeResponse", (response, req) => {
     if (state.tokens.length > 100) state.tokens.shift();
     const rt = response.body.refresh_token;
     if (rt !== undefined) {
-      if (req.lmtpgw?.refreshUser !== undefined)
+      if (req.lmtpgw?.refreshUser !== undefined) {
         state.refreshTokens.set(rt, { client_id: req.lmtpgw.clientId, user: req.lmtpgw.refreshUser });
-      else
+        state.refreshIssued.push(rt);
+        if (state.refreshIssued.length > 100) state.refreshIssued.shift();
+        // rotation as Microsoft's identity platform may do it: the used token is gone
+        if (state.rotateRefresh) state.refreshTokens.delete(req.lmtpgw.usedRefreshToken);
+      } else
         delete response.body.refresh_token;
     }
     delete response.body.id_token;
@@ -96,8 +106,43 @@ function send(res, status, body) {
   res.end(JSON.stringify(body));
 }
 
-// The client of the request, authenticated, or null (RFC 6749 2.3.1).
-function clientOf(req, body) {
+const CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const seenAssertions = new Set();  // jti of every client assertion taken (a replay is refused)
+
+// Certificate credentials (RFC 7523 2.2 as Microsoft's identity platform takes them): the
+// client assertion's x5t must be the SHA-1 thumbprint of the certificate registered for the
+// client, its RS256 signature verify with that certificate's public key, iss = sub = the
+// client, aud = this token endpoint, exp at most 10 minutes ahead, jti never seen before.
+async function assertionClient(body) {
+  const id = body.client_id;
+  const pem = config.certificate_clients?.[id];
+  if (id === undefined || pem === undefined) return null;
+  try {
+    const header = decodeProtectedHeader(body.client_assertion ?? "");
+    const x5t = Buffer.from(new X509Certificate(pem).fingerprint.replace(/:/g, ""), "hex").toString("base64url");
+    if (header.alg !== "RS256" || header.x5t !== x5t) throw new Error("unknown certificate (x5t)");
+    const key = await importX509(pem, "RS256");
+    const { payload } = await jwtVerify(body.client_assertion, key, {
+      algorithms: ["RS256"], issuer: id, subject: id, audience: `${base}/token`,
+      requiredClaims: ["exp", "jti"],
+    });
+    if (payload.exp - Date.now() / 1000 > 600) throw new Error("assertion valid too long");
+    if (seenAssertions.has(payload.jti)) throw new Error("assertion replayed");
+    seenAssertions.add(payload.jti);
+    state.assertions += 1;
+    return id;
+  } catch (e) {
+    console.error(`client assertion refused: ${e.message}`);
+    return null;
+  }
+}
+
+// The client of the request, authenticated, or null (RFC 6749 2.3.1, RFC 7521 4.2).
+async function clientOf(req, body) {
+  if (body.client_assertion_type !== undefined) {
+    if (body.client_assertion_type !== CLIENT_ASSERTION_TYPE || body.client_secret !== undefined) return null;
+    return assertionClient(body);
+  }
   let id, secret;
   const auth = req.headers.authorization ?? "";
   if (auth.startsWith("Basic ")) {
@@ -125,16 +170,17 @@ async function tokenRequest(req, res) {
   const refuse = (error, why) => { count(grant, "failed"); send(res, 400, { error, error_description: why }); };
 
   if (grant === "client_credentials") {
-    const client = clientOf(req, body);
+    const client = await clientOf(req, body);
     if (client === null) return refuse("invalid_client", "client authentication failed");
     req.lmtpgw = { appid: client, roles: ["IMAP.AccessAsApp"], kind: "app" };
     req.body = { grant_type: "client_credentials", scope: body.scope };
   } else if (grant === "refresh_token") {
-    const client = clientOf(req, body);
+    const client = await clientOf(req, body);
     if (client === null) return refuse("invalid_client", "client authentication failed");
     const rt = state.refreshTokens.get(body.refresh_token ?? "");
     if (rt === undefined || rt.client_id !== client) return refuse("invalid_grant", "unknown refresh token");
-    req.lmtpgw = { sub: rt.user, email: rt.user, kind: "delegated", clientId: client, refreshUser: rt.user };
+    req.lmtpgw = { sub: rt.user, email: rt.user, kind: "delegated", clientId: client, refreshUser: rt.user,
+                   usedRefreshToken: body.refresh_token };
     req.body = { grant_type: "refresh_token", refresh_token: body.refresh_token, scope: body.scope };
   } else if (grant === "urn:ietf:params:oauth:grant-type:jwt-bearer") {
     let claims;
@@ -186,7 +232,8 @@ async function introspect(req, res, app) {
 
 async function control(req, res, path) {
   if (path === "/_test/stats") {
-    return send(res, 200, { token: state.counts, introspections: state.introspections, tokens: state.tokens });
+    return send(res, 200, { token: state.counts, introspections: state.introspections, tokens: state.tokens,
+                            refresh_tokens: state.refreshIssued, assertions: state.assertions });
   }
   if (path === "/_test/set" && req.method === "POST") {
     const body = JSON.parse((await readBody(req)) || "{}");
@@ -194,6 +241,7 @@ async function control(req, res, path) {
     if (body.lifetime !== undefined) state.lifetime = body.lifetime;
     if (body.delay_ms !== undefined) state.delayMs = body.delay_ms;
     if (body.revoke_new !== undefined) state.revokeNew = body.revoke_new;
+    if (body.rotate_refresh !== undefined) state.rotateRefresh = body.rotate_refresh;
     return send(res, 200, { ok: true });
   }
   if (path === "/_test/revoke" && req.method === "POST") {
