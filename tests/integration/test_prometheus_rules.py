@@ -99,7 +99,19 @@ def test_prometheus_rules_use_metrics_lmtpgw_serves():
     used = selectors(rules_text())
     assert "lmtpgw_backend_up" in used and "lmtpgw_deadline_expiries_total" in used, used
     port = free_port()
-    with Lmtpgw(config={"metrics_listen": "127.0.0.1:%d" % port}):
+    # a backend with an OAuth2 token source, so the token counters exist (as zeros from the
+    # start); nothing is delivered, so its token endpoint is never asked
+    gw = Lmtpgw(config={"metrics_listen": "127.0.0.1:%d" % port})
+    secret = os.path.join(gw.dir, "client.secret")
+    with open(secret, "w") as f:
+        f.write("s3cret\n")
+    os.chmod(secret, 0o600)
+    gw.backends = ('api: { driver = "webhook"; url = "https://127.0.0.1:9/hook"; '
+                   'oauth2_grant = "client_credentials"; oauth2_token_url = '
+                   '"https://127.0.0.1:9/token"; oauth2_client_id = "lmtpgw"; '
+                   'oauth2_client_secret_file = "%s"; };' % secret)
+    gw.write_config()
+    with gw:
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
             text = r.read().decode()
     typed = set(re.findall(r"^# TYPE (\S+) \S+$", text, re.M))
