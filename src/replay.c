@@ -1,10 +1,11 @@
 /*
  * replay - `lmtpgw replay` (see replay.h).
  *
- * Work list first (the keys of the S3 objects, or the files of the Maildirs), then --jobs
- * threads take items from it: read the item's envelopes (manifests), fetch its bytes into a
- * spool (memory, then an unlinked file: a big object is never held in memory), deliver each
- * envelope through the target driver, count. Nothing here keeps state between runs: being
+ * Work list first (the S3 objects with the envelopes (manifests) selected for each, from one
+ * listing; or the files of the Maildirs), then --jobs threads take items from it: read the
+ * item's envelopes one at a time, fetch its bytes into a spool once (memory, then an unlinked
+ * file: a big object is never held in memory), deliver each envelope through the target driver
+ * (via dedupe_deliver), count. Nothing here keeps state between runs: being
  * resumable is the targets' idempotency (the keys derive from the content digest and the
  * recipients), so running the same replay again after an interruption re-sends only ids the
  * target has already seen.
