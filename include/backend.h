@@ -33,6 +33,10 @@
 #include "status.h"
 #include "template.h"
 
+/* The buffer a driver's request_key() writes into (a URL fits): the dispatcher and `replay`
+ * group targets by it, and must group alike. */
+#define REQUEST_KEY_MAX 4096
+
 struct config;
 
 /* The message as every target of one transaction sees it. Read-only for drivers. */

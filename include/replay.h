@@ -12,12 +12,17 @@
  * the target derives the same idempotency keys as it did then (webhook-id from the content
  * digest and the recipients, S3 key from %{sha256}, manifest envelope id): a consumer that has
  * the message already sees a duplicate id, and a replay interrupted and started again delivers
- * nothing twice. --rcpt replaces the manifests' recipients (one delivery per object).
+ * nothing twice. Without --rcpt only the recipients whose route names the target backend are
+ * sent (the original request to it held only those); --rcpt replaces the manifests' recipients
+ * (one delivery per object). --since/--until select envelopes by their manifest's
+ * LastModified, not objects by their first PUT.
  *
- * The target backend's driver is called directly (as the dispatcher would: a batch driver
- * gets all recipients of a request in one call), from --jobs worker threads. Progress goes to
- * stderr when it is a terminal; failures are printed one line each; a summary line ends the
- * run. Exit status: 0 all delivered, 1 anything failed, 64 usage, 78 configuration.
+ * Privileges are dropped as in the daemon (privileges_drop) before anything is read or
+ * delivered. The target driver is called as the dispatcher would (a batch driver gets all
+ * recipients of a request in one call), through dedupe_deliver (dedupe_db), from --jobs worker
+ * threads. Progress goes to stderr when it is a terminal; failures are printed one line each;
+ * a summary line ends the run. Exit status: 0 all delivered, 1 anything failed, 64 usage,
+ * 77 privileges, 78 configuration.
  */
 #ifndef LMTPGW_REPLAY_H
 #define LMTPGW_REPLAY_H

@@ -1,10 +1,11 @@
 /*
  * replay - `lmtpgw replay` (see replay.h).
  *
- * Work list first (the keys of the S3 objects, or the files of the Maildirs), then --jobs
- * threads take items from it: read the item's envelopes (manifests), fetch its bytes into a
- * spool (memory, then an unlinked file: a big object is never held in memory), deliver each
- * envelope through the target driver, count. Nothing here keeps state between runs: being
+ * Work list first (the S3 objects with the envelopes (manifests) selected for each, from one
+ * listing; or the files of the Maildirs), then --jobs threads take items from it: read the
+ * item's envelopes one at a time, fetch its bytes into a spool once (memory, then an unlinked
+ * file: a big object is never held in memory), deliver each envelope through the target driver
+ * (via dedupe_deliver), count. Nothing here keeps state between runs: being
  * resumable is the targets' idempotency (the keys derive from the content digest and the
  * recipients), so running the same replay again after an interruption re-sends only ids the
  * target has already seen.
@@ -27,7 +28,9 @@
 #include "address.h"
 #include "backend.h"
 #include "config.h"
+#include "dedupe.h"
 #include "log.h"
+#include "privileges.h"
 #include "recipient.h"
 #include "runtime.h"
 #include "s3_answer.h"
@@ -35,10 +38,11 @@
 #include "s3_fields.h"
 #include "spool.h"
 
-#define REPLAY_RCPTS_MAX 1000           /* recipients of one delivery (max_recipients' default) */
-#define REPLAY_MANIFEST_MAX (8u << 20)  /* bytes of one manifest */
+/* No limit on the recipients of one envelope or the envelopes of one object: a manifest is
+ * bounded by its size, and the envelopes of an object are read one at a time. */
+#define REPLAY_RCPT_OPTIONS_MAX 1000    /* --rcpt options (refused beyond, never truncated) */
+#define REPLAY_MANIFEST_MAX (8u << 20)  /* bytes of one manifest (bigger: a FAILED line) */
 #define REPLAY_LIST_MAX (32u << 20)     /* bytes of one ListObjectsV2 page */
-#define REPLAY_MANIFESTS_MAX 10000      /* manifests of one object */
 #define REPLAY_JOBS_MAX 64
 
 struct replay_options {
@@ -51,6 +55,22 @@ struct replay_options {
 	bool dry_run;
 };
 
+/* S3 keys, kept with their LastModified while the work list is built. */
+struct key_list {
+	char **keys;
+	time_t *modified;
+	size_t count, cap;
+};
+
+/* One unit of work: an S3 object with the manifests (envelopes) to replay from it, or a
+ * Maildir file with the recipient whose Maildir it is in. */
+struct work_item {
+	char *name;
+	const char *rcpt;
+	bool manifests_known;           /* false (--key): list <key>.manifests/ when replaying */
+	struct key_list manifests;
+};
+
 struct replay {
 	struct runtime *rt;
 	const struct config *cfg;
@@ -58,14 +78,12 @@ struct replay {
 	struct backend_runtime *src, *dst;
 	const struct s3_client *s3;     /* the source, when it is an s3 backend */
 	bool src_maildir;
-	/* the work list: S3 keys, or Maildir file paths with the recipient they belong to */
-	char **items;
-	const char **item_rcpt;
+	struct work_item *items;
 	size_t item_count, item_cap, next;
 	pthread_mutex_t lock;
 	/* counters (under lock) */
 	size_t items_done, items_failed, items_skipped;
-	size_t deliveries, rcpts_ok, rcpts_failed;
+	size_t deliveries, rcpts_ok, rcpts_failed, rcpts_left_out, orphans;
 	bool tty;
 };
 
@@ -114,26 +132,69 @@ static bool in_window(const struct replay *r, time_t t)
 	return (!r->o.has_since || t >= r->o.since) && (!r->o.has_until || t < r->o.until);
 }
 
-static int add_item(struct replay *r, const char *item, const char *rcpt)
+static int key_list_add(struct key_list *l, const char *key, time_t modified)
+{
+	if (l->count == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 8;
+		char **keys = realloc(l->keys, cap * sizeof(*keys));
+		if (keys == NULL)
+			return -1;
+		l->keys = keys;
+		time_t *m = realloc(l->modified, cap * sizeof(*m));
+		if (m == NULL)
+			return -1;
+		l->modified = m;
+		l->cap = cap;
+	}
+	if ((l->keys[l->count] = strdup(key)) == NULL)
+		return -1;
+	l->modified[l->count++] = modified;
+	return 0;
+}
+
+static void key_list_free(struct key_list *l)
+{
+	for (size_t i = 0; i < l->count; i++)
+		free(l->keys[i]);
+	free(l->keys);
+	free(l->modified);
+	memset(l, 0, sizeof(*l));
+}
+
+/* Adds the item; manifests (may be NULL) is moved into it, also on failure. */
+static int add_item(struct replay *r, const char *item, const char *rcpt,
+		    struct key_list *manifests)
 {
 	if (r->item_count == r->item_cap) {
 		size_t cap = r->item_cap ? r->item_cap * 2 : 64;
-		char **items = realloc(r->items, cap * sizeof(*items));
-		if (items == NULL)
+		struct work_item *items = realloc(r->items, cap * sizeof(*items));
+		if (items == NULL) {
+			if (manifests != NULL)
+				key_list_free(manifests);
 			return -1;
+		}
 		r->items = items;
-		const char **ir = realloc(r->item_rcpt, cap * sizeof(*ir));
-		if (ir == NULL)
-			return -1;
-		r->item_rcpt = ir;
 		r->item_cap = cap;
 	}
-	r->items[r->item_count] = strdup(item);
-	if (r->items[r->item_count] == NULL)
+	struct work_item *w = &r->items[r->item_count];
+	memset(w, 0, sizeof(*w));
+	if ((w->name = strdup(item)) == NULL) {
+		if (manifests != NULL)
+			key_list_free(manifests);
 		return -1;
-	r->item_rcpt[r->item_count++] = rcpt;
+	}
+	w->rcpt = rcpt;
+	if (manifests != NULL) {
+		w->manifests_known = true;
+		w->manifests = *manifests;
+		memset(manifests, 0, sizeof(*manifests));
+	}
+	r->item_count++;
 	return 0;
 }
+
+static void report_failure(struct replay *r, const char *item, const char *rcpt,
+			   const char *what);
 
 /* --- S3: listing and fetching --------------------------------------------------------------- */
 
@@ -233,12 +294,18 @@ static int s3_list(const struct s3_client *c, const char *prefix,
 		char truncated[16] = "";
 		s3_xml_value(page.data, page.len, "IsTruncated", truncated, sizeof(truncated));
 		token[0] = '\0';
-		if (strcmp(truncated, "true") == 0)
-			s3_xml_value(page.data, page.len, "NextContinuationToken", token,
-				     sizeof(token));
+		if (strcmp(truncated, "true") == 0 &&
+		    !s3_xml_value(page.data, page.len, "NextContinuationToken", token,
+				  sizeof(token)))
+			token[0] = '\0';
 		free(page.data);
 		if (ret < 0) {
 			snprintf(why, why_size, "out of memory");
+			return -1;
+		}
+		if (token[0] == '\0' && strcmp(truncated, "true") == 0) {
+			/* a listing cut short must not look like the whole archive */
+			snprintf(why, why_size, "a truncated listing without a continuation token");
 			return -1;
 		}
 		if (token[0] == '\0')
@@ -254,35 +321,109 @@ static bool message_key(const char *key)
 	return strstr(key, ".manifests/") == NULL && !(len >= 5 && strcmp(key + len - 5, ".json") == 0);
 }
 
-static int keep_object(void *ctx, const char *key, time_t modified)
+/* A manifest "<object key>.manifests/<id>.json": the length of the object key, or 0. */
+static size_t manifest_object_len(const char *key)
 {
-	struct replay *r = ctx;
+	const char *m = strstr(key, ".manifests/");
+	size_t len = strlen(key);
 
-	if (!message_key(key) || !in_window(r, modified))
+	if (m == NULL || m == key || len < 5 || strcmp(key + len - 5, ".json") != 0)
 		return 0;
-	return add_item(r, key, NULL);
+	return (size_t)(m - key);
 }
 
-struct manifest_list {
-	char **keys;
-	size_t count;
+/* The whole listing under --prefix: the objects, and the manifests (envelopes). */
+struct listing {
+	struct key_list objects, manifests;
 };
+
+static int keep_listed(void *ctx, const char *key, time_t modified)
+{
+	struct listing *l = ctx;
+
+	if (message_key(key))
+		return key_list_add(&l->objects, key, modified);
+	if (manifest_object_len(key) > 0)
+		return key_list_add(&l->manifests, key, modified);
+	return 0;
+}
 
 static int keep_manifest(void *ctx, const char *key, time_t modified)
 {
-	struct manifest_list *l = ctx;
-	size_t len = strlen(key);
+	return manifest_object_len(key) > 0 ? key_list_add(ctx, key, modified) : 0;
+}
 
-	if (len < 5 || strcmp(key + len - 5, ".json") != 0 || l->count >= REPLAY_MANIFESTS_MAX)
-		return 0;
-	char **keys = realloc(l->keys, (l->count + 1) * sizeof(*keys));
-	if (keys == NULL)
-		return -1;
-	l->keys = keys;
-	if ((l->keys[l->count] = strdup(key)) == NULL)
-		return -1;
-	l->count++;
-	return 0;
+struct object_ref {
+	const char *key;
+	size_t index;
+};
+
+static int object_ref_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct object_ref *)a)->key, ((const struct object_ref *)b)->key);
+}
+
+/* The work list from a listing. --since/--until select envelopes, not objects: each manifest
+ * by its own LastModified (when that envelope was stored, which for a retry, a later chunk or
+ * a second journaling is later than the object's first PUT), the object replayed once per
+ * selected envelope. An object without manifests (only replayable with --rcpt) is selected by
+ * its own LastModified. */
+static int build_work_list(struct replay *r, struct listing *l)
+{
+	size_t n = l->objects.count;
+	struct object_ref *refs = calloc(n + 1, sizeof(*refs));
+	struct key_list *selected = calloc(n + 1, sizeof(*selected));
+	bool *has_manifest = calloc(n + 1, sizeof(*has_manifest));
+	int ret = -1;
+
+	if (refs == NULL || selected == NULL || has_manifest == NULL)
+		goto out;
+	for (size_t i = 0; i < n; i++)
+		refs[i] = (struct object_ref){ l->objects.keys[i], i };
+	qsort(refs, n, sizeof(*refs), object_ref_cmp);
+	for (size_t m = 0; m < l->manifests.count; m++) {
+		const char *mkey = l->manifests.keys[m];
+		size_t olen = manifest_object_len(mkey);
+		char *okey = strndup(mkey, olen);
+		if (okey == NULL)
+			goto out;
+		struct object_ref want = { okey, 0 };
+		const struct object_ref *found = n > 0 ? bsearch(&want, refs, n, sizeof(*refs),
+								 object_ref_cmp) : NULL;
+		free(okey);
+		if (found != NULL)
+			has_manifest[found->index] = true;
+		if (!in_window(r, l->manifests.modified[m]))
+			continue;
+		if (found == NULL) {
+			/* an envelope whose message is gone: say so, never pass over it quietly */
+			report_failure(r, mkey, NULL, "a manifest without its object");
+			r->orphans++;
+			continue;
+		}
+		if (key_list_add(&selected[found->index], mkey, l->manifests.modified[m]) < 0)
+			goto out;
+	}
+	/* an object whose envelopes all lie outside the window is not replayed */
+	for (size_t i = 0; i < n; i++) {
+		const char *key = l->objects.keys[i];
+		if (selected[i].count > 0) {
+			if (add_item(r, key, NULL, &selected[i]) < 0)
+				goto out;
+		} else if (!has_manifest[i] && in_window(r, l->objects.modified[i])) {
+			struct key_list none = { 0 };
+			if (add_item(r, key, NULL, &none) < 0)
+				goto out;
+		}
+	}
+	ret = 0;
+out:
+	for (size_t i = 0; selected != NULL && i < n; i++)
+		key_list_free(&selected[i]);
+	free(selected);
+	free(refs);
+	free(has_manifest);
+	return ret;
 }
 
 /* --- delivering ---------------------------------------------------------------------------- */
@@ -309,58 +450,56 @@ static void report_failure(struct replay *r, const char *item, const char *rcpt,
 	pthread_mutex_unlock(&r->lock);
 }
 
-/* Call the target driver the way the dispatcher does: a batch driver gets the targets of one
- * request (same request_key) in one call, another driver one call per target. */
-static void drive(struct backend_runtime *br, const struct delivery *d, struct target *targets,
-		  size_t count)
+/* Call the target driver the way the dispatcher does, through the memory of stored copies
+ * (dedupe_db: a second replay stores no second copy): a batch driver gets the targets of one
+ * request (same request_key, the dispatcher's REQUEST_KEY_MAX) in one call, in their original
+ * order, another driver one call per target. */
+static void drive(struct replay *r, struct backend_runtime *br, const struct delivery *d,
+		  struct target *targets, size_t count)
 {
 	const struct backend_driver *drv = br->inst->driver;
+	struct dedupe *dedupe = r->rt->dedupe;
 
-	if (!drv->batch) {
-		for (size_t i = 0; i < count; i++)
-			drv->deliver(br->state, d, &targets[i], 1);
+	if (drv->batch && (drv->request_key == NULL || count == 1)) {
+		dedupe_deliver(dedupe, br->inst, br->state, d, targets, count);
 		return;
 	}
-	if (drv->request_key == NULL) {
-		drv->deliver(br->state, d, targets, count);
-		return;
-	}
-	/* group by request key: targets with the same key are moved next to each other */
-	char (*keys)[512] = calloc(count, sizeof(*keys));
-	bool *own = calloc(count, sizeof(*own));
-	if (keys == NULL || own == NULL) {
+	char **keys = drv->batch ? calloc(count, sizeof(*keys)) : NULL;
+	char *key = drv->batch ? malloc(REQUEST_KEY_MAX) : NULL;
+	if (keys == NULL || key == NULL) {
+		/* not a batch driver, or out of memory: one request a target is always right */
 		free(keys);
-		free(own);
-		drv->deliver(br->state, d, targets, count);
+		free(key);
+		for (size_t i = 0; i < count; i++)
+			dedupe_deliver(dedupe, br->inst, br->state, d, &targets[i], 1);
 		return;
 	}
-	for (size_t i = 0; i < count; i++)
-		own[i] = drv->request_key(br->state, &targets[i], keys[i], sizeof(keys[i])) < 0;
+	for (size_t i = 0; i < count; i++) {
+		/* a target without a key (or out of memory for it) is a request of its own */
+		if (drv->request_key(br->state, &targets[i], key, REQUEST_KEY_MAX) == 0)
+			keys[i] = strdup(key);
+	}
 	size_t start = 0;
 	while (start < count) {
 		size_t end = start + 1;
-		if (!own[start]) {
-			for (size_t j = start + 1; j < count; j++) {
-				if (!own[j] && strcmp(keys[j], keys[start]) == 0) {
-					struct target tmp = targets[end];
-					targets[end] = targets[j];
-					targets[j] = tmp;
-					char kt[512];
-					memcpy(kt, keys[end], sizeof(kt));
-					memcpy(keys[end], keys[j], sizeof(kt));
-					memcpy(keys[j], kt, sizeof(kt));
-					bool ot = own[end];
-					own[end] = own[j];
-					own[j] = ot;
-					end++;
-				}
+		for (size_t j = start + 1; keys[start] != NULL && j < count; j++) {
+			if (keys[j] != NULL && strcmp(keys[j], keys[start]) == 0) {
+				struct target tmp = targets[end];
+				targets[end] = targets[j];
+				targets[j] = tmp;
+				char *kt = keys[end];
+				keys[end] = keys[j];
+				keys[j] = kt;
+				end++;
 			}
 		}
-		drv->deliver(br->state, d, &targets[start], end - start);
+		dedupe_deliver(dedupe, br->inst, br->state, d, &targets[start], end - start);
 		start = end;
 	}
+	for (size_t i = 0; i < count; i++)
+		free(keys[i]);
 	free(keys);
-	free(own);
+	free(key);
 }
 
 /* Deliver one envelope of item from spool to the target. Returns the failed recipients. */
@@ -408,7 +547,7 @@ static size_t deliver_envelope(struct replay *r, const char *item, struct spool 
 		status_must(&targets[i].status, 451, "4.3.0", "no result from the driver");
 	}
 	if (n > 0)
-		drive(r->dst, &d, targets, n);
+		drive(r, r->dst, &d, targets, n);
 	size_t ok = 0;
 	for (size_t i = 0; i < n; i++) {
 		const struct status *st = &targets[i].status;
@@ -440,11 +579,42 @@ static const char *jstr(const json_t *o, const char *key, const char *dflt)
 	return s != NULL ? s : dflt;
 }
 
-/* The envelope a manifest describes; rcpts points into the manifest (or --rcpt). */
+/* Does the current route of rcpt name the --to backend as a target? The original request to
+ * that backend held only such recipients: the others' mail never went there, and a request
+ * with more recipients would get another idempotency key (a duplicate event). An address that
+ * does not parse is kept: the delivery reports it. */
+static bool routed_to_target(const struct replay *r, const char *rcpt)
+{
+	struct recipient rc;
+	char path[ADDRESS_PATH_MAX + 3];
+	const char *error;
+	size_t pos = 0;
+
+	memset(&rc, 0, sizeof(rc));
+	if ((size_t)snprintf(path, sizeof(path), "<%s>", rcpt) >= sizeof(path) ||
+	    address_parse_path(path, &pos, &rc.addr, false, true, true, &error) < 0 ||
+	    path[pos] != '\0')
+		return true;
+	const struct route_rule *rule = recipient_route(&rc, r->cfg->router,
+							r->cfg->lowercase_local_part,
+							r->cfg->subaddress_separator);
+	for (size_t i = 0; rule != NULL && i < rule->target_count; i++) {
+		if (rule->targets[i].backend < r->cfg->backend_count &&
+		    r->rt->backends[rule->targets[i].backend] == r->dst)
+			return true;
+	}
+	return false;
+}
+
+/* The envelope a manifest describes. Its recipients are --rcpt, or those of the manifest
+ * whose route names the --to backend (*left_out counts the others); *owned (to free) holds
+ * them. -1: the manifest names no recipient at all. */
 static int envelope_from_manifest(struct replay *r, json_t *m, struct envelope_replay *e,
-				  const char **rcpt_buf)
+				  const char ***owned, size_t *left_out)
 {
 	memset(e, 0, sizeof(*e));
+	*owned = NULL;
+	*left_out = 0;
 	e->sender = jstr(json_object_get(m, "mail_from"), "address", "");
 	e->sha256 = jstr(m, "sha256", "");
 	/* a journaled original: its digest (the manifest's "sha256" is the report's) */
@@ -463,16 +633,24 @@ static int envelope_from_manifest(struct replay *r, json_t *m, struct envelope_r
 		return 0;
 	}
 	json_t *t = json_object_get(m, "targets");
-	size_t i;
+	const char **buf = calloc(json_array_size(t) + 1, sizeof(*buf));
+	size_t i, named = 0;
 	json_t *v;
+	if (buf == NULL)
+		return -1;
 	json_array_foreach(t, i, v) {
-		if (e->rcpt_count == REPLAY_RCPTS_MAX)
-			break;
-		if (json_string_value(v) != NULL)
-			rcpt_buf[e->rcpt_count++] = json_string_value(v);
+		const char *rcpt = json_string_value(v);
+		if (rcpt == NULL)
+			continue;
+		named++;
+		if (routed_to_target(r, rcpt))
+			buf[e->rcpt_count++] = rcpt;
+		else
+			(*left_out)++;
 	}
-	e->rcpts = rcpt_buf;
-	return e->rcpt_count > 0 ? 0 : -1;
+	e->rcpts = buf;
+	*owned = buf;
+	return named > 0 ? 0 : -1;
 }
 
 /* Is this object a journal report kept beside its original (journal_keep_report)? The
@@ -490,107 +668,120 @@ static struct spool *new_spool(struct replay *r)
 	return spool_new((size_t)r->cfg->spool_memory_max, r->cfg->spool_dir, UINT64_MAX / 2);
 }
 
-/* One S3 object: its manifests, its bytes, its envelopes delivered. 0, 1 skipped, -1 failed. */
-static int replay_s3_object(struct replay *r, const char *key)
+/* Manifest key -> parsed JSON object, or NULL with a FAILED line. */
+static json_t *load_manifest(struct replay *r, const char *key, const char *mkey)
 {
-	char why[600], mprefix[S3_KEY_MAX + 32];
-	struct manifest_list ml = { NULL, 0 };
-	json_t **manifests = NULL;
-	struct spool *spool = NULL;
-	int ret = -1;
-	const char **rcpt_buf = calloc(REPLAY_RCPTS_MAX, sizeof(*rcpt_buf));
+	struct membuf b = { .max = REPLAY_MANIFEST_MAX };
+	json_error_t jerr;
+	char why[700];
 
-	if (rcpt_buf == NULL) {
-		report_failure(r, key, NULL, "out of memory");
-		return -1;
-	}
-	snprintf(mprefix, sizeof(mprefix), "%s.manifests/", key);
-	if (s3_list(r->s3, mprefix, keep_manifest, &ml, why, sizeof(why)) < 0) {
-		report_failure(r, key, NULL, why);
-		goto out;
-	}
-	manifests = calloc(ml.count + 1, sizeof(*manifests));
-	if (manifests == NULL)
-		goto out;
-	for (size_t i = 0; i < ml.count; i++) {
-		struct membuf b = { .max = REPLAY_MANIFEST_MAX };
-		json_error_t jerr;
-		if (s3_get(r->s3, ml.keys[i], NULL, 0, membuf_sink, &b, why, sizeof(why)) < 0) {
-			free(b.data);
-			report_failure(r, key, NULL, why);
-			goto out;
-		}
-		manifests[i] = json_loadb(b.data != NULL ? b.data : "", b.len, 0, &jerr);
+	if (s3_get(r->s3, mkey, NULL, 0, membuf_sink, &b, why, sizeof(why)) < 0) {
 		free(b.data);
-		if (!json_is_object(manifests[i])) {
-			snprintf(why, sizeof(why), "manifest %s: not JSON: %s", ml.keys[i], jerr.text);
+		report_failure(r, key, NULL, why);
+		return NULL;
+	}
+	json_t *m = json_loadb(b.data != NULL ? b.data : "", b.len, 0, &jerr);
+	free(b.data);
+	if (!json_is_object(m)) {
+		snprintf(why, sizeof(why), "manifest %s: not JSON: %s", mkey, jerr.text);
+		report_failure(r, key, NULL, why);
+		json_decref(m);
+		return NULL;
+	}
+	return m;
+}
+
+/* One S3 object: its selected manifests (envelopes) one at a time, its bytes fetched once
+ * when the first envelope is to be delivered. 0, 1 skipped (nothing to deliver: a kept
+ * journal report, or no recipient routed to the target), -1 failed. */
+static int replay_s3_object(struct replay *r, struct work_item *w)
+{
+	const char *key = w->name;
+	char why[600], mprefix[S3_KEY_MAX + 32];
+	struct key_list listed = { 0 };
+	const struct key_list *ml = &w->manifests;
+	struct spool *spool = NULL;
+	size_t failed = 0, delivered = 0;
+	int ret = -1;
+
+	if (!w->manifests_known) {
+		snprintf(mprefix, sizeof(mprefix), "%s.manifests/", key);
+		if (s3_list(r->s3, mprefix, keep_manifest, &listed, why, sizeof(why)) < 0) {
 			report_failure(r, key, NULL, why);
 			goto out;
 		}
-		if (is_kept_report(manifests[i], key)) {
-			ret = 1;
-			goto out;
-		}
+		ml = &listed;
 	}
-	if (ml.count == 0 && r->o.rcpt_count == 0) {
+	if (ml->count == 0 && r->o.rcpt_count == 0) {
 		report_failure(r, key, NULL, "no manifest (<key>.manifests/) and no --rcpt");
 		goto out;
 	}
-	/* --rcpt: one delivery per object, the envelope of its first manifest otherwise */
-	size_t envelopes = r->o.rcpt_count > 0 || ml.count == 0 ? 1 : ml.count;
-	if (r->o.dry_run) {
-		for (size_t i = 0; i < envelopes; i++) {
-			struct envelope_replay e;
-			json_t *m = ml.count > 0 ? manifests[i] : json_object();
-			if (envelope_from_manifest(r, m, &e, rcpt_buf) == 0) {
-				pthread_mutex_lock(&r->lock);
-				printf("would deliver %s sender=<%s> sha256=%s to %s:", key, e.sender,
-				       e.sha256[0] ? e.sha256 : "(of the object)", r->dst->inst->name);
-				for (size_t k = 0; k < e.rcpt_count; k++)
-					printf(" <%s>", e.rcpts[k]);
-				printf("\n");
-				pthread_mutex_unlock(&r->lock);
-			}
-			if (ml.count == 0)
-				json_decref(m);
-		}
-		ret = 0;
-		goto out;
-	}
-	spool = new_spool(r);
-	const char *error;
-	if (spool == NULL || s3_get(r->s3, key, NULL, 0, spool_sink, spool, why, sizeof(why)) < 0 ||
-	    spool_finish(spool, &error) < 0) {
-		report_failure(r, key, NULL, spool == NULL ? "cannot create a spool" : why);
-		goto out;
-	}
-	size_t failed = 0;
+	/* no manifest (with --rcpt): one envelope from an empty manifest */
+	size_t envelopes = ml->count > 0 ? ml->count : 1;
 	for (size_t i = 0; i < envelopes; i++) {
+		json_t *m = ml->count > 0 ? load_manifest(r, key, ml->keys[i]) : json_object();
+		if (m == NULL) {
+			failed++;
+			continue;
+		}
+		if (is_kept_report(m, key)) {
+			json_decref(m);
+			continue;
+		}
 		struct envelope_replay e;
-		json_t *m = ml.count > 0 ? manifests[i] : NULL;
-		json_t *empty = m == NULL ? json_object() : NULL;
-		if (envelope_from_manifest(r, m != NULL ? m : empty, &e, rcpt_buf) < 0) {
+		const char **owned;
+		size_t left_out;
+		if (envelope_from_manifest(r, m, &e, &owned, &left_out) < 0) {
 			report_failure(r, key, NULL, "a manifest names no recipient");
 			failed++;
-			json_decref(empty);
-			continue;
+			goto next;
+		}
+		pthread_mutex_lock(&r->lock);
+		r->rcpts_left_out += left_out;
+		pthread_mutex_unlock(&r->lock);
+		if (e.rcpt_count == 0)
+			goto next;
+		if (r->o.dry_run) {
+			pthread_mutex_lock(&r->lock);
+			printf("would deliver %s sender=<%s> sha256=%s to %s:", key, e.sender,
+			       e.sha256[0] ? e.sha256 : "(of the object)", r->dst->inst->name);
+			for (size_t k = 0; k < e.rcpt_count; k++)
+				printf(" <%s>", e.rcpts[k]);
+			if (left_out > 0)
+				printf(" (%zu not routed to %s left out)", left_out,
+				       r->dst->inst->name);
+			printf("\n");
+			pthread_mutex_unlock(&r->lock);
+			delivered++;
+			goto next;
+		}
+		if (spool == NULL) {
+			const char *error;
+			spool = new_spool(r);
+			if (spool == NULL ||
+			    s3_get(r->s3, key, NULL, 0, spool_sink, spool, why, sizeof(why)) < 0 ||
+			    spool_finish(spool, &error) < 0) {
+				report_failure(r, key, NULL, spool == NULL ? "cannot create a spool" : why);
+				free(owned);
+				json_decref(m);
+				goto out;
+			}
 		}
 		if (e.sha256[0] == '\0')
 			e.sha256 = spool_sha256_hex(spool);
 		failed += deliver_envelope(r, key, spool, &e);
-		json_decref(empty);
+		delivered++;
+next:
+		free(owned);
+		json_decref(m);
+		/* --rcpt: one delivery per object, the envelope of its first manifest */
+		if (r->o.rcpt_count > 0 && delivered > 0)
+			break;
 	}
-	ret = failed == 0 ? 0 : -1;
+	ret = failed > 0 ? -1 : delivered == 0 ? 1 : 0;
 out:
 	spool_free(&spool);
-	for (size_t i = 0; i < ml.count; i++) {
-		free(ml.keys[i]);
-		if (manifests != NULL)
-			json_decref(manifests[i]);
-	}
-	free(ml.keys);
-	free(manifests);
-	free(rcpt_buf);
+	key_list_free(&listed);
 	return ret;
 }
 
@@ -706,7 +897,7 @@ static int list_maildir(struct replay *r, const char *rcpt)
 			snprintf(file, sizeof(file), "%s/%s", sub, de->d_name);
 			if (stat(file, &sb) < 0 || !S_ISREG(sb.st_mode) || !in_window(r, sb.st_mtime))
 				continue;
-			if (add_item(r, file, rcpt) < 0) {
+			if (add_item(r, file, rcpt, NULL) < 0) {
 				closedir(dh);
 				return -1;
 			}
@@ -730,8 +921,8 @@ static void *worker(void *arg)
 		}
 		size_t i = r->next++;
 		pthread_mutex_unlock(&r->lock);
-		int res = r->src_maildir ? replay_maildir_file(r, r->items[i], r->item_rcpt[i])
-					 : replay_s3_object(r, r->items[i]);
+		int res = r->src_maildir ? replay_maildir_file(r, r->items[i].name, r->items[i].rcpt)
+					 : replay_s3_object(r, &r->items[i]);
 		pthread_mutex_lock(&r->lock);
 		r->items_done++;
 		if (res < 0)
@@ -799,7 +990,7 @@ static int parse_options(struct replay *r, int argc, char **argv)
 			r->o.has_until = true;
 			break;
 		case 'r': {
-			if (r->o.rcpt_count == REPLAY_RCPTS_MAX) {
+			if (r->o.rcpt_count == REPLAY_RCPT_OPTIONS_MAX) {
 				fprintf(stderr, "lmtpgw replay: too many --rcpt\n");
 				return -1;
 			}
@@ -876,6 +1067,13 @@ int replay_main(struct runtime *rt, int argc, char **argv)
 		goto out;
 	}
 	r.tty = isatty(STDERR_FILENO) == 1;
+	/* As the daemon: never deliver as root (files a root replay stored in a Maildir would be
+	 * root's, and the daemon as `user` could not use them later). The runtime (credentials
+	 * files, TLS material) is already open. */
+	if (privileges_drop(r.cfg, "replay") < 0) {
+		rc = 77; /* EX_NOPERM, as the daemon */
+		goto out;
+	}
 
 	/* the work list */
 	char why[600];
@@ -886,12 +1084,20 @@ int replay_main(struct runtime *rt, int argc, char **argv)
 				goto out;
 		}
 	} else if (r.o.key != NULL) {
-		if (add_item(&r, r.o.key, NULL) < 0)
+		if (add_item(&r, r.o.key, NULL, NULL) < 0)
 			goto out;
-	} else if (s3_list(r.s3, r.o.prefix != NULL ? r.o.prefix : "", keep_object, &r, why,
-			   sizeof(why)) < 0) {
-		fprintf(stderr, "lmtpgw replay: cannot list %s: %s\n", r.o.from, why);
-		goto out;
+	} else {
+		struct listing l = { { 0 }, { 0 } };
+		int listed = s3_list(r.s3, r.o.prefix != NULL ? r.o.prefix : "", keep_listed, &l,
+				     why, sizeof(why));
+		if (listed < 0)
+			fprintf(stderr, "lmtpgw replay: cannot list %s: %s\n", r.o.from, why);
+		else if ((listed = build_work_list(&r, &l)) < 0)
+			fprintf(stderr, "lmtpgw replay: out of memory\n");
+		key_list_free(&l.objects);
+		key_list_free(&l.manifests);
+		if (listed < 0)
+			goto out;
 	}
 
 	/* the workers */
@@ -909,19 +1115,23 @@ int replay_main(struct runtime *rt, int argc, char **argv)
 	if (r.tty)
 		fputc('\n', stderr);
 	printf("replay: %s %s -> %s: %zu messages, %zu delivered, %zu failed, %zu skipped; "
-	       "%zu recipients delivered, %zu failed%s\n",
+	       "%zu recipients delivered, %zu failed, %zu left out (not routed to %s)",
 	       r.o.dry_run ? "(dry run)" : "from", r.o.from, r.o.to, r.item_count,
 	       r.item_count - r.items_failed - r.items_skipped, r.items_failed, r.items_skipped,
-	       r.rcpts_ok, r.rcpts_failed,
-	       r.items_failed > 0 ? " (see the FAILED lines; a second run re-sends only what the "
-				    "target may already have, under the same ids)" : "");
+	       r.rcpts_ok, r.rcpts_failed, r.rcpts_left_out, r.o.to);
+	if (r.orphans > 0)
+		printf("; %zu manifests without their object", r.orphans);
+	printf("%s\n", r.items_failed > 0 || r.orphans > 0
+			       ? " (see the FAILED lines; a second run re-sends only what the target "
+				 "may already have, under the same ids)" : "");
 	fflush(stdout);
-	rc = r.items_failed > 0 || r.rcpts_failed > 0 ? 1 : 0;
+	rc = r.items_failed > 0 || r.rcpts_failed > 0 || r.orphans > 0 ? 1 : 0;
 out:
-	for (size_t i = 0; i < r.item_count; i++)
-		free(r.items[i]);
+	for (size_t i = 0; i < r.item_count; i++) {
+		free(r.items[i].name);
+		key_list_free(&r.items[i].manifests);
+	}
 	free(r.items);
-	free(r.item_rcpt);
 	free(r.o.rcpts);
 	pthread_mutex_destroy(&r.lock);
 	return rc;

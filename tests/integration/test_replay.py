@@ -59,6 +59,12 @@ def message(n):
             b"body %d \xc3\xa9\r\n" % (SENDER.encode(), DOMAIN.encode(), n, n, n))
 
 
+def route_to(gw, backend):
+    """The configuration as after adding a backend for everyone: replay sends an envelope's
+    recipients only to a backend their route names (the daemon keeps running unchanged)."""
+    gw.write_config(routes=[("*@" + DOMAIN, ["archive", backend])])
+
+
 def archive(gw, n, rcpts):
     with gw.session() as c:
         for r in transaction(c, rcpts, message(n), sender=SENDER):
@@ -98,6 +104,7 @@ def test_replay_s3_to_webhook_same_ids_twice():
         live = recv.requests[0]
         live_id = live.headers["webhook-id"]
         assert len(objects(s3)[0]) == 6
+        route_to(gw, "hook")        # the webhook added for everyone after the fact
 
         rc, out, err = replay(gw, "--from", "archive", "--to", "hook")
         assert rc == 0, (out, err)
@@ -125,6 +132,7 @@ def test_replay_dry_run_delivers_nothing():
     with start_s3server() as s3, Receiver(rule=consumer) as recv, config(s3, recv.url) as gw:
         for n in range(3):
             archive(gw, n, ["u%d@%s" % (n, DOMAIN)])
+        route_to(gw, "hook")
         gets_before = len([q for q in s3.requests() if q["method"] == "GET"])
         rc, out, err = replay(gw, "--from", "archive", "--to", "hook", "--dry-run")
         assert rc == 0, (out, err)
@@ -143,6 +151,7 @@ def test_replay_failing_target_exits_nonzero_and_names_it():
     with start_s3server() as s3, Receiver(rule=consumer) as recv, config(s3, recv.url) as gw:
         for n in range(2):
             archive(gw, n, ["u%d@%s" % (n, DOMAIN)])
+        route_to(gw, "hook")
         rc, out, err = replay(gw, "--from", "archive", "--to", "hook")
         assert rc == 1, (rc, out, err)
         assert "2 messages, 0 delivered, 2 failed" in out, out
@@ -157,6 +166,7 @@ def test_replay_one_key_to_other_recipients_and_time_window():
         archive(gw, 1, ["u1@" + DOMAIN])
         archive(gw, 2, ["u2@" + DOMAIN])
         key = objects(s3)[0][0]
+        route_to(gw, "hook")
         rc, out, err = replay(gw, "--from", "archive", "--key", key, "--to", "hook",
                               "--rcpt", "ops@" + DOMAIN, "--rcpt", "audit@" + DOMAIN)
         assert rc == 0, (out, err)
@@ -197,6 +207,7 @@ def test_replay_progress_only_on_a_terminal():
     consumer = DedupConsumer()
     with start_s3server() as s3, Receiver(rule=consumer) as recv, config(s3, recv.url) as gw:
         archive(gw, 1, ["u1@" + DOMAIN])
+        route_to(gw, "hook")
         master, slave = pty.openpty()
         try:
             p = subprocess.Popen(command(gw, "--from", "archive", "--to", "hook"),
@@ -238,9 +249,139 @@ def test_replay_journaled_original_not_the_kept_report():
                                      sender=EXCHANGE):
                     expect(r, 250, "2.0.0")
             assert len(objects(s3)[0]) == 2       # the original and the kept report
+            route_to(gw, "hook")
             rc, out, err = replay(gw, "--from", "archive", "--to", "hook")
             assert rc == 0, (out, err)
             assert "2 messages, 1 delivered, 0 failed, 1 skipped" in out, out
             assert len(recv.requests) == 1
             assert recv.requests[0].body == orig
             assert recv.requests[0].headers["X-Lmtpgw-Recipients"] == JOURNAL
+
+
+def utc_now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def replayed_recipients(recv, first=0):
+    return sorted(q.headers["X-Lmtpgw-Recipients"] for q in recv.requests[first:])
+
+
+def test_replay_window_selects_envelopes_not_objects():
+    """--since/--until select each envelope (manifest) by when it was stored, not the object
+    by its first PUT: the same message delivered again later (a retry, a later chunk, a second
+    journaling) is a later envelope on the same object."""
+    consumer = DedupConsumer()
+    with start_s3server() as s3, Receiver(rule=consumer) as recv, config(s3, recv.url) as gw:
+        archive(gw, 2, ["u1@" + DOMAIN])
+        time.sleep(2.2)                 # S3 LastModified has whole seconds
+        boundary = utc_now()
+        time.sleep(1.2)
+        archive(gw, 2, ["u2@" + DOMAIN])        # same content: the same object, a new envelope
+        archive(gw, 3, ["u3@" + DOMAIN])
+        assert len(objects(s3)[0]) == 2
+        route_to(gw, "hook")
+        rc, out, err = replay(gw, "--from", "archive", "--to", "hook", "--since", boundary)
+        assert rc == 0, (out, err)
+        assert replayed_recipients(recv) == ["u2@" + DOMAIN, "u3@" + DOMAIN], (out, err)
+        assert "2 messages, 2 delivered, 0 failed" in out, out
+        # and before the boundary: only the first envelope, although its object holds both
+        n = len(recv.requests)
+        rc, out, err = replay(gw, "--from", "archive", "--to", "hook", "--until", boundary)
+        assert rc == 0, (out, err)
+        assert replayed_recipients(recv, n) == ["u1@" + DOMAIN], (out, err)
+        assert "1 messages, 1 delivered" in out, out
+
+
+def test_replay_to_webhook_only_recipients_routed_there_same_id():
+    """The live request to the webhook held only the recipients routed to it: the replay sends
+    the same set (same webhook-id, no duplicate event) and never another recipient's mail."""
+    consumer = DedupConsumer()
+    with start_s3server() as s3, Receiver(rule=consumer) as recv, config(s3, recv.url) as gw:
+        archive(gw, 1, ["both@" + DOMAIN, "alice@" + DOMAIN])     # alice: archive only
+        archive(gw, 2, ["bob@" + DOMAIN])                          # never routed to hook
+        assert len(recv.requests) == 1
+        live = recv.requests[0]
+        rc, out, err = replay(gw, "--from", "archive", "--to", "hook")
+        assert rc == 0, (out, err)
+        assert len(recv.requests) == 2, [q.headers["X-Lmtpgw-Recipients"] for q in recv.requests]
+        again = recv.requests[1]
+        assert again.headers["X-Lmtpgw-Recipients"] == "both@" + DOMAIN
+        assert again.headers["webhook-id"] == live.headers["webhook-id"]
+        assert len(consumer.new) == 1, consumer.new
+        assert "2 messages, 1 delivered, 0 failed, 1 skipped" in out, out
+        assert "1 recipients delivered, 0 failed, 2 left out (not routed to hook)" in out, out
+        # --rcpt names the recipients explicitly: no route filter
+        rc, out, err = replay(gw, "--from", "archive", "--to", "hook", "--rcpt", "bob@" + DOMAIN)
+        assert rc == 0 and len(recv.requests) == 4, (out, err)
+
+
+def maildir_replay_gateway(s3, config_extra=None):
+    """Archive only at first; for the replay, *@ routes to the archive and the Maildir "local"."""
+    s3b = {"driver": "s3", "endpoint": s3.endpoint, "allow_http": True, "bucket": s3.bucket,
+           "credentials_file": creds_file(s3), "timeout": "20s", "connect_timeout": "2s"}
+    text = "archive: { %s };" % " ".join("%s = %s;" % (k, conf_value(v)) for k, v in s3b.items())
+    return Lmtpgw(backends=text, config=config_extra, routes=[("*@" + DOMAIN, ["archive"])])
+
+
+def test_replay_drops_privileges_to_user():
+    if os.geteuid() != 0:
+        return
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    with start_s3server() as s3:
+        gw = maildir_replay_gateway(s3)
+        with gw:
+            archive(gw, 1, ["alice@" + DOMAIN])
+            # as root without `user` (and without run_as_root): refused, nothing stored
+            cfg = dict(gw.config, run_as_root=False)
+            gw.write_config(routes=[("*@" + DOMAIN, ["archive", "local"])], config=cfg)
+            rc, out, err = replay(gw, "--from", "archive", "--to", "local")
+            assert rc == 77, (rc, out, err)
+            assert "refusing to replay as root" in err, err
+            assert gw.all_files() == []
+            # with user: the stored files are the user's, as the daemon's would be
+            os.chmod(gw.dir, 0o755)
+            for d in (gw.spool, gw.maildir_root):
+                os.makedirs(d, exist_ok=True)
+                os.chown(d, nobody.pw_uid, nobody.pw_gid)
+            cfg.update(user="nobody", group="nogroup")
+            gw.write_config(routes=[("*@" + DOMAIN, ["archive", "local"])], config=cfg)
+            rc, out, err = replay(gw, "--from", "archive", "--to", "local")
+            assert rc == 0, (rc, out, err)
+            assert "event=privileges_dropped user=nobody" in err, err
+            [path] = gw.messages("alice")
+            for p in [path, os.path.dirname(path), gw.maildir("alice")]:
+                assert os.stat(p).st_uid == nobody.pw_uid, p
+
+
+def test_replay_twice_with_dedupe_db_stores_one_copy():
+    with start_s3server() as s3:
+        gw = maildir_replay_gateway(s3)
+        gw.config["dedupe_db"] = os.path.join(gw.dir, "dedupe.sqlite")
+        gw.write_config()
+        with gw:
+            archive(gw, 1, ["alice@" + DOMAIN])
+            route_to(gw, "local")
+            for _ in range(2):
+                rc, out, err = replay(gw, "--from", "archive", "--to", "local")
+                assert rc == 0, (rc, out, err)
+                assert "1 recipients delivered, 0 failed" in out, out
+            assert len(gw.messages("alice")) == 1, gw.messages("alice")
+
+
+def test_replay_envelope_of_more_than_1000_recipients_not_truncated():
+    """max_recipients allows up to 100000: an envelope of 1001 recipients is replayed whole."""
+    with start_s3server() as s3:
+        gw = maildir_replay_gateway(s3, {"max_recipients": 1500})
+        gw.backends += ' trash: { driver = "discard"; };'
+        gw.write_config()
+        rcpts = ["r%04d@%s" % (i, DOMAIN) for i in range(1001)]
+        with gw:
+            archive(gw, 1, rcpts)
+            route_to(gw, "trash")
+            rc, out, err = replay(gw, "--from", "archive", "--to", "trash", "--dry-run")
+            assert rc == 0, (rc, out, err)
+            assert out.count(" <r") == 1001, out[-300:]
+            rc, out, err = replay(gw, "--from", "archive", "--to", "trash")
+            assert rc == 0, (rc, out, err)
+            assert "1001 recipients delivered, 0 failed" in out, out
