@@ -155,7 +155,6 @@ static void copy_strings(struct dispatch *d, const struct dispatch_request *req)
 	}
 }
 
-#define REQUEST_KEY_MAX 4096 /* a driver's request key (a URL) */
 
 static void *xcalloc(size_t n, size_t size)
 {
