@@ -155,7 +155,6 @@ static void copy_strings(struct dispatch *d, const struct dispatch_request *req)
 	}
 }
 
-
 static void *xcalloc(size_t n, size_t size)
 {
 	void *p = calloc(n ? n : 1, size ? size : 1);
