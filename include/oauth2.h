@@ -117,11 +117,30 @@ int oauth2_per_subject(const struct oauth2_source *src);
 void oauth2_describe(const struct oauth2_source *src, const char *subject, char *buf,
 		     size_t size);
 
+/* Whom a failure to obtain a token concerns (the circuit breaker counts only the first). */
+enum oauth2_failure {
+	OAUTH2_FAILURE_NONE,
+	/* every identity: endpoint unreachable, 5xx or 429, nonsense answer, a client-level
+	 * refusal (invalid_client, unauthorized_client, ...), the token file unreadable */
+	OAUTH2_FAILURE_SOURCE,
+	/* this subject only: jwt_bearer answered 400 invalid_grant (no such mailbox, suspended) */
+	OAUTH2_FAILURE_SUBJECT,
+};
+
 /* A valid access token for subject (may be NULL unless per subject) into *token_r (free with
  * secret_free). refused: a token the server just refused, or NULL: it is not handed out again.
- * 0, or -1 with *st_r 451 4.7.0 and a reason without secrets. */
+ * A token whose refresh failed is still handed out until it expires (the refresh is asked
+ * again after a short back-off). 0, or -1 with *st_r 451 4.7.0, *failure_r (may be NULL) and
+ * a reason without secrets. */
 int oauth2_token(struct oauth2_source *src, const char *subject, const char *refused,
-		 char **token_r, struct status *st_r, char *reason, size_t reason_size);
+		 char **token_r, enum oauth2_failure *failure_r, struct status *st_r, char *reason,
+		 size_t reason_size);
+
+/* The lifetime in seconds of a token endpoint answer's expires_in (a JSON integer, real or
+ * quoted string; NULL when absent), clamped to [1, 86400]; 3600 when absent or unusable.
+ * Exposed for the unit tests. */
+struct json_t;
+long long oauth2_lifetime_s(const struct json_t *expires_in);
 
 /* The SASL initial responses (unencoded; base64 is the caller's), malloc'd, wiped with
  * secret_free: XOAUTH2 "user=U^Aauth=Bearer T^A^A" and OAUTHBEARER (RFC 7628 3.1)

@@ -245,6 +245,67 @@ def test_oauth2_token_endpoint_down_451_and_breaker():
         assert dc.count("alice@" + DOMAIN) == 0
 
 
+def test_oauth2_failed_refresh_keeps_the_valid_token_until_it_expires():
+    # 24 s tokens: lmtpgw starts refreshing 6 s early (a quarter of the lifetime). The token
+    # endpoint goes down right after the first token: the deliveries inside the refresh
+    # margin still get 250 with the token that is still valid, the failed refresh is retried
+    # after a back-off (not at every delivery), and only once the token has really expired
+    # is it 451 4.7.0.
+    lifetime = 24
+    with servers(lifetime=lifetime) as (dc, az):
+        with gateway(backend(dc, az, "client_credentials", max_idle=0)) as gw:
+            t0 = time.monotonic()
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            t1 = time.monotonic()
+            # the token was asked for between t0 and t1: refresh from t1 + 18 at the latest,
+            # valid (at the server) until t0 + 23 at least (its exp is in whole seconds)
+            assert t1 - t0 < 3, "the first delivery took %.1f s" % (t1 - t0)
+            az.set(mode="down")
+            in_margin = 0
+            while time.monotonic() < t1 + 20.5:
+                now = time.monotonic()
+                expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+                if now > t1 + 18:
+                    in_margin += 1
+                time.sleep(0.3)
+            assert in_margin >= 3, "only %d deliveries inside the refresh margin" % in_margin
+            # refresh tried at least once, and with a back-off, not once per delivery
+            failed = az.token_requests("client_credentials", "failed")
+            assert 1 <= failed <= 2, "%d failed token requests: %s" % (failed, az.stats())
+            time.sleep(max(0, t1 + lifetime + 1 - time.monotonic()))
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            assert "event=backend_down" not in gw.log()
+        assert dc.count("alice@" + DOMAIN) >= 1 + in_margin
+
+
+def test_oauth2_jwt_bearer_subject_refused_does_not_open_the_breaker():
+    # Google answers 400 invalid_grant for a JWT-bearer assertion whose sub is no (or a
+    # suspended) mailbox: that concerns this recipient only. Five of them in a row with
+    # breaker_failures = 3 must not take the backend down for everyone else.
+    with servers() as (dc, az):
+        be = backend(dc, az, "jwt_bearer", max_idle=0, breaker_failures=3,
+                     breaker_cooloff="60s")
+        with gateway(be) as gw:
+            az.set(refuse_subjects=["bob@" + DOMAIN])
+            for _ in range(5):
+                expect(deliver(gw, "bob@" + DOMAIN), 451, "4.7.0")
+            assert az.token_requests(JWT_BEARER, "failed") >= 5, az.stats()
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            assert "event=backend_down" not in gw.log()
+            # a client-level refusal (invalid_client: the key revoked) concerns every
+            # mailbox: that one does count
+            az.set(mode="refuse")
+            for _ in range(3):
+                expect(deliver(gw, "carol@" + DOMAIN), 451, "4.7.0")
+            c = gw.session()
+            expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+            expect(c.cmd("RCPT TO:<alice@%s>" % DOMAIN), 451, "4.4.1")
+            c.close()
+            assert "event=backend_down backend=inbox" in gw.log()
+        assert dc.count("alice@" + DOMAIN) == 1
+        assert dc.count("bob@" + DOMAIN) == 0
+
+
 def test_oauth2_token_endpoint_refusing_is_451_not_a_bounce():
     with servers() as (dc, az):
         with gateway(backend(dc, az, "client_credentials")) as gw:
