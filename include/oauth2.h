@@ -54,6 +54,7 @@ struct oauth2_settings {
 	char *refresh_token_file;
 	char *token_file;
 	char *key_file;
+	long long max_identities;      /* jwt_bearer: cached mailboxes at most */
 	char *ca_file;
 	long long timeout;
 	long long refresh_margin;
@@ -81,6 +82,9 @@ struct oauth2_settings {
 	{ "oauth2_key_file", CONF_STRING, offsetof(type, member.key_file), NULL, 1, 0,            \
 	  "jwt_bearer: service account key (JSON: client_email, private_key, ...); not readable " \
 	  "by others", NULL },                                                                     \
+	{ "oauth2_max_identities", CONF_INT, offsetof(type, member.max_identities), "10000", 1,   \
+	  1000000, "jwt_bearer: mailboxes whose tokens are cached at most (then the expired, "    \
+	  "then the least recently used are dropped)", NULL },                                     \
 	{ "oauth2_ca_file", CONF_STRING, offsetof(type, member.ca_file), NULL, 1, 0,              \
 	  "PEM CA certificates to verify the token endpoint (default: the system store)", NULL }, \
 	{ "oauth2_timeout", CONF_DURATION, offsetof(type, member.timeout), "10s", 100, 120000,    \

@@ -41,9 +41,6 @@ const char *const oauth2_grant_words[] = { "none", "client_credentials", "refres
 /* A refresh that failed while the token is still valid is asked again after this long, not
  * by every delivery (each would wait up to oauth2_timeout for an endpoint that is down). */
 #define REFRESH_RETRY_MS 5000
-/* jwt_bearer: cached identities (mailboxes) at most. When the table is full, entries without
- * a valid token go first, then the one used least recently (its next delivery asks anew). */
-#define IDENTITIES_MAX 10000
 
 struct entry {
 	char *identity;                /* subject, or "" when one token serves everyone */
@@ -78,6 +75,10 @@ struct oauth2_source {
 	char *sa_key_id;
 	EVP_PKEY *sa_key;              /* its private key */
 	long long refresh_margin_ms;
+	/* jwt_bearer: cached identities (mailboxes) at most (oauth2_max_identities). When the
+	 * table is full, entries without a valid token go first, then the one used least
+	 * recently: its next delivery asks anew. */
+	size_t max_identities;
 	struct http_client *http;
 
 	pthread_mutex_t lock;
@@ -174,6 +175,7 @@ struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const
 	src->client_id = xstrdup_or_null(set->client_id);
 	src->scope = xstrdup_or_null(set->scope);
 	src->refresh_margin_ms = set->refresh_margin;
+	src->max_identities = set->max_identities > 0 ? (size_t)set->max_identities : 10000;
 
 	switch (src->grant) {
 	case OAUTH2_GRANT_NONE:
@@ -716,7 +718,7 @@ static struct entry *entry_for(struct oauth2_source *src, const char *identity)
 		if (strcmp(src->entries[i].identity, identity) == 0)
 			return &src->entries[i];
 	}
-	if (src->entry_count >= IDENTITIES_MAX && !entries_make_room(src))
+	if (src->entry_count >= src->max_identities && !entries_make_room(src))
 		return NULL;
 	struct entry *n = realloc(src->entries, (src->entry_count + 1) * sizeof(*n));
 	if (n == NULL)

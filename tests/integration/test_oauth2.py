@@ -30,13 +30,13 @@ GOOGLE_SCOPE = "https://mail.google.com/"
 
 
 @contextlib.contextmanager
-def servers(lifetime=3600):
+def servers(lifetime=3600, users=USERS):
     """(Dovecot with the oauth2 passdbs, the authorization server), both running."""
     require_dovecot()
     with OAuth2Server(lifetime=lifetime) as az:
         oauth2 = {"introspect_url": az.introspect_url,
                   "introspect_app_url": az.introspect_app_url, "ca_file": az.ca_file}
-        with DovecotServer(users=USERS, quotas={}, oauth2=oauth2) as dc:
+        with DovecotServer(users=users, quotas={}, oauth2=oauth2) as dc:
             yield dc, az
 
 
@@ -154,6 +154,22 @@ def test_oauth2_jwt_bearer_token_per_mailbox_subject():
             no_secrets(gw, key.splitlines()[1])
         assert dc.count("alice@" + DOMAIN) == 1
         assert dc.count("bob@" + DOMAIN) == 2
+
+
+def test_oauth2_jwt_bearer_identities_bounded_least_recently_used_dropped():
+    # A token per mailbox: with oauth2_max_identities = 2 a third mailbox drops the token
+    # used least recently (its next delivery asks anew); the others stay cached.
+    users = dict(USERS, **{"carol@" + DOMAIN: "carol-pw"})
+    with servers(users=users) as (dc, az):
+        with gateway(backend(dc, az, "jwt_bearer", max_idle=0, oauth2_max_identities=2)) as gw:
+            for rcpt, requests in (("alice", 1), ("bob", 2), ("alice", 2), ("carol", 3),
+                                   ("alice", 3), ("carol", 3), ("bob", 4), ("carol", 4),
+                                   ("alice", 5)):
+                expect(deliver(gw, rcpt + "@" + DOMAIN), 250, "2.0.0")
+                assert az.token_requests(JWT_BEARER, "ok") == requests, \
+                    "after %s: %s" % (rcpt, az.stats())
+        assert dc.count("alice@" + DOMAIN) == 4
+        assert dc.count("carol@" + DOMAIN) == 3
 
 
 def test_oauth2_token_file_reread_when_it_changes():
