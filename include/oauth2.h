@@ -16,15 +16,19 @@
  * (secret.h), tokens are handed out as copies the caller wipes; none of them is ever logged or
  * put into a status or reason.
  *
- * The cache: one entry per identity (the subject for jwt_bearer, one shared entry otherwise),
+ * The cache: one entry per identity (the subject for jwt_bearer, one shared entry otherwise,
+ * at most oauth2_max_identities: then expired, then least recently used entries are dropped),
  * refreshed before it expires (oauth2_refresh_margin, at most a quarter of the lifetime). One
- * request is in flight per identity: other workers needing that identity wait for it (mutex +
- * condition variable) and share its result, token or failure, so 32 workers make one request.
- * A caller whose login was refused passes the refused token back: it is not handed out again;
- * the first such caller obtains a new one, the others wait for it.
+ * request is in flight per identity: while it runs, a still-valid token is handed out; with
+ * none, other workers wait for it (mutex + condition variable) and share its result, token or
+ * failure, so 32 workers make one request. A failed refresh keeps the valid token until it
+ * expires and is retried after a short back-off. Times are on CLOCK_MONOTONIC. A caller whose
+ * login was refused passes the refused token back: it is not handed out again; the first such
+ * caller obtains a new one, the others wait for it.
  *
  * A failure to obtain a token (endpoint unreachable, refusing, answering nonsense) is 451 4.7.0
- * (ours to fix, never a bounce); callers mark it for the circuit breaker.
+ * (ours to fix, never a bounce); oauth2_token says whether it concerns every identity (callers
+ * mark that for the circuit breaker) or only the subject (jwt_bearer invalid_grant).
  * Thread-safe. Metric: lmtpgw_oauth2_token_requests_total{backend,result}.
  */
 #ifndef LMTPGW_OAUTH2_H
