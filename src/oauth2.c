@@ -494,14 +494,20 @@ long long oauth2_lifetime_s(const json_t *expires_in)
 }
 
 /* Whom a token endpoint's refusal concerns: with jwt_bearer, invalid_grant is about the
- * assertion's subject (Google: "Invalid email or User ID", a suspended user); every other
- * refusal (invalid_client, unauthorized_client, invalid_scope, ...) and invalid_grant of the
- * other grants (one client, one refresh token) concerns every identity. */
+ * assertion's subject (Google: "Invalid email or User ID", a suspended user), unless its
+ * description names the assertion itself (Google: "Invalid JWT Signature." for a deleted key,
+ * "Invalid JWT: Token must be a short-lived token ..." for a clock far off), which is the same
+ * for every subject. Every other refusal (invalid_client, unauthorized_client, invalid_scope,
+ * ...) and invalid_grant of the other grants (one client, one refresh token) concerns every
+ * identity. The description is only looked at, never logged (it may echo what we sent). */
 static enum oauth2_failure refusal_scope(const struct oauth2_source *src, long status,
-					 const char *error)
+					 const char *error, const char *description)
 {
 	if (src->grant == OAUTH2_GRANT_JWT_BEARER && status == 400 && error != NULL &&
-	    strcmp(error, "invalid_grant") == 0)
+	    strcmp(error, "invalid_grant") == 0 &&
+	    (description == NULL || (strcasestr(description, "jwt") == NULL &&
+				     strcasestr(description, "signature") == NULL &&
+				     strcasestr(description, "assertion") == NULL)))
 		return OAUTH2_FAILURE_SUBJECT;
 	return OAUTH2_FAILURE_SOURCE;
 }
@@ -593,7 +599,8 @@ static int request_token(struct oauth2_source *src, const char *subject, char **
 		}
 		snprintf(reason, reason_size, "token endpoint %s answered %ld %s", src->token_url,
 			 resp.status, word);
-		*failure_r = refusal_scope(src, resp.status, error);
+		*failure_r = refusal_scope(src, resp.status, error,
+					   json_string_value(json_object_get(doc, "error_description")));
 		goto out;
 	}
 	const char *token = json_string_value(json_object_get(doc, "access_token"));
