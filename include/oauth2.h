@@ -19,15 +19,19 @@
  * (secret.h), tokens are handed out as copies the caller wipes; none of them is ever logged or
  * put into a status or reason.
  *
- * The cache: one entry per identity (the subject for jwt_bearer, one shared entry otherwise),
+ * The cache: one entry per identity (the subject for jwt_bearer, one shared entry otherwise,
+ * at most oauth2_max_identities: then expired, then least recently used entries are dropped),
  * refreshed before it expires (oauth2_refresh_margin, at most a quarter of the lifetime). One
- * request is in flight per identity: other workers needing that identity wait for it (mutex +
- * condition variable) and share its result, token or failure, so 32 workers make one request.
- * A caller whose login was refused passes the refused token back: it is not handed out again;
- * the first such caller obtains a new one, the others wait for it.
+ * request is in flight per identity: while it runs, a still-valid token is handed out; with
+ * none, other workers wait for it (mutex + condition variable) and share its result, token or
+ * failure, so 32 workers make one request. A failed refresh keeps the valid token until it
+ * expires and is retried after a short back-off. Times are on CLOCK_MONOTONIC. A caller whose
+ * login was refused passes the refused token back: it is not handed out again; the first such
+ * caller obtains a new one, the others wait for it.
  *
  * A failure to obtain a token (endpoint unreachable, refusing, answering nonsense) is 451 4.7.0
- * (ours to fix, never a bounce); callers mark it for the circuit breaker.
+ * (ours to fix, never a bounce); oauth2_token says whether it concerns every identity (callers
+ * mark that for the circuit breaker) or only the subject (jwt_bearer invalid_grant).
  * Thread-safe. Metric: lmtpgw_oauth2_token_requests_total{backend,result}.
  */
 #ifndef LMTPGW_OAUTH2_H
@@ -59,6 +63,7 @@ struct oauth2_settings {
 	char *refresh_token_file;
 	char *token_file;
 	char *key_file;
+	long long max_identities;      /* jwt_bearer: cached mailboxes at most */
 	char *ca_file;
 	long long timeout;
 	long long refresh_margin;
@@ -93,6 +98,9 @@ struct oauth2_settings {
 	{ "oauth2_key_file", CONF_STRING, offsetof(type, member.key_file), NULL, 1, 0,            \
 	  "jwt_bearer: service account key (JSON: client_email, private_key, ...); not readable " \
 	  "by others", NULL },                                                                     \
+	{ "oauth2_max_identities", CONF_INT, offsetof(type, member.max_identities), "10000", 1,   \
+	  1000000, "jwt_bearer: mailboxes whose tokens are cached at most (then the expired, "    \
+	  "then the least recently used are dropped)", NULL },                                     \
 	{ "oauth2_ca_file", CONF_STRING, offsetof(type, member.ca_file), NULL, 1, 0,              \
 	  "PEM CA certificates to verify the token endpoint (default: the system store)", NULL }, \
 	{ "oauth2_timeout", CONF_DURATION, offsetof(type, member.timeout), "10s", 100, 120000,    \
@@ -133,11 +141,30 @@ int oauth2_per_subject(const struct oauth2_source *src);
 void oauth2_describe(const struct oauth2_source *src, const char *subject, char *buf,
 		     size_t size);
 
+/* Whom a failure to obtain a token concerns (the circuit breaker counts only the first). */
+enum oauth2_failure {
+	OAUTH2_FAILURE_NONE,
+	/* every identity: endpoint unreachable, 5xx or 429, nonsense answer, a client-level
+	 * refusal (invalid_client, unauthorized_client, ...), the token file unreadable */
+	OAUTH2_FAILURE_SOURCE,
+	/* this subject only: jwt_bearer answered 400 invalid_grant (no such mailbox, suspended) */
+	OAUTH2_FAILURE_SUBJECT,
+};
+
 /* A valid access token for subject (may be NULL unless per subject) into *token_r (free with
  * secret_free). refused: a token the server just refused, or NULL: it is not handed out again.
- * 0, or -1 with *st_r 451 4.7.0 and a reason without secrets. */
+ * A token whose refresh failed is still handed out until it expires (the refresh is asked
+ * again after a short back-off). 0, or -1 with *st_r 451 4.7.0, *failure_r (may be NULL) and
+ * a reason without secrets. */
 int oauth2_token(struct oauth2_source *src, const char *subject, const char *refused,
-		 char **token_r, struct status *st_r, char *reason, size_t reason_size);
+		 char **token_r, enum oauth2_failure *failure_r, struct status *st_r, char *reason,
+		 size_t reason_size);
+
+/* The lifetime in seconds of a token endpoint answer's expires_in (a JSON integer, real or
+ * quoted string; NULL when absent), clamped to [1, 86400]; 3600 when absent or unusable.
+ * Exposed for the unit tests. */
+struct json_t;
+long long oauth2_lifetime_s(const struct json_t *expires_in);
 
 /* The SASL initial responses (unencoded; base64 is the caller's), malloc'd, wiped with
  * secret_free: XOAUTH2 "user=U^Aauth=Bearer T^A^A" and OAUTHBEARER (RFC 7628 3.1)

@@ -38,14 +38,27 @@ const char *const oauth2_grant_words[] = { "none", "client_credentials", "refres
 #define JWT_BEARER_GRANT "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #define RESPONSE_MAX (64 * 1024)
 #define DEFAULT_LIFETIME_S 3600
+/* expires_in beyond a day is taken as a day: providers issue access tokens for an hour or so
+ * (Google 3600 s, Microsoft 60-90 min), a longer answer is a mistake or hostile, and asking
+ * once a day costs nothing (a token revoked earlier is refused at login and replaced). The
+ * bound also keeps the millisecond arithmetic far from overflow. */
+#define LIFETIME_MAX_S 86400
+/* A refresh that failed while the token is still valid is asked again after this long, not
+ * by every delivery (each would wait up to oauth2_timeout for an endpoint that is down). */
+#define REFRESH_RETRY_MS 5000
 
 struct entry {
 	char *identity;                /* subject, or "" when one token serves everyone */
 	char *token;                   /* secret; NULL when none */
-	int64_t refresh_at_ms;         /* hand it out until then */
+	/* CLOCK_MONOTONIC (mono_ms): a clock step neither expires nor revives a token */
+	int64_t expires_at_ms;         /* hand it out until then (token_file: no expiry) */
+	int64_t refresh_at_ms;         /* ask for a new one from then on (refresh margin) */
+	int64_t retry_at_ms;           /* a refresh failed: not again before then */
+	int64_t last_used_ms;          /* for eviction when the table is full */
 	bool fetching;                 /* a request for this identity is in flight */
 	unsigned generation;           /* +1 at the end of every request */
 	bool last_failed;              /* the last request failed: its status and reason */
+	enum oauth2_failure last_failure;
 	struct status last_status;
 	char last_reason[256];
 	/* token_file: the file the token came from */
@@ -70,6 +83,10 @@ struct oauth2_source {
 	char *sa_key_id;
 	EVP_PKEY *sa_key;              /* its private key */
 	long long refresh_margin_ms;
+	/* jwt_bearer: cached identities (mailboxes) at most (oauth2_max_identities). When the
+	 * table is full, entries without a valid token go first, then the one used least
+	 * recently: its next delivery asks anew. */
+	size_t max_identities;
 	struct http_client *http;
 
 	pthread_mutex_t lock;
@@ -83,10 +100,20 @@ static void fail_status(struct status *st_r)
 	status_must(st_r, 451, "4.7.0", "OAuth2 token not available");
 }
 
+/* Wall-clock time: only for what the server reads (JWT iat and exp). */
 static int64_t now_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The cache's clock: steps of the wall clock (NTP, an admin) neither expire nor revive a
+ * token. */
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -223,6 +250,7 @@ struct oauth2_source *oauth2_source_new(const struct oauth2_settings *set, const
 	src->client_id = xstrdup_or_null(set->client_id);
 	src->scope = xstrdup_or_null(set->scope);
 	src->refresh_margin_ms = set->refresh_margin;
+	src->max_identities = set->max_identities > 0 ? (size_t)set->max_identities : 10000;
 
 	switch (src->grant) {
 	case OAUTH2_GRANT_NONE:
@@ -370,7 +398,7 @@ int oauth2_add_bearer(struct oauth2_source *src, const char *refused,
 		*used_r = NULL;
 	if (src == NULL)
 		return 0;
-	if (oauth2_token(src, NULL, refused, &token, st_r, reason, reason_size) < 0)
+	if (oauth2_token(src, NULL, refused, &token, NULL, st_r, reason, reason_size) < 0)
 		return -1;
 	/* curl copies the line; the copy lives until the list is freed (not wiped: curl's). */
 	int r = http_header_add(headers, "Authorization: Bearer %s", token);
@@ -675,13 +703,57 @@ static void save_refresh_token(struct oauth2_source *src, const char *token)
 		 src->refresh_token_file);
 }
 
+long long oauth2_lifetime_s(const json_t *expires_in)
+{
+	long long s = 0;
+
+	if (json_is_integer(expires_in)) {
+		s = json_integer_value(expires_in);
+	} else if (json_is_real(expires_in)) {
+		double d = json_real_value(expires_in);
+		s = d >= LIFETIME_MAX_S ? LIFETIME_MAX_S : d >= 1 ? (long long)d : 0;
+	} else if (json_is_string(expires_in)) {
+		/* some servers quote it: digits only, saturating (strtoll: LLONG_MAX on overflow) */
+		const char *text = json_string_value(expires_in);
+		char *end;
+		s = text[0] >= '0' && text[0] <= '9' ? strtoll(text, &end, 10) : 0;
+		if (s != 0 && *end != '\0')
+			s = 0;
+	}
+	if (s <= 0)
+		return DEFAULT_LIFETIME_S;
+	return s > LIFETIME_MAX_S ? LIFETIME_MAX_S : s;
+}
+
+/* Whom a token endpoint's refusal concerns: with jwt_bearer, invalid_grant is about the
+ * assertion's subject (Google: "Invalid email or User ID", a suspended user), unless its
+ * description names the assertion itself (Google: "Invalid JWT Signature." for a deleted key,
+ * "Invalid JWT: Token must be a short-lived token ..." for a clock far off), which is the same
+ * for every subject. Every other refusal (invalid_client, unauthorized_client, invalid_scope,
+ * ...) and invalid_grant of the other grants (one client, one refresh token) concerns every
+ * identity. The description is only looked at, never logged (it may echo what we sent). */
+static enum oauth2_failure refusal_scope(const struct oauth2_source *src, long status,
+					 const char *error, const char *description)
+{
+	if (src->grant == OAUTH2_GRANT_JWT_BEARER && status == 400 && error != NULL &&
+	    strcmp(error, "invalid_grant") == 0 &&
+	    (description == NULL || (strcasestr(description, "jwt") == NULL &&
+				     strcasestr(description, "signature") == NULL &&
+				     strcasestr(description, "assertion") == NULL)))
+		return OAUTH2_FAILURE_SUBJECT;
+	return OAUTH2_FAILURE_SOURCE;
+}
+
 /* A token request for subject: 0 with a new token and its lifetime in seconds, or -1 with a
- * reason (no secret in it). */
+ * reason (no secret in it) and whom the failure concerns. */
 static int request_token(struct oauth2_source *src, const char *subject, char **token_r,
-			 long long *lifetime_r, char *reason, size_t reason_size)
+			 long long *lifetime_r, enum oauth2_failure *failure_r, char *reason,
+			 size_t reason_size)
 {
 	struct buf form = { 0 };
 	char *assertion = NULL;
+
+	*failure_r = OAUTH2_FAILURE_SOURCE;
 
 	switch (src->grant) {
 	case OAUTH2_GRANT_CLIENT_CREDENTIALS:
@@ -762,6 +834,8 @@ static int request_token(struct oauth2_source *src, const char *subject, char **
 		}
 		snprintf(reason, reason_size, "token endpoint %s answered %ld %s", src->token_url,
 			 resp.status, word);
+		*failure_r = refusal_scope(src, resp.status, error,
+					   json_string_value(json_object_get(doc, "error_description")));
 		goto out;
 	}
 	const char *token = json_string_value(json_object_get(doc, "access_token"));
@@ -777,11 +851,7 @@ static int request_token(struct oauth2_source *src, const char *subject, char **
 			 src->token_url);
 		goto out;
 	}
-	*lifetime_r = DEFAULT_LIFETIME_S;
-	if (json_is_integer(expires) && json_integer_value(expires) > 0)
-		*lifetime_r = json_integer_value(expires);
-	else if (json_is_string(expires) && atoll(json_string_value(expires)) > 0)
-		*lifetime_r = atoll(json_string_value(expires)); /* some servers quote it */
+	*lifetime_r = oauth2_lifetime_s(expires);
 	*token_r = strdup(token);
 	/* A rotated refresh token replaces ours, in memory and in its file: servers that rotate
 	 * (Microsoft's identity platform, RFC 9700 4.14.2) may revoke the old one, and a restart
@@ -802,6 +872,8 @@ static int request_token(struct oauth2_source *src, const char *subject, char **
 	rc = *token_r != NULL ? 0 : -1;
 	if (rc < 0)
 		snprintf(reason, reason_size, "out of memory");
+	else
+		*failure_r = OAUTH2_FAILURE_NONE;
 out:
 	/* The answer held the token: wipe it before it is freed. */
 	if (resp.body != NULL)
@@ -843,12 +915,57 @@ static bool token_file_changed(const struct oauth2_source *src, const struct ent
 	       sb.st_mtim.tv_sec != e->mtime.tv_sec || sb.st_mtim.tv_nsec != e->mtime.tv_nsec;
 }
 
+static bool entry_has_valid_token(const struct oauth2_source *src, const struct entry *e,
+				  int64_t now)
+{
+	return e->token != NULL && (src->grant == OAUTH2_GRANT_TOKEN_FILE || now < e->expires_at_ms);
+}
+
+static void entry_remove(struct oauth2_source *src, size_t i)
+{
+	free(src->entries[i].identity);
+	secret_free(&src->entries[i].token);
+	src->entries[i] = src->entries[--src->entry_count];
+}
+
+/* Room for one more identity in a full table: drop the entries without a valid token, else
+ * the one used least recently. Never one with a request in flight (its waiters look it up
+ * again when they wake, by identity). false when every entry has one in flight. */
+static bool entries_make_room(struct oauth2_source *src)
+{
+	int64_t now = mono_ms();
+	size_t before = src->entry_count, lru = SIZE_MAX;
+
+	for (size_t i = src->entry_count; i-- > 0;) {
+		const struct entry *e = &src->entries[i];
+		if (e->fetching)
+			continue;
+		if (!entry_has_valid_token(src, e, now))
+			entry_remove(src, i);
+	}
+	if (src->entry_count < before)
+		return true;
+	for (size_t i = 0; i < src->entry_count; i++) {
+		if (!src->entries[i].fetching &&
+		    (lru == SIZE_MAX || src->entries[i].last_used_ms < src->entries[lru].last_used_ms))
+			lru = i;
+	}
+	if (lru == SIZE_MAX)
+		return false;
+	entry_remove(src, lru);
+	return true;
+}
+
+/* The entry of identity, created when new (NULL: out of memory or no room). Pointers into the
+ * table stay valid only until the next call: the table grows and entries move. */
 static struct entry *entry_for(struct oauth2_source *src, const char *identity)
 {
 	for (size_t i = 0; i < src->entry_count; i++) {
 		if (strcmp(src->entries[i].identity, identity) == 0)
 			return &src->entries[i];
 	}
+	if (src->entry_count >= src->max_identities && !entries_make_room(src))
+		return NULL;
 	struct entry *n = realloc(src->entries, (src->entry_count + 1) * sizeof(*n));
 	if (n == NULL)
 		return NULL;
@@ -863,11 +980,16 @@ static struct entry *entry_for(struct oauth2_source *src, const char *identity)
 }
 
 int oauth2_token(struct oauth2_source *src, const char *subject, const char *refused,
-		 char **token_r, struct status *st_r, char *reason, size_t reason_size)
+		 char **token_r, enum oauth2_failure *failure_r, struct status *st_r, char *reason,
+		 size_t reason_size)
 {
 	const char *identity = oauth2_per_subject(src) && subject != NULL ? subject : "";
+	enum oauth2_failure failure_scratch;
 	bool waited = false;
 
+	if (failure_r == NULL)
+		failure_r = &failure_scratch;
+	*failure_r = OAUTH2_FAILURE_NONE;
 	*token_r = NULL;
 	pthread_mutex_lock(&src->lock);
 	for (;;) {
@@ -876,19 +998,30 @@ int oauth2_token(struct oauth2_source *src, const char *subject, const char *ref
 		if (e == NULL) {
 			pthread_mutex_unlock(&src->lock);
 			fail_status(st_r);
+			*failure_r = OAUTH2_FAILURE_SOURCE;
 			snprintf(reason, reason_size, "out of memory");
 			return -1;
 		}
+		int64_t now = mono_ms();
+		e->last_used_ms = now;
 		if (e->token != NULL && src->grant == OAUTH2_GRANT_TOKEN_FILE && !e->fetching &&
 		    token_file_changed(src, e))
 			secret_free(&e->token);
-		bool usable = e->token != NULL && (refused == NULL || strcmp(e->token, refused) != 0) &&
-			      (src->grant == OAUTH2_GRANT_TOKEN_FILE || now_ms() < e->refresh_at_ms);
-		if (usable) {
+		/* A refused token is never handed out again, an expired one neither. */
+		if (e->token != NULL && ((refused != NULL && strcmp(e->token, refused) == 0) ||
+					 !entry_has_valid_token(src, e, now)))
+			secret_free(&e->token);
+		bool valid = entry_has_valid_token(src, e, now);
+		/* Inside the refresh margin one caller asks for a new token (after a failure: not
+		 * before the back-off); meanwhile, and when that fails, the valid one is used. */
+		bool refresh_due = valid && src->grant != OAUTH2_GRANT_TOKEN_FILE &&
+				   now >= e->refresh_at_ms && now >= e->retry_at_ms;
+		if (valid && (!refresh_due || e->fetching)) {
 			*token_r = strdup(e->token);
 			pthread_mutex_unlock(&src->lock);
 			if (*token_r == NULL) {
 				fail_status(st_r);
+				*failure_r = OAUTH2_FAILURE_SOURCE;
 				snprintf(reason, reason_size, "out of memory");
 				return -1;
 			}
@@ -900,8 +1033,10 @@ int oauth2_token(struct oauth2_source *src, const char *subject, const char *ref
 			while ((e = entry_for(src, identity)) != NULL && e->fetching &&
 			       e->generation == generation)
 				pthread_cond_wait(&src->done, &src->lock);
-			if (e != NULL && e->generation != generation && e->last_failed) {
+			if (e != NULL && e->generation != generation && e->last_failed &&
+			    !entry_has_valid_token(src, e, mono_ms())) {
 				*st_r = e->last_status;
+				*failure_r = e->last_failure;
 				snprintf(reason, reason_size, "%s", e->last_reason);
 				pthread_mutex_unlock(&src->lock);
 				return -1;
@@ -916,8 +1051,11 @@ int oauth2_token(struct oauth2_source *src, const char *subject, const char *ref
 
 		char *token = NULL;
 		long long lifetime_s = 0;
+		enum oauth2_failure failure = OAUTH2_FAILURE_SOURCE;
 		char why[256] = "";
 		int r;
+		/* The lifetime counts from before the request: the server's clock started then. */
+		int64_t asked_ms = mono_ms();
 		if (src->grant == OAUTH2_GRANT_TOKEN_FILE) {
 			struct entry scratch = { 0 };
 			r = read_token_file(src, &scratch, &token, why, sizeof(why));
@@ -936,7 +1074,8 @@ int oauth2_token(struct oauth2_source *src, const char *subject, const char *ref
 				e->mtime = scratch.mtime;
 			}
 		} else {
-			r = request_token(src, subject, &token, &lifetime_s, why, sizeof(why));
+			r = request_token(src, subject, &token, &lifetime_s, &failure, why,
+					  sizeof(why));
 			metrics_oauth2_token_request(src->backend, r == 0);
 			pthread_mutex_lock(&src->lock);
 			e = entry_for(src, identity);
@@ -945,29 +1084,49 @@ int oauth2_token(struct oauth2_source *src, const char *subject, const char *ref
 			secret_free(&token);
 			pthread_mutex_unlock(&src->lock);
 			fail_status(st_r);
+			*failure_r = OAUTH2_FAILURE_SOURCE;
 			snprintf(reason, reason_size, "out of memory");
 			return -1;
 		}
 		e->fetching = false;
 		e->generation++;
-		secret_free(&e->token);
 		if (r == 0) {
+			secret_free(&e->token);
 			e->token = token;
-			long long margin = src->refresh_margin_ms;
-			if (margin > lifetime_s * 1000 / 4)
-				margin = lifetime_s * 1000 / 4;
-			e->refresh_at_ms = now_ms() + lifetime_s * 1000 - margin;
+			/* lifetime_s <= LIFETIME_MAX_S: no overflow */
+			int64_t lifetime_ms = (int64_t)lifetime_s * 1000;
+			int64_t margin = src->refresh_margin_ms;
+			if (margin > lifetime_ms / 4)
+				margin = lifetime_ms / 4;
+			e->expires_at_ms = asked_ms + lifetime_ms;
+			e->refresh_at_ms = e->expires_at_ms - margin;
+			e->retry_at_ms = 0;
 			e->last_failed = false;
+			e->last_failure = OAUTH2_FAILURE_NONE;
 			*token_r = strdup(token);
 		} else {
 			e->last_failed = true;
+			e->last_failure = failure;
 			fail_status(&e->last_status);
 			snprintf(e->last_reason, sizeof(e->last_reason), "%s", why);
+			if (entry_has_valid_token(src, e, mono_ms())) {
+				/* A refresh inside the margin failed: keep the token until it expires,
+				 * ask again after the back-off. */
+				e->retry_at_ms = mono_ms() + REFRESH_RETRY_MS;
+				*token_r = strdup(e->token);
+				char esc[LOG_ESC_SIZE];
+				log_warn("event=oauth2_refresh_failed backend=%s identity=%s "
+					 "valid_for_ms=%lld reason=\"%s\"", src->backend,
+					 log_esc(esc, identity[0] ? identity : "-"),
+					 (long long)(e->expires_at_ms - mono_ms()), why);
+				r = 0;
+			}
 		}
 		pthread_cond_broadcast(&src->done);
 		pthread_mutex_unlock(&src->lock);
 		if (r < 0 || *token_r == NULL) {
 			fail_status(st_r);
+			*failure_r = r < 0 ? failure : OAUTH2_FAILURE_SOURCE;
 			snprintf(reason, reason_size, "%s", r < 0 ? why : "out of memory");
 			return -1;
 		}

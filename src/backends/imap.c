@@ -458,8 +458,11 @@ static const char *user_password(const struct imap_state *st, const char *user)
 }
 
 /* OAuth2 login as identity: a token from the cache; when the server refuses it, a new token
- * and one more try on the same connection. A token that cannot be had is 451 4.7.0 and
- * *token_failure_r (the circuit breaker counts it: the token endpoint concerns every user). */
+ * and one more try on the same connection. A token that cannot be had is 451 4.7.0, and
+ * *token_failure_r when the failure concerns every user (the circuit breaker counts it: the
+ * token endpoint down, the client refused); not when the endpoint refused only this subject
+ * (jwt_bearer invalid_grant: no such mailbox), or a few such recipients would take the
+ * backend down for everyone. */
 static int oauth2_login(struct imap_state *st, struct imapconn *conn, const char *identity,
 			struct status *status, bool *token_failure_r, char *reason,
 			size_t reason_size)
@@ -470,9 +473,10 @@ static int oauth2_login(struct imap_state *st, struct imapconn *conn, const char
 	int r = -1;
 
 	for (int attempt = 0; attempt < 2; attempt++) {
-		if (oauth2_token(st->oauth2, identity, refused, &token, status, reason,
+		enum oauth2_failure failure;
+		if (oauth2_token(st->oauth2, identity, refused, &token, &failure, status, reason,
 				 reason_size) < 0) {
-			*token_failure_r = true;
+			*token_failure_r = failure == OAUTH2_FAILURE_SOURCE;
 			break;
 		}
 		r = imapconn_login(conn, mode, identity, NULL, token, status, reason, reason_size);
@@ -1280,8 +1284,9 @@ static int imap_probe(void *state, char *result, size_t size)
 					 sizeof(reason));
 		} else {
 			char *token = NULL;
-			r = oauth2_token(st->oauth2, NULL, NULL, &token, &status, reason,
+			r = oauth2_token(st->oauth2, NULL, NULL, &token, NULL, &status, reason,
 					 sizeof(reason));
+			token_failure = r < 0; /* no login named: say it was the token */
 			secret_free(&token);
 		}
 		if (r < 0) {

@@ -1115,7 +1115,7 @@ static int webhook_probe(void *state, char *result, size_t size)
 	if (st->oauth2 != NULL) {
 		/* Every delivery needs a token: the probe gets one too (shown only as obtained). */
 		char *token = NULL;
-		int r = oauth2_token(st->oauth2, NULL, NULL, &token, &status, reason,
+		int r = oauth2_token(st->oauth2, NULL, NULL, &token, NULL, &status, reason,
 				     sizeof(reason));
 		secret_free(&token);
 		if (r < 0) {

@@ -16,7 +16,8 @@ import time
 import urllib.parse
 import urllib.request
 
-from harness import Lmtpgw, Skip, binary, conf_value, expect, free_port, require_dovecot
+from harness import (SLOW, Lmtpgw, Skip, binary, conf_value, expect, free_port,
+                     require_dovecot)
 
 from dovecot import DovecotServer
 from oauth2server import (CERT_CLIENT_ID, CLIENT_ID, CLIENT_SECRET, JWT_BEARER, REFRESH_USER, SERVICE_ACCOUNT,
@@ -30,13 +31,13 @@ GOOGLE_SCOPE = "https://mail.google.com/"
 
 
 @contextlib.contextmanager
-def servers(lifetime=3600):
+def servers(lifetime=3600, users=USERS):
     """(Dovecot with the oauth2 passdbs, the authorization server), both running."""
     require_dovecot()
     with OAuth2Server(lifetime=lifetime) as az:
         oauth2 = {"introspect_url": az.introspect_url,
                   "introspect_app_url": az.introspect_app_url, "ca_file": az.ca_file}
-        with DovecotServer(users=USERS, quotas={}, oauth2=oauth2) as dc:
+        with DovecotServer(users=users, quotas={}, oauth2=oauth2) as dc:
             yield dc, az
 
 
@@ -157,6 +158,22 @@ def test_oauth2_jwt_bearer_token_per_mailbox_subject():
         assert dc.count("bob@" + DOMAIN) == 2
 
 
+def test_oauth2_jwt_bearer_identities_bounded_least_recently_used_dropped():
+    # A token per mailbox: with oauth2_max_identities = 2 a third mailbox drops the token
+    # used least recently (its next delivery asks anew); the others stay cached.
+    users = dict(USERS, **{"carol@" + DOMAIN: "carol-pw"})
+    with servers(users=users) as (dc, az):
+        with gateway(backend(dc, az, "jwt_bearer", max_idle=0, oauth2_max_identities=2)) as gw:
+            for rcpt, requests in (("alice", 1), ("bob", 2), ("alice", 2), ("carol", 3),
+                                   ("alice", 3), ("carol", 3), ("bob", 4), ("carol", 4),
+                                   ("alice", 5)):
+                expect(deliver(gw, rcpt + "@" + DOMAIN), 250, "2.0.0")
+                assert az.token_requests(JWT_BEARER, "ok") == requests, \
+                    "after %s: %s" % (rcpt, az.stats())
+        assert dc.count("alice@" + DOMAIN) == 4
+        assert dc.count("carol@" + DOMAIN) == 3
+
+
 def test_oauth2_token_file_reread_when_it_changes():
     with servers() as (dc, az):
         cc = {"grant_type": "client_credentials", "client_id": CLIENT_ID,
@@ -244,6 +261,101 @@ def test_oauth2_token_endpoint_down_451_and_breaker():
             assert "event=backend_down backend=inbox" in gw.log()
             no_secrets(gw, CLIENT_SECRET)
         assert dc.count("alice@" + DOMAIN) == 0
+
+
+def test_oauth2_failed_refresh_keeps_the_valid_token_until_it_expires():
+    # 24 s tokens: lmtpgw starts refreshing 6 s early (a quarter of the lifetime). The token
+    # endpoint goes down right after a token was issued: the deliveries inside the refresh
+    # margin still get 250 with the token that is still valid, the failed refresh is retried
+    # after a back-off (not at every delivery), and only once the token has really expired
+    # is it 451 4.7.0.
+    lifetime = int(24 * SLOW)
+    with servers() as (dc, az):
+        with gateway(backend(dc, az, "client_credentials", max_idle=0)) as gw:
+            # warm up (the first TLS handshakes are slow under valgrind), then have the token
+            # replaced at a known time: revoked, refused at login, a new one of `lifetime`
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            az.set(lifetime=lifetime)
+            az.revoke_all()
+            t0 = time.monotonic()
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            t1 = time.monotonic()
+            az.set(mode="down")
+            assert az.token_requests("client_credentials", "ok") == 2, az.stats()
+            # asked for between t0 and t1: refresh from t1 + 3/4 lifetime at the latest,
+            # valid at the server until t0 + lifetime - 1 at least (exp in whole seconds)
+            refresh_by = t1 + lifetime * 3 / 4
+            window = 2.5 * SLOW
+            assert t1 - t0 + window + 1 + SLOW < lifetime / 4, \
+                "the token took %.1f s to replace" % (t1 - t0)
+            in_margin = 0
+            while time.monotonic() < refresh_by + window:
+                now = time.monotonic()
+                expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+                if now > refresh_by:
+                    in_margin += 1
+                time.sleep(0.3)
+            assert in_margin >= 3, "only %d deliveries inside the refresh margin" % in_margin
+            # refresh tried, and with a back-off (5 s), not once per delivery
+            failed = az.token_requests("client_credentials", "failed")
+            assert 1 <= failed <= 1 + window / 5 + 1 and failed < in_margin, \
+                "%d failed token requests for %d deliveries: %s" % (failed, in_margin,
+                                                                   az.stats())
+            assert "event=oauth2_refresh_failed backend=inbox" in gw.log()
+            time.sleep(max(0, t1 + lifetime + 1 - time.monotonic()))
+            expect(deliver(gw, "alice@" + DOMAIN), 451, "4.7.0")
+            assert "event=backend_down" not in gw.log()
+            no_secrets(gw, CLIENT_SECRET, *az.stats()["tokens"])
+        assert dc.count("alice@" + DOMAIN) >= 2 + in_margin
+
+
+def test_oauth2_jwt_bearer_subject_refused_does_not_open_the_breaker():
+    # Google answers 400 invalid_grant for a JWT-bearer assertion whose sub is no (or a
+    # suspended) mailbox: that concerns this recipient only. Five of them in a row with
+    # breaker_failures = 3 must not take the backend down for everyone else.
+    with servers() as (dc, az):
+        be = backend(dc, az, "jwt_bearer", max_idle=0, breaker_failures=3,
+                     breaker_cooloff="60s")
+        with gateway(be) as gw:
+            az.set(refuse_subjects=["bob@" + DOMAIN])
+            for _ in range(5):
+                expect(deliver(gw, "bob@" + DOMAIN), 451, "4.7.0")
+            assert az.token_requests(JWT_BEARER, "failed") >= 5, az.stats()
+            expect(deliver(gw, "alice@" + DOMAIN), 250, "2.0.0")
+            assert "event=backend_down" not in gw.log()
+            # a client-level refusal (invalid_client: the key revoked) concerns every
+            # mailbox: that one does count
+            az.set(mode="refuse")
+            for _ in range(3):
+                expect(deliver(gw, "carol@" + DOMAIN), 451, "4.7.0")
+            c = gw.session()
+            expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+            expect(c.cmd("RCPT TO:<alice@%s>" % DOMAIN), 451, "4.4.1")
+            c.close()
+            assert "event=backend_down backend=inbox" in gw.log()
+        assert dc.count("alice@" + DOMAIN) == 1
+        assert dc.count("bob@" + DOMAIN) == 0
+
+
+def test_oauth2_jwt_bearer_assertion_refused_for_everyone_opens_the_breaker():
+    # invalid_grant about the assertion itself (Google: "Invalid JWT Signature." for a key
+    # deleted in the console) is the same for every mailbox: that one counts.
+    with servers() as (dc, az):
+        with open(az.service_account_file) as f:
+            key = json.load(f)
+        key["private_key_id"] = "deleted-key"      # the server knows only k1
+        path = secret_file(dc, "old-key.json", json.dumps(key))
+        be = backend(dc, az, "jwt_bearer", max_idle=0, breaker_failures=3,
+                     breaker_cooloff="60s", oauth2_key_file=path)
+        with gateway(be) as gw:
+            for user in ("alice", "bob", "carol"):
+                expect(deliver(gw, user + "@" + DOMAIN), 451, "4.7.0")
+            assert az.token_requests(JWT_BEARER, "failed") == 3, az.stats()
+            c = gw.session()
+            expect(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+            expect(c.cmd("RCPT TO:<alice@%s>" % DOMAIN), 451, "4.4.1")
+            c.close()
+            assert "event=backend_down backend=inbox" in gw.log()
 
 
 def test_oauth2_token_endpoint_refusing_is_451_not_a_bounce():

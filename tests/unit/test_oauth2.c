@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "oauth2.h"
 #include "secret.h"
 
@@ -95,4 +97,40 @@ Test(oauth2, settings_refused_before_any_request)
 	unlink(open_secret);
 	free(secret);
 	free(open_secret);
+}
+
+/* expires_in: an absurd lifetime is clamped to a day (the cache's millisecond arithmetic
+ * overflowed with 1e18 * 1000 before), a quoted number is read saturating, nonsense is the
+ * default hour. */
+static long long lifetime_of(const char *json)
+{
+	json_error_t jerr;
+	json_t *doc = json_loads(json, JSON_DECODE_ANY, &jerr);
+	cr_assert_not_null(doc, "%s: %s", json, jerr.text);
+	long long s = oauth2_lifetime_s(json_object_get(doc, "expires_in"));
+	json_decref(doc);
+	return s;
+}
+
+Test(oauth2, expires_in_clamped_and_quoted)
+{
+	cr_assert_eq(lifetime_of("{\"expires_in\": 3599}"), 3599);
+	cr_assert_eq(lifetime_of("{\"expires_in\": 1000000000000000000}"), 86400);
+	cr_assert_eq(lifetime_of("{\"expires_in\": 9223372036854775807}"), 86400);
+	cr_assert_eq(lifetime_of("{\"expires_in\": 1e18}"), 86400);
+	cr_assert_eq(lifetime_of("{\"expires_in\": 1e300}"), 86400);
+	cr_assert_eq(lifetime_of("{\"expires_in\": 120.5}"), 120);
+	cr_assert_eq(lifetime_of("{\"expires_in\": \"3600\"}"), 3600);
+	cr_assert_eq(lifetime_of("{\"expires_in\": \"1000000000000000000\"}"), 86400);
+	cr_assert_eq(lifetime_of("{\"expires_in\": \"99999999999999999999999999\"}"), 86400);
+	cr_assert_eq(lifetime_of("{\"expires_in\": 1}"), 1);
+	/* nonsense or absent: the default hour (RFC 6749 5.1: expires_in is only recommended) */
+	cr_assert_eq(lifetime_of("{\"expires_in\": 0}"), 3600);
+	cr_assert_eq(lifetime_of("{\"expires_in\": -5}"), 3600);
+	cr_assert_eq(lifetime_of("{\"expires_in\": \"-5\"}"), 3600);
+	cr_assert_eq(lifetime_of("{\"expires_in\": \"36x\"}"), 3600);
+	cr_assert_eq(lifetime_of("{\"expires_in\": \"\"}"), 3600);
+	cr_assert_eq(lifetime_of("{\"expires_in\": null}"), 3600);
+	cr_assert_eq(lifetime_of("{\"expires_in\": true}"), 3600);
+	cr_assert_eq(lifetime_of("{}"), 3600);
 }

@@ -18,7 +18,9 @@
 //     username is "app@<domain>" of the domain the app was granted (Dovecot compares domains).
 //   - test controls under /_test/: counters (and the last tokens issued), fault modes (down: 503, refuse: 400
 //     invalid_client, hang), token lifetime, a delay per token request, revocation of every
-//     token issued so far (revoke) or of every token as it is issued (revoke_new).
+//     token issued so far (revoke) or of every token as it is issued (revoke_new); subjects
+//     refused with 400 invalid_grant (refuse_subjects: as Google answers a JWT-bearer
+//     assertion whose sub is no mailbox of the domain, or a suspended one).
 //
 // Usage: node server.mjs --port N --cert server.crt --key server.key --config config.json
 // Prints "listening N" on stdout once ready. Loopback only.
@@ -44,11 +46,11 @@ const state = {
   refreshTokens: new Map(Object.entries(config.refresh_tokens ?? {})),
   issued: new Set(),          // jti of every access token issued
   revoked: new Set(),
-  revokeNew: false,
   tokens: [],                 // the last 100 access tokens issued (tests: never in a log)
   revokeNew: false,           // every token is revoked as it is issued (a server refusing all)
   rotateRefresh: false,       // a refresh token is revoked once it has been used (rotation)
   refreshIssued: [],          // the last 100 refresh tokens issued (tests: never in a log)
+  refuseSubjects: new Set(),  // jwt_bearer subjects answered 400 invalid_grant
 };
 
 const issuer = new OAuth2Issuer();
@@ -199,6 +201,7 @@ async function tokenRequest(req, res) {
     }
     if (typeof claims.sub !== "string" || typeof claims.scope !== "string")
       return refuse("invalid_grant", "assertion needs sub and scope");
+    if (state.refuseSubjects.has(claims.sub)) return refuse("invalid_grant", "Invalid email or User ID");
     req.lmtpgw = { sub: claims.sub, email: claims.sub, azp: claims.iss, kind: "delegated" };
     // Issued by the mock like an app token, for the subject (claims set in beforeTokenSigning).
     req.body = { grant_type: "client_credentials", scope: claims.scope };
@@ -242,6 +245,7 @@ async function control(req, res, path) {
     if (body.delay_ms !== undefined) state.delayMs = body.delay_ms;
     if (body.revoke_new !== undefined) state.revokeNew = body.revoke_new;
     if (body.rotate_refresh !== undefined) state.rotateRefresh = body.rotate_refresh;
+    if (body.refuse_subjects !== undefined) state.refuseSubjects = new Set(body.refuse_subjects);
     return send(res, 200, { ok: true });
   }
   if (path === "/_test/revoke" && req.method === "POST") {
