@@ -1136,21 +1136,28 @@ int oauth2_token(struct oauth2_source *src, const char *subject, const char *ref
 
 /* --- SASL --- */
 
+/* The end both SASL responses share: "auth=Bearer TOKEN", two ^A; the response, or NULL (then
+ * wiped) when out of memory. */
+static char *sasl_finish(struct buf *b, const char *token)
+{
+	buf_add(b, "\001auth=Bearer ", 13);
+	buf_add(b, token, strlen(token));
+	buf_add(b, "\001\001", 2);
+	if (b->failed) {
+		if (b->data != NULL)
+			secret_free_bytes(b->data, b->cap);
+		return NULL;
+	}
+	return b->data;
+}
+
 char *oauth2_sasl_xoauth2(const char *user, const char *token)
 {
 	struct buf b = { 0 };
 
 	buf_add(&b, "user=", 5);
 	buf_add(&b, user, strlen(user));
-	buf_add(&b, "\001auth=Bearer ", 13);
-	buf_add(&b, token, strlen(token));
-	buf_add(&b, "\001\001", 2);
-	if (b.failed) {
-		if (b.data != NULL)
-			secret_free_bytes(b.data, b.cap);
-		return NULL;
-	}
-	return b.data;
+	return sasl_finish(&b, token);
 }
 
 char *oauth2_sasl_oauthbearer(const char *user, const char *host, const char *port,
@@ -1172,13 +1179,5 @@ char *oauth2_sasl_oauthbearer(const char *user, const char *host, const char *po
 	buf_add(&b, host, strlen(host));
 	buf_add(&b, "\001port=", 6);
 	buf_add(&b, port, strlen(port));
-	buf_add(&b, "\001auth=Bearer ", 13);
-	buf_add(&b, token, strlen(token));
-	buf_add(&b, "\001\001", 2);
-	if (b.failed) {
-		if (b.data != NULL)
-			secret_free_bytes(b.data, b.cap);
-		return NULL;
-	}
-	return b.data;
+	return sasl_finish(&b, token);
 }

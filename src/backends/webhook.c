@@ -605,6 +605,33 @@ static bool token_refused(const struct webhook_state *st, long http_status,
 	return strncmp(error, "invalid_token", strlen("invalid_token")) == 0;
 }
 
+/* The answer as webhook_answer reads it, with a reference for the log and the 2xx text: the
+ * receiver's X-Request-Id (or Request-Id) when it gives one, sanitized, else our id. Returns
+ * the receiver's id header, NULL when none. ans points into resp and ref. */
+static const char *answer_of(const struct webhook_state *st, const struct http_response *resp,
+			     const char *id, char ref[96], struct webhook_answer *ans)
+{
+	const char *rid = http_response_header(resp, "x-request-id");
+
+	if (rid == NULL)
+		rid = http_response_header(resp, "request-id");
+	if (rid != NULL)
+		webhook_sanitize_text(rid, strlen(rid), ref, 80);
+	else
+		snprintf(ref, 96, "%s", id);
+	*ans = (struct webhook_answer){
+		.http_status = resp->status,
+		.content_type = http_response_header(resp, "content-type"),
+		.body = resp->body,
+		.body_len = resp->body_len,
+		.truncated = resp->truncated,
+		.retry_after = http_response_header(resp, "retry-after"),
+		.ref = ref,
+		.backend = st->name,
+	};
+	return rid;
+}
+
 /* POST the request and give every target its status: from the answer (webhook_answer.h), or
  * the transport failure. results: room for n statuses. Returns true when the receiver refused
  * the bearer token (token_refused()): the caller may retry once with a new one. */
@@ -634,25 +661,9 @@ static bool post_request(struct webhook_state *st, struct target **tg, size_t n,
 		backend_fail_group(tg, n, &transport, ref); /* one request: one breaker event */
 		return false;
 	}
-	/* A reference for the log and the 2xx text: the receiver's id when it gives one. */
 	char ref[96];
-	const char *rid = http_response_header(&resp, "x-request-id");
-	if (rid == NULL)
-		rid = http_response_header(&resp, "request-id");
-	if (rid != NULL)
-		webhook_sanitize_text(rid, strlen(rid), ref, 80);
-	else
-		snprintf(ref, sizeof(ref), "%s", id);
-	struct webhook_answer ans = {
-		.http_status = resp.status,
-		.content_type = http_response_header(&resp, "content-type"),
-		.body = resp.body,
-		.body_len = resp.body_len,
-		.truncated = resp.truncated,
-		.retry_after = http_response_header(&resp, "retry-after"),
-		.ref = ref,
-		.backend = st->name,
-	};
+	struct webhook_answer ans;
+	const char *rid = answer_of(st, &resp, id, ref, &ans);
 	webhook_map_answer(&ans, rcpts, n, results);
 	for (size_t i = 0; i < n; i++) {
 		tg[i]->status = results[i];
@@ -1016,23 +1027,8 @@ static int webhook_verify(void *state, const struct recipient *rcpt,
 	if (r < 0)
 		return verify_no_verdict(st, rcpt, id, &status, reason, st_r);
 	char ref[96];
-	const char *rid = http_response_header(&resp, "x-request-id");
-	if (rid == NULL)
-		rid = http_response_header(&resp, "request-id");
-	if (rid != NULL)
-		webhook_sanitize_text(rid, strlen(rid), ref, 80);
-	else
-		snprintf(ref, sizeof(ref), "%s", id);
-	struct webhook_answer ans = {
-		.http_status = resp.status,
-		.content_type = http_response_header(&resp, "content-type"),
-		.body = resp.body,
-		.body_len = resp.body_len,
-		.truncated = resp.truncated,
-		.retry_after = http_response_header(&resp, "retry-after"),
-		.ref = ref,
-		.backend = st->name,
-	};
+	struct webhook_answer ans;
+	answer_of(st, &resp, id, ref, &ans);
 	bool verdict = webhook_map_verify_answer(&ans, rcpt->rcpt, &status);
 	long http_status = resp.status;
 	http_response_free(&resp);
