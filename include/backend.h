@@ -81,14 +81,15 @@ struct target {
 	bool duplicate;
 };
 
-/* What a RCPT-time verification knows of the transaction besides the recipient (copied, so a
- * worker may keep it after the session went away). */
+/* What a RCPT-time verification knows of the transaction besides the recipient. The strings
+ * are valid for the verify() call only: the session's own, pointed to (RCPT is hot, and most
+ * verifications never read them); dispatch_verify_start() copies them for a worker. */
 struct verify_context {
-	char sender[ADDRESS_PATH_MAX + 1]; /* reverse path without <>, "" for the null sender */
-	char client_addr[64];              /* peer IP address, or "unix" */
-	char lhlo[256];                    /* the client's LHLO name */
-	char session_id[40];
-	char txid[48];
+	const char *sender;      /* reverse path without <>, "" for the null sender */
+	const char *client_addr; /* peer IP address, or "unix" */
+	const char *lhlo;        /* the client's LHLO name */
+	const char *session_id;
+	const char *txid;
 };
 
 struct backend_driver {

@@ -331,12 +331,9 @@ static void check_recipient(struct deliver *d, struct deliver_rcpt *dr, size_t a
 		refuse(d, dr, "rcpt", NULL, &st);
 		return;
 	}
-	struct verify_context vctx;
-	snprintf(vctx.sender, sizeof(vctx.sender), "%s", d->from_str);
-	snprintf(vctx.client_addr, sizeof(vctx.client_addr), "local");
-	vctx.lhlo[0] = '\0';
-	snprintf(vctx.session_id, sizeof(vctx.session_id), "%s", d->session_id);
-	snprintf(vctx.txid, sizeof(vctx.txid), "%s", d->txid);
+	const struct verify_context vctx = { .sender = d->from_str, .client_addr = "local",
+					     .lhlo = "", .session_id = d->session_id,
+					     .txid = d->txid };
 	/* A fresh process has no circuit breaker history: every backend is tried. As in the
 	 * daemon, only required targets without a fallback may refuse here. */
 	for (size_t k = 0; k < dr->r.rule->target_count; k++) {

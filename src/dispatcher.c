@@ -831,7 +831,8 @@ struct dispatch_verify {
 	struct runtime *rt;           /* a reference: keeps backend open */
 	struct backend_runtime *backend;
 	struct recipient rcpt;
-	struct verify_context vctx;
+	struct verify_context vctx;   /* points into the copies below */
+	char sender[ADDRESS_PATH_MAX + 1], client_addr[64], lhlo[256], session_id[40], txid[48];
 	int result;
 	struct status status;
 	dispatch_verify_fn *cb;
@@ -868,7 +869,15 @@ struct dispatch_verify *dispatch_verify_start(struct runtime *rt, struct backend
 	v->rt = runtime_ref(rt);
 	v->backend = backend;
 	v->rcpt = *rcpt;
-	v->vctx = *vctx;
+	/* The worker may still run when the session is gone: its own copies. */
+	format(v->sender, sizeof(v->sender), "%s", vctx->sender);
+	format(v->client_addr, sizeof(v->client_addr), "%s", vctx->client_addr);
+	format(v->lhlo, sizeof(v->lhlo), "%s", vctx->lhlo);
+	format(v->session_id, sizeof(v->session_id), "%s", vctx->session_id);
+	format(v->txid, sizeof(v->txid), "%s", vctx->txid);
+	v->vctx = (struct verify_context){ .sender = v->sender, .client_addr = v->client_addr,
+					   .lhlo = v->lhlo, .session_id = v->session_id,
+					   .txid = v->txid };
 	v->cb = cb;
 	v->ctx = ctx;
 	pool_submit(backend_runtime_pool(backend), &v->job);

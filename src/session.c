@@ -748,13 +748,8 @@ static void rcpt_check(struct session *s, const struct recipient *r, size_t from
 {
 	struct transaction *tx = s->tx;
 	struct status st;
-	struct verify_context vctx;
-
-	snprintf(vctx.sender, sizeof(vctx.sender), "%s", tx->from_str);
-	snprintf(vctx.client_addr, sizeof(vctx.client_addr), "%s", s->peer_ip);
-	snprintf(vctx.lhlo, sizeof(vctx.lhlo), "%s", s->lhlo);
-	snprintf(vctx.session_id, sizeof(vctx.session_id), "%s", s->id);
-	snprintf(vctx.txid, sizeof(vctx.txid), "%s", tx->id);
+	const struct verify_context vctx = { .sender = tx->from_str, .client_addr = s->peer_ip,
+					     .lhlo = s->lhlo, .session_id = s->id, .txid = tx->id };
 
 	for (size_t k = from; k < r->rule->target_count; k++) {
 		const struct route_target *target = &r->rule->targets[k];
